@@ -1,0 +1,122 @@
+//! The HTTP API (hyper 1.x): accepts connections, applies the HTTP-level
+//! limits (head size, head timeout, body size), routes, and turns engine
+//! replies and errors into responses. It owns no execution policy; that
+//! lives in the engine.
+//!
+//! Routes: `POST /api/run/{container}`, `GET /healthz`, `GET /metrics`.
+
+mod metrics;
+mod reply;
+mod run;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::config::HttpConfig;
+use crate::engine::{Engine, Error};
+
+pub use metrics::Metrics;
+
+/// The JSON body the API answers `err` with.
+pub fn error_json(err: &Error) -> serde_json::Value {
+    reply::error_body(err)
+}
+
+pub type Body = BoxBody<Bytes, Error>;
+
+/// Everything a request handler needs.
+pub struct Node {
+    pub engine: Engine,
+    pub http: HttpConfig,
+    pub metrics: Metrics,
+    draining: AtomicBool,
+}
+
+impl Node {
+    pub fn new(engine: Engine, http: HttpConfig) -> Arc<Self> {
+        Arc::new(Node { engine, http, metrics: Metrics::new(), draining: AtomicBool::new(false) })
+    }
+
+    /// From now on `/healthz` reports draining, so load balancers move away.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then stops
+/// accepting, reports draining, and waits up to the grace period for
+/// requests in flight.
+pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: impl std::future::Future<Output = ()>) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(node.http.header_timeout_ms))
+        .max_buf_size(node.http.header_bytes.max(8192))
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            conn = listener.accept() => match conn {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let node = node.clone();
+        let service = service_fn(move |req| handle(node.clone(), req));
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    node.start_draining();
+    let grace = Duration::from_millis(node.http.shutdown_grace_ms);
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("shutdown grace period over; closing remaining connections");
+    }
+}
+
+async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path();
+    let response = if let Some(container) = path.strip_prefix("/api/run/") {
+        match *req.method() {
+            Method::POST => {
+                let container = container.to_owned();
+                run::handle(&node, container, req).await
+            }
+            _ => reply::method_not_allowed("POST"),
+        }
+    } else {
+        match path {
+            "/healthz" => only_get(&req, || reply::health(node.draining.load(Ordering::Relaxed))),
+            "/metrics" => only_get(&req, || node.metrics.render(node.engine.stats())),
+            _ => reply::not_found(path),
+        }
+    };
+    Ok(response)
+}
+
+fn only_get(req: &Request<Incoming>, f: impl FnOnce() -> Response<Body>) -> Response<Body> {
+    match *req.method() {
+        Method::GET | Method::HEAD => f(),
+        _ => reply::method_not_allowed("GET"),
+    }
+}

@@ -1,0 +1,90 @@
+//! Responses the API builds itself: JSON errors (one shape per engine error,
+//! see `Error`), health, and the plumbing from an engine `Reply` to a body.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use serde_json::{json, Value};
+
+use super::Body;
+use crate::engine::{Error, Reply, ReplyBody};
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+pub fn json(status: u16, value: &Value) -> Response<Body> {
+    let mut res = Response::new(full(serde_json::to_vec(value).unwrap_or_default()));
+    *res.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res
+}
+
+/// The JSON body of an engine error. Script errors keep the Webtask shape
+/// (`{"code":500,"error":"Script returned an error.",...}`); every other
+/// error is `{"code":"<kind>","error":"<sentence>", <figures>}`.
+pub fn error_body(err: &Error) -> Value {
+    if let Error::Script(e) = err {
+        let mut v = json!({
+            "code": 500,
+            "error": "Script returned an error.",
+            "details": e.details,
+            "message": e.message,
+        });
+        if let Some(name) = &e.name {
+            v["name"] = json!(name);
+        }
+        if let Some(stack) = &e.stack {
+            v["stack"] = json!(stack);
+        }
+        return v;
+    }
+    let mut v = serde_json::to_value(err).unwrap_or_else(|_| json!({"code": err.code()}));
+    v["error"] = json!(err.to_string());
+    v
+}
+
+pub fn error(err: &Error) -> Response<Body> {
+    json(err.status(), &error_body(err))
+}
+
+pub fn not_found(path: &str) -> Response<Body> {
+    json(404, &json!({"code": "not_found", "error": format!("no route for {path}")}))
+}
+
+pub fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut res = json(405, &json!({"code": "method_not_allowed", "error": format!("use {allow}")}));
+    res.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+    res
+}
+
+pub fn health(draining: bool) -> Response<Body> {
+    match draining {
+        false => json(200, &json!({"status": "ok"})),
+        true => json(503, &json!({"status": "draining"})),
+    }
+}
+
+/// An engine reply as an HTTP response; a streamed body stays streamed.
+pub fn from_reply(reply: Reply) -> Response<Body> {
+    let body = match reply.body {
+        ReplyBody::Full(bytes) => full(bytes),
+        ReplyBody::Stream(rx) => {
+            let chunks = futures::stream::unfold(rx, |mut rx| async move {
+                let chunk = rx.recv().await?;
+                Some((chunk.map(Frame::data), rx))
+            });
+            BodyExt::boxed(StreamBody::new(chunks))
+        }
+    };
+    let mut res = Response::new(body);
+    *res.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = res.headers_mut();
+    for (k, v) in reply.headers {
+        if let (Ok(k), Ok(v)) = (header::HeaderName::try_from(k), HeaderValue::try_from(v)) {
+            headers.append(k, v);
+        }
+    }
+    res
+}

@@ -1,0 +1,100 @@
+//! `POST /api/run/{container}`: the code is the body (`application/javascript`,
+//! `text/plain`, anything but JSON) with the query string as `context.data`,
+//! or a JSON envelope `{"code", "data", "secrets", "meta"}`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{header, Request, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::{reply, Body, Node};
+use crate::engine::{valid_container, Code, Context, Error};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Envelope {
+    code: String,
+    #[serde(default)]
+    data: Map<String, Value>,
+    #[serde(default)]
+    secrets: Map<String, Value>,
+    #[serde(default)]
+    meta: Map<String, Value>,
+}
+
+pub async fn handle(node: &Node, container: String, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let req_id = node.engine.next_req_id();
+    let outcome = run(node, &container, req, req_id.clone()).await;
+    let response = match outcome {
+        Ok(res) => res,
+        Err(err) => {
+            if let Some(kind) = err.limit_kind() {
+                node.metrics.limit_fired(kind);
+            }
+            if err.status() >= 500 {
+                tracing::warn!(container, req_id = &*req_id, code = err.code(), "{err}");
+            }
+            reply::error(&err)
+        }
+    };
+    node.metrics.observe(response.status().as_u16(), started.elapsed());
+    response
+}
+
+async fn run(node: &Node, container: &str, req: Request<Incoming>, req_id: Arc<str>) -> Result<Response<Body>, Error> {
+    if !valid_container(container) {
+        return Err(Error::bad_request(format!(
+            "invalid container name {container:?}: use 1-64 characters of A-Z, a-z, 0-9, '_' and '-'"
+        )));
+    }
+    let (parts, body) = req.into_parts();
+    let body = read_body(&parts, body, node.http.body_bytes).await?;
+    let media = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mut context = Context {
+        query: parts.uri.query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default(),
+        headers: parts
+            .headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect(),
+        method: parts.method.as_str().to_owned(),
+        url: parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default(),
+        ..Context::default()
+    };
+    let code = if is_json(media) {
+        let env: Envelope = serde_json::from_slice(&body)
+            .map_err(|e| Error::bad_request(format!("invalid JSON envelope: {e}")))?;
+        context.data = env.data;
+        context.secrets = env.secrets;
+        context.meta = env.meta;
+        Code::from(env.code)
+    } else {
+        Code::new(body)?
+    };
+    let reply = node.engine.dispatch(container, code, context, req_id).await?;
+    Ok(reply::from_reply(reply))
+}
+
+fn is_json(media: &str) -> bool {
+    media.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// Reads the body up to `limit` bytes: a declared length over the limit is
+/// refused before reading, a streamed one as soon as it passes the limit.
+async fn read_body(parts: &http::request::Parts, body: Incoming, limit: u64) -> Result<Bytes, Error> {
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Error::BodyLimit { limit_bytes: limit });
+    }
+    match Limited::new(body, limit as usize).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::BodyLimit { limit_bytes: limit }),
+        Err(e) => Err(Error::bad_request(format!("could not read request body: {e}"))),
+    }
+}

@@ -1,0 +1,69 @@
+//! Node configuration (`webtask.toml`). Every field has an embedded default,
+//! so `webtask serve` with no file runs a working single node.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8080"
+//!
+//! [http]
+//! body_bytes = 1048576
+//!
+//! [engine.limits]
+//! cpu_ms = 1000
+//! heap_mb = 128
+//! ```
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::Context as _;
+use serde::Deserialize;
+
+use crate::engine::EngineConfig;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    pub http: HttpConfig,
+    pub engine: EngineConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { listen: ([127, 0, 0, 1], 8080).into(), http: HttpConfig::default(), engine: EngineConfig::default() }
+    }
+}
+
+/// Limits the HTTP layer enforces before a request reaches the engine.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Largest request body; larger ones get `413` before they are read whole.
+    pub body_bytes: u64,
+    /// Largest request head (request line and headers); larger gets `431`.
+    pub header_bytes: usize,
+    /// Time a client has to send a complete request head; also how long an
+    /// idle keep-alive connection is kept.
+    pub header_timeout_ms: u64,
+    /// How long shutdown waits for requests in flight.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { body_bytes: 1024 * 1024, header_bytes: 16 * 1024, header_timeout_ms: 10_000, shutdown_grace_ms: 10_000 }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; missing fields take their defaults, unknown ones are errors.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        Ok(toml::from_str(text)?)
+    }
+}

@@ -1,0 +1,196 @@
+//! The thread that owns one container's isolate. V8 isolates are bound to
+//! the thread that entered them, so each container gets one such thread,
+//! fed through a channel; in a worker process the same loop is fed from the
+//! node's socket instead.
+//!
+//! The loop does three things: starts jobs as they arrive, drives the event
+//! loop while requests are waiting on it, and enforces what only this thread
+//! can (wall-clock deadlines, and rebuilding the isolate after a kill).
+
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
+
+use super::inflight::ReplyTx;
+use super::isolate::Isolate;
+use super::request::Context;
+use super::watchdog::{CpuGuard, Kill};
+use super::{Code, Error, Limits, Stats};
+
+/// A request for the isolate thread.
+pub struct Job {
+    pub code: Code,
+    pub context: Context,
+    pub req_id: Arc<str>,
+    pub reply: ReplyTx,
+    pub permit: Permit,
+}
+
+/// One unit of a container's concurrency budget, returned on drop.
+pub struct Permit(pub(crate) Arc<AtomicUsize>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Release);
+    }
+}
+
+enum Event {
+    Job(Job),
+    Closed,
+    LoopIdle,
+    LoopError(String),
+    Deadline,
+}
+
+/// Runs the isolate thread for `container` until its channel closes.
+pub fn run(container: Arc<str>, limits: Limits, stats: Arc<Stats>, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    tokio.block_on(async move {
+        let guard = CpuGuard::for_current_thread(limits.cpu_ms);
+        let mut host = Host { container, limits, stats, guard, isolate: None, loop_idle: true, recycle: false };
+        let mut deadline: Option<Pin<Box<Sleep>>> = None;
+        loop {
+            let event = poll_fn(|cx| {
+                if let Poll::Ready(job) = rx.poll_recv(cx) {
+                    return Poll::Ready(job.map_or(Event::Closed, Event::Job));
+                }
+                if let Some(isolate) = host.isolate.as_mut().filter(|_| !host.loop_idle) {
+                    match isolate.poll_event_loop(cx) {
+                        Poll::Ready(Ok(())) => return Poll::Ready(Event::LoopIdle),
+                        Poll::Ready(Err(e)) => return Poll::Ready(Event::LoopError(e.to_string())),
+                        Poll::Pending => {}
+                    }
+                }
+                if let Some(sleep) = deadline.as_mut() {
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Event::Deadline);
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            match event {
+                Event::Job(job) => host.start(job),
+                Event::Closed => break,
+                Event::LoopIdle => host.loop_idle = true,
+                Event::LoopError(e) => host.loop_failed(e),
+                Event::Deadline => host.expire(Instant::now()),
+            }
+            host.after_turn();
+            deadline = host.next_deadline().map(|at| Box::pin(tokio::time::sleep_until(at)));
+        }
+    });
+}
+
+struct Host {
+    container: Arc<str>,
+    limits: Limits,
+    stats: Arc<Stats>,
+    guard: Arc<CpuGuard>,
+    isolate: Option<Isolate>,
+    /// The event loop has nothing left to do for the requests in flight.
+    loop_idle: bool,
+    /// A request timed out here: rebuild the isolate once it is drained, so
+    /// nothing it left behind (intervals, pending work) outlives it.
+    recycle: bool,
+}
+
+impl Host {
+    fn isolate(&mut self) -> Result<&mut Isolate, Error> {
+        if self.isolate.is_none() {
+            let isolate = Isolate::new(&self.limits, &self.guard, self.container.clone())?;
+            self.stats.isolates_created.fetch_add(1, Ordering::Relaxed);
+            self.stats.live_isolates.fetch_add(1, Ordering::Relaxed);
+            self.isolate = Some(isolate);
+        }
+        Ok(self.isolate.as_mut().unwrap())
+    }
+
+    fn start(&mut self, job: Job) {
+        if self.guard.killed().is_some() {
+            // Killed after its last request finished: start clean.
+            self.discard(&Error::internal("isolate killed while idle"));
+        }
+        let cpu_start = self.guard.now_ns();
+        let deadline = Instant::now() + std::time::Duration::from_millis(self.limits.wall_ms);
+        let guard = self.guard.clone();
+        let isolate = match self.isolate() {
+            Ok(isolate) => isolate,
+            Err(err) => {
+                let _ = job.reply.send(Err(err));
+                return;
+            }
+        };
+        let id = isolate.inflight().insert(job.reply, job.req_id, cpu_start, deadline, job.permit);
+        guard.set_oldest(isolate.inflight().oldest_cpu_start());
+        isolate.start(id, &job.code, &job.context);
+        self.loop_idle = false;
+    }
+
+    fn loop_failed(&mut self, message: String) {
+        if self.guard.killed().is_some() {
+            return; // after_turn reports the kill
+        }
+        tracing::error!(container = &*self.container, error = %message, "event loop failed; recycling isolate");
+        self.discard(&Error::internal(message));
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let Some(isolate) = self.isolate.as_mut() else { return };
+        let expired = isolate.inflight().expired(now);
+        for id in expired {
+            isolate.inflight().fail(id, Error::WallLimit { limit_ms: self.limits.wall_ms });
+            self.recycle = true;
+        }
+    }
+
+    /// Bookkeeping after anything ran on the isolate: kills, recycling, and
+    /// what the watchdog should watch next.
+    fn after_turn(&mut self) {
+        if let Some(kill) = self.guard.killed() {
+            let (err, kind) = match kill {
+                Kill::Cpu { limit_ms, used_ms } => (Error::CpuLimit { limit_ms, used_ms }, "cpu_limit"),
+                Kill::Memory { limit_mb } => (Error::MemoryLimit { limit_mb }, "memory_limit"),
+            };
+            tracing::warn!(container = &*self.container, code = kind, "{err}; isolate discarded");
+            self.discard(&err);
+        }
+        let Some(isolate) = self.isolate.as_mut() else {
+            self.guard.set_oldest(None);
+            return;
+        };
+        let idle = isolate.inflight().is_empty();
+        if idle && self.recycle {
+            self.discard(&Error::internal("recycled"));
+            return;
+        }
+        let oldest = isolate.inflight().oldest_cpu_start();
+        self.guard.set_oldest(oldest);
+    }
+
+    /// Drops the isolate, failing whatever still runs in it with `err`.
+    fn discard(&mut self, err: &Error) {
+        if let Some(mut isolate) = self.isolate.take() {
+            isolate.inflight().fail_oldest(|first| match first {
+                true => err.clone(),
+                false => Error::IsolateRecycled { reason: err.code().to_owned() },
+            });
+            drop(isolate);
+            self.stats.live_isolates.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.guard.set_oldest(None);
+        self.guard.reset();
+        self.loop_idle = true;
+        self.recycle = false;
+    }
+
+    fn next_deadline(&mut self) -> Option<Instant> {
+        self.isolate.as_mut().and_then(|i| i.inflight().earliest_deadline())
+    }
+}

@@ -1,0 +1,142 @@
+//! The requests running in one isolate, keyed by the small integer id the
+//! guest runner knows them by. Ops (guest side) and the isolate host (Rust
+//! side) settle them here; whichever outcome comes first wins and every later
+//! one is ignored, so a webtask that calls back twice, or fails after it
+//! answered, cannot confuse its caller.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::host::Permit;
+use super::request::{Reply, ReplyBody};
+use super::Error;
+
+pub type ReplyTx = oneshot::Sender<Result<Reply, Error>>;
+
+struct Slot {
+    reply: Option<ReplyTx>,
+    stream: Option<mpsc::UnboundedSender<Result<Bytes, Error>>>,
+    sent: u64,
+    cpu_start_ns: u64,
+    deadline: Instant,
+    req_id: Arc<str>,
+    _permit: Permit,
+}
+
+/// Requests in flight in one isolate.
+pub struct Inflight {
+    slots: HashMap<u32, Slot>,
+    next_id: u32,
+    response_limit: u64,
+}
+
+impl Inflight {
+    pub fn new(response_limit: u64) -> Self {
+        Inflight { slots: HashMap::new(), next_id: 0, response_limit }
+    }
+
+    pub fn insert(&mut self, reply: ReplyTx, req_id: Arc<str>, cpu_start_ns: u64, deadline: Instant, permit: Permit) -> u32 {
+        // Ids are positive small integers (0 means "no request" to the guest)
+        // and never reused while a request with that id is alive.
+        loop {
+            self.next_id = self.next_id.checked_add(1).filter(|n| *n <= 0x3fff_ffff).unwrap_or(1);
+            if !self.slots.contains_key(&self.next_id) {
+                break;
+            }
+        }
+        let slot = Slot { reply: Some(reply), stream: None, sent: 0, cpu_start_ns, deadline, req_id, _permit: permit };
+        self.slots.insert(self.next_id, slot);
+        self.next_id
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    pub fn req_id(&self, id: u32) -> Option<&Arc<str>> {
+        self.slots.get(&id).map(|s| &s.req_id)
+    }
+
+    /// CPU clock at which the oldest request started.
+    pub fn oldest_cpu_start(&self) -> Option<u64> {
+        self.slots.values().map(|s| s.cpu_start_ns).min()
+    }
+
+    pub fn earliest_deadline(&self) -> Option<Instant> {
+        self.slots.values().map(|s| s.deadline).min()
+    }
+
+    /// Ids whose wall-clock deadline has passed.
+    pub fn expired(&self, now: Instant) -> Vec<u32> {
+        self.slots.iter().filter(|(_, s)| s.deadline <= now).map(|(id, _)| *id).collect()
+    }
+
+    /// A callback-model result: `200` with the JSON value.
+    pub fn complete(&mut self, id: u32, json: String) {
+        let Some(mut slot) = self.slots.remove(&id) else { return };
+        if json.len() as u64 > self.response_limit {
+            return settle(&mut slot, Err(Error::ResponseLimit { limit_bytes: self.response_limit }));
+        }
+        let headers = vec![("content-type".to_owned(), "application/json".to_owned())];
+        let reply = Reply { status: 200, headers, body: ReplyBody::Full(Bytes::from(json)) };
+        settle(&mut slot, Ok(reply));
+    }
+
+    /// Ends request `id` with `err`; a streamed response is cut short.
+    pub fn fail(&mut self, id: u32, err: Error) {
+        if let Some(mut slot) = self.slots.remove(&id) {
+            settle(&mut slot, Err(err));
+        }
+    }
+
+    /// Ends every request: the oldest (the one a limit was measured on)
+    /// with `error(true)`, the others with `error(false)`.
+    pub fn fail_oldest(&mut self, error: impl Fn(bool) -> Error) {
+        let oldest = self.slots.iter().min_by_key(|(_, s)| s.cpu_start_ns).map(|(id, _)| *id);
+        for (id, mut slot) in self.slots.drain() {
+            settle(&mut slot, Err(error(Some(id) == oldest)));
+        }
+    }
+
+    /// `res.writeHead`: status and headers go out now, the body streams.
+    pub fn head(&mut self, id: u32, status: u16, headers: Vec<(String, String)>) {
+        let Some(slot) = self.slots.get_mut(&id) else { return };
+        let Some(reply) = slot.reply.take() else { return };
+        let (tx, rx) = mpsc::unbounded_channel();
+        slot.stream = Some(tx);
+        let _ = reply.send(Ok(Reply { status, headers, body: ReplyBody::Stream(rx) }));
+    }
+
+    /// `res.write`; false once the request is over (or just went over its
+    /// response limit and was ended).
+    pub fn write(&mut self, id: u32, chunk: Bytes) -> bool {
+        let limit = self.response_limit;
+        let Some(slot) = self.slots.get_mut(&id) else { return false };
+        slot.sent += chunk.len() as u64;
+        if slot.sent > limit {
+            self.fail(id, Error::ResponseLimit { limit_bytes: limit });
+            return false;
+        }
+        match &slot.stream {
+            Some(tx) => tx.send(Ok(chunk)).is_ok(),
+            None => false,
+        }
+    }
+
+    /// `res.end`: the stream is closed by dropping its sender.
+    pub fn end(&mut self, id: u32) {
+        self.slots.remove(&id);
+    }
+}
+
+fn settle(slot: &mut Slot, outcome: Result<Reply, Error>) {
+    if let Some(reply) = slot.reply.take() {
+        let _ = reply.send(outcome);
+    } else if let (Some(tx), Err(err)) = (slot.stream.take(), outcome) {
+        let _ = tx.send(Err(err));
+    }
+}

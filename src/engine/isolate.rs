@@ -1,0 +1,329 @@
+//! One V8 isolate serving one container: created from the startup snapshot,
+//! locked down (no host objects left on the guest global), with its own
+//! compile cache. It starts requests and drives their event loop; it does
+//! not decide when to do either (that is `host`'s job).
+
+use std::cell::{RefCell, RefMut};
+use std::rc::Rc;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use deno_core::{v8, JsRuntime, PollEventLoopOptions, RuntimeOptions};
+use lru::LruCache;
+use sha2::{Digest, Sha256};
+
+use super::inflight::Inflight;
+use super::ops::{webtask_runtime, HostInfo};
+use super::request::Context;
+use super::watchdog::{CpuGuard, Kill};
+
+use super::{alloc, snapshot, Code, Error, Limits, ScriptError};
+
+/// Compiled webtask functions kept per isolate.
+const COMPILE_CACHE_ENTRIES: usize = 128;
+
+pub struct Isolate {
+    rt: JsRuntime,
+    inflight: Rc<RefCell<Inflight>>,
+    run_fn: v8::Global<v8::Function>,
+    instantiate_fn: v8::Global<v8::Function>,
+    compiled: LruCache<[u8; 32], v8::Global<v8::Function>>,
+}
+
+impl Isolate {
+    /// A fresh isolate from the snapshot, bound to `guard` for CPU and heap kills.
+    pub fn new(limits: &Limits, guard: &Arc<CpuGuard>, container: Arc<str>) -> Result<Self, Error> {
+        let heap = limits.heap_mb as usize * 1024 * 1024;
+        let params = v8::CreateParams::default()
+            .heap_limits(0, heap)
+            .array_buffer_allocator(alloc::capped(limits.array_buffer_mb as usize * 1024 * 1024));
+        let mut rt = JsRuntime::try_new(RuntimeOptions {
+            startup_snapshot: Some(snapshot::get()),
+            extensions: vec![webtask_runtime::init()],
+            create_params: Some(params),
+            ..Default::default()
+        })
+        .map_err(Error::internal)?;
+        guard.attach(rt.v8_isolate().thread_safe_handle());
+
+        let heap_guard = guard.clone();
+        let limit_mb = limits.heap_mb;
+        // SAFETY: a copy of the pointer V8 owns; used only inside the
+        // callback, which V8 removes together with the isolate.
+        let isolate_ptr = unsafe { rt.v8_isolate().as_raw_isolate_ptr() };
+        rt.add_near_heap_limit_callback(move |current, _initial| {
+            // V8 also calls this as a last resort when an ArrayBuffer
+            // allocation fails; with the JS heap far from full that is the
+            // capped allocator saying no, which the guest sees as a
+            // RangeError, not a reason to kill the isolate.
+            // SAFETY: the callback runs on the isolate's thread while the
+            // isolate is alive (it is removed with the runtime).
+            let mut isolate = unsafe { v8::Isolate::from_raw_isolate_ptr(isolate_ptr) };
+            let used = isolate.get_heap_statistics().used_heap_size();
+            if used < current / 2 {
+                return current;
+            }
+            heap_guard.terminate(Kill::Memory { limit_mb });
+            // Room for V8 to unwind to the termination instead of aborting
+            // the process; the isolate is discarded right after.
+            current.saturating_mul(2)
+        });
+
+        let inflight = Rc::new(RefCell::new(Inflight::new(limits.response_bytes)));
+        {
+            let state = rt.op_state();
+            let mut state = state.borrow_mut();
+            state.put(HostInfo { container });
+            state.put(inflight.clone());
+        }
+
+        let entry = rt
+            .execute_script("webtask:lockdown", "__webtask_lockdown()")
+            .map_err(|e| Error::internal(format!("runtime lockdown failed: {e}")))?;
+        let (run_fn, instantiate_fn) = {
+            deno_core::scope!(scope, &mut rt);
+            let entry = v8::Local::new(scope, entry);
+            let entry = v8::Local::<v8::Object>::try_from(entry).map_err(Error::internal)?;
+            (get_fn(scope, entry, "run")?, get_fn(scope, entry, "instantiate")?)
+        };
+        Ok(Isolate {
+            rt,
+            inflight,
+            run_fn,
+            instantiate_fn,
+            compiled: LruCache::new(NonZeroUsize::new(COMPILE_CACHE_ENTRIES).unwrap()),
+        })
+    }
+
+    pub fn inflight(&mut self) -> RefMut<'_, Inflight> {
+        self.inflight.borrow_mut()
+    }
+
+    /// Starts request `id`: compiles the code (or takes it from the cache)
+    /// and calls the runner, which settles the request through the ops now
+    /// or once the event loop has done its part. A kill by the watchdog or
+    /// the heap limit is left for the caller to find on the guard.
+    pub fn start(&mut self, id: u32, code: &Code, ctx: &Context) {
+        let key: [u8; 32] = Sha256::digest(code.as_bytes()).into();
+        let cached = self.compiled.get(&key).cloned();
+        let context = self.rt.main_context();
+        let isolate = self.rt.v8_isolate();
+        v8::scope_with_context!(scope, isolate, context);
+        let func = match cached {
+            Some(f) => f,
+            None => match compile(scope, &self.instantiate_fn, code.as_str()) {
+                Ok(f) => {
+                    self.compiled.put(key, f.clone());
+                    f
+                }
+                Err(err) => return fail(scope, id, err),
+            },
+        };
+        let func = v8::Local::new(scope, func);
+        let args = match context_args(scope, func, id, ctx) {
+            Ok(args) => args,
+            Err(err) => return fail(scope, id, err),
+        };
+        let run = v8::Local::new(scope, &self.run_fn);
+        let undefined = v8::undefined(scope).into();
+        // The runner catches guest exceptions itself; a None here is a
+        // termination, which the host reads from the guard.
+        v8::tc_scope!(let tc, scope);
+        run.call(tc, undefined, &args);
+    }
+
+    pub fn poll_event_loop(&mut self, cx: &mut TaskContext) -> Poll<Result<(), deno_core::error::CoreError>> {
+        self.rt.poll_event_loop(cx, PollEventLoopOptions::default())
+    }
+}
+
+fn fail(scope: &mut v8::PinScope, id: u32, err: Error) {
+    let state = JsRuntime::op_state_from(scope);
+    let inflight = state.borrow().borrow::<Rc<RefCell<Inflight>>>().clone();
+    inflight.borrow_mut().fail(id, err);
+}
+
+fn get_fn(
+    scope: &mut v8::PinScope,
+    obj: v8::Local<v8::Object>,
+    name: &str,
+) -> Result<v8::Global<v8::Function>, Error> {
+    let key = v8::String::new(scope, name).unwrap();
+    let value = obj.get(scope, key.into()).ok_or_else(|| Error::internal(format!("runtime lacks {name}")))?;
+    let f = v8::Local::<v8::Function>::try_from(value).map_err(Error::internal)?;
+    Ok(v8::Global::new(scope, f))
+}
+
+/// Compiles the webtask body as a function of (module, exports, require)
+/// named `webtask.js`, so stack lines and syntax errors point at the
+/// caller's own line and column, then evaluates it to the webtask function.
+fn compile(
+    scope: &mut v8::PinScope,
+    instantiate: &v8::Global<v8::Function>,
+    code: &str,
+) -> Result<v8::Global<v8::Function>, Error> {
+    let src = v8::String::new(scope, code).ok_or_else(|| Error::bad_request("code is too large"))?;
+    let name = v8::String::new(scope, "webtask.js").unwrap();
+    let origin = v8::ScriptOrigin::new(scope, name.into(), 0, 0, false, 0, None, false, false, false, None);
+    let mut source = v8::script_compiler::Source::new(src, Some(&origin));
+    let params = ["module", "exports", "require"].map(|p| v8::String::new(scope, p).unwrap());
+    v8::tc_scope!(let tc, scope);
+    let factory = v8::script_compiler::compile_function(
+        tc,
+        &mut source,
+        &params,
+        &[],
+        v8::script_compiler::CompileOptions::NoCompileOptions,
+        v8::script_compiler::NoCacheReason::NoReason,
+    );
+    let Some(factory) = factory else {
+        let (message, line, column) = match tc.message() {
+            Some(msg) => (
+                msg.get(tc).to_rust_string_lossy(tc),
+                msg.get_line_number(tc).unwrap_or(0) as u32,
+                msg.get_start_column() as u32 + 1,
+            ),
+            None => ("SyntaxError".to_owned(), 0, 0),
+        };
+        let message = message.strip_prefix("Uncaught ").unwrap_or(&message).to_owned();
+        return Err(Error::SyntaxError { message, line, column });
+    };
+    let instantiate = v8::Local::new(tc, instantiate);
+    let undefined = v8::undefined(tc).into();
+    let Some(result) = instantiate.call(tc, undefined, &[factory.into()]) else {
+        return Err(Error::internal("webtask instantiation was interrupted"));
+    };
+    if let Ok(f) = v8::Local::<v8::Function>::try_from(result) {
+        return Ok(v8::Global::new(tc, f));
+    }
+    // `instantiate` describes a failure as [name, message, stack, details].
+    Err(Error::Script(describe(tc, result)))
+}
+
+fn describe(scope: &mut v8::PinScope, value: v8::Local<v8::Value>) -> ScriptError {
+    let text = |i: u32| -> String {
+        v8::Local::<v8::Object>::try_from(value)
+            .ok()
+            .and_then(|arr| arr.get_index(scope, i))
+            .map(|v| v.to_rust_string_lossy(scope))
+            .unwrap_or_default()
+    };
+    let non_empty = |s: String| (!s.is_empty()).then_some(s);
+    ScriptError { name: non_empty(text(0)), message: text(1), stack: non_empty(text(2)), details: text(3) }
+}
+
+/// Arguments of the JS runner: (fn, id, method, url, headers, query, body,
+/// rawBody, data, secrets, meta).
+fn context_args<'s>(
+    scope: &mut v8::PinScope<'s, '_>,
+    func: v8::Local<'s, v8::Function>,
+    id: u32,
+    ctx: &Context,
+) -> Result<[v8::Local<'s, v8::Value>; 11], Error> {
+    let headers = string_map(scope, &ctx.headers);
+    let query = query_object(scope, &ctx.query);
+    let (body, raw) = body_values(scope, ctx)?;
+    let data = json_object(scope, &ctx.data)?;
+    let secrets = json_object(scope, &ctx.secrets)?;
+    let meta = json_object(scope, &ctx.meta)?;
+    Ok([
+        func.into(),
+        v8::Integer::new_from_unsigned(scope, id).into(),
+        v8_str(scope, &ctx.method),
+        v8_str(scope, &ctx.url),
+        headers.into(),
+        query.into(),
+        body,
+        raw,
+        data,
+        secrets,
+        meta,
+    ])
+}
+
+fn v8_str<'s>(scope: &mut v8::PinScope<'s, '_>, s: &str) -> v8::Local<'s, v8::Value> {
+    v8::String::new(scope, s).map(Into::into).unwrap_or_else(|| v8::undefined(scope).into())
+}
+
+/// Header-style object: a repeated name joins its values with ", ".
+fn string_map<'s>(scope: &mut v8::PinScope<'s, '_>, pairs: &[(String, String)]) -> v8::Local<'s, v8::Object> {
+    let obj = v8::Object::new(scope);
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        let key = v8::String::new(scope, k).unwrap();
+        let value = if pairs[..i].iter().any(|(k2, _)| k2 == k) {
+            let joined: Vec<&str> = pairs[..=i].iter().filter(|(k2, _)| k2 == k).map(|(_, v)| v.as_str()).collect();
+            v8_str(scope, &joined.join(", "))
+        } else {
+            v8_str(scope, v)
+        };
+        obj.create_data_property(scope, key.into(), value);
+    }
+    obj
+}
+
+/// Query object as Node's querystring builds it: repeated names become arrays.
+fn query_object<'s>(scope: &mut v8::PinScope<'s, '_>, pairs: &[(String, String)]) -> v8::Local<'s, v8::Object> {
+    let obj = v8::Object::new(scope);
+    for (k, v) in pairs {
+        let key = v8::String::new(scope, k).unwrap();
+        let value = v8_str(scope, v);
+        match obj.get(scope, key.into()) {
+            Some(existing) if !existing.is_undefined() => {
+                let arr = match v8::Local::<v8::Array>::try_from(existing) {
+                    Ok(arr) => arr,
+                    Err(_) => {
+                        let arr = v8::Array::new(scope, 0);
+                        arr.set_index(scope, 0, existing);
+                        obj.create_data_property(scope, key.into(), arr.into());
+                        arr
+                    }
+                };
+                arr.set_index(scope, arr.length(), value);
+            }
+            _ => {
+                obj.create_data_property(scope, key.into(), value);
+            }
+        }
+    }
+    obj
+}
+
+/// `context.body` (parsed for JSON and urlencoded) and the raw body string.
+fn body_values<'s>(
+    scope: &mut v8::PinScope<'s, '_>,
+    ctx: &Context,
+) -> Result<(v8::Local<'s, v8::Value>, v8::Local<'s, v8::Value>), Error> {
+    let Some(bytes) = ctx.body.as_ref().filter(|b| !b.is_empty()) else {
+        let u = v8::undefined(scope).into();
+        return Ok((u, u));
+    };
+    let text = String::from_utf8_lossy(bytes);
+    let raw = v8::String::new(scope, &text).ok_or_else(|| Error::bad_request("request body is too large"))?;
+    let media = ctx.content_type.as_deref().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let body = match media.as_str() {
+        "application/json" => {
+            v8::tc_scope!(let tc, scope);
+            match v8::json::parse(tc, raw) {
+                Some(v) => v,
+                None => return Err(Error::bad_request("request body is not valid JSON")),
+            }
+        }
+        "application/x-www-form-urlencoded" => {
+            let pairs: Vec<(String, String)> = form_urlencoded::parse(bytes).into_owned().collect();
+            query_object(scope, &pairs).into()
+        }
+        _ => raw.into(),
+    };
+    Ok((body, raw.into()))
+}
+
+fn json_object<'s>(
+    scope: &mut v8::PinScope<'s, '_>,
+    map: &serde_json::Map<String, serde_json::Value>,
+) -> Result<v8::Local<'s, v8::Value>, Error> {
+    if map.is_empty() {
+        return Ok(v8::Object::new(scope).into());
+    }
+    deno_core::serde_v8::to_v8(scope, map).map_err(Error::internal)
+}

@@ -1,0 +1,265 @@
+//! The engine: runs webtask code for containers in V8 isolates with every
+//! per-request limit enforced. It knows nothing of HTTP; the API layer and
+//! embedders call [`Engine::dispatch`] / [`Engine::run`].
+//!
+//! Layout: `snapshot` builds the startup snapshot, `isolate` wraps one
+//! `JsRuntime`, `host` is the thread that owns it, `inflight` tracks the
+//! requests running in it, `ops` is the host surface the guest runner
+//! calls, `watchdog` and `alloc` enforce CPU and ArrayBuffer limits.
+
+mod alloc;
+mod error;
+mod host;
+mod inflight;
+mod isolate;
+mod ops;
+mod request;
+mod snapshot;
+mod watchdog;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot};
+
+pub use error::{Error, ScriptError};
+pub use request::{Context, Output, Reply, ReplyBody};
+
+use host::{Job, Permit};
+
+/// Per-request limits. Every one that fires is reported with its figure.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// CPU time of the isolate thread per request.
+    pub cpu_ms: u64,
+    /// Wall-clock deadline per request.
+    pub wall_ms: u64,
+    /// V8 heap of one container's isolate.
+    pub heap_mb: u64,
+    /// ArrayBuffer memory of one container's isolate (outside the V8 heap).
+    pub array_buffer_mb: u64,
+    /// Largest response body.
+    pub response_bytes: u64,
+    /// V8 stack size; process-wide, the first engine's value wins.
+    pub stack_kb: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            cpu_ms: 1_000,
+            wall_ms: 30_000,
+            heap_mb: 128,
+            array_buffer_mb: 256,
+            response_bytes: 8 * 1024 * 1024,
+            stack_kb: 984,
+        }
+    }
+}
+
+/// Engine-wide settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    pub limits: Limits,
+    /// Containers kept with a live isolate; past this the least recently
+    /// used idle one is retired.
+    pub max_isolates: usize,
+    /// Requests one container may run at once; more get `concurrency_limit`.
+    pub max_concurrency: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { limits: Limits::default(), max_isolates: 256, max_concurrency: 64 }
+    }
+}
+
+/// Counters the engine keeps for whoever exports metrics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub live_isolates: AtomicUsize,
+    pub isolates_created: AtomicU64,
+}
+
+/// Webtask source, checked to be UTF-8 once at the edge.
+#[derive(Debug, Clone)]
+pub struct Code(Bytes);
+
+impl Code {
+    pub fn new(bytes: impl Into<Bytes>) -> Result<Self, Error> {
+        let bytes = bytes.into();
+        std::str::from_utf8(&bytes).map_err(|_| Error::bad_request("code is not valid UTF-8"))?;
+        Ok(Code(bytes))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // SAFETY: checked in `new`, immutable since.
+        unsafe { std::str::from_utf8_unchecked(&self.0) }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<&str> for Code {
+    fn from(s: &str) -> Self {
+        Code(Bytes::copy_from_slice(s.as_bytes()))
+    }
+}
+
+impl From<String> for Code {
+    fn from(s: String) -> Self {
+        Code(Bytes::from(s))
+    }
+}
+
+/// Checks a container name: `[A-Za-z0-9_-]{1,64}`.
+pub fn valid_container(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+struct HostHandle {
+    tx: mpsc::UnboundedSender<Job>,
+    running: Arc<AtomicUsize>,
+    last_used: u64,
+}
+
+struct Inner {
+    config: EngineConfig,
+    hosts: Mutex<HashMap<Arc<str>, HostHandle>>,
+    stats: Arc<Stats>,
+    clock: AtomicU64,
+    req_seq: AtomicU64,
+}
+
+/// Runs webtasks. Cheap to clone; all clones share isolates.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), webtask::Error> {
+/// use webtask::{Context, Engine};
+///
+/// let engine = Engine::new(Default::default());
+/// let code = r#"return function (context, cb) { cb(null, "Hello, " + context.data.name); }"#;
+/// let out = engine.run(code, Context::new().query("name", "webtask")).await?;
+/// assert_eq!(out.status, 200);
+/// assert_eq!(out.json().unwrap(), "Hello, webtask");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+/// The container [`Engine::run`] uses.
+pub const DEFAULT_CONTAINER: &str = "default";
+
+impl Engine {
+    /// An engine with `config`; builds the startup snapshot on first use.
+    pub fn new(config: EngineConfig) -> Self {
+        snapshot::init_v8(config.limits.stack_kb);
+        snapshot::get();
+        Engine {
+            inner: Arc::new(Inner {
+                config,
+                hosts: Mutex::new(HashMap::new()),
+                stats: Arc::new(Stats::default()),
+                clock: AtomicU64::new(0),
+                req_seq: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    /// Runs `code` in the default container and collects its response.
+    pub async fn run(&self, code: impl Into<Code>, context: Context) -> Result<Output, Error> {
+        self.run_in(DEFAULT_CONTAINER, code, context).await
+    }
+
+    /// Runs `code` in `container` and collects its response.
+    pub async fn run_in(&self, container: &str, code: impl Into<Code>, context: Context) -> Result<Output, Error> {
+        let req_id = self.next_req_id();
+        self.dispatch(container, code.into(), context, req_id).await?.collect().await
+    }
+
+    /// A fresh request id (`<process-unique counter>` in hex).
+    pub fn next_req_id(&self) -> Arc<str> {
+        let n = self.inner.req_seq.fetch_add(1, Ordering::Relaxed);
+        format!("{:x}-{n:x}", std::process::id()).into()
+    }
+
+    /// Starts `code` in `container`; resolves when the status and headers
+    /// are known, with the body to follow.
+    pub async fn dispatch(&self, container: &str, code: Code, context: Context, req_id: Arc<str>) -> Result<Reply, Error> {
+        if !valid_container(container) {
+            return Err(Error::bad_request("container names are 1-64 characters of A-Z, a-z, 0-9, '_' and '-'"));
+        }
+        let (reply, rx) = oneshot::channel();
+        self.submit(container, Job { code, context, req_id, reply, permit: Permit(Arc::default()) })?;
+        rx.await.unwrap_or_else(|_| Err(Error::internal("isolate thread ended before answering")))
+    }
+
+    fn submit(&self, container: &str, mut job: Job) -> Result<(), Error> {
+        let inner = &self.inner;
+        let mut hosts = inner.hosts.lock().unwrap();
+        let now = inner.clock.fetch_add(1, Ordering::Relaxed);
+        if !hosts.contains_key(container) {
+            self.evict_lru(&mut hosts);
+            let handle = self.spawn_host(container)?;
+            hosts.insert(container.into(), handle);
+        }
+        let handle = hosts.get_mut(container).unwrap();
+        handle.last_used = now;
+        let limit = inner.config.max_concurrency;
+        if handle.running.fetch_add(1, Ordering::Acquire) >= limit {
+            handle.running.fetch_sub(1, Ordering::Release);
+            return Err(Error::ConcurrencyLimit { limit });
+        }
+        job.permit = Permit(handle.running.clone());
+        handle.tx.send(job).map_err(|_| Error::internal("isolate thread is gone"))
+    }
+
+    fn spawn_host(&self, container: &str) -> Result<HostHandle, Error> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let name: Arc<str> = container.into();
+        let limits = self.inner.config.limits.clone();
+        let stats = self.inner.stats.clone();
+        std::thread::Builder::new()
+            .name(format!("wt-{container}"))
+            // V8's own stack limit is `stack_kb`; the thread gets ample room
+            // above it for Rust frames.
+            .stack_size((limits.stack_kb as usize + 4096) * 1024)
+            .spawn(move || host::run(name, limits, stats, rx))
+            .map_err(Error::internal)?;
+        Ok(HostHandle { tx, running: Arc::default(), last_used: 0 })
+    }
+
+    /// Keeps at most `max_isolates` containers: retires the least recently
+    /// used one with nothing running (its thread ends when its channel closes).
+    fn evict_lru(&self, hosts: &mut HashMap<Arc<str>, HostHandle>) {
+        if hosts.len() < self.inner.config.max_isolates {
+            return;
+        }
+        let victim = hosts
+            .iter()
+            .filter(|(_, h)| h.running.load(Ordering::Acquire) == 0)
+            .min_by_key(|(_, h)| h.last_used)
+            .map(|(k, _)| k.clone());
+        if let Some(victim) = victim {
+            hosts.remove(&victim);
+        }
+    }
+}

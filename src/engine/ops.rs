@@ -1,0 +1,107 @@
+//! The host surface guest code reaches, through the runner in
+//! `js_runtime/bootstrap.js` only: settling a request, streaming a response,
+//! and console output. Ops take plain values and never hand a host object
+//! back to JavaScript.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use deno_core::{op2, OpState};
+
+use super::inflight::Inflight;
+use super::{Error, ScriptError};
+
+/// Longest console line kept; longer ones are cut and marked.
+const MAX_LOG_LINE: usize = 16 * 1024;
+
+/// Which container this isolate serves (for log records).
+pub struct HostInfo {
+    pub container: Arc<str>,
+}
+
+deno_core::extension!(
+    webtask_runtime,
+    ops = [op_wt_complete, op_wt_fail, op_wt_head, op_wt_write, op_wt_end, op_wt_console],
+    esm_entry_point = "ext:webtask_runtime/bootstrap.js",
+    esm = [dir "js_runtime", "bootstrap.js"],
+);
+
+fn inflight(state: &OpState) -> std::cell::RefMut<'_, Inflight> {
+    state.borrow::<Rc<RefCell<Inflight>>>().borrow_mut()
+}
+
+#[op2(fast)]
+fn op_wt_complete(state: &mut OpState, #[smi] id: u32, #[string] json: String) {
+    inflight(state).complete(id, json);
+}
+
+#[op2(fast)]
+fn op_wt_fail(
+    state: &mut OpState,
+    #[smi] id: u32,
+    #[string] name: String,
+    #[string] message: String,
+    #[string] stack: String,
+    #[string] details: String,
+) {
+    let non_empty = |s: String| (!s.is_empty()).then_some(s);
+    let err = ScriptError { name: non_empty(name), message, stack: non_empty(stack), details };
+    inflight(state).fail(id, Error::Script(err));
+}
+
+#[op2]
+fn op_wt_head(state: &mut OpState, #[smi] id: u32, #[smi] status: u32, #[serde] flat: Vec<String>) {
+    let status = if (100..=999).contains(&status) { status as u16 } else { 500 };
+    let mut headers = Vec::with_capacity(flat.len() / 2);
+    let mut it = flat.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        // Values the HTTP layer would reject are dropped, not sent broken.
+        if http::HeaderName::try_from(k.as_str()).is_ok() && http::HeaderValue::try_from(v.as_str()).is_ok() {
+            headers.push((k, v));
+        }
+    }
+    inflight(state).head(id, status, headers);
+}
+
+#[op2]
+fn op_wt_write(state: &mut OpState, #[smi] id: u32, #[serde] chunk: deno_core::StringOrBuffer) -> bool {
+    let bytes = match chunk {
+        deno_core::StringOrBuffer::String(s) => Bytes::from(s),
+        deno_core::StringOrBuffer::Buffer(b) => Bytes::copy_from_slice(&b),
+    };
+    inflight(state).write(id, bytes)
+}
+
+#[op2(fast)]
+fn op_wt_end(state: &mut OpState, #[smi] id: u32) {
+    inflight(state).end(id);
+}
+
+#[op2(fast)]
+fn op_wt_console(state: &mut OpState, #[smi] id: u32, #[smi] level: u32, #[string] msg: &str) {
+    let container = state.borrow::<HostInfo>().container.clone();
+    let req_id = inflight(state).req_id(id).cloned();
+    let req_id = req_id.as_deref().unwrap_or("");
+    let msg = truncate(msg);
+    let msg = msg.as_ref();
+    match level {
+        0..=10 => tracing::trace!(target: "webtask::guest", container = &*container, req_id, "{msg}"),
+        11..=20 => tracing::debug!(target: "webtask::guest", container = &*container, req_id, "{msg}"),
+        21..=30 => tracing::info!(target: "webtask::guest", container = &*container, req_id, "{msg}"),
+        31..=40 => tracing::warn!(target: "webtask::guest", container = &*container, req_id, "{msg}"),
+        _ => tracing::error!(target: "webtask::guest", container = &*container, req_id, "{msg}"),
+    }
+}
+
+fn truncate(msg: &str) -> std::borrow::Cow<'_, str> {
+    if msg.len() <= MAX_LOG_LINE {
+        return msg.into();
+    }
+    let mut end = MAX_LOG_LINE;
+    while !msg.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… [truncated {} bytes]", &msg[..end], msg.len() - end).into()
+}

@@ -1,0 +1,49 @@
+//! The startup snapshot: `js_runtime/` evaluated once per process, so every
+//! isolate after that is a deserialisation, not a bootstrap. Built lazily on
+//! first use (node start, or the first embedded run) on a thread of its
+//! own, because V8 wants no other isolate entered on the creating thread.
+
+use std::sync::OnceLock;
+
+use deno_core::{JsRuntimeForSnapshot, RuntimeOptions};
+
+use super::ops::webtask_runtime;
+
+static SNAPSHOT: OnceLock<&'static [u8]> = OnceLock::new();
+static V8_FLAGS: OnceLock<u32> = OnceLock::new();
+
+/// Sets process-wide V8 flags; only the first call takes effect, since V8
+/// reads them once when its platform starts.
+pub fn init_v8(stack_kb: u32) {
+    let applied = *V8_FLAGS.get_or_init(|| {
+        let flags = vec![String::new(), format!("--stack-size={stack_kb}")];
+        let rest = deno_core::v8_set_flags(flags);
+        debug_assert!(rest.len() <= 1, "unknown V8 flags: {rest:?}");
+        stack_kb
+    });
+    if applied != stack_kb {
+        tracing::warn!(applied, requested = stack_kb, "V8 stack size is process-wide; keeping the first value");
+    }
+}
+
+/// The snapshot blob, built on first call.
+pub fn get() -> &'static [u8] {
+    SNAPSHOT.get_or_init(|| {
+        std::thread::Builder::new()
+            .name("webtask-snapshot".into())
+            .spawn(build)
+            .expect("spawn snapshot thread")
+            .join()
+            .expect("building the startup snapshot failed")
+    })
+}
+
+fn build() -> &'static [u8] {
+    let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+    let _enter = tokio.enter();
+    let rt = JsRuntimeForSnapshot::new(RuntimeOptions {
+        extensions: vec![webtask_runtime::init()],
+        ..Default::default()
+    });
+    Box::leak(rt.snapshot())
+}

@@ -1,0 +1,105 @@
+//! The `webtask` command: `serve` a node, or `run` one webtask file once.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use webtask::api::{self, Node};
+use webtask::config::Config;
+use webtask::{Context, Engine};
+
+#[derive(Parser)]
+#[command(name = "webtask", version, about = "Run untrusted JavaScript per HTTP request, per tenant, in V8")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a node serving the HTTP API.
+    Serve {
+        /// Address to listen on (overrides the config file).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// webtask.toml; embedded defaults without it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run a webtask file once and print its JSON result.
+    Run {
+        file: PathBuf,
+        /// `key=value`, visible in context.data (repeatable).
+        #[arg(long = "data", value_parser = parse_kv)]
+        data: Vec<(String, String)>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("expected key=value, got {s:?}"))
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_writer(std::io::stderr)
+        .with_env_filter(EnvFilter::try_from_env("WEBTASK_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Serve { listen, config } => runtime.block_on(serve(load(config)?, listen)),
+        Command::Run { file, data, config } => runtime.block_on(run_once(load(config)?, file, data)),
+    }
+}
+
+fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
+    path.map_or_else(|| Ok(Config::default()), |p| Config::load(&p))
+}
+
+async fn serve(mut config: Config, listen: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
+    if let Some(addr) = listen {
+        config.listen = addr;
+    }
+    let engine = Engine::new(config.engine.clone());
+    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "webtask node listening");
+    let node = Node::new(engine, config.http.clone());
+    api::serve(node, listener, shutdown_signal()).await;
+    tracing::info!("webtask node stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+async fn run_once(config: Config, file: PathBuf, data: Vec<(String, String)>) -> anyhow::Result<()> {
+    let code = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    let engine = Engine::new(config.engine);
+    let mut context = Context::new();
+    context.query = data;
+    match engine.run(code, context).await {
+        Ok(out) => {
+            println!("{}", String::from_utf8_lossy(&out.body));
+            Ok(())
+        }
+        Err(err) => {
+            println!("{}", api::error_json(&err));
+            std::process::exit(1);
+        }
+    }
+}
