@@ -36,21 +36,9 @@ const AsyncFunctionProto = Object.getPrototypeOf(async function () {});
 const ObjectGetPrototypeOf = Object.getPrototypeOf;
 
 // ---------------------------------------------------------------------------
-// Errors crossing to the host: name, message, details and a stack that names
-// only the webtask's own frames (`webtask.js:LINE:COL`), never runtime code.
+// Errors crossing to the host: name, message, details and stack. The host's
+// prepare-stack-trace hook already keeps only the webtask's own frames.
 // ---------------------------------------------------------------------------
-
-function cleanStack(stack) {
-  if (typeof stack !== "string") return undefined;
-  const lines = stack.split("\n");
-  const kept = [];
-  for (let i = 0; i < lines.length; i++) {
-    const line = lines[i];
-    const isFrame = line.startsWith("    at ");
-    if (!isFrame || line.includes("webtask.js:")) kept.push(line);
-  }
-  return kept.join("\n");
-}
 
 function safeString(value) {
   try {
@@ -68,7 +56,7 @@ function describe(err) {
     const message = safeString(err.message);
     let stack = "";
     try {
-      stack = cleanStack(err.stack) ?? "";
+      stack = typeof err.stack === "string" ? err.stack : "";
     } catch {
       // a throwing `stack` getter leaves the stack out
     }
@@ -135,7 +123,7 @@ const LEVELS = { debug: 20, trace: 10, log: 30, info: 30, warn: 40, error: 50 };
 
 function formatArg(arg) {
   if (typeof arg === "string") return arg;
-  if (arg instanceof ErrorCtor) return cleanStack(arg.stack) ?? safeString(arg);
+  if (arg instanceof ErrorCtor) return arg.stack ?? safeString(arg);
   if (typeof arg === "object" && arg !== null) {
     try {
       return JSONStringify(arg) ?? safeString(arg);

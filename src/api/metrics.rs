@@ -35,6 +35,7 @@ pub struct Metrics {
     latency: Histogram,
     live_isolates: Gauge,
     isolates_created: Counter,
+    compilations: Counter,
     kills: Family<KindLabel, Counter>,
 }
 
@@ -51,14 +52,16 @@ impl Metrics {
         let latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 20));
         let live_isolates = Gauge::default();
         let isolates_created = Counter::default();
+        let compilations = Counter::default();
         let kills = Family::<KindLabel, Counter>::default();
         let mut registry = Registry::with_prefix("webtask");
         registry.register("http_requests", "Run requests by response status", requests.clone());
         registry.register("http_request_duration_seconds", "Run request latency to response head", latency.clone());
         registry.register("live_isolates", "V8 isolates alive", live_isolates.clone());
         registry.register("isolates_created", "V8 isolates created from the snapshot", isolates_created.clone());
+        registry.register("compilations", "Webtask compilations (compile-cache misses)", compilations.clone());
         registry.register("limit_kills", "Requests ended by a limit, by kind", kills.clone());
-        Metrics { registry: Mutex::new(registry), requests, latency, live_isolates, isolates_created, kills }
+        Metrics { registry: Mutex::new(registry), requests, latency, live_isolates, isolates_created, compilations, kills }
     }
 
     pub fn observe(&self, status: u16, elapsed: Duration) {
@@ -73,8 +76,8 @@ impl Metrics {
     pub fn render(&self, stats: &Stats) -> Response<Body> {
         use std::sync::atomic::Ordering::Relaxed;
         self.live_isolates.set(stats.live_isolates.load(Relaxed) as i64);
-        let created = stats.isolates_created.load(Relaxed);
-        self.isolates_created.inc_by(created.saturating_sub(self.isolates_created.get()));
+        sync_counter(&self.isolates_created, stats.isolates_created.load(Relaxed));
+        sync_counter(&self.compilations, stats.compilations.load(Relaxed));
         let mut text = String::new();
         let _ = encode(&mut text, &self.registry.lock().unwrap());
         let mut res = Response::new(Full::new(text.into()).map_err(|never| match never {}).boxed());
@@ -84,4 +87,9 @@ impl Metrics {
         );
         res
     }
+}
+
+/// Brings a Prometheus counter up to an engine counter's value.
+fn sync_counter(counter: &Counter, value: u64) {
+    counter.inc_by(value.saturating_sub(counter.get()));
 }

@@ -62,7 +62,7 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: impl std::f
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(node.http.header_timeout_ms))
-        .max_buf_size(node.http.header_bytes.max(8192))
+        .max_header_size(node.http.header_bytes)
         .keep_alive(true);
     tokio::pin!(shutdown);
     loop {

@@ -25,6 +25,10 @@ struct Envelope {
     secrets: Map<String, Value>,
     #[serde(default)]
     meta: Map<String, Value>,
+    /// The webtask's own request body, as `context.body` (merged into
+    /// `context.data` when it is an object).
+    #[serde(default)]
+    body: Option<Value>,
 }
 
 pub async fn handle(node: &Node, container: String, req: Request<Incoming>) -> Response<Body> {
@@ -73,6 +77,10 @@ async fn run(node: &Node, container: &str, req: Request<Incoming>, req_id: Arc<s
         context.data = env.data;
         context.secrets = env.secrets;
         context.meta = env.meta;
+        if let Some(body) = env.body {
+            context.body = Some(serde_json::to_vec(&body).unwrap_or_default().into());
+            context.content_type = Some("application/json".to_owned());
+        }
         Code::from(env.code)
     } else {
         Code::new(body)?

@@ -75,14 +75,18 @@ pub fn run(container: Arc<str>, limits: Limits, stats: Arc<Stats>, mut rx: mpsc:
                 Poll::Pending
             })
             .await;
+            // The request whose synchronous run a kill interrupted is its
+            // culprit; a kill while the event loop ran is charged to the
+            // oldest request, which the CPU figure was measured on.
+            let mut running = None;
             match event {
-                Event::Job(job) => host.start(job),
+                Event::Job(job) => running = host.start(job),
                 Event::Closed => break,
                 Event::LoopIdle => host.loop_idle = true,
                 Event::LoopError(e) => host.loop_failed(e),
                 Event::Deadline => host.expire(Instant::now()),
             }
-            host.after_turn();
+            host.after_turn(running);
             deadline = host.next_deadline().map(|at| Box::pin(tokio::time::sleep_until(at)));
         }
     });
@@ -112,10 +116,11 @@ impl Host {
         Ok(self.isolate.as_mut().unwrap())
     }
 
-    fn start(&mut self, job: Job) {
+    /// Starts `job`; returns its id in the isolate.
+    fn start(&mut self, job: Job) -> Option<u32> {
         if self.guard.killed().is_some() {
             // Killed after its last request finished: start clean.
-            self.discard(&Error::internal("isolate killed while idle"));
+            self.discard(&Error::internal("isolate killed while idle"), None);
         }
         let cpu_start = self.guard.now_ns();
         let deadline = Instant::now() + std::time::Duration::from_millis(self.limits.wall_ms);
@@ -124,13 +129,16 @@ impl Host {
             Ok(isolate) => isolate,
             Err(err) => {
                 let _ = job.reply.send(Err(err));
-                return;
+                return None;
             }
         };
         let id = isolate.inflight().insert(job.reply, job.req_id, cpu_start, deadline, job.permit);
         guard.set_oldest(isolate.inflight().oldest_cpu_start());
-        isolate.start(id, &job.code, &job.context);
+        if isolate.start(id, &job.code, &job.context) {
+            self.stats.compilations.fetch_add(1, Ordering::Relaxed);
+        }
         self.loop_idle = false;
+        Some(id)
     }
 
     fn loop_failed(&mut self, message: String) {
@@ -138,7 +146,7 @@ impl Host {
             return; // after_turn reports the kill
         }
         tracing::error!(container = &*self.container, error = %message, "event loop failed; recycling isolate");
-        self.discard(&Error::internal(message));
+        self.discard(&Error::internal(message), None);
     }
 
     fn expire(&mut self, now: Instant) {
@@ -152,14 +160,14 @@ impl Host {
 
     /// Bookkeeping after anything ran on the isolate: kills, recycling, and
     /// what the watchdog should watch next.
-    fn after_turn(&mut self) {
+    fn after_turn(&mut self, running: Option<u32>) {
         if let Some(kill) = self.guard.killed() {
             let (err, kind) = match kill {
                 Kill::Cpu { limit_ms, used_ms } => (Error::CpuLimit { limit_ms, used_ms }, "cpu_limit"),
                 Kill::Memory { limit_mb } => (Error::MemoryLimit { limit_mb }, "memory_limit"),
             };
             tracing::warn!(container = &*self.container, code = kind, "{err}; isolate discarded");
-            self.discard(&err);
+            self.discard(&err, running);
         }
         let Some(isolate) = self.isolate.as_mut() else {
             self.guard.set_oldest(None);
@@ -167,20 +175,19 @@ impl Host {
         };
         let idle = isolate.inflight().is_empty();
         if idle && self.recycle {
-            self.discard(&Error::internal("recycled"));
+            self.discard(&Error::internal("recycled"), None);
             return;
         }
         let oldest = isolate.inflight().oldest_cpu_start();
         self.guard.set_oldest(oldest);
     }
 
-    /// Drops the isolate, failing whatever still runs in it with `err`.
-    fn discard(&mut self, err: &Error) {
+    /// Drops the isolate: `culprit` (else the oldest request) fails with
+    /// `err`, every other request still in it with `isolate_recycled`.
+    fn discard(&mut self, err: &Error, culprit: Option<u32>) {
         if let Some(mut isolate) = self.isolate.take() {
-            isolate.inflight().fail_oldest(|first| match first {
-                true => err.clone(),
-                false => Error::IsolateRecycled { reason: err.code().to_owned() },
-            });
+            let recycled = Error::IsolateRecycled { reason: err.code().to_owned() };
+            isolate.inflight().fail_all(culprit, err, &recycled);
             drop(isolate);
             self.stats.live_isolates.fetch_sub(1, Ordering::Relaxed);
         }

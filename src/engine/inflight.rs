@@ -93,12 +93,15 @@ impl Inflight {
         }
     }
 
-    /// Ends every request: the oldest (the one a limit was measured on)
-    /// with `error(true)`, the others with `error(false)`.
-    pub fn fail_oldest(&mut self, error: impl Fn(bool) -> Error) {
-        let oldest = self.slots.iter().min_by_key(|(_, s)| s.cpu_start_ns).map(|(id, _)| *id);
+    /// Ends every request: `culprit` (or, without one, the oldest, which
+    /// a CPU figure is measured on) with `err`, the others with `others`.
+    pub fn fail_all(&mut self, culprit: Option<u32>, err: &Error, others: &Error) {
+        let culprit = culprit
+            .filter(|id| self.slots.contains_key(id))
+            .or_else(|| self.slots.iter().min_by_key(|(_, s)| s.cpu_start_ns).map(|(id, _)| *id));
         for (id, mut slot) in self.slots.drain() {
-            settle(&mut slot, Err(error(Some(id) == oldest)));
+            let e = if Some(id) == culprit { err } else { others };
+            settle(&mut slot, Err(e.clone()));
         }
     }
 

@@ -18,7 +18,7 @@ use super::ops::{webtask_runtime, HostInfo};
 use super::request::Context;
 use super::watchdog::{CpuGuard, Kill};
 
-use super::{alloc, snapshot, Code, Error, Limits, ScriptError};
+use super::{alloc, snapshot, stack, Code, Error, Limits, ScriptError};
 
 /// Compiled webtask functions kept per isolate.
 const COMPILE_CACHE_ENTRIES: usize = 128;
@@ -26,6 +26,7 @@ const COMPILE_CACHE_ENTRIES: usize = 128;
 pub struct Isolate {
     rt: JsRuntime,
     inflight: Rc<RefCell<Inflight>>,
+    guard: Arc<CpuGuard>,
     run_fn: v8::Global<v8::Function>,
     instantiate_fn: v8::Global<v8::Function>,
     compiled: LruCache<[u8; 32], v8::Global<v8::Function>>,
@@ -46,6 +47,7 @@ impl Isolate {
         })
         .map_err(Error::internal)?;
         guard.attach(rt.v8_isolate().thread_safe_handle());
+        rt.v8_isolate().set_prepare_stack_trace_callback(stack::prepare);
 
         let heap_guard = guard.clone();
         let limit_mb = limits.heap_mb;
@@ -90,6 +92,7 @@ impl Isolate {
         Ok(Isolate {
             rt,
             inflight,
+            guard: guard.clone(),
             run_fn,
             instantiate_fn,
             compiled: LruCache::new(NonZeroUsize::new(COMPILE_CACHE_ENTRIES).unwrap()),
@@ -104,12 +107,14 @@ impl Isolate {
     /// and calls the runner, which settles the request through the ops now
     /// or once the event loop has done its part. A kill by the watchdog or
     /// the heap limit is left for the caller to find on the guard.
-    pub fn start(&mut self, id: u32, code: &Code, ctx: &Context) {
+    /// Returns whether the code had to be compiled.
+    pub fn start(&mut self, id: u32, code: &Code, ctx: &Context) -> bool {
         let key: [u8; 32] = Sha256::digest(code.as_bytes()).into();
         let cached = self.compiled.get(&key).cloned();
         let context = self.rt.main_context();
         let isolate = self.rt.v8_isolate();
         v8::scope_with_context!(scope, isolate, context);
+        let compiled = cached.is_none();
         let func = match cached {
             Some(f) => f,
             None => match compile(scope, &self.instantiate_fn, code.as_str()) {
@@ -117,13 +122,19 @@ impl Isolate {
                     self.compiled.put(key, f.clone());
                     f
                 }
-                Err(err) => return fail(scope, id, err),
+                Err(err) => {
+                    fail(&self.guard, &self.inflight, id, err);
+                    return true;
+                }
             },
         };
         let func = v8::Local::new(scope, func);
         let args = match context_args(scope, func, id, ctx) {
             Ok(args) => args,
-            Err(err) => return fail(scope, id, err),
+            Err(err) => {
+                fail(&self.guard, &self.inflight, id, err);
+                return compiled;
+            }
         };
         let run = v8::Local::new(scope, &self.run_fn);
         let undefined = v8::undefined(scope).into();
@@ -131,6 +142,7 @@ impl Isolate {
         // termination, which the host reads from the guard.
         v8::tc_scope!(let tc, scope);
         run.call(tc, undefined, &args);
+        compiled
     }
 
     pub fn poll_event_loop(&mut self, cx: &mut TaskContext) -> Poll<Result<(), deno_core::error::CoreError>> {
@@ -138,10 +150,12 @@ impl Isolate {
     }
 }
 
-fn fail(scope: &mut v8::PinScope, id: u32, err: Error) {
-    let state = JsRuntime::op_state_from(scope);
-    let inflight = state.borrow().borrow::<Rc<RefCell<Inflight>>>().clone();
-    inflight.borrow_mut().fail(id, err);
+/// Fails request `id`, unless the isolate was just killed: then the host
+/// reports the kill that caused the failure instead.
+fn fail(guard: &CpuGuard, inflight: &RefCell<Inflight>, id: u32, err: Error) {
+    if guard.killed().is_none() {
+        inflight.borrow_mut().fail(id, err);
+    }
 }
 
 fn get_fn(
@@ -164,7 +178,7 @@ fn compile(
     code: &str,
 ) -> Result<v8::Global<v8::Function>, Error> {
     let src = v8::String::new(scope, code).ok_or_else(|| Error::bad_request("code is too large"))?;
-    let name = v8::String::new(scope, "webtask.js").unwrap();
+    let name = v8::String::new(scope, stack::GUEST_SCRIPT).unwrap();
     let origin = v8::ScriptOrigin::new(scope, name.into(), 0, 0, false, 0, None, false, false, false, None);
     let mut source = v8::script_compiler::Source::new(src, Some(&origin));
     let params = ["module", "exports", "require"].map(|p| v8::String::new(scope, p).unwrap());

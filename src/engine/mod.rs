@@ -15,6 +15,7 @@ mod isolate;
 mod ops;
 mod request;
 mod snapshot;
+mod stack;
 mod watchdog;
 
 use std::collections::HashMap;
@@ -84,6 +85,8 @@ impl Default for EngineConfig {
 pub struct Stats {
     pub live_isolates: AtomicUsize,
     pub isolates_created: AtomicU64,
+    /// Webtask compilations (compile-cache misses).
+    pub compilations: AtomicU64,
 }
 
 /// Webtask source, checked to be UTF-8 once at the edge.

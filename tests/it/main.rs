@@ -1,0 +1,9 @@
+//! Integration tests: one binary (V8 links once), one module per capability.
+
+mod api;
+mod embed;
+mod errors;
+mod escape;
+mod limits;
+mod models;
+mod support;

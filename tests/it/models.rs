@@ -1,0 +1,157 @@
+//! Every Webtask programming model, through the HTTP API.
+
+use serde_json::json;
+
+use crate::support::TestNode;
+
+#[tokio::test]
+async fn return_function_with_context_and_callback() {
+    let node = TestNode::start().await;
+    let res = node
+        .run("demo", "?name=webtask", r#"return function (context, cb) { cb(null, "Hello, " + context.data.name); }"#)
+        .await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.headers["content-type"], "application/json");
+    assert_eq!(res.text(), r#""Hello, webtask""#);
+}
+
+#[tokio::test]
+async fn return_function_with_callback_only() {
+    let node = TestNode::start().await;
+    let res = node.run("demo", "", "return function (cb) { cb(null, {a: [1, 2], b: null}); }").await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.json(), json!({"a": [1, 2], "b": null}));
+}
+
+#[tokio::test]
+async fn module_exports_with_context_and_callback() {
+    let node = TestNode::start().await;
+    let res = node.run("demo", "?x=1", "module.exports = function (context, cb) { cb(null, context.query.x + '!'); }").await;
+    assert_eq!(res.json(), json!("1!"));
+}
+
+#[tokio::test]
+async fn module_exports_with_callback_only() {
+    let node = TestNode::start().await;
+    let res = node.run("demo", "", "module.exports = function (cb) { setTimeout(() => cb(null, 42), 5); }").await;
+    assert_eq!(res.json(), json!(42));
+}
+
+#[tokio::test]
+async fn async_function_returns_its_value() {
+    let node = TestNode::start().await;
+    let code = r#"module.exports = async (context) => {
+        await new Promise(r => setTimeout(r, 5));
+        return { name: context.data.name };
+    };"#;
+    let res = node.run("demo", "?name=a", code).await;
+    assert_eq!(res.json(), json!({"name": "a"}));
+}
+
+#[tokio::test]
+async fn plain_function_returning_a_promise() {
+    let node = TestNode::start().await;
+    let code = "module.exports = function () { return Promise.resolve([1, 'two']); };";
+    let res = node.run("demo", "", code).await;
+    assert_eq!(res.json(), json!([1, "two"]));
+}
+
+#[tokio::test]
+async fn async_function_with_callback_may_answer_later() {
+    let node = TestNode::start().await;
+    let code = "module.exports = async function (context, cb) { setTimeout(() => cb(null, 'late'), 5); };";
+    assert_eq!(node.run("demo", "", code).await.json(), json!("late"));
+}
+
+#[tokio::test]
+async fn first_callback_wins() {
+    let node = TestNode::start().await;
+    let code = "return function (cb) { cb(null, 1); cb(null, 2); cb(new Error('x')); }";
+    let res = node.run("demo", "", code).await;
+    assert_eq!((res.status, res.json()), (200, json!(1)));
+}
+
+#[tokio::test]
+async fn undefined_result_is_json_null() {
+    let node = TestNode::start().await;
+    let res = node.run("demo", "", "return function (cb) { cb(); }").await;
+    assert_eq!((res.status, res.text().as_str()), (200, "null"));
+}
+
+#[tokio::test]
+async fn context_req_res_controls_status_headers_and_streamed_body() {
+    let node = TestNode::start().await;
+    let code = r#"module.exports = function (context, req, res) {
+        res.setHeader('x-method', req.method);
+        res.writeHead(201, { 'content-type': 'text/plain', 'x-name': context.data.name });
+        res.write('hello ');
+        setTimeout(() => res.end('world'), 10);
+    };"#;
+    let res = node.run("demo", "?name=n", code).await;
+    assert_eq!(res.status, 201);
+    assert_eq!(res.headers["content-type"], "text/plain");
+    assert_eq!(res.headers["x-name"], "n");
+    assert_eq!(res.headers["x-method"], "POST");
+    assert_eq!(res.text(), "hello world");
+}
+
+#[tokio::test]
+async fn res_end_without_write_sends_head_and_body() {
+    let node = TestNode::start().await;
+    let code = "module.exports = (ctx, req, res) => { res.statusCode = 404; res.end('nope'); };";
+    let res = node.run("demo", "", code).await;
+    assert_eq!((res.status, res.text().as_str()), (404, "nope"));
+}
+
+#[tokio::test]
+async fn context_carries_data_query_headers_secrets_meta() {
+    let node = TestNode::start().await;
+    let envelope = json!({
+        "code": "return (ctx, cb) => cb(null, {data: ctx.data, query: ctx.query, h: ctx.headers['x-test'], s: ctx.secrets, m: ctx.meta, body: ctx.body})",
+        "data": {"d": 1},
+        "secrets": {"key": "shh"},
+        "meta": {"owner": "me"},
+        "body": {"b": true}
+    });
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(node.url("/api/run/demo?q=1&q=2&name=x"))
+        .header("content-type", "application/json")
+        .header("x-test", "yes")
+        .body(http_body_util::Full::new(bytes::Bytes::from(envelope.to_string())))
+        .unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let res = client.request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body = http_body_util::BodyExt::collect(res.into_body()).await.unwrap().to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["query"], json!({"q": ["1", "2"], "name": "x"}));
+    assert_eq!(v["data"], json!({"q": ["1", "2"], "name": "x", "b": true, "d": 1}));
+    assert_eq!(v["h"], json!("yes"));
+    assert_eq!(v["s"], json!({"key": "shh"}));
+    assert_eq!(v["m"], json!({"owner": "me"}));
+    assert_eq!(v["body"], json!({"b": true}));
+}
+
+#[tokio::test]
+async fn globals_persist_within_a_container_only() {
+    let node = TestNode::start().await;
+    let code = "return function (cb) { global.n = (global.n || 0) + 1; cb(null, global.n); }";
+    assert_eq!(node.run("a", "", code).await.json(), json!(1));
+    assert_eq!(node.run("a", "", code).await.json(), json!(2));
+    assert_eq!(node.run("b", "", code).await.json(), json!(1));
+}
+
+#[tokio::test]
+async fn same_code_compiles_once_per_container() {
+    let node = TestNode::start().await;
+    let code = "return function (cb) { cb(null, 'cached'); }";
+    let compiled = || async { crate::support::sample(&node.metrics().await, "webtask_compilations_total").unwrap() };
+    let before = compiled().await;
+    for _ in 0..3 {
+        assert_eq!(node.run("cache", "", code).await.json(), json!("cached"));
+    }
+    assert_eq!(compiled().await - before, 1.0);
+    node.run("cache", "", "return function (cb) { cb(null, 'other'); }").await;
+    assert_eq!(compiled().await - before, 2.0);
+}

@@ -1,0 +1,124 @@
+//! A node on an ephemeral loopback port, and a small HTTP client for it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use tokio::sync::oneshot;
+use webtask::api::{self, Node};
+use webtask::config::Config;
+use webtask::Engine;
+
+/// Limits small enough to trip in a test, large enough for normal code.
+pub fn test_config() -> Config {
+    Config::parse(
+        r#"
+        listen = "127.0.0.1:0"
+        [http]
+        body_bytes = 4096
+        header_bytes = 4096
+        header_timeout_ms = 500
+        [engine]
+        max_concurrency = 8
+        [engine.limits]
+        cpu_ms = 100
+        wall_ms = 1000
+        heap_mb = 64
+        array_buffer_mb = 32
+        response_bytes = 65536
+        "#,
+    )
+    .unwrap()
+}
+
+pub struct TestNode {
+    pub addr: SocketAddr,
+    pub node: std::sync::Arc<Node>,
+    stop: Option<oneshot::Sender<()>>,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl TestNode {
+    pub async fn start() -> Self {
+        Self::with_config(test_config()).await
+    }
+
+    pub async fn with_config(config: Config) -> Self {
+        let engine = Engine::new(config.engine.clone());
+        let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let node = Node::new(engine, config.http.clone());
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(api::serve(node.clone(), listener, async {
+            let _ = stopped.await;
+        }));
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        TestNode { addr, node, stop: Some(stop), client }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn request(&self, method: &str, path: &str, content_type: Option<&str>, body: impl Into<Bytes>) -> Resp {
+        let mut req = http::Request::builder().method(method).uri(self.url(path));
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let req = req.body(Full::new(body.into())).unwrap();
+        let res = tokio::time::timeout(Duration::from_secs(30), self.client.request(req))
+            .await
+            .expect("request hung")
+            .expect("request failed");
+        let (parts, body) = res.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        Resp { status: parts.status.as_u16(), headers: parts.headers, body }
+    }
+
+    /// POSTs `code` as the body of `/api/run/{container}{query}`.
+    pub async fn run(&self, container: &str, query: &str, code: &str) -> Resp {
+        let path = format!("/api/run/{container}{query}");
+        self.request("POST", &path, Some("application/javascript"), code.to_owned()).await
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.request("GET", path, None, Bytes::new()).await
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics").await.text()
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// The value of a Prometheus sample line `name{labels} value`.
+pub fn sample(metrics: &str, name_and_labels: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+}
