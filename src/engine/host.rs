@@ -108,9 +108,7 @@ struct Host {
 impl Host {
     fn isolate(&mut self) -> Result<&mut Isolate, Error> {
         if self.isolate.is_none() {
-            let isolate = Isolate::new(&self.limits, &self.guard, self.container.clone())?;
-            self.stats.isolates_created.fetch_add(1, Ordering::Relaxed);
-            self.stats.live_isolates.fetch_add(1, Ordering::Relaxed);
+            let isolate = Isolate::new(&self.limits, &self.guard, self.container.clone(), self.stats.clone())?;
             self.isolate = Some(isolate);
         }
         Ok(self.isolate.as_mut().unwrap())
@@ -134,9 +132,7 @@ impl Host {
         };
         let id = isolate.inflight().insert(job.reply, job.req_id, cpu_start, deadline, job.permit);
         guard.set_oldest(isolate.inflight().oldest_cpu_start());
-        if isolate.start(id, &job.code, &job.context) {
-            self.stats.compilations.fetch_add(1, Ordering::Relaxed);
-        }
+        isolate.start(id, &job.code, &job.context);
         self.loop_idle = false;
         Some(id)
     }
@@ -185,11 +181,12 @@ impl Host {
     /// Drops the isolate: `culprit` (else the oldest request) fails with
     /// `err`, every other request still in it with `isolate_recycled`.
     fn discard(&mut self, err: &Error, culprit: Option<u32>) {
-        if let Some(mut isolate) = self.isolate.take() {
+        if let Some(isolate) = self.isolate.take() {
+            // Gone before anyone hears of it: a caller that sees the error
+            // never finds the old isolate still counted or still running.
+            let inflight = isolate.into_inflight();
             let recycled = Error::IsolateRecycled { reason: err.code().to_owned() };
-            isolate.inflight().fail_all(culprit, err, &recycled);
-            drop(isolate);
-            self.stats.live_isolates.fetch_sub(1, Ordering::Relaxed);
+            inflight.borrow_mut().fail_all(culprit, err, &recycled);
         }
         self.guard.set_oldest(None);
         self.guard.reset();

@@ -6,6 +6,7 @@
 use std::cell::{RefCell, RefMut};
 use std::rc::Rc;
 use std::num::NonZeroUsize;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
@@ -18,7 +19,7 @@ use super::ops::{webtask_runtime, HostInfo};
 use super::request::Context;
 use super::watchdog::{CpuGuard, Kill};
 
-use super::{alloc, snapshot, stack, Code, Error, Limits, ScriptError};
+use super::{alloc, snapshot, stack, Code, Error, Limits, ScriptError, Stats};
 
 /// Compiled webtask functions kept per isolate.
 const COMPILE_CACHE_ENTRIES: usize = 128;
@@ -27,6 +28,7 @@ pub struct Isolate {
     rt: JsRuntime,
     inflight: Rc<RefCell<Inflight>>,
     guard: Arc<CpuGuard>,
+    stats: Arc<Stats>,
     run_fn: v8::Global<v8::Function>,
     instantiate_fn: v8::Global<v8::Function>,
     compiled: LruCache<[u8; 32], v8::Global<v8::Function>>,
@@ -34,7 +36,7 @@ pub struct Isolate {
 
 impl Isolate {
     /// A fresh isolate from the snapshot, bound to `guard` for CPU and heap kills.
-    pub fn new(limits: &Limits, guard: &Arc<CpuGuard>, container: Arc<str>) -> Result<Self, Error> {
+    pub fn new(limits: &Limits, guard: &Arc<CpuGuard>, container: Arc<str>, stats: Arc<Stats>) -> Result<Self, Error> {
         let heap = limits.heap_mb as usize * 1024 * 1024;
         let params = v8::CreateParams::default()
             .heap_limits(0, heap)
@@ -89,10 +91,13 @@ impl Isolate {
             let entry = v8::Local::<v8::Object>::try_from(entry).map_err(Error::internal)?;
             (get_fn(scope, entry, "run")?, get_fn(scope, entry, "instantiate")?)
         };
+        stats.isolates_created.fetch_add(1, Ordering::Relaxed);
+        stats.live_isolates.fetch_add(1, Ordering::Relaxed);
         Ok(Isolate {
             rt,
             inflight,
             guard: guard.clone(),
+            stats,
             run_fn,
             instantiate_fn,
             compiled: LruCache::new(NonZeroUsize::new(COMPILE_CACHE_ENTRIES).unwrap()),
@@ -103,38 +108,36 @@ impl Isolate {
         self.inflight.borrow_mut()
     }
 
+    /// Destroys the isolate, keeping the requests that were running in it.
+    pub fn into_inflight(self) -> Rc<RefCell<Inflight>> {
+        self.inflight.clone()
+    }
+
     /// Starts request `id`: compiles the code (or takes it from the cache)
     /// and calls the runner, which settles the request through the ops now
     /// or once the event loop has done its part. A kill by the watchdog or
     /// the heap limit is left for the caller to find on the guard.
-    /// Returns whether the code had to be compiled.
-    pub fn start(&mut self, id: u32, code: &Code, ctx: &Context) -> bool {
+    pub fn start(&mut self, id: u32, code: &Code, ctx: &Context) {
         let key: [u8; 32] = Sha256::digest(code.as_bytes()).into();
         let cached = self.compiled.get(&key).cloned();
         let context = self.rt.main_context();
         let isolate = self.rt.v8_isolate();
         v8::scope_with_context!(scope, isolate, context);
-        let compiled = cached.is_none();
         let func = match cached {
             Some(f) => f,
             None => match compile(scope, &self.instantiate_fn, code.as_str()) {
                 Ok(f) => {
+                    self.stats.compilations.fetch_add(1, Ordering::Relaxed);
                     self.compiled.put(key, f.clone());
                     f
                 }
-                Err(err) => {
-                    fail(&self.guard, &self.inflight, id, err);
-                    return true;
-                }
+                Err(err) => return fail(&self.guard, &self.inflight, id, err),
             },
         };
         let func = v8::Local::new(scope, func);
         let args = match context_args(scope, func, id, ctx) {
             Ok(args) => args,
-            Err(err) => {
-                fail(&self.guard, &self.inflight, id, err);
-                return compiled;
-            }
+            Err(err) => return fail(&self.guard, &self.inflight, id, err),
         };
         let run = v8::Local::new(scope, &self.run_fn);
         let undefined = v8::undefined(scope).into();
@@ -142,7 +145,6 @@ impl Isolate {
         // termination, which the host reads from the guard.
         v8::tc_scope!(let tc, scope);
         run.call(tc, undefined, &args);
-        compiled
     }
 
     pub fn poll_event_loop(&mut self, cx: &mut TaskContext) -> Poll<Result<(), deno_core::error::CoreError>> {
@@ -152,6 +154,12 @@ impl Isolate {
 
 /// Fails request `id`, unless the isolate was just killed: then the host
 /// reports the kill that caused the failure instead.
+impl Drop for Isolate {
+    fn drop(&mut self) {
+        self.stats.live_isolates.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 fn fail(guard: &CpuGuard, inflight: &RefCell<Inflight>, id: u32, err: Error) {
     if guard.killed().is_none() {
         inflight.borrow_mut().fail(id, err);
