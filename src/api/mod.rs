@@ -63,7 +63,9 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: impl std::f
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(node.http.header_timeout_ms))
         .max_header_size(node.http.header_bytes)
-        .keep_alive(true);
+        .keep_alive(true)
+        // Responses are small: one flattened write beats writev.
+        .writev(false);
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {

@@ -82,7 +82,10 @@ pub fn from_reply(reply: Reply) -> Response<Body> {
     *res.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let headers = res.headers_mut();
     for (k, v) in reply.headers {
-        if let (Ok(k), Ok(v)) = (header::HeaderName::try_from(k), HeaderValue::try_from(v)) {
+        // Every callback result carries this one; skip parsing it.
+        if k == "content-type" && v == "application/json" {
+            headers.append(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        } else if let (Ok(k), Ok(v)) = (header::HeaderName::try_from(k), HeaderValue::try_from(v)) {
             headers.append(k, v);
         }
     }

@@ -198,10 +198,12 @@ impl Engine {
         self.dispatch(container, code.into(), context, req_id).await?.collect().await
     }
 
-    /// A fresh request id (`<process-unique counter>` in hex).
+    /// A fresh request id, `<pid>-<counter>` in hex: unique per node.
     pub fn next_req_id(&self) -> Arc<str> {
+        static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+        let pid = *PID.get_or_init(std::process::id);
         let n = self.inner.req_seq.fetch_add(1, Ordering::Relaxed);
-        format!("{:x}-{n:x}", std::process::id()).into()
+        format!("{pid:x}-{n:x}").into()
     }
 
     /// Starts `code` in `container`; resolves when the status and headers
