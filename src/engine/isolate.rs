@@ -82,15 +82,7 @@ impl Isolate {
             state.put(inflight.clone());
         }
 
-        let entry = rt
-            .execute_script("webtask:lockdown", "__webtask_lockdown()")
-            .map_err(|e| Error::internal(format!("runtime lockdown failed: {e}")))?;
-        let (run_fn, instantiate_fn) = {
-            deno_core::scope!(scope, &mut rt);
-            let entry = v8::Local::new(scope, entry);
-            let entry = v8::Local::<v8::Object>::try_from(entry).map_err(Error::internal)?;
-            (get_fn(scope, entry, "run")?, get_fn(scope, entry, "instantiate")?)
-        };
+        let (run_fn, instantiate_fn) = lockdown(&mut rt)?;
         stats.isolates_created.fetch_add(1, Ordering::Relaxed);
         stats.live_isolates.fetch_add(1, Ordering::Relaxed);
         Ok(Isolate {
@@ -150,6 +142,22 @@ impl Isolate {
     pub fn poll_event_loop(&mut self, cx: &mut TaskContext) -> Poll<Result<(), deno_core::error::CoreError>> {
         self.rt.poll_event_loop(cx, PollEventLoopOptions::default())
     }
+}
+
+/// Calls the runtime's one-time `__webtask_lockdown` (it removes itself and
+/// every host object from the global) and keeps the entry points it returns.
+fn lockdown(rt: &mut JsRuntime) -> Result<(v8::Global<v8::Function>, v8::Global<v8::Function>), Error> {
+    deno_core::scope!(scope, rt);
+    let global = scope.get_current_context().global(scope);
+    let name = v8::String::new(scope, "__webtask_lockdown").unwrap();
+    let lockdown = global
+        .get(scope, name.into())
+        .and_then(|f| v8::Local::<v8::Function>::try_from(f).ok())
+        .ok_or_else(|| Error::internal("snapshot lacks __webtask_lockdown"))?;
+    let undefined = v8::undefined(scope).into();
+    let entry = lockdown.call(scope, undefined, &[]).ok_or_else(|| Error::internal("runtime lockdown failed"))?;
+    let entry = v8::Local::<v8::Object>::try_from(entry).map_err(Error::internal)?;
+    Ok((get_fn(scope, entry, "run")?, get_fn(scope, entry, "instantiate")?))
 }
 
 /// Fails request `id`, unless the isolate was just killed: then the host

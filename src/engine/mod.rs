@@ -268,3 +268,73 @@ impl Engine {
         }
     }
 }
+
+/// Measurements of engine internals, for benchmarks and diagnostics.
+pub mod probe {
+    use std::time::{Duration, Instant};
+
+    use super::{isolate::Isolate, snapshot, watchdog::CpuGuard, Limits, Stats};
+
+    /// Creates and drops `samples` isolates from the startup snapshot on a
+    /// fresh thread; returns how long each creation took (drop excluded).
+    pub fn isolate_creation(limits: &Limits, samples: usize) -> Vec<Duration> {
+        snapshot::init_v8(limits.stack_kb);
+        snapshot::get();
+        let limits = limits.clone();
+        std::thread::spawn(move || {
+            let tokio = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("tokio runtime");
+            let _enter = tokio.enter();
+            let guard = CpuGuard::for_current_thread(limits.cpu_ms);
+            let stats = std::sync::Arc::new(Stats::default());
+            (0..samples)
+                .map(|_| {
+                    let start = Instant::now();
+                    let isolate = Isolate::new(&limits, &guard, "probe".into(), stats.clone()).expect("isolate");
+                    let took = start.elapsed();
+                    drop(isolate);
+                    took
+                })
+                .collect()
+        })
+        .join()
+        .expect("probe thread")
+    }
+
+    /// Runs `code` `samples` times on one warm isolate on a fresh thread,
+    /// with no thread hand-off: the cost of a run inside the engine itself.
+    /// Returns each run's time from start to settled result.
+    pub fn warm_runs(limits: &Limits, code: &str, context: super::Context, samples: usize) -> Vec<Duration> {
+        snapshot::init_v8(limits.stack_kb);
+        snapshot::get();
+        let limits = limits.clone();
+        let code = super::Code::from(code);
+        std::thread::spawn(move || {
+            let tokio = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("tokio runtime");
+            let _enter = tokio.enter();
+            let guard = CpuGuard::for_current_thread(limits.cpu_ms);
+            let stats = std::sync::Arc::new(Stats::default());
+            let mut isolate = Isolate::new(&limits, &guard, "probe".into(), stats).expect("isolate");
+            let req_id: std::sync::Arc<str> = "probe".into();
+            (0..samples)
+                .map(|_| {
+                    let (tx, mut rx) = tokio::sync::oneshot::channel();
+                    let permit = super::host::Permit(Default::default());
+                    let start = Instant::now();
+                    let deadline = tokio::time::Instant::now() + Duration::from_millis(limits.wall_ms);
+                    let id = isolate.inflight().insert(tx, req_id.clone(), guard.now_ns(), deadline, permit);
+                    isolate.start(id, &code, &context);
+                    let took = start.elapsed();
+                    rx.try_recv().expect("a synchronous webtask settles during start").expect("run");
+                    took
+                })
+                .collect()
+        })
+        .join()
+        .expect("probe thread")
+    }
+
+    /// Size of the startup snapshot in bytes.
+    pub fn snapshot_bytes() -> usize {
+        snapshot::get().len()
+    }
+}
