@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::support::TestNode;
+use crate::support::{both, TestNode};
 
 fn assert_script_error(res: &crate::support::Resp, name: &str, message: &str) -> serde_json::Value {
     assert_eq!(res.status, 500, "{}", res.text());
@@ -29,99 +29,110 @@ fn assert_clean_stack(v: &serde_json::Value, line: u32) {
 
 #[tokio::test]
 async fn callback_error() {
-    let node = TestNode::start().await;
-    let res = node.run("e", "", "return function (cb) {\n  cb(new Error('boom'));\n}").await;
-    let v = assert_script_error(&res, "Error", "boom");
-    assert_clean_stack(&v, 2);
+    for node in both().await {
+        let res = node.run("e", "", "return function (cb) {\n  cb(new Error('boom'));\n}").await;
+        let v = assert_script_error(&res, "Error", "boom");
+        assert_clean_stack(&v, 2);
+    }
 }
 
 #[tokio::test]
 async fn synchronous_throw() {
-    let node = TestNode::start().await;
-    let res = node.run("e", "", "module.exports = function (ctx, cb) {\n\n  null.x;\n};").await;
-    let v = assert_script_error(&res, "TypeError", "Cannot read properties of null (reading 'x')");
-    assert_clean_stack(&v, 3);
+    for node in both().await {
+        let res = node.run("e", "", "module.exports = function (ctx, cb) {\n\n  null.x;\n};").await;
+        let v = assert_script_error(&res, "TypeError", "Cannot read properties of null (reading 'x')");
+        assert_clean_stack(&v, 3);
+    }
 }
 
 #[tokio::test]
 async fn async_rejection() {
-    let node = TestNode::start().await;
-    let res = node.run("e", "", "module.exports = async () => { throw new RangeError('nope'); };").await;
-    let v = assert_script_error(&res, "RangeError", "nope");
-    assert_clean_stack(&v, 1);
+    for node in both().await {
+        let res = node.run("e", "", "module.exports = async () => { throw new RangeError('nope'); };").await;
+        let v = assert_script_error(&res, "RangeError", "nope");
+        assert_clean_stack(&v, 1);
+    }
 }
 
 #[tokio::test]
 async fn throw_in_a_timer_fails_its_own_request() {
-    let node = TestNode::start().await;
-    let res = node.run("e", "", "return function (cb) { setTimeout(() => { throw new Error('later'); }, 1); }").await;
-    assert_script_error(&res, "Error", "later");
+    for node in both().await {
+        let res = node.run("e", "", "return function (cb) { setTimeout(() => { throw new Error('later'); }, 1); }").await;
+        assert_script_error(&res, "Error", "later");
+    }
 }
 
 #[tokio::test]
 async fn unhandled_rejection_fails_its_own_request() {
-    let node = TestNode::start().await;
-    let res = node.run("e", "", "return function (cb) { Promise.reject(new Error('lost')); }").await;
-    assert_script_error(&res, "Error", "lost");
+    for node in both().await {
+        let res = node.run("e", "", "return function (cb) { Promise.reject(new Error('lost')); }").await;
+        assert_script_error(&res, "Error", "lost");
+    }
 }
 
 #[tokio::test]
 async fn non_error_values_are_reported_as_strings() {
-    let node = TestNode::start().await;
-    let res = node.run("e", "", "return function (cb) { cb('plain string'); }").await;
-    assert_eq!(res.status, 500);
-    assert_eq!(res.json()["details"], json!("plain string"));
-    assert_eq!(res.json()["message"], json!("plain string"));
+    for node in both().await {
+        let res = node.run("e", "", "return function (cb) { cb('plain string'); }").await;
+        assert_eq!(res.status, 500);
+        assert_eq!(res.json()["details"], json!("plain string"));
+        assert_eq!(res.json()["message"], json!("plain string"));
+    }
 }
 
 #[tokio::test]
 async fn unserialisable_result_is_a_script_error() {
-    let node = TestNode::start().await;
-    let res = node.run("e", "", "return function (cb) { const a = {}; a.a = a; cb(null, a); }").await;
-    assert_eq!(res.status, 500);
-    assert_eq!(res.json()["name"], json!("TypeError"));
-    assert!(res.json()["message"].as_str().unwrap().contains("circular"));
+    for node in both().await {
+        let res = node.run("e", "", "return function (cb) { const a = {}; a.a = a; cb(null, a); }").await;
+        assert_eq!(res.status, 500);
+        assert_eq!(res.json()["name"], json!("TypeError"));
+        assert!(res.json()["message"].as_str().unwrap().contains("circular"));
+    }
 }
 
 #[tokio::test]
 async fn code_that_exports_no_function() {
-    let node = TestNode::start().await;
-    let res = node.run("e", "", "module.exports = 42;").await;
-    assert_script_error(&res, "TypeError", "The code must return a function or assign one to module.exports");
+    for node in both().await {
+        let res = node.run("e", "", "module.exports = 42;").await;
+        assert_script_error(&res, "TypeError", "The code must return a function or assign one to module.exports");
+    }
 }
 
 #[tokio::test]
 async fn top_level_throw_is_a_script_error() {
-    let node = TestNode::start().await;
-    let res = node.run("e", "", "\nthrow new Error('at load');").await;
-    let v = assert_script_error(&res, "Error", "at load");
-    assert_clean_stack(&v, 2);
+    for node in both().await {
+        let res = node.run("e", "", "\nthrow new Error('at load');").await;
+        let v = assert_script_error(&res, "Error", "at load");
+        assert_clean_stack(&v, 2);
+    }
 }
 
 #[tokio::test]
 async fn syntax_error_names_line_and_column() {
-    let node = TestNode::start().await;
-    let res = node.run("e", "", "return function (cb) {\n  cb(null, 1;\n}").await;
-    assert_eq!(res.status, 400);
-    let v = res.json();
-    assert_eq!(v["code"], json!("syntax_error"));
-    assert_eq!(v["line"], json!(2));
-    // V8 points at the start of the unterminated argument, `1`.
-    assert_eq!(v["column"], json!(12));
-    assert!(v["message"].as_str().unwrap().starts_with("SyntaxError"), "{v}");
+    for node in both().await {
+        let res = node.run("e", "", "return function (cb) {\n  cb(null, 1;\n}").await;
+        assert_eq!(res.status, 400);
+        let v = res.json();
+        assert_eq!(v["code"], json!("syntax_error"));
+        assert_eq!(v["line"], json!(2));
+        // V8 points at the start of the unterminated argument, `1`.
+        assert_eq!(v["column"], json!(12));
+        assert!(v["message"].as_str().unwrap().starts_with("SyntaxError"), "{v}");
+    }
 }
 
 #[tokio::test]
 async fn bad_container_names_are_refused() {
-    let node = TestNode::start().await;
-    let long = "a".repeat(65);
-    for name in ["bad.name", "a%20b", "%2e%2e", long.as_str(), "ü"] {
-        let res = node.run(name, "", "return function (cb) { cb(null, 1); }").await;
-        assert_eq!(res.status, 400, "{name}");
-        assert_eq!(res.json()["code"], json!("bad_request"));
+    for node in both().await {
+        let long = "a".repeat(65);
+        for name in ["bad.name", "a%20b", "%2e%2e", long.as_str(), "ü"] {
+            let res = node.run(name, "", "return function (cb) { cb(null, 1); }").await;
+            assert_eq!(res.status, 400, "{name}");
+            assert_eq!(res.json()["code"], json!("bad_request"));
+        }
+        let res = node.run(&"a".repeat(64), "", "return function (cb) { cb(null, 1); }").await;
+        assert_eq!(res.status, 200);
     }
-    let res = node.run(&"a".repeat(64), "", "return function (cb) { cb(null, 1); }").await;
-    assert_eq!(res.status, 200);
 }
 
 #[tokio::test]

@@ -2,105 +2,116 @@
 
 use serde_json::json;
 
-use crate::support::TestNode;
+use crate::support::{both, TestNode};
 
 #[tokio::test]
 async fn return_function_with_context_and_callback() {
-    let node = TestNode::start().await;
-    let res = node
-        .run("demo", "?name=webtask", r#"return function (context, cb) { cb(null, "Hello, " + context.data.name); }"#)
-        .await;
-    assert_eq!(res.status, 200);
-    assert_eq!(res.headers["content-type"], "application/json");
-    assert_eq!(res.text(), r#""Hello, webtask""#);
+    for node in both().await {
+        let res = node
+            .run("demo", "?name=webtask", r#"return function (context, cb) { cb(null, "Hello, " + context.data.name); }"#)
+            .await;
+        assert_eq!(res.status, 200);
+        assert_eq!(res.headers["content-type"], "application/json");
+        assert_eq!(res.text(), r#""Hello, webtask""#);
+    }
 }
 
 #[tokio::test]
 async fn return_function_with_callback_only() {
-    let node = TestNode::start().await;
-    let res = node.run("demo", "", "return function (cb) { cb(null, {a: [1, 2], b: null}); }").await;
-    assert_eq!(res.status, 200);
-    assert_eq!(res.json(), json!({"a": [1, 2], "b": null}));
+    for node in both().await {
+        let res = node.run("demo", "", "return function (cb) { cb(null, {a: [1, 2], b: null}); }").await;
+        assert_eq!(res.status, 200);
+        assert_eq!(res.json(), json!({"a": [1, 2], "b": null}));
+    }
 }
 
 #[tokio::test]
 async fn module_exports_with_context_and_callback() {
-    let node = TestNode::start().await;
-    let res = node.run("demo", "?x=1", "module.exports = function (context, cb) { cb(null, context.query.x + '!'); }").await;
-    assert_eq!(res.json(), json!("1!"));
+    for node in both().await {
+        let res = node.run("demo", "?x=1", "module.exports = function (context, cb) { cb(null, context.query.x + '!'); }").await;
+        assert_eq!(res.json(), json!("1!"));
+    }
 }
 
 #[tokio::test]
 async fn module_exports_with_callback_only() {
-    let node = TestNode::start().await;
-    let res = node.run("demo", "", "module.exports = function (cb) { setTimeout(() => cb(null, 42), 5); }").await;
-    assert_eq!(res.json(), json!(42));
+    for node in both().await {
+        let res = node.run("demo", "", "module.exports = function (cb) { setTimeout(() => cb(null, 42), 5); }").await;
+        assert_eq!(res.json(), json!(42));
+    }
 }
 
 #[tokio::test]
 async fn async_function_returns_its_value() {
-    let node = TestNode::start().await;
-    let code = r#"module.exports = async (context) => {
-        await new Promise(r => setTimeout(r, 5));
-        return { name: context.data.name };
-    };"#;
-    let res = node.run("demo", "?name=a", code).await;
-    assert_eq!(res.json(), json!({"name": "a"}));
+    for node in both().await {
+        let code = r#"module.exports = async (context) => {
+            await new Promise(r => setTimeout(r, 5));
+            return { name: context.data.name };
+        };"#;
+        let res = node.run("demo", "?name=a", code).await;
+        assert_eq!(res.json(), json!({"name": "a"}));
+    }
 }
 
 #[tokio::test]
 async fn plain_function_returning_a_promise() {
-    let node = TestNode::start().await;
-    let code = "module.exports = function () { return Promise.resolve([1, 'two']); };";
-    let res = node.run("demo", "", code).await;
-    assert_eq!(res.json(), json!([1, "two"]));
+    for node in both().await {
+        let code = "module.exports = function () { return Promise.resolve([1, 'two']); };";
+        let res = node.run("demo", "", code).await;
+        assert_eq!(res.json(), json!([1, "two"]));
+    }
 }
 
 #[tokio::test]
 async fn async_function_with_callback_may_answer_later() {
-    let node = TestNode::start().await;
-    let code = "module.exports = async function (context, cb) { setTimeout(() => cb(null, 'late'), 5); };";
-    assert_eq!(node.run("demo", "", code).await.json(), json!("late"));
+    for node in both().await {
+        let code = "module.exports = async function (context, cb) { setTimeout(() => cb(null, 'late'), 5); };";
+        assert_eq!(node.run("demo", "", code).await.json(), json!("late"));
+    }
 }
 
 #[tokio::test]
 async fn first_callback_wins() {
-    let node = TestNode::start().await;
-    let code = "return function (cb) { cb(null, 1); cb(null, 2); cb(new Error('x')); }";
-    let res = node.run("demo", "", code).await;
-    assert_eq!((res.status, res.json()), (200, json!(1)));
+    for node in both().await {
+        let code = "return function (cb) { cb(null, 1); cb(null, 2); cb(new Error('x')); }";
+        let res = node.run("demo", "", code).await;
+        assert_eq!((res.status, res.json()), (200, json!(1)));
+    }
 }
 
 #[tokio::test]
 async fn undefined_result_is_json_null() {
-    let node = TestNode::start().await;
-    let res = node.run("demo", "", "return function (cb) { cb(); }").await;
-    assert_eq!((res.status, res.text().as_str()), (200, "null"));
+    for node in both().await {
+        let res = node.run("demo", "", "return function (cb) { cb(); }").await;
+        assert_eq!((res.status, res.text().as_str()), (200, "null"));
+    }
 }
 
 #[tokio::test]
 async fn context_req_res_controls_status_headers_and_streamed_body() {
-    let node = TestNode::start().await;
-    let code = r#"module.exports = function (context, req, res) {
-        res.setHeader('x-method', req.method);
-        res.writeHead(201, { 'content-type': 'text/plain', 'x-name': context.data.name });
-        res.write('hello ');
-        setTimeout(() => res.end('world'), 10);
-    };"#;
-    let res = node.run("demo", "?name=n", code).await;
-    assert_eq!(res.status, 201);
-    assert_eq!(res.headers["content-type"], "text/plain");
-    assert_eq!(res.headers["x-name"], "n");
-    assert_eq!(res.headers["x-method"], "POST");
-    assert_eq!(res.text(), "hello world");
+    for node in both().await {
+        let code = r#"module.exports = function (context, req, res) {
+            res.setHeader('x-method', req.method);
+            res.writeHead(201, { 'content-type': 'text/plain', 'x-name': context.data.name });
+            res.write('hello ');
+            setTimeout(() => res.end('world'), 10);
+        };"#;
+        let res = node.run("demo", "?name=n", code).await;
+        assert_eq!(res.status, 201);
+        assert_eq!(res.headers["content-type"], "text/plain");
+        assert_eq!(res.headers["x-name"], "n");
+        assert_eq!(res.headers["x-method"], "POST");
+        assert_eq!(res.text(), "hello world");
+    }
 }
 
 #[tokio::test]
 async fn res_end_without_write_sends_head_and_body() {
-    let node = TestNode::start().await;
-    let code = "module.exports = (ctx, req, res) => { res.statusCode = 404; res.end('nope'); };";
-    let res = node.run("demo", "", code).await;
-    assert_eq!((res.status, res.text().as_str()), (404, "nope"));
+    for node in both().await {
+        let code = "module.exports = (ctx, req, res) => { res.statusCode = 404; res.end('nope'); };";
+        let res = node.run("demo", "", code).await;
+        assert_eq!((res.status, res.text().as_str()), (404, "nope"));
+    }
 }
 
 #[tokio::test]
@@ -135,11 +146,12 @@ async fn context_carries_data_query_headers_secrets_meta() {
 
 #[tokio::test]
 async fn globals_persist_within_a_container_only() {
-    let node = TestNode::start().await;
-    let code = "return function (cb) { global.n = (global.n || 0) + 1; cb(null, global.n); }";
-    assert_eq!(node.run("a", "", code).await.json(), json!(1));
-    assert_eq!(node.run("a", "", code).await.json(), json!(2));
-    assert_eq!(node.run("b", "", code).await.json(), json!(1));
+    for node in both().await {
+        let code = "return function (cb) { global.n = (global.n || 0) + 1; cb(null, global.n); }";
+        assert_eq!(node.run("a", "", code).await.json(), json!(1));
+        assert_eq!(node.run("a", "", code).await.json(), json!(2));
+        assert_eq!(node.run("b", "", code).await.json(), json!(1));
+    }
 }
 
 #[tokio::test]

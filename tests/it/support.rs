@@ -122,3 +122,49 @@ impl Drop for TestNode {
 pub fn sample(metrics: &str, name_and_labels: &str) -> Option<f64> {
     metrics.lines().find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
 }
+
+/// Where a test sends its webtasks: through a node's HTTP API, or straight
+/// to the library API. Both answer with the same status and JSON body, so a
+/// test written once checks both.
+pub enum Target {
+    Http(TestNode),
+    Lib(Engine),
+}
+
+/// Both targets with the test configuration.
+pub async fn both() -> [Target; 2] {
+    both_with(test_config()).await
+}
+
+pub async fn both_with(config: Config) -> [Target; 2] {
+    let engine = Engine::new(config.engine.clone());
+    [Target::Http(TestNode::with_config(config).await), Target::Lib(engine)]
+}
+
+impl Target {
+    pub async fn run(&self, container: &str, query: &str, code: &str) -> Resp {
+        match self {
+            Target::Http(node) => node.run(container, query, code).await,
+            Target::Lib(engine) => {
+                let mut ctx = webtask::Context::new();
+                ctx.method = "POST".into();
+                ctx.url = format!("/api/run/{container}{query}");
+                ctx.query = form_urlencoded::parse(query.trim_start_matches('?').as_bytes()).into_owned().collect();
+                match engine.run_in(container, code, ctx).await {
+                    Ok(out) => {
+                        let mut headers = http::HeaderMap::new();
+                        for (k, v) in &out.headers {
+                            headers.append(http::HeaderName::try_from(k.as_str()).unwrap(), v.parse().unwrap());
+                        }
+                        Resp { status: out.status, headers, body: out.body }
+                    }
+                    Err(err) => Resp {
+                        status: err.status(),
+                        headers: http::HeaderMap::new(),
+                        body: serde_json::to_vec(&api::error_json(&err)).unwrap().into(),
+                    },
+                }
+            }
+        }
+    }
+}
