@@ -29,3 +29,16 @@ async fn metrics_count_requests_latency_isolates_and_kills() {
     assert_eq!(sample(&m, r#"webtask_limit_kills_total{kind="cpu_limit"}"#), Some(1.0), "{m}");
     assert!(m.contains("# TYPE webtask_http_request_duration_seconds histogram"));
 }
+
+#[test]
+fn example_config_is_the_embedded_default() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/webtask.example.toml")).unwrap();
+    let parsed = webtask::config::Config::parse(&text).unwrap();
+    assert_eq!(parsed, webtask::config::Config::default());
+}
+
+#[test]
+fn unknown_config_fields_are_errors() {
+    let err = webtask::config::Config::parse("[engine.limits]\ncpu_msec = 5\n").unwrap_err();
+    assert!(format!("{err:#}").contains("cpu_msec"), "{err:#}");
+}

@@ -1,6 +1,7 @@
 //! Integration tests: one binary (V8 links once), one module per capability.
 
 mod api;
+mod cli;
 mod embed;
 mod errors;
 mod escape;
