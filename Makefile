@@ -23,8 +23,7 @@ run: deps
 	./target/release/webtask serve --listen $(LISTEN)
 
 test: deps
-	$(CARGO) test --all-targets
-	$(CARGO) test --doc
+	$(CARGO) test
 
 bench: deps
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }

@@ -25,7 +25,12 @@ const CONNECTIONS: usize = 32;
 const HTTP_SECONDS: u64 = 10;
 
 fn main() {
-    // `cargo bench` passes `--bench`; any other argument filters nothing here.
+    // `cargo bench` passes `--bench`; `cargo test --benches` does not, and
+    // gets a quick check that the harness starts instead of a full run.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("engine benchmark: run with `cargo bench --bench engine`");
+        return;
+    }
     let isolate = bench_isolate_creation();
     let core = bench_engine_core();
     let warm = bench_warm_in_process();
