@@ -75,14 +75,45 @@ fn histogram() -> Histogram<u64> {
 }
 
 fn bench_isolate_creation() -> Value {
-    let samples = webtask::engine::probe::isolate_creation(&Limits::default(), 300);
+    let (ours, bare) = isolates_interleaved(300);
+    let mut s = summary(&micros(&ours[20..]));
+    let bare = summary(&micros(&bare[20..]));
+    println!("isolate from snapshot   p50 {:>6} µs   p99 {:>6} µs", s["p50"], s["p99"]);
+    println!("  bare deno_core, interleaved: p50 {:>6} µs   p99 {:>6} µs", bare["p50"], bare["p99"]);
+    s["bare_deno_core"] = bare;
+    s
+}
+
+fn micros(samples: &[Duration]) -> Histogram<u64> {
     let mut h = histogram();
-    for d in samples.iter().skip(20) {
+    for d in samples {
         h.record(d.as_micros().max(1) as u64).unwrap();
     }
-    let s = summary(&h);
-    println!("isolate from snapshot   p50 {:>6} µs   p99 {:>6} µs", s["p50"], s["p99"]);
-    s
+    h
+}
+
+/// Our isolates, and plain `deno_core` runtimes from deno_core's own
+/// snapshot (the floor ours is compared with), created alternately on one
+/// thread so that machine noise hits both alike.
+fn isolates_interleaved(samples: usize) -> (Vec<Duration>, Vec<Duration>) {
+    use deno_core::{JsRuntime, JsRuntimeForSnapshot, RuntimeOptions};
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let _enter = rt.enter();
+        let limits = Limits::default();
+        webtask::engine::probe::create_isolate(&limits);
+        let snapshot: &'static [u8] = Box::leak(JsRuntimeForSnapshot::new(RuntimeOptions::default()).snapshot());
+        let bare = || {
+            let t = Instant::now();
+            let runtime = JsRuntime::new(RuntimeOptions { startup_snapshot: Some(snapshot), ..Default::default() });
+            let took = t.elapsed();
+            drop(runtime);
+            took
+        };
+        (0..samples).map(|_| (webtask::engine::probe::create_isolate(&limits), bare())).unzip()
+    })
+    .join()
+    .unwrap()
 }
 
 fn bench_engine_core() -> Value {

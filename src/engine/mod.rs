@@ -275,29 +275,21 @@ pub mod probe {
 
     use super::{isolate::Isolate, snapshot, watchdog::CpuGuard, Limits, Stats};
 
-    /// Creates and drops `samples` isolates from the startup snapshot on a
-    /// fresh thread; returns how long each creation took (drop excluded).
-    pub fn isolate_creation(limits: &Limits, samples: usize) -> Vec<Duration> {
+    /// Creates and drops one isolate from the startup snapshot on the
+    /// calling thread, which must have no isolate of its own and be inside
+    /// a tokio runtime; returns how long creation took (drop excluded).
+    pub fn create_isolate(limits: &Limits) -> Duration {
         snapshot::init_v8(limits.stack_kb);
         snapshot::get();
-        let limits = limits.clone();
-        std::thread::spawn(move || {
-            let tokio = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("tokio runtime");
-            let _enter = tokio.enter();
-            let guard = CpuGuard::for_current_thread(limits.cpu_ms);
-            let stats = std::sync::Arc::new(Stats::default());
-            (0..samples)
-                .map(|_| {
-                    let start = Instant::now();
-                    let isolate = Isolate::new(&limits, &guard, "probe".into(), stats.clone()).expect("isolate");
-                    let took = start.elapsed();
-                    drop(isolate);
-                    took
-                })
-                .collect()
-        })
-        .join()
-        .expect("probe thread")
+        thread_local! {
+            static GUARD: std::cell::OnceCell<std::sync::Arc<CpuGuard>> = const { std::cell::OnceCell::new() };
+        }
+        let guard = GUARD.with(|g| g.get_or_init(|| CpuGuard::for_current_thread(limits.cpu_ms)).clone());
+        let start = Instant::now();
+        let isolate = Isolate::new(limits, &guard, "probe".into(), Default::default()).expect("isolate");
+        let took = start.elapsed();
+        drop(isolate);
+        took
     }
 
     /// Runs `code` `samples` times on one warm isolate on a fresh thread,
