@@ -19,6 +19,7 @@ use anyhow::Context as _;
 use serde::Deserialize;
 
 use crate::engine::EngineConfig;
+use crate::pool::PoolConfig;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -27,11 +28,17 @@ pub struct Config {
     pub listen: SocketAddr,
     pub http: HttpConfig,
     pub engine: EngineConfig,
+    pub workers: PoolConfig,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { listen: ([127, 0, 0, 1], 8080).into(), http: HttpConfig::default(), engine: EngineConfig::default() }
+        Config {
+            listen: ([127, 0, 0, 1], 8080).into(),
+            http: HttpConfig::default(),
+            engine: EngineConfig::default(),
+            workers: PoolConfig::default(),
+        }
     }
 }
 

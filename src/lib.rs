@@ -7,5 +7,8 @@
 pub mod api;
 pub mod config;
 pub mod engine;
+pub mod placement;
+pub mod pool;
+pub mod worker;
 
 pub use engine::{Code, Context, Engine, EngineConfig, Error, Limits, Output, Reply, ReplyBody, ScriptError};

@@ -8,6 +8,7 @@ use tracing_subscriber::EnvFilter;
 
 use webtask::api::{self, Node};
 use webtask::config::Config;
+use webtask::pool::Runner;
 use webtask::{Context, Engine};
 
 #[derive(Parser)]
@@ -37,6 +38,16 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// A worker process; started by a node, never by hand.
+    #[command(hide = true)]
+    Worker {
+        #[arg(long)]
+        fd: i32,
+        #[arg(long)]
+        snapshot_fd: i32,
+        #[arg(long)]
+        spec: String,
+    },
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -52,10 +63,15 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(EnvFilter::try_from_env("WEBTASK_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
     let cli = Cli::parse();
+    if let Command::Worker { fd, snapshot_fd, spec } = cli.command {
+        let spec = serde_json::from_str(&spec).context("worker spec")?;
+        return webtask::worker::main(fd, snapshot_fd, spec);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Serve { listen, config } => runtime.block_on(serve(load(config)?, listen)),
         Command::Run { file, data, config } => runtime.block_on(run_once(load(config)?, file, data)),
+        Command::Worker { .. } => unreachable!("handled above"),
     }
 }
 
@@ -67,11 +83,11 @@ async fn serve(mut config: Config, listen: Option<std::net::SocketAddr>) -> anyh
     if let Some(addr) = listen {
         config.listen = addr;
     }
-    let engine = Engine::new(config.engine.clone());
+    let runner = Runner::start(&config.workers, &config.engine)?;
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "webtask node listening");
-    let node = Node::new(engine, config.http.clone());
+    let node = Node::new(runner, config.http.clone());
     api::serve(node, listener, shutdown_signal()).await;
     tracing::info!("webtask node stopped");
     Ok(())

@@ -17,7 +17,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use super::Body;
-use crate::engine::Stats;
+use crate::pool::{Runner, RETIRE_REASONS};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabel {
@@ -29,6 +29,17 @@ struct KindLabel {
     kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabel {
+    container: String,
+    pid: u32,
+}
+
 pub struct Metrics {
     registry: Mutex<Registry>,
     requests: Family<StatusLabel, Counter>,
@@ -37,6 +48,10 @@ pub struct Metrics {
     isolates_created: Counter,
     compilations: Counter,
     kills: Family<KindLabel, Counter>,
+    workers_spawned: Counter,
+    workers_retired: Family<ReasonLabel, Counter>,
+    workers_idle: Gauge,
+    worker: Family<WorkerLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -54,6 +69,10 @@ impl Metrics {
         let isolates_created = Counter::default();
         let compilations = Counter::default();
         let kills = Family::<KindLabel, Counter>::default();
+        let workers_spawned = Counter::default();
+        let workers_retired = Family::<ReasonLabel, Counter>::default();
+        let workers_idle = Gauge::default();
+        let worker = Family::<WorkerLabel, Gauge>::default();
         let mut registry = Registry::with_prefix("webtask");
         registry.register("http_requests", "Run requests by response status", requests.clone());
         registry.register("http_request_duration_seconds", "Run request latency to response head", latency.clone());
@@ -61,7 +80,23 @@ impl Metrics {
         registry.register("isolates_created", "V8 isolates created from the snapshot", isolates_created.clone());
         registry.register("compilations", "Webtask compilations (compile-cache misses)", compilations.clone());
         registry.register("limit_kills", "Requests ended by a limit, by kind", kills.clone());
-        Metrics { registry: Mutex::new(registry), requests, latency, live_isolates, isolates_created, compilations, kills }
+        registry.register("workers_spawned", "Worker processes started", workers_spawned.clone());
+        registry.register("workers_retired", "Worker processes ended, by reason", workers_retired.clone());
+        registry.register("workers_idle", "Pre-warmed workers waiting for a container", workers_idle.clone());
+        registry.register("worker", "The worker process serving each container (value 1)", worker.clone());
+        Metrics {
+            registry: Mutex::new(registry),
+            requests,
+            latency,
+            live_isolates,
+            isolates_created,
+            compilations,
+            kills,
+            workers_spawned,
+            workers_retired,
+            workers_idle,
+            worker,
+        }
     }
 
     pub fn observe(&self, status: u16, elapsed: Duration) {
@@ -73,11 +108,28 @@ impl Metrics {
         self.kills.get_or_create(&KindLabel { kind: kind.to_owned() }).inc();
     }
 
-    pub fn render(&self, stats: &Stats) -> Response<Body> {
+    pub fn render(&self, runner: &Runner) -> Response<Body> {
         use std::sync::atomic::Ordering::Relaxed;
-        self.live_isolates.set(stats.live_isolates.load(Relaxed) as i64);
-        sync_counter(&self.isolates_created, stats.isolates_created.load(Relaxed));
-        sync_counter(&self.compilations, stats.compilations.load(Relaxed));
+        match runner {
+            Runner::InProcess(engine) => {
+                let stats = engine.stats();
+                self.live_isolates.set(stats.live_isolates.load(Relaxed) as i64);
+                sync_counter(&self.isolates_created, stats.isolates_created.load(Relaxed));
+                sync_counter(&self.compilations, stats.compilations.load(Relaxed));
+            }
+            Runner::Workers(pool) => {
+                let stats = pool.stats();
+                sync_counter(&self.workers_spawned, stats.spawned.load(Relaxed));
+                for (reason, n) in RETIRE_REASONS.iter().zip(&stats.retired) {
+                    sync_counter(&self.workers_retired.get_or_create(&ReasonLabel { reason }), n.load(Relaxed));
+                }
+                self.workers_idle.set(pool.idle_workers() as i64);
+                self.worker.clear();
+                for (container, pid) in pool.assignments() {
+                    self.worker.get_or_create(&WorkerLabel { container: container.to_string(), pid }).set(1);
+                }
+            }
+        }
         let mut text = String::new();
         let _ = encode(&mut text, &self.registry.lock().unwrap());
         let mut res = Response::new(Full::new(text.into()).map_err(|never| match never {}).boxed());

@@ -23,7 +23,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::config::HttpConfig;
-use crate::engine::{Engine, Error};
+use crate::engine::Error;
+use crate::pool::Runner;
 
 pub use metrics::Metrics;
 
@@ -36,15 +37,15 @@ pub type Body = BoxBody<Bytes, Error>;
 
 /// Everything a request handler needs.
 pub struct Node {
-    pub engine: Engine,
+    pub runner: Runner,
     pub http: HttpConfig,
     pub metrics: Metrics,
     draining: AtomicBool,
 }
 
 impl Node {
-    pub fn new(engine: Engine, http: HttpConfig) -> Arc<Self> {
-        Arc::new(Node { engine, http, metrics: Metrics::new(), draining: AtomicBool::new(false) })
+    pub fn new(runner: Runner, http: HttpConfig) -> Arc<Self> {
+        Arc::new(Node { runner, http, metrics: Metrics::new(), draining: AtomicBool::new(false) })
     }
 
     /// From now on `/healthz` reports draining, so load balancers move away.
@@ -109,7 +110,7 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Result<Response<Body
     } else {
         match path {
             "/healthz" => only_get(&req, || reply::health(node.draining.load(Ordering::Relaxed))),
-            "/metrics" => only_get(&req, || node.metrics.render(node.engine.stats())),
+            "/metrics" => only_get(&req, || node.metrics.render(&node.runner)),
             _ => reply::not_found(path),
         }
     };

@@ -33,7 +33,7 @@ struct Envelope {
 
 pub async fn handle(node: &Node, container: String, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
-    let req_id = node.engine.next_req_id();
+    let req_id = crate::engine::new_req_id();
     let outcome = run(node, &container, req, req_id.clone()).await;
     let response = match outcome {
         Ok(res) => res,
@@ -85,7 +85,7 @@ async fn run(node: &Node, container: &str, req: Request<Incoming>, req_id: Arc<s
     } else {
         Code::new(body)?
     };
-    let reply = node.engine.dispatch(container, code, context, req_id).await?;
+    let reply = node.runner.dispatch(container, code, context, req_id).await?;
     Ok(reply::from_reply(reply))
 }
 

@@ -3,10 +3,10 @@
 //! HTTP status and JSON body (see `api::reply`), so the library and the HTTP
 //! API report failures identically.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Why a webtask run did not produce a response.
-#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
 #[serde(tag = "code", rename_all = "snake_case")]
 pub enum Error {
     /// The code does not parse.
@@ -50,13 +50,22 @@ pub enum Error {
     #[error("isolate recycled after another request hit {reason}")]
     IsolateRecycled { reason: String },
 
+    /// The container's worker process died while running this request
+    /// (killed, crashed, or broke the protocol and was killed).
+    #[error("worker process {pid} ended: {reason}")]
+    WorkerCrashed { pid: u32, reason: String },
+
+    /// Every worker slot is busy; the request could not be placed.
+    #[error("all {limit} workers are busy")]
+    NoWorker { limit: usize },
+
     /// The engine itself failed; never caused by guest code alone.
     #[error("internal error: {message}")]
     Internal { message: String },
 }
 
 /// An error raised by guest code, as the guest described it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScriptError {
     /// `Error.name`, when the guest raised an `Error`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -83,6 +92,8 @@ impl Error {
             Error::ResponseLimit { .. } => "response_limit",
             Error::ConcurrencyLimit { .. } => "concurrency_limit",
             Error::IsolateRecycled { .. } => "isolate_recycled",
+            Error::WorkerCrashed { .. } => "worker_crashed",
+            Error::NoWorker { .. } => "no_worker",
             Error::Internal { .. } => "internal_error",
         }
     }
@@ -91,6 +102,8 @@ impl Error {
     pub fn status(&self) -> u16 {
         match self {
             Error::SyntaxError { .. } | Error::BadRequest { .. } => 400,
+            Error::WorkerCrashed { .. } => 502,
+            Error::NoWorker { .. } => 503,
             Error::BodyLimit { .. } => 413,
             Error::ConcurrencyLimit { .. } => 429,
             Error::WallLimit { .. } => 504,

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Sleep};
 
 use super::inflight::ReplyTx;
@@ -24,6 +24,7 @@ use super::{Code, Error, Limits, Stats};
 
 /// A request for the isolate thread.
 pub struct Job {
+    pub container: Arc<str>,
     pub code: Code,
     pub context: Context,
     pub req_id: Arc<str>,
@@ -33,6 +34,13 @@ pub struct Job {
 
 /// One unit of a container's concurrency budget, returned on drop.
 pub struct Permit(pub(super) Arc<AtomicUsize>);
+
+impl Permit {
+    /// A permit already counted in `counter`; dropping it gives it back.
+    pub fn from_counter(counter: Arc<AtomicUsize>) -> Self {
+        Permit(counter)
+    }
+}
 
 impl Drop for Permit {
     fn drop(&mut self) {
@@ -48,14 +56,30 @@ enum Event {
     Deadline,
 }
 
-/// Runs the isolate thread for `container` until its channel closes.
-pub fn run(container: Arc<str>, limits: Limits, stats: Arc<Stats>, mut rx: mpsc::UnboundedReceiver<Job>) {
+/// Runs an isolate thread until its channel closes.
+pub fn run(limits: Limits, stats: Arc<Stats>, rx: mpsc::UnboundedReceiver<Job>) {
     // Timers only: an idle isolate thread parks on a futex, which is cheaper
     // to wake per request than an I/O driver's eventfd.
     let tokio = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("tokio runtime");
-    tokio.block_on(async move {
+    tokio.block_on(serve(limits, stats, rx, None));
+}
+
+/// The isolate loop, on the calling thread's current-thread runtime, until
+/// `rx` closes. With `prewarmed` the isolate is created before the first
+/// job arrives (a pooled worker process) and the sender told when it is
+/// ready; otherwise it is created with the first job.
+pub async fn serve(
+    limits: Limits,
+    stats: Arc<Stats>,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    prewarmed: Option<oneshot::Sender<Result<(), Error>>>,
+) {
+    {
         let guard = CpuGuard::for_current_thread(limits.cpu_ms);
-        let mut host = Host { container, limits, stats, guard, isolate: None, loop_idle: true, recycle: false };
+        let mut host = Host { container: "".into(), limits, stats, guard, isolate: None, loop_idle: true, recycle: false };
+        if let Some(ready) = prewarmed {
+            let _ = ready.send(host.isolate().map(|_| ()));
+        }
         let mut deadline: Option<Pin<Box<Sleep>>> = None;
         loop {
             let idle = host.isolate.as_mut().is_none_or(|i| i.inflight().is_empty());
@@ -96,7 +120,7 @@ pub fn run(container: Arc<str>, limits: Limits, stats: Arc<Stats>, mut rx: mpsc:
             host.after_turn(running);
             deadline = host.next_deadline().map(|at| Box::pin(tokio::time::sleep_until(at)));
         }
-    });
+    }
 }
 
 /// How long an idle isolate thread polls for the next job before parking.
@@ -147,6 +171,13 @@ impl Host {
         let cpu_start = self.guard.now_ns();
         let deadline = Instant::now() + std::time::Duration::from_millis(self.limits.wall_ms);
         let guard = self.guard.clone();
+        if job.container != self.container {
+            // A pooled isolate learns its container with its first job.
+            self.container = job.container.clone();
+            if let Some(isolate) = self.isolate.as_mut() {
+                isolate.set_container(self.container.clone());
+            }
+        }
         let isolate = match self.isolate() {
             Ok(isolate) => isolate,
             Err(err) => {

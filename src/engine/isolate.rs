@@ -100,6 +100,11 @@ impl Isolate {
         self.inflight.borrow_mut()
     }
 
+    /// Names the container this isolate serves, for its log records.
+    pub fn set_container(&mut self, container: Arc<str>) {
+        self.rt.op_state().borrow_mut().put(HostInfo { container });
+    }
+
     /// Destroys the isolate, keeping the requests that were running in it.
     pub fn into_inflight(self) -> Rc<RefCell<Inflight>> {
         self.inflight.clone()

@@ -9,7 +9,7 @@
 
 mod alloc;
 mod error;
-mod host;
+pub(crate) mod host;
 mod inflight;
 mod isolate;
 mod ops;
@@ -28,11 +28,12 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use error::{Error, ScriptError};
 pub use request::{Context, Output, Reply, ReplyBody};
+pub use host::Permit;
 
-use host::{Job, Permit};
+use host::Job;
 
 /// Per-request limits. Every one that fires is reported with its figure.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// CPU time of the isolate thread per request.
@@ -122,6 +123,28 @@ impl From<String> for Code {
     }
 }
 
+/// A fresh request id, `<pid>-<counter>` in hex: unique per node.
+pub fn new_req_id() -> Arc<str> {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let pid = *PID.get_or_init(std::process::id);
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("{pid:x}-{n:x}").into()
+}
+
+/// The startup snapshot, built once per process (a node hands it to its
+/// worker processes). Sets V8's flags from `limits` first.
+pub fn snapshot_blob(limits: &Limits) -> &'static [u8] {
+    snapshot::init_v8(limits.stack_kb);
+    snapshot::get()
+}
+
+/// In a worker process: use the snapshot the node built.
+pub fn install_snapshot(blob: &'static [u8], limits: &Limits) {
+    snapshot::init_v8(limits.stack_kb);
+    snapshot::install(blob);
+}
+
 /// Checks a container name: `[A-Za-z0-9_-]{1,64}`.
 pub fn valid_container(name: &str) -> bool {
     (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
@@ -138,7 +161,6 @@ struct Inner {
     hosts: Mutex<HashMap<Arc<str>, HostHandle>>,
     stats: Arc<Stats>,
     clock: AtomicU64,
-    req_seq: AtomicU64,
 }
 
 /// Runs webtasks. Cheap to clone; all clones share isolates.
@@ -174,7 +196,6 @@ impl Engine {
                 hosts: Mutex::new(HashMap::new()),
                 stats: Arc::new(Stats::default()),
                 clock: AtomicU64::new(0),
-                req_seq: AtomicU64::new(0),
             }),
         }
     }
@@ -194,16 +215,8 @@ impl Engine {
 
     /// Runs `code` in `container` and collects its response.
     pub async fn run_in(&self, container: &str, code: impl Into<Code>, context: Context) -> Result<Output, Error> {
-        let req_id = self.next_req_id();
+        let req_id = new_req_id();
         self.dispatch(container, code.into(), context, req_id).await?.collect().await
-    }
-
-    /// A fresh request id, `<pid>-<counter>` in hex: unique per node.
-    pub fn next_req_id(&self) -> Arc<str> {
-        static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-        let pid = *PID.get_or_init(std::process::id);
-        let n = self.inner.req_seq.fetch_add(1, Ordering::Relaxed);
-        format!("{pid:x}-{n:x}").into()
     }
 
     /// Starts `code` in `container`; resolves when the status and headers
@@ -213,7 +226,8 @@ impl Engine {
             return Err(Error::bad_request("container names are 1-64 characters of A-Z, a-z, 0-9, '_' and '-'"));
         }
         let (reply, rx) = oneshot::channel();
-        self.submit(container, Job { code, context, req_id, reply, permit: Permit(Arc::default()) })?;
+        let job = Job { container: container.into(), code, context, req_id, reply, permit: Permit(Arc::default()) };
+        self.submit(container, job)?;
         rx.await.unwrap_or_else(|_| Err(Error::internal("isolate thread ended before answering")))
     }
 
@@ -239,7 +253,6 @@ impl Engine {
 
     fn spawn_host(&self, container: &str) -> Result<HostHandle, Error> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let name: Arc<str> = container.into();
         let limits = self.inner.config.limits.clone();
         let stats = self.inner.stats.clone();
         std::thread::Builder::new()
@@ -247,7 +260,7 @@ impl Engine {
             // V8's own stack limit is `stack_kb`; the thread gets ample room
             // above it for Rust frames.
             .stack_size((limits.stack_kb as usize + 4096) * 1024)
-            .spawn(move || host::run(name, limits, stats, rx))
+            .spawn(move || host::run(limits, stats, rx))
             .map_err(Error::internal)?;
         Ok(HostHandle { tx, running: Arc::default(), last_used: 0 })
     }

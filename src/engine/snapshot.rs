@@ -26,6 +26,12 @@ pub fn init_v8(stack_kb: u32) {
     }
 }
 
+/// Uses `blob` (built by another process of this binary) instead of
+/// building one; a no-op if this process has one already.
+pub fn install(blob: &'static [u8]) {
+    let _ = SNAPSHOT.set(blob);
+}
+
 /// The snapshot blob, built on first call.
 pub fn get() -> &'static [u8] {
     SNAPSHOT.get_or_init(|| {

@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::support::{both, TestNode};
+use crate::support::{every_target, TestNode};
 
 fn assert_script_error(res: &crate::support::Resp, name: &str, message: &str) -> serde_json::Value {
     assert_eq!(res.status, 500, "{}", res.text());
@@ -29,7 +29,7 @@ fn assert_clean_stack(v: &serde_json::Value, line: u32) {
 
 #[tokio::test]
 async fn callback_error() {
-    for node in both().await {
+    for node in every_target().await {
         let res = node.run("e", "", "return function (cb) {\n  cb(new Error('boom'));\n}").await;
         let v = assert_script_error(&res, "Error", "boom");
         assert_clean_stack(&v, 2);
@@ -38,7 +38,7 @@ async fn callback_error() {
 
 #[tokio::test]
 async fn synchronous_throw() {
-    for node in both().await {
+    for node in every_target().await {
         let res = node.run("e", "", "module.exports = function (ctx, cb) {\n\n  null.x;\n};").await;
         let v = assert_script_error(&res, "TypeError", "Cannot read properties of null (reading 'x')");
         assert_clean_stack(&v, 3);
@@ -47,7 +47,7 @@ async fn synchronous_throw() {
 
 #[tokio::test]
 async fn async_rejection() {
-    for node in both().await {
+    for node in every_target().await {
         let res = node.run("e", "", "module.exports = async () => { throw new RangeError('nope'); };").await;
         let v = assert_script_error(&res, "RangeError", "nope");
         assert_clean_stack(&v, 1);
@@ -56,7 +56,7 @@ async fn async_rejection() {
 
 #[tokio::test]
 async fn throw_in_a_timer_fails_its_own_request() {
-    for node in both().await {
+    for node in every_target().await {
         let res = node.run("e", "", "return function (cb) { setTimeout(() => { throw new Error('later'); }, 1); }").await;
         assert_script_error(&res, "Error", "later");
     }
@@ -64,7 +64,7 @@ async fn throw_in_a_timer_fails_its_own_request() {
 
 #[tokio::test]
 async fn unhandled_rejection_fails_its_own_request() {
-    for node in both().await {
+    for node in every_target().await {
         let res = node.run("e", "", "return function (cb) { Promise.reject(new Error('lost')); }").await;
         assert_script_error(&res, "Error", "lost");
     }
@@ -72,7 +72,7 @@ async fn unhandled_rejection_fails_its_own_request() {
 
 #[tokio::test]
 async fn non_error_values_are_reported_as_strings() {
-    for node in both().await {
+    for node in every_target().await {
         let res = node.run("e", "", "return function (cb) { cb('plain string'); }").await;
         assert_eq!(res.status, 500);
         assert_eq!(res.json()["details"], json!("plain string"));
@@ -82,7 +82,7 @@ async fn non_error_values_are_reported_as_strings() {
 
 #[tokio::test]
 async fn unserialisable_result_is_a_script_error() {
-    for node in both().await {
+    for node in every_target().await {
         let res = node.run("e", "", "return function (cb) { const a = {}; a.a = a; cb(null, a); }").await;
         assert_eq!(res.status, 500);
         assert_eq!(res.json()["name"], json!("TypeError"));
@@ -92,7 +92,7 @@ async fn unserialisable_result_is_a_script_error() {
 
 #[tokio::test]
 async fn code_that_exports_no_function() {
-    for node in both().await {
+    for node in every_target().await {
         let res = node.run("e", "", "module.exports = 42;").await;
         assert_script_error(&res, "TypeError", "The code must return a function or assign one to module.exports");
     }
@@ -100,7 +100,7 @@ async fn code_that_exports_no_function() {
 
 #[tokio::test]
 async fn top_level_throw_is_a_script_error() {
-    for node in both().await {
+    for node in every_target().await {
         let res = node.run("e", "", "\nthrow new Error('at load');").await;
         let v = assert_script_error(&res, "Error", "at load");
         assert_clean_stack(&v, 2);
@@ -109,7 +109,7 @@ async fn top_level_throw_is_a_script_error() {
 
 #[tokio::test]
 async fn syntax_error_names_line_and_column() {
-    for node in both().await {
+    for node in every_target().await {
         let res = node.run("e", "", "return function (cb) {\n  cb(null, 1;\n}").await;
         assert_eq!(res.status, 400);
         let v = res.json();
@@ -123,7 +123,7 @@ async fn syntax_error_names_line_and_column() {
 
 #[tokio::test]
 async fn bad_container_names_are_refused() {
-    for node in both().await {
+    for node in every_target().await {
         let long = "a".repeat(65);
         for name in ["bad.name", "a%20b", "%2e%2e", long.as_str(), "ü"] {
             let res = node.run(name, "", "return function (cb) { cb(null, 1); }").await;

@@ -3,11 +3,11 @@
 
 use serde_json::json;
 
-use crate::support::both;
+use crate::support::every_target;
 
 #[tokio::test]
 async fn function_constructor_yields_only_the_guest_global() {
-    for node in both().await {
+    for node in every_target().await {
         let code = r#"return function (cb) {
             const g = this.constructor.constructor('return this')();
             const g2 = (function () { return this; })();
@@ -21,7 +21,7 @@ async fn function_constructor_yields_only_the_guest_global() {
 
 #[tokio::test]
 async fn no_host_names_on_the_global() {
-    for node in both().await {
+    for node in every_target().await {
         let code = r#"return function (cb) {
             const names = Reflect.ownKeys(globalThis).map(String);
             cb(null, names.filter(n => /deno|bootstrap|infra|lockdown|op_|core|primordials/i.test(n)));
@@ -32,7 +32,7 @@ async fn no_host_names_on_the_global() {
 
 #[tokio::test]
 async fn stack_trace_call_sites_hide_runtime_functions() {
-    for node in both().await {
+    for node in every_target().await {
         // Structured call sites are the classic way to grab a caller's function
         // or receiver; runtime frames are strict mode, so V8 hides both.
         let code = r#"return function (cb) {
@@ -52,7 +52,7 @@ async fn stack_trace_call_sites_hide_runtime_functions() {
 
 #[tokio::test]
 async fn console_and_timers_lead_nowhere() {
-    for node in both().await {
+    for node in every_target().await {
         let code = r#"return function (cb) {
             const found = [];
             for (const f of [console.log, setTimeout, clearTimeout, queueMicrotask]) {
@@ -68,7 +68,7 @@ async fn console_and_timers_lead_nowhere() {
 
 #[tokio::test]
 async fn runtime_errors_are_plain_guest_errors() {
-    for node in both().await {
+    for node in every_target().await {
         let code = r#"module.exports = function (ctx, req, res) {
             res.writeHead(200);
             let e;
@@ -81,7 +81,7 @@ async fn runtime_errors_are_plain_guest_errors() {
 
 #[tokio::test]
 async fn require_and_process_are_not_host_objects() {
-    for node in both().await {
+    for node in every_target().await {
         let code = r#"module.exports = function (cb) {
             let msg;
             try { require('fs'); } catch (e) { msg = e.message; }
@@ -93,7 +93,7 @@ async fn require_and_process_are_not_host_objects() {
 
 #[tokio::test]
 async fn containers_do_not_share_globals_or_prototypes() {
-    for node in both().await {
+    for node in every_target().await {
         let poison = "return function (cb) { Array.prototype.evil = 1; globalThis.secret = 's3cr3t'; cb(null, 'set'); }";
         assert_eq!(node.run("tenant-a", "", poison).await.json(), json!("set"));
         let peek = "return function (cb) { cb(null, [typeof globalThis.secret, [].evil === undefined]); }";

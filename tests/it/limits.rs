@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 
 use webtask::config::Config;
 
-use crate::support::{both, both_with, sample, test_config, Target, TestNode};
+use crate::support::{every_target, every_target_with, sample, test_config, Target, TestNode};
 
 const HELLO: &str = "return function (cb) { cb(null, 'alive'); }";
 
@@ -26,28 +26,28 @@ async fn assert_cpu_limit(node: &Target, code: &str) {
 
 #[tokio::test]
 async fn cpu_busy_loop() {
-    for node in both().await {
+    for node in every_target().await {
         assert_cpu_limit(&node, "return function (cb) { while (true) {} }").await;
     }
 }
 
 #[tokio::test]
 async fn cpu_loop_in_a_microtask() {
-    for node in both().await {
+    for node in every_target().await {
         assert_cpu_limit(&node, "return function (cb) { Promise.resolve().then(() => { while (1) {} }); }").await;
     }
 }
 
 #[tokio::test]
 async fn cpu_async_recursion() {
-    for node in both().await {
+    for node in every_target().await {
         assert_cpu_limit(&node, "module.exports = async function f() { await null; return f(); };").await;
     }
 }
 
 #[tokio::test]
 async fn cpu_loop_at_load_time() {
-    for node in both().await {
+    for node in every_target().await {
         assert_cpu_limit(&node, "for (;;) {}").await;
     }
 }
@@ -81,28 +81,28 @@ async fn assert_wall_limit(node: &Target, code: &str) {
 
 #[tokio::test]
 async fn wall_interval_that_never_ends() {
-    for node in both_with(wall_config()).await {
+    for node in every_target_with(wall_config()).await {
         assert_wall_limit(&node, "return function (cb) { setInterval(() => {}, 1); }").await;
     }
 }
 
 #[tokio::test]
 async fn wall_promise_that_never_settles() {
-    for node in both_with(wall_config()).await {
+    for node in every_target_with(wall_config()).await {
         assert_wall_limit(&node, "module.exports = async () => new Promise(() => {});").await;
     }
 }
 
 #[tokio::test]
 async fn wall_callback_never_called() {
-    for node in both_with(wall_config()).await {
+    for node in every_target_with(wall_config()).await {
         assert_wall_limit(&node, "return function (cb) { }").await;
     }
 }
 
 #[tokio::test]
 async fn timed_out_request_leaves_no_timers_behind() {
-    for node in both_with(wall_config()).await {
+    for node in every_target_with(wall_config()).await {
         let code = "return function (cb) { global.ticks = 0; setInterval(() => global.ticks++, 1); }";
         assert_eq!(node.run("leak", "", code).await.status, 504);
         // The isolate was recycled once drained, so the interval is gone with it.
@@ -128,14 +128,14 @@ async fn assert_memory_limit(node: &Target, code: &str) {
 
 #[tokio::test]
 async fn memory_array_growth() {
-    for node in both_with(memory_config()).await {
+    for node in every_target_with(memory_config()).await {
         assert_memory_limit(&node, "return function (cb) { a = []; for (;;) a.push(new Array(1e6).fill(1)); }").await;
     }
 }
 
 #[tokio::test]
 async fn memory_string_growth() {
-    for node in both_with(memory_config()).await {
+    for node in every_target_with(memory_config()).await {
         // `repeat` builds ropes that share structure; reading a character
         // flattens each one into 1 MiB of real heap.
         let code = "return function (cb) { a = []; for (let i = 0;; i++) { const s = 'x'.repeat(2**20) + i; s.charCodeAt(1); a.push(s); } }";
@@ -145,7 +145,7 @@ async fn memory_string_growth() {
 
 #[tokio::test]
 async fn string_past_v8_maximum_length_is_a_range_error() {
-    for node in both().await {
+    for node in every_target().await {
         // V8 caps strings at 2^29-24 characters: this fails inside the guest
         // before any memory is used.
         let res = node.run("mem", "", "return function (cb) { a = []; for (;;) a.push('x'.repeat(2**29)); }").await;
@@ -157,7 +157,7 @@ async fn string_past_v8_maximum_length_is_a_range_error() {
 
 #[tokio::test]
 async fn array_buffers_are_capped_inside_the_guest() {
-    for node in both().await {
+    for node in every_target().await {
         let code = r#"return function (cb) {
             const out = [];
             try { new ArrayBuffer(2**32); } catch (e) { out.push(e.name + ': ' + e.message); }
@@ -174,7 +174,7 @@ async fn array_buffers_are_capped_inside_the_guest() {
 
 #[tokio::test]
 async fn stack_overflow_is_a_script_error() {
-    for node in both().await {
+    for node in every_target().await {
         let res = node.run("stack", "", "return function (cb) { (function f() { f(); })(); }").await;
         assert_eq!(res.status, 500);
         assert_eq!(res.json()["name"], json!("RangeError"));
@@ -216,7 +216,7 @@ async fn chunked_body_over_limit_is_413() {
 
 #[tokio::test]
 async fn response_over_limit() {
-    for node in both().await {
+    for node in every_target().await {
         let res = node.run("resp", "", "return function (cb) { cb(null, 'x'.repeat(70000)); }").await;
         assert_eq!(res.status, 500);
         assert_eq!(res.json(), json!({"code": "response_limit", "limit_bytes": 65536, "error": "response exceeds 65536 bytes"}));
@@ -287,7 +287,7 @@ async fn idle_keep_alive_connection_is_closed() {
 
 #[tokio::test]
 async fn concurrency_over_limit_is_429() {
-    for node in both().await {
+    for node in every_target().await {
         let slow = "return function (cb) { setTimeout(() => cb(null, 'done'), 300); }";
         let runs: Vec<_> = (0..12).map(|_| node.run("busy", "", slow)).collect();
         let results = futures::future::join_all(runs).await;
@@ -302,7 +302,7 @@ async fn concurrency_over_limit_is_429() {
 
 #[tokio::test]
 async fn node_keeps_serving_while_a_container_burns_cpu() {
-    for node in both().await {
+    for node in every_target().await {
         let hog = node.run("hog", "", "return function (cb) { while (true) {} }");
         let others = async {
             let mut answered = 0;
@@ -321,7 +321,7 @@ async fn node_keeps_serving_while_a_container_burns_cpu() {
 
 #[tokio::test]
 async fn concurrent_requests_of_a_killed_isolate_fail_clearly() {
-    for node in both().await {
+    for node in every_target().await {
         let waiting = node.run("shared", "", "return function (cb) { setTimeout(() => cb(null, 'late'), 500); }");
         let hog = async {
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -2,11 +2,11 @@
 
 use serde_json::json;
 
-use crate::support::{both, TestNode};
+use crate::support::{every_target, TestNode};
 
 #[tokio::test]
 async fn return_function_with_context_and_callback() {
-    for node in both().await {
+    for node in every_target().await {
         let res = node
             .run("demo", "?name=webtask", r#"return function (context, cb) { cb(null, "Hello, " + context.data.name); }"#)
             .await;
@@ -18,7 +18,7 @@ async fn return_function_with_context_and_callback() {
 
 #[tokio::test]
 async fn return_function_with_callback_only() {
-    for node in both().await {
+    for node in every_target().await {
         let res = node.run("demo", "", "return function (cb) { cb(null, {a: [1, 2], b: null}); }").await;
         assert_eq!(res.status, 200);
         assert_eq!(res.json(), json!({"a": [1, 2], "b": null}));
@@ -27,7 +27,7 @@ async fn return_function_with_callback_only() {
 
 #[tokio::test]
 async fn module_exports_with_context_and_callback() {
-    for node in both().await {
+    for node in every_target().await {
         let res = node.run("demo", "?x=1", "module.exports = function (context, cb) { cb(null, context.query.x + '!'); }").await;
         assert_eq!(res.json(), json!("1!"));
     }
@@ -35,7 +35,7 @@ async fn module_exports_with_context_and_callback() {
 
 #[tokio::test]
 async fn module_exports_with_callback_only() {
-    for node in both().await {
+    for node in every_target().await {
         let res = node.run("demo", "", "module.exports = function (cb) { setTimeout(() => cb(null, 42), 5); }").await;
         assert_eq!(res.json(), json!(42));
     }
@@ -43,7 +43,7 @@ async fn module_exports_with_callback_only() {
 
 #[tokio::test]
 async fn async_function_returns_its_value() {
-    for node in both().await {
+    for node in every_target().await {
         let code = r#"module.exports = async (context) => {
             await new Promise(r => setTimeout(r, 5));
             return { name: context.data.name };
@@ -55,7 +55,7 @@ async fn async_function_returns_its_value() {
 
 #[tokio::test]
 async fn plain_function_returning_a_promise() {
-    for node in both().await {
+    for node in every_target().await {
         let code = "module.exports = function () { return Promise.resolve([1, 'two']); };";
         let res = node.run("demo", "", code).await;
         assert_eq!(res.json(), json!([1, "two"]));
@@ -64,7 +64,7 @@ async fn plain_function_returning_a_promise() {
 
 #[tokio::test]
 async fn async_function_with_callback_may_answer_later() {
-    for node in both().await {
+    for node in every_target().await {
         let code = "module.exports = async function (context, cb) { setTimeout(() => cb(null, 'late'), 5); };";
         assert_eq!(node.run("demo", "", code).await.json(), json!("late"));
     }
@@ -72,7 +72,7 @@ async fn async_function_with_callback_may_answer_later() {
 
 #[tokio::test]
 async fn first_callback_wins() {
-    for node in both().await {
+    for node in every_target().await {
         let code = "return function (cb) { cb(null, 1); cb(null, 2); cb(new Error('x')); }";
         let res = node.run("demo", "", code).await;
         assert_eq!((res.status, res.json()), (200, json!(1)));
@@ -81,7 +81,7 @@ async fn first_callback_wins() {
 
 #[tokio::test]
 async fn undefined_result_is_json_null() {
-    for node in both().await {
+    for node in every_target().await {
         let res = node.run("demo", "", "return function (cb) { cb(); }").await;
         assert_eq!((res.status, res.text().as_str()), (200, "null"));
     }
@@ -89,7 +89,7 @@ async fn undefined_result_is_json_null() {
 
 #[tokio::test]
 async fn context_req_res_controls_status_headers_and_streamed_body() {
-    for node in both().await {
+    for node in every_target().await {
         let code = r#"module.exports = function (context, req, res) {
             res.setHeader('x-method', req.method);
             res.writeHead(201, { 'content-type': 'text/plain', 'x-name': context.data.name });
@@ -107,7 +107,7 @@ async fn context_req_res_controls_status_headers_and_streamed_body() {
 
 #[tokio::test]
 async fn res_end_without_write_sends_head_and_body() {
-    for node in both().await {
+    for node in every_target().await {
         let code = "module.exports = (ctx, req, res) => { res.statusCode = 404; res.end('nope'); };";
         let res = node.run("demo", "", code).await;
         assert_eq!((res.status, res.text().as_str()), (404, "nope"));
@@ -146,7 +146,7 @@ async fn context_carries_data_query_headers_secrets_meta() {
 
 #[tokio::test]
 async fn globals_persist_within_a_container_only() {
-    for node in both().await {
+    for node in every_target().await {
         let code = "return function (cb) { global.n = (global.n || 0) + 1; cb(null, global.n); }";
         assert_eq!(node.run("a", "", code).await.json(), json!(1));
         assert_eq!(node.run("a", "", code).await.json(), json!(2));

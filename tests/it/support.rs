@@ -11,6 +11,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use webtask::api::{self, Node};
 use webtask::config::Config;
+use webtask::pool::{Mode, Runner};
 use webtask::Engine;
 
 /// Limits small enough to trip in a test, large enough for normal code.
@@ -22,6 +23,9 @@ pub fn test_config() -> Config {
         body_bytes = 4096
         header_bytes = 4096
         header_timeout_ms = 500
+        [workers]
+        mode = "in-process"
+        pool_size = 2
         [engine]
         max_concurrency = 8
         [engine.limits]
@@ -32,6 +36,10 @@ pub fn test_config() -> Config {
         response_bytes = 65536
         "#,
     )
+    .map(|mut config: Config| {
+        config.workers.exe = Some(env!("CARGO_BIN_EXE_webtask").into());
+        config
+    })
     .unwrap()
 }
 
@@ -64,10 +72,10 @@ impl TestNode {
     }
 
     pub async fn with_config(config: Config) -> Self {
-        let engine = Engine::new(config.engine.clone());
+        let runner = Runner::start(&config.workers, &config.engine).unwrap();
         let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let node = Node::new(engine, config.http.clone());
+        let node = Node::new(runner, config.http.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(api::serve(node.clone(), listener, async {
             let _ = stopped.await;
@@ -123,22 +131,38 @@ pub fn sample(metrics: &str, name_and_labels: &str) -> Option<f64> {
     metrics.lines().find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
 }
 
-/// Where a test sends its webtasks: through a node's HTTP API, or straight
-/// to the library API. Both answer with the same status and JSON body, so a
-/// test written once checks both.
+/// Where a test sends its webtasks: a node running them in worker
+/// processes, a node running them in-process, or the library API. All three
+/// answer with the same status and JSON body, so a test written once checks
+/// every path.
 pub enum Target {
     Http(TestNode),
     Lib(Engine),
 }
 
-/// Both targets with the test configuration.
-pub async fn both() -> [Target; 2] {
-    both_with(test_config()).await
+/// Every target, with the test configuration.
+pub async fn every_target() -> [Target; 3] {
+    every_target_with(test_config()).await
 }
 
-pub async fn both_with(config: Config) -> [Target; 2] {
+pub async fn every_target_with(config: Config) -> [Target; 3] {
     let engine = Engine::new(config.engine.clone());
-    [Target::Http(TestNode::with_config(config).await), Target::Lib(engine)]
+    let mut workers = config.clone();
+    workers.workers.mode = Mode::Process;
+    [
+        Target::Http(TestNode::with_config(workers).await),
+        Target::Http(TestNode::with_config(config).await),
+        Target::Lib(engine),
+    ]
+}
+
+impl TestNode {
+    /// A node whose webtasks run in worker processes.
+    pub async fn workers() -> Self {
+        let mut config = test_config();
+        config.workers.mode = Mode::Process;
+        Self::with_config(config).await
+    }
 }
 
 impl Target {

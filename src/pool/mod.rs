@@ -1,0 +1,387 @@
+//! Worker processes for containers: a pool of pre-warmed, unassigned
+//! workers (spawned, jailed, snapshot loaded, isolate ready), the
+//! assignment of a worker to a container on its first request, and the
+//! controller that retires workers by lifetime policy. A worker serves one
+//! container for its whole life; retiring kills it, and the pool replaces
+//! it with a fresh process, never a used one.
+
+mod process;
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::Notify;
+
+use crate::engine::{self, valid_container, Code, Context, EngineConfig, Error, Reply};
+use crate::placement::{Memory, Placement};
+use crate::worker::Spec;
+pub use process::Worker;
+
+/// `[workers]` in webtask.toml.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolConfig {
+    /// `process` (one jailed worker process per container: the product) or
+    /// `in-process` (isolates in the node; for development and embedding).
+    pub mode: Mode,
+    /// Pre-warmed unassigned workers kept ready.
+    pub pool_size: usize,
+    /// Live worker processes at most, pool included.
+    pub max: usize,
+    /// A worker with no request for this long is retired.
+    pub idle_timeout_ms: u64,
+    /// A worker older than this is retired once idle.
+    pub max_age_ms: u64,
+    /// A worker that served this many requests is retired.
+    pub max_requests: u64,
+    /// The `webtask` binary workers run as; this executable when unset
+    /// (set it when the node is embedded in another program).
+    pub exe: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    Process,
+    InProcess,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            mode: Mode::Process,
+            pool_size: 2,
+            max: 64,
+            idle_timeout_ms: 5 * 60_000,
+            max_age_ms: 60 * 60_000,
+            max_requests: 100_000,
+            exe: None,
+        }
+    }
+}
+
+/// Where a node runs webtasks: in worker processes (the product) or in
+/// isolates inside the node (development, embedding, `webtask run`).
+#[derive(Clone)]
+pub enum Runner {
+    Workers(Pool),
+    InProcess(engine::Engine),
+}
+
+impl Runner {
+    /// Starts the runner `config` asks for (inside a tokio runtime).
+    pub fn start(config: &PoolConfig, engine: &EngineConfig) -> Result<Runner, Error> {
+        Ok(match config.mode {
+            Mode::Process => Runner::Workers(Pool::start(config.clone(), engine.clone())?),
+            Mode::InProcess => Runner::InProcess(engine::Engine::new(engine.clone())),
+        })
+    }
+
+    pub async fn dispatch(&self, container: &str, code: Code, context: Context, req_id: Arc<str>) -> Result<Reply, Error> {
+        match self {
+            Runner::Workers(pool) => pool.dispatch(container, code, context, req_id).await,
+            Runner::InProcess(engine) => engine.dispatch(container, code, context, req_id).await,
+        }
+    }
+}
+
+/// Why workers end, for metrics.
+pub const RETIRE_REASONS: [&str; 5] = ["idle", "max_age", "max_requests", "evicted", "crashed"];
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    pub spawned: AtomicU64,
+    pub retired: [AtomicU64; 5],
+}
+
+impl PoolStats {
+    fn retired(&self, reason: &str) {
+        let i = RETIRE_REASONS.iter().position(|r| *r == reason).expect("known reason");
+        self.retired[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+struct Inner {
+    config: PoolConfig,
+    engine: EngineConfig,
+    snapshot: OwnedFd,
+    idle: Mutex<VecDeque<Arc<Worker>>>,
+    assigned: Mutex<HashMap<Arc<str>, Arc<Worker>>>,
+    /// Serialises first requests of one container while a worker is found.
+    assigning: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>,
+    /// Live processes, pooled and assigned, plus those being spawned.
+    live: AtomicUsize,
+    placement: Box<dyn Placement>,
+    refill: Arc<Notify>,
+    stats: PoolStats,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Lets the refill task see the pool is gone and end.
+        self.refill.notify_one();
+    }
+}
+
+/// The node's workers. Cheap to clone.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+impl Pool {
+    /// Builds the snapshot, fills the pool in the background and starts the
+    /// controller. Must be called inside a tokio runtime.
+    pub fn start(config: PoolConfig, engine: EngineConfig) -> Result<Pool, Error> {
+        let snapshot = snapshot_memfd(engine::snapshot_blob(&engine.limits))?;
+        let pool = Pool {
+            inner: Arc::new(Inner {
+                config,
+                engine,
+                snapshot,
+                idle: Mutex::default(),
+                assigned: Mutex::default(),
+                assigning: Mutex::default(),
+                live: AtomicUsize::new(0),
+                placement: Box::new(Memory::default()),
+                refill: Arc::default(),
+                stats: PoolStats::default(),
+            }),
+        };
+        tokio::spawn(refill(Arc::downgrade(&pool.inner)));
+        tokio::spawn(control(Arc::downgrade(&pool.inner)));
+        pool.inner.refill.notify_one();
+        Ok(pool)
+    }
+
+    pub fn stats(&self) -> &PoolStats {
+        &self.inner.stats
+    }
+
+    /// (container, pid) of every assigned worker.
+    pub fn assignments(&self) -> Vec<(Arc<str>, u32)> {
+        let mut v: Vec<_> = self.inner.assigned.lock().unwrap().iter().map(|(c, w)| (c.clone(), w.pid)).collect();
+        v.sort();
+        v
+    }
+
+    /// Workers pre-warmed and waiting for a container.
+    pub fn idle_workers(&self) -> usize {
+        self.inner.idle.lock().unwrap().len()
+    }
+
+    /// Runs a request on `container`'s worker, assigning one first if needed.
+    pub async fn dispatch(&self, container: &str, code: Code, context: Context, req_id: Arc<str>) -> Result<Reply, Error> {
+        if !valid_container(container) {
+            return Err(Error::bad_request("container names are 1-64 characters of A-Z, a-z, 0-9, '_' and '-'"));
+        }
+        let worker = self.worker_for(container).await?;
+        let limit = self.inner.engine.max_concurrency;
+        if worker.running.fetch_add(1, Ordering::Acquire) >= limit {
+            worker.running.fetch_sub(1, Ordering::Release);
+            return Err(Error::ConcurrencyLimit { limit });
+        }
+        let _permit = engine::Permit::from_counter(worker.running.clone());
+        worker.run(code, context, req_id).await
+    }
+
+    async fn worker_for(&self, container: &str) -> Result<Arc<Worker>, Error> {
+        if let Some(w) = self.assigned(container) {
+            return Ok(w);
+        }
+        let gate = self.inner.assigning.lock().unwrap().entry(container.into()).or_default().clone();
+        let _turn = gate.lock().await;
+        if let Some(w) = self.assigned(container) {
+            return Ok(w);
+        }
+        let worker = match self.take_idle() {
+            Some(w) => w,
+            None => self.spawn_on_request_path().await?,
+        };
+        let name: Arc<str> = container.into();
+        worker.assign(name.clone())?;
+        self.inner.placement.claim(container);
+        self.inner.assigned.lock().unwrap().insert(name, worker.clone());
+        self.inner.assigning.lock().unwrap().remove(container);
+        self.inner.refill.notify_one();
+        Ok(worker)
+    }
+
+    /// The live worker assigned to `container`; a dead one is cleared away.
+    fn assigned(&self, container: &str) -> Option<Arc<Worker>> {
+        let mut assigned = self.inner.assigned.lock().unwrap();
+        let worker = assigned.get(container)?.clone();
+        if worker.is_alive() {
+            return Some(worker);
+        }
+        assigned.remove(container);
+        drop(assigned);
+        self.inner.forget(&worker, "crashed");
+        None
+    }
+
+    fn take_idle(&self) -> Option<Arc<Worker>> {
+        let mut idle = self.inner.idle.lock().unwrap();
+        while let Some(w) = idle.pop_front() {
+            if w.is_alive() {
+                return Some(w);
+            }
+            self.inner.live.fetch_sub(1, Ordering::AcqRel);
+        }
+        None
+    }
+
+    /// Pool empty: spawn now, making room by retiring the least recently
+    /// used idle container if the node is at `workers.max`.
+    async fn spawn_on_request_path(&self) -> Result<Arc<Worker>, Error> {
+        let inner = &self.inner;
+        if !inner.reserve_slot() {
+            inner.evict_lru().then_some(()).ok_or(Error::NoWorker { limit: inner.config.max })?;
+            if !inner.reserve_slot() {
+                return Err(Error::NoWorker { limit: inner.config.max });
+            }
+        }
+        inner.spawn_reserved().await
+    }
+}
+
+impl Inner {
+    /// Takes one of `max` process slots.
+    fn reserve_slot(&self) -> bool {
+        self.live
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.config.max).then_some(n + 1))
+            .is_ok()
+    }
+
+    async fn spawn_reserved(&self) -> Result<Arc<Worker>, Error> {
+        let spec = Spec { limits: self.engine.limits.clone() };
+        match Worker::spawn(self.config.exe.as_deref(), &self.snapshot, &spec).await {
+            Ok(w) => {
+                self.stats.spawned.fetch_add(1, Ordering::Relaxed);
+                Ok(w)
+            }
+            Err(e) => {
+                self.live.fetch_sub(1, Ordering::AcqRel);
+                Err(e)
+            }
+        }
+    }
+
+    /// Retires the least recently used assigned worker with nothing running.
+    fn evict_lru(&self) -> bool {
+        let victim = {
+            let assigned = self.assigned.lock().unwrap();
+            assigned
+                .iter()
+                .filter(|(_, w)| w.running.load(Ordering::Acquire) == 0)
+                .max_by_key(|(_, w)| w.idle_for())
+                .map(|(c, _)| c.clone())
+        };
+        match victim {
+            Some(container) => self.retire(&container, "evicted"),
+            None => false,
+        }
+    }
+
+    /// Removes `container`'s worker and kills it.
+    fn retire(&self, container: &str, reason: &'static str) -> bool {
+        let Some(worker) = self.assigned.lock().unwrap().remove(container) else { return false };
+        worker.kill();
+        self.forget(&worker, reason);
+        tracing::info!(container, pid = worker.pid, reason, "worker retired");
+        true
+    }
+
+    fn forget(&self, worker: &Worker, reason: &'static str) {
+        if let Some(c) = worker.container() {
+            self.placement.release(&c);
+        }
+        self.live.fetch_sub(1, Ordering::AcqRel);
+        self.stats.retired(reason);
+        self.refill.notify_one();
+    }
+}
+
+/// Keeps `pool_size` workers ready, within `max`.
+async fn refill(pool: std::sync::Weak<Inner>) {
+    loop {
+        let Some(inner) = pool.upgrade() else { return };
+        let want = inner.config.pool_size.saturating_sub(inner.idle.lock().unwrap().len());
+        let mut spawned = 0;
+        for _ in 0..want {
+            if !inner.reserve_slot() {
+                break;
+            }
+            match inner.spawn_reserved().await {
+                Ok(w) => {
+                    inner.idle.lock().unwrap().push_back(w);
+                    spawned += 1;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "could not spawn a pooled worker");
+                    break;
+                }
+            }
+        }
+        let wake = inner.refill.clone();
+        drop(inner);
+        if spawned < want {
+            // Failed or at the cap: retry later rather than spin.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        } else {
+            wake.notified().await;
+        }
+    }
+}
+
+/// Applies the lifetime policy: idle timeout, maximum age, maximum requests,
+/// and clears workers that died on their own.
+async fn control(pool: std::sync::Weak<Inner>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let Some(inner) = pool.upgrade() else { return };
+        let cfg = &inner.config;
+        let due: Vec<(Arc<str>, &'static str)> = {
+            let assigned = inner.assigned.lock().unwrap();
+            assigned
+                .iter()
+                .filter_map(|(c, w)| {
+                    let idle = w.running.load(Ordering::Acquire) == 0;
+                    let reason = if !w.is_alive() {
+                        "crashed"
+                    } else if w.requests.load(Ordering::Relaxed) >= cfg.max_requests && idle {
+                        "max_requests"
+                    } else if idle && w.idle_for() >= Duration::from_millis(cfg.idle_timeout_ms) {
+                        "idle"
+                    } else if idle && w.started.elapsed() >= Duration::from_millis(cfg.max_age_ms) {
+                        "max_age"
+                    } else {
+                        return None;
+                    };
+                    Some((c.clone(), reason))
+                })
+                .collect()
+        };
+        for (container, reason) in due {
+            inner.retire(&container, reason);
+        }
+    }
+}
+
+/// The snapshot in a sealed memfd that every worker inherits read-only.
+fn snapshot_memfd(blob: &[u8]) -> Result<OwnedFd, Error> {
+    use nix::fcntl::{FcntlArg, SealFlag};
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    let fd = memfd_create("webtask-snapshot", MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING).map_err(Error::internal)?;
+    let mut file = std::fs::File::from(fd);
+    std::io::Write::write_all(&mut file, blob).map_err(Error::internal)?;
+    let seals = SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_SEAL;
+    nix::fcntl::fcntl(&file, FcntlArg::F_ADD_SEALS(seals)).map_err(Error::internal)?;
+    Ok(OwnedFd::from(file))
+}

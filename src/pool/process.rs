@@ -1,0 +1,288 @@
+//! One worker process as the node sees it: spawned with its socket and the
+//! snapshot, waited on until `Ready`, then fed runs. Replies are matched to
+//! requests by id; anything a worker sends about an id it does not own, or
+//! any frame that does not decode, ends the worker (the node never trusts a
+//! worker beyond the request it owns). When the process ends, every request
+//! still waiting on it fails with `worker_crashed`.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use serde_bytes::ByteBuf;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::Framed;
+
+use crate::engine::{Code, Context, Error, Reply, ReplyBody};
+use crate::worker::protocol::{self, FromWorker, NodeCodec, ToWorker};
+use crate::worker::Spec;
+
+/// How long a new worker has to jail itself, load the snapshot and say Ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+enum Pending {
+    Waiting(oneshot::Sender<Result<Reply, Error>>),
+    Streaming(mpsc::UnboundedSender<Result<Bytes, Error>>),
+}
+
+struct Shared {
+    pid: u32,
+    pending: Mutex<HashMap<u64, Pending>>,
+    alive: AtomicBool,
+    /// Why the process ended, once it has.
+    ended: Mutex<Option<String>>,
+    child: Mutex<Option<tokio::process::Child>>,
+}
+
+impl Shared {
+    fn kill(&self) {
+        if let Some(child) = self.child.lock().unwrap().as_mut() {
+            let _ = child.start_kill();
+        }
+    }
+
+    fn fail_all(&self, err: &Error) {
+        for (_, p) in self.pending.lock().unwrap().drain() {
+            match p {
+                Pending::Waiting(tx) => drop(tx.send(Err(err.clone()))),
+                Pending::Streaming(tx) => drop(tx.send(Err(err.clone()))),
+            }
+        }
+    }
+
+    fn crashed(&self) -> Error {
+        let reason = self.ended.lock().unwrap().clone().unwrap_or_else(|| "connection lost".into());
+        Error::WorkerCrashed { pid: self.pid, reason }
+    }
+}
+
+pub struct Worker {
+    pub pid: u32,
+    pub started: Instant,
+    /// Requests running now.
+    pub running: Arc<AtomicUsize>,
+    /// Requests served in all.
+    pub requests: AtomicU64,
+    last_used: Mutex<Instant>,
+    container: Mutex<Option<Arc<str>>>,
+    out: mpsc::UnboundedSender<ToWorker>,
+    shared: Arc<Shared>,
+    next_id: AtomicU64,
+}
+
+impl Worker {
+    /// Starts a worker process and waits until it is ready to serve.
+    pub async fn spawn(exe: Option<&std::path::Path>, snapshot: &OwnedFd, spec: &Spec) -> Result<Arc<Worker>, Error> {
+        let (node_end, worker_end) = std::os::unix::net::UnixStream::pair().map_err(Error::internal)?;
+        let exe = match exe {
+            Some(exe) => exe.to_owned(),
+            None => std::env::current_exe().map_err(Error::internal)?,
+        };
+        let spec_json = serde_json::to_string(spec).map_err(Error::internal)?;
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.args(["worker", "--fd", "3", "--snapshot-fd", "4", "--spec", &spec_json])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let (sock_fd, snap_fd) = (worker_end.as_raw_fd(), snapshot.as_raw_fd());
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                for (from, to) in [(sock_fd, 3), (snap_fd, 4)] {
+                    if libc::dup2(from, to) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                // The worker dies with its node, never outlives it.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| Error::internal(format!("spawning worker: {e}")))?;
+        drop(worker_end);
+        let pid = child.id().unwrap_or(0);
+        node_end.set_nonblocking(true).map_err(Error::internal)?;
+        let stream = tokio::net::UnixStream::from_std(node_end).map_err(Error::internal)?;
+        let mut framed = Framed::new(stream, NodeCodec::default());
+
+        match tokio::time::timeout(READY_TIMEOUT, framed.next()).await {
+            Ok(Some(Ok(FromWorker::Ready { version: protocol::VERSION, .. }))) => {}
+            Ok(other) => return Err(Error::internal(format!("worker {pid} did not start: {other:?}"))),
+            Err(_) => return Err(Error::internal(format!("worker {pid} not ready after {READY_TIMEOUT:?}"))),
+        }
+
+        let shared = Arc::new(Shared {
+            pid,
+            pending: Mutex::default(),
+            alive: AtomicBool::new(true),
+            ended: Mutex::default(),
+            child: Mutex::new(Some(child)),
+        });
+        let (out, out_rx) = mpsc::unbounded_channel();
+        tokio::spawn(io(framed, out_rx, shared.clone()));
+        Ok(Arc::new(Worker {
+            pid,
+            started: Instant::now(),
+            running: Arc::default(),
+            requests: AtomicU64::new(0),
+            last_used: Mutex::new(Instant::now()),
+            container: Mutex::default(),
+            out,
+            shared,
+            next_id: AtomicU64::new(1),
+        }))
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.shared.alive.load(Ordering::Acquire)
+    }
+
+    pub fn container(&self) -> Option<Arc<str>> {
+        self.container.lock().unwrap().clone()
+    }
+
+    pub fn idle_for(&self) -> Duration {
+        self.last_used.lock().unwrap().elapsed()
+    }
+
+    /// Binds this worker to `container` for the rest of its life.
+    pub fn assign(&self, container: Arc<str>) -> Result<(), Error> {
+        let mut slot = self.container.lock().unwrap();
+        assert!(slot.is_none(), "a worker is assigned once");
+        *slot = Some(container.clone());
+        self.out.send(ToWorker::Assign { container: container.to_string() }).map_err(|_| self.shared.crashed())
+    }
+
+    /// Runs a request on this worker.
+    pub async fn run(&self, code: Code, context: Context, req_id: Arc<str>) -> Result<Reply, Error> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        *self.last_used.lock().unwrap() = Instant::now();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.shared.pending.lock().unwrap().insert(id, Pending::Waiting(tx));
+        let msg = ToWorker::Run {
+            id,
+            req_id: req_id.to_string(),
+            code: ByteBuf::from(code.as_bytes().to_vec()),
+            context: context.into(),
+        };
+        if self.out.send(msg).is_err() || !self.is_alive() {
+            self.shared.pending.lock().unwrap().remove(&id);
+            return Err(self.shared.crashed());
+        }
+        rx.await.unwrap_or_else(|_| Err(self.shared.crashed()))
+    }
+
+    /// Ends the process now (SIGKILL); requests on it fail with `worker_crashed`.
+    pub fn kill(&self) {
+        self.shared.kill();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Moves frames between the node and one worker until either side ends.
+async fn io(
+    framed: Framed<tokio::net::UnixStream, NodeCodec>,
+    mut out_rx: mpsc::UnboundedReceiver<ToWorker>,
+    shared: Arc<Shared>,
+) {
+    let (mut sink, mut frames) = framed.split();
+    let writer = async {
+        while let Some(msg) = out_rx.recv().await {
+            if sink.send(msg).await.is_err() {
+                break;
+            }
+        }
+    };
+    let reader = async {
+        loop {
+            match frames.next().await {
+                Some(Ok(msg)) => {
+                    if let Err(violation) = deliver(&shared, msg) {
+                        return violation;
+                    }
+                }
+                Some(Err(e)) => return format!("protocol error: {e}"),
+                None => return "exited".to_owned(),
+            }
+        }
+    };
+    let reason = tokio::select! {
+        reason = reader => reason,
+        () = writer => "node side closed".to_owned(),
+    };
+    shared.alive.store(false, Ordering::Release);
+    // Exited, or broke the protocol: either way it is gone for good.
+    shared.kill();
+    let child = shared.child.lock().unwrap().take();
+    let reason = match child {
+        Some(mut child) => match tokio::time::timeout(Duration::from_secs(1), child.wait()).await {
+            Ok(Ok(status)) if reason == "exited" => describe_exit(status),
+            _ => reason,
+        },
+        None => reason,
+    };
+    *shared.ended.lock().unwrap() = Some(reason);
+    shared.fail_all(&shared.crashed());
+}
+
+/// Hands one frame to the request it belongs to; Err ends the worker.
+fn deliver(shared: &Shared, msg: FromWorker) -> Result<(), String> {
+    let mut pending = shared.pending.lock().unwrap();
+    match msg {
+        FromWorker::Head { id, status, headers, body } => {
+            let Some(Pending::Waiting(tx)) = pending.remove(&id) else {
+                return Err(format!("reply for request {id} it does not own"));
+            };
+            let body = match body {
+                Some(b) => ReplyBody::Full(Bytes::from(b.into_vec())),
+                None => {
+                    let (stream_tx, stream_rx) = mpsc::unbounded_channel();
+                    pending.insert(id, Pending::Streaming(stream_tx));
+                    ReplyBody::Stream(stream_rx)
+                }
+            };
+            let _ = tx.send(Ok(Reply { status, headers, body }));
+        }
+        FromWorker::Chunk { id, data } => match pending.get(&id) {
+            Some(Pending::Streaming(tx)) => drop(tx.send(Ok(Bytes::from(data.into_vec())))),
+            _ => return Err(format!("chunk for request {id} it does not own")),
+        },
+        FromWorker::End { id } => match pending.remove(&id) {
+            Some(Pending::Streaming(_)) => {}
+            _ => return Err(format!("end of request {id} it does not own")),
+        },
+        FromWorker::Failed { id, error } => {
+            let err = protocol::error_from_bytes(&error);
+            match pending.remove(&id) {
+                Some(Pending::Waiting(tx)) => drop(tx.send(Err(err))),
+                Some(Pending::Streaming(tx)) => drop(tx.send(Err(err))),
+                None => return Err(format!("failure of request {id} it does not own")),
+            }
+        }
+        FromWorker::Ready { .. } => return Err("second Ready".to_owned()),
+    }
+    Ok(())
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (_, Some(sig)) => format!("killed by signal {sig}"),
+        (Some(code), _) => format!("exited with status {code}"),
+        _ => status.to_string(),
+    }
+}

@@ -1,0 +1,157 @@
+//! `webtask worker`: the process that runs one container's code. The node
+//! spawns it (users never do), it jails itself, loads the startup snapshot
+//! the node handed it, creates its isolate, says `Ready`, and then serves
+//! exactly one container until the node shuts it down or kills it.
+//!
+//! It trusts nothing it receives beyond the protocol, and the node trusts
+//! nothing it says beyond the request it owns (see `pool`).
+
+pub mod protocol;
+
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use futures::{SinkExt, StreamExt};
+use serde_bytes::ByteBuf;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::Framed;
+
+use crate::engine::host::{self, Job, Permit};
+use crate::engine::{self, Code, Context, Error, Limits, Reply, ReplyBody};
+use protocol::{FromWorker, ToWorker, WorkerCodec};
+
+/// What the node tells a worker on its command line.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Spec {
+    pub limits: Limits,
+}
+
+/// The worker's main: `socket` is the inherited unix socket to the node,
+/// `snapshot` an inherited read-only memfd with the startup snapshot.
+pub fn main(socket: RawFd, snapshot: RawFd, spec: Spec) -> anyhow::Result<()> {
+    // SAFETY: both descriptors were placed there by the node for us alone.
+    let socket = unsafe { OwnedFd::from_raw_fd(socket) };
+    let snapshot = unsafe { OwnedFd::from_raw_fd(snapshot) };
+    engine::install_snapshot(map_snapshot(snapshot)?, &spec.limits);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(serve(socket, spec))
+}
+
+/// Maps the snapshot memfd for the life of the process; pages are shared
+/// with every other worker through the page cache.
+fn map_snapshot(fd: OwnedFd) -> anyhow::Result<&'static [u8]> {
+    let len = nix::sys::stat::fstat(&fd).context("fstat snapshot")?.st_size as usize;
+    let len = std::num::NonZeroUsize::new(len).context("empty snapshot")?;
+    // SAFETY: a private read-only mapping of a sealed memfd nobody writes.
+    let ptr = unsafe {
+        nix::sys::mman::mmap(None, len, nix::sys::mman::ProtFlags::PROT_READ, nix::sys::mman::MapFlags::MAP_SHARED, &fd, 0)
+    }
+    .context("mmap snapshot")?;
+    // SAFETY: the mapping is never unmapped.
+    Ok(unsafe { std::slice::from_raw_parts(ptr.as_ptr() as *const u8, len.get()) })
+}
+
+async fn serve(socket: OwnedFd, spec: Spec) -> anyhow::Result<()> {
+    let socket = std::os::unix::net::UnixStream::from(socket);
+    socket.set_nonblocking(true)?;
+    let framed = Framed::new(tokio::net::UnixStream::from_std(socket)?, WorkerCodec::default());
+    let (mut sink, mut frames) = framed.split();
+
+    let (out, mut out_rx) = mpsc::unbounded_channel::<FromWorker>();
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = out_rx.recv().await {
+            if sink.send(msg).await.is_err() {
+                break;
+            }
+        }
+    });
+
+    let (jobs, jobs_rx) = mpsc::unbounded_channel::<Job>();
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let stats = Arc::new(engine::Stats::default());
+    let host = host::serve(spec.limits, stats, jobs_rx, Some(ready_tx));
+    let node = async move {
+        ready_rx.await.context("isolate host ended")?.context("creating the isolate")?;
+        out.send(FromWorker::Ready { version: protocol::VERSION, pid: std::process::id() })?;
+        let mut container: Option<Arc<str>> = None;
+        while let Some(msg) = frames.next().await {
+            match msg.context("reading from the node")? {
+                ToWorker::Assign { container: c } if container.is_none() => container = Some(c.into()),
+                ToWorker::Assign { .. } => anyhow::bail!("a worker serves one container for life"),
+                ToWorker::Run { id, req_id, code, context } => {
+                    let container = container.clone().context("run before assignment")?;
+                    run(&jobs, &out, container, id, req_id, code, context)?;
+                }
+                ToWorker::Shutdown => break,
+            }
+        }
+        // Node gone or shutdown: let the host finish what runs, then exit.
+        drop(jobs);
+        anyhow::Ok(())
+    };
+    let (node, ()) = tokio::join!(node, host);
+    drop(writer);
+    node
+}
+
+fn run(
+    jobs: &mpsc::UnboundedSender<Job>,
+    out: &mpsc::UnboundedSender<FromWorker>,
+    container: Arc<str>,
+    id: u64,
+    req_id: String,
+    code: ByteBuf,
+    context: protocol::WireContext,
+) -> anyhow::Result<()> {
+    let (reply, reply_rx) = oneshot::channel();
+    let out = out.clone();
+    let prepared = Code::new(code.into_vec()).and_then(|code| Ok((code, Context::try_from(context)?)));
+    match prepared {
+        Ok((code, context)) => {
+            let job = Job { container, code, context, req_id: req_id.into(), reply, permit: Permit::from_counter(Default::default()) };
+            jobs.send(job).map_err(|_| anyhow::anyhow!("isolate host ended"))?;
+        }
+        Err(err) => {
+            let _ = reply.send(Err(err));
+        }
+    }
+    tokio::spawn(async move {
+        let outcome = reply_rx.await.unwrap_or_else(|_| Err(Error::internal("isolate host dropped the request")));
+        forward(&out, id, outcome).await;
+    });
+    Ok(())
+}
+
+/// Sends one run's outcome to the node as frames.
+async fn forward(out: &mpsc::UnboundedSender<FromWorker>, id: u64, outcome: Result<Reply, Error>) {
+    let reply = match outcome {
+        Ok(reply) => reply,
+        Err(err) => {
+            let _ = out.send(FromWorker::Failed { id, error: protocol::error_bytes(&err) });
+            return;
+        }
+    };
+    match reply.body {
+        ReplyBody::Full(body) => {
+            let body = Some(ByteBuf::from(Vec::from(body)));
+            let _ = out.send(FromWorker::Head { id, status: reply.status, headers: reply.headers, body });
+        }
+        ReplyBody::Stream(mut rx) => {
+            let _ = out.send(FromWorker::Head { id, status: reply.status, headers: reply.headers, body: None });
+            while let Some(chunk) = rx.recv().await {
+                let msg = match chunk {
+                    Ok(data) => FromWorker::Chunk { id, data: ByteBuf::from(Vec::from(data)) },
+                    Err(err) => {
+                        let _ = out.send(FromWorker::Failed { id, error: protocol::error_bytes(&err) });
+                        return;
+                    }
+                };
+                if out.send(msg).is_err() {
+                    return;
+                }
+            }
+            let _ = out.send(FromWorker::End { id });
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! The node ↔ worker protocol: length-prefixed frames (u32, big endian)
+//! over the worker's inherited unix socket, each one postcard-encoded
+//! message. The first frame from a worker is `Ready` with the protocol
+//! version; a node that gets any other version kills the worker.
+//!
+//! JSON appears only where the value is JSON anyway (`context.data`,
+//! secrets, meta, error details); code, bodies and chunks travel as bytes.
+
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+
+use crate::engine::{Context, Error};
+
+pub const VERSION: u32 = 1;
+
+/// Largest frame either side accepts: a run carries code and body (each
+/// bounded by the node's HTTP limits) and a reply chunk at most a response.
+pub const MAX_FRAME: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// The one container this worker serves from now to its end.
+    Assign { container: String },
+    Run { id: u64, req_id: String, code: ByteBuf, context: WireContext },
+    /// Finish what runs, then exit.
+    Shutdown,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum FromWorker {
+    /// Jailed, snapshot loaded, isolate ready.
+    Ready { version: u32, pid: u32 },
+    /// Status and headers; `body` is the whole body, or `None` when chunks follow.
+    Head { id: u64, status: u16, headers: Vec<(String, String)>, body: Option<ByteBuf> },
+    Chunk { id: u64, data: ByteBuf },
+    End { id: u64 },
+    /// The run failed; `error` is the JSON of an [`Error`].
+    Failed { id: u64, error: ByteBuf },
+}
+
+/// [`Context`] on the wire: JSON maps as JSON text.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireContext {
+    pub query: Vec<(String, String)>,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<ByteBuf>,
+    pub content_type: Option<String>,
+    pub data: ByteBuf,
+    pub secrets: ByteBuf,
+    pub meta: ByteBuf,
+    pub method: String,
+    pub url: String,
+}
+
+fn json_map(map: &serde_json::Map<String, serde_json::Value>) -> ByteBuf {
+    if map.is_empty() {
+        return ByteBuf::new();
+    }
+    ByteBuf::from(serde_json::to_vec(map).unwrap_or_default())
+}
+
+fn map_json(bytes: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, Error> {
+    if bytes.is_empty() {
+        return Ok(Default::default());
+    }
+    serde_json::from_slice(bytes).map_err(Error::internal)
+}
+
+impl From<Context> for WireContext {
+    fn from(c: Context) -> Self {
+        WireContext {
+            data: json_map(&c.data),
+            secrets: json_map(&c.secrets),
+            meta: json_map(&c.meta),
+            query: c.query,
+            headers: c.headers,
+            body: c.body.map(|b| ByteBuf::from(Vec::from(b))),
+            content_type: c.content_type,
+            method: c.method,
+            url: c.url,
+        }
+    }
+}
+
+impl TryFrom<WireContext> for Context {
+    type Error = Error;
+    fn try_from(w: WireContext) -> Result<Self, Error> {
+        Ok(Context {
+            data: map_json(&w.data)?,
+            secrets: map_json(&w.secrets)?,
+            meta: map_json(&w.meta)?,
+            query: w.query,
+            headers: w.headers,
+            body: w.body.map(|b| Bytes::from(b.into_vec())),
+            content_type: w.content_type,
+            method: w.method,
+            url: w.url,
+        })
+    }
+}
+
+pub fn error_bytes(err: &Error) -> ByteBuf {
+    ByteBuf::from(serde_json::to_vec(err).unwrap_or_default())
+}
+
+pub fn error_from_bytes(bytes: &[u8]) -> Error {
+    serde_json::from_slice(bytes).unwrap_or_else(|e| Error::internal(format!("unreadable worker error: {e}")))
+}
+
+/// Frames one message type out and another in.
+pub struct Codec<In, Out> {
+    frames: LengthDelimitedCodec,
+    _types: std::marker::PhantomData<fn(Out) -> In>,
+}
+
+impl<In, Out> Default for Codec<In, Out> {
+    fn default() -> Self {
+        let frames = LengthDelimitedCodec::builder().max_frame_length(MAX_FRAME).new_codec();
+        Codec { frames, _types: std::marker::PhantomData }
+    }
+}
+
+impl<In: for<'de> Deserialize<'de>, Out> Decoder for Codec<In, Out> {
+    type Item = In;
+    type Error = std::io::Error;
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, std::io::Error> {
+        let Some(frame) = self.frames.decode(src)? else { return Ok(None) };
+        postcard::from_bytes(&frame).map(Some).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
+}
+
+impl<In, Out: Serialize> Encoder<Out> for Codec<In, Out> {
+    type Error = std::io::Error;
+    fn encode(&mut self, item: Out, dst: &mut BytesMut) -> Result<(), std::io::Error> {
+        let bytes = postcard::to_stdvec(&item).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        self.frames.encode(Bytes::from(bytes), dst)
+    }
+}
+
+/// The node's end: sends `ToWorker`, receives `FromWorker`.
+pub type NodeCodec = Codec<FromWorker, ToWorker>;
+/// The worker's end.
+pub type WorkerCodec = Codec<ToWorker, FromWorker>;
