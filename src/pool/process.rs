@@ -94,8 +94,11 @@ impl Worker {
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
-                for (from, to) in [(sock_fd, 3), (snap_fd, 4)] {
-                    if libc::dup2(from, to) < 0 {
+                // Either descriptor may itself be 3 or 4: move both out of
+                // the way first so neither dup2 clobbers the other.
+                let high = [sock_fd, snap_fd].map(|fd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10));
+                for (from, to) in high.into_iter().zip([3, 4]) {
+                    if from < 0 || libc::dup2(from, to) < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
@@ -106,7 +109,7 @@ impl Worker {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|e| Error::internal(format!("spawning worker: {e}")))?;
+        let mut child = cmd.spawn().map_err(|e| Error::internal(format!("spawning worker: {e}")))?;
         drop(worker_end);
         let pid = child.id().unwrap_or(0);
         node_end.set_nonblocking(true).map_err(Error::internal)?;
@@ -115,7 +118,11 @@ impl Worker {
 
         match tokio::time::timeout(READY_TIMEOUT, framed.next()).await {
             Ok(Some(Ok(FromWorker::Ready { version: protocol::VERSION, .. }))) => {}
-            Ok(other) => return Err(Error::internal(format!("worker {pid} did not start: {other:?}"))),
+            Ok(Some(other)) => return Err(Error::internal(format!("worker {pid} did not start: {other:?}"))),
+            Ok(None) => {
+                let status = child.wait().await.map(describe_exit).unwrap_or_else(|e| e.to_string());
+                return Err(Error::internal(format!("worker {pid} did not start: {status}")));
+            }
             Err(_) => return Err(Error::internal(format!("worker {pid} not ready after {READY_TIMEOUT:?}"))),
         }
 

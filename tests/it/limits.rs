@@ -308,7 +308,7 @@ async fn node_keeps_serving_while_a_container_burns_cpu() {
             let mut answered = 0;
             for i in 0..5 {
                 let res = node.run(&format!("other{i}"), "", HELLO).await;
-                assert_eq!(res.json(), json!("alive"));
+                assert_eq!(res.json(), json!("alive"), "{}", res.text());
                 answered += 1;
             }
             answered

@@ -7,4 +7,5 @@ mod errors;
 mod escape;
 mod limits;
 mod models;
+mod workers;
 mod support;

@@ -1,0 +1,180 @@
+//! Worker processes: one container per process, pre-warmed pool, lifetime
+//! policy, crashes. Through the HTTP API of a node in `process` mode.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::{sample, test_config, TestNode};
+
+const HELLO: &str = "return function (cb) { cb(null, 'alive'); }";
+const PID: &str = "return function (cb) { cb(null, 'pid'); }";
+
+/// The worker pid `/metrics` reports for `container`.
+async fn worker_pid(node: &TestNode, container: &str) -> Option<u32> {
+    let m = node.metrics().await;
+    let prefix = format!("webtask_worker{{container=\"{container}\",pid=\"");
+    m.lines().find_map(|l| l.strip_prefix(&prefix)?.split('"').next()?.parse().ok())
+}
+
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..100 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not happen within 5 s");
+}
+
+#[tokio::test]
+async fn containers_never_share_a_process() {
+    let node = TestNode::workers().await;
+    for c in ["tenant-a", "tenant-b"] {
+        assert_eq!(node.run(c, "", PID).await.json(), json!("pid"));
+    }
+    let a = worker_pid(&node, "tenant-a").await.expect("a has a worker");
+    let b = worker_pid(&node, "tenant-b").await.expect("b has a worker");
+    assert_ne!(a, b);
+    assert_ne!(a, std::process::id());
+    // Both are live processes of their own.
+    assert!(std::path::Path::new(&format!("/proc/{a}")).exists());
+    assert!(std::path::Path::new(&format!("/proc/{b}")).exists());
+}
+
+#[tokio::test]
+async fn new_container_takes_a_prewarmed_worker_and_the_pool_refills() {
+    let node = TestNode::workers().await;
+    let idle = || async { sample(&node.metrics().await, "webtask_workers_idle") };
+    eventually("pool filled", || async { idle().await == Some(2.0) }).await;
+    let spawned_before = sample(&node.metrics().await, "webtask_workers_spawned_total").unwrap();
+    assert_eq!(node.run("fresh", "", HELLO).await.json(), json!("alive"));
+    // The request took a pooled worker: nothing was spawned for it, and the
+    // pool then replaced what was taken.
+    eventually("pool refilled", || async { idle().await == Some(2.0) }).await;
+    let spawned_after = sample(&node.metrics().await, "webtask_workers_spawned_total").unwrap();
+    assert_eq!(spawned_after - spawned_before, 1.0);
+}
+
+#[tokio::test]
+async fn killed_worker_fails_only_its_request_and_is_replaced() {
+    let node = TestNode::workers().await;
+    node.run("victim", "", HELLO).await;
+    let pid = worker_pid(&node, "victim").await.unwrap();
+    let slow = node.run("victim", "", "return function (cb) { setTimeout(() => cb(null, 'late'), 2000); }");
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // SAFETY: kill(2) on a worker process this test's node spawned.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    };
+    let (res, ()) = tokio::join!(slow, kill);
+    assert_eq!(res.status, 502, "{}", res.text());
+    let v = res.json();
+    assert_eq!(v["code"], json!("worker_crashed"));
+    assert_eq!(v["pid"], json!(pid));
+    assert_eq!(v["reason"], json!("killed by signal 9"));
+    // The next request gets a new worker.
+    assert_eq!(node.run("victim", "", HELLO).await.json(), json!("alive"));
+    let new_pid = worker_pid(&node, "victim").await.unwrap();
+    assert_ne!(new_pid, pid);
+    let m = node.metrics().await;
+    assert_eq!(sample(&m, r#"webtask_workers_retired_total{reason="crashed"}"#), Some(1.0), "{m}");
+}
+
+#[tokio::test]
+async fn other_containers_are_untouched_by_a_crash() {
+    let node = TestNode::workers().await;
+    node.run("a", "", HELLO).await;
+    node.run("b", "", "return function (cb) { global.kept = 'b state'; cb(null, 1); }").await;
+    let a = worker_pid(&node, "a").await.unwrap();
+    unsafe { libc::kill(a as i32, libc::SIGKILL) };
+    let res = node.run("b", "", "return function (cb) { cb(null, global.kept); }").await;
+    assert_eq!(res.json(), json!("b state"));
+}
+
+#[tokio::test]
+async fn idle_workers_are_retired() {
+    let mut config = test_config();
+    config.workers.mode = webtask::pool::Mode::Process;
+    config.workers.idle_timeout_ms = 300;
+    let node = TestNode::with_config(config).await;
+    node.run("sleepy", "", HELLO).await;
+    let pid = worker_pid(&node, "sleepy").await.unwrap();
+    eventually("idle retirement", || async {
+        sample(&node.metrics().await, r#"webtask_workers_retired_total{reason="idle"}"#) == Some(1.0)
+    })
+    .await;
+    assert_eq!(worker_pid(&node, "sleepy").await, None);
+    eventually("process gone", || async { !process_alive(pid) }).await;
+    // A re-assigned container gets a new process.
+    node.run("sleepy", "", HELLO).await;
+    assert_ne!(worker_pid(&node, "sleepy").await, Some(pid));
+}
+
+#[tokio::test]
+async fn workers_are_retired_after_max_requests() {
+    let mut config = test_config();
+    config.workers.mode = webtask::pool::Mode::Process;
+    config.workers.max_requests = 3;
+    let node = TestNode::with_config(config).await;
+    for _ in 0..3 {
+        node.run("busy", "", HELLO).await;
+    }
+    let pid = worker_pid(&node, "busy").await;
+    eventually("max_requests retirement", || async {
+        sample(&node.metrics().await, r#"webtask_workers_retired_total{reason="max_requests"}"#) == Some(1.0)
+    })
+    .await;
+    node.run("busy", "", HELLO).await;
+    assert_ne!(worker_pid(&node, "busy").await, pid);
+}
+
+#[tokio::test]
+async fn at_the_cap_the_least_recently_used_container_makes_room() {
+    let mut config = test_config();
+    config.workers.mode = webtask::pool::Mode::Process;
+    config.workers.max = 2;
+    config.workers.pool_size = 0;
+    let node = TestNode::with_config(config).await;
+    node.run("first", "", HELLO).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    node.run("second", "", HELLO).await;
+    node.run("third", "", HELLO).await;
+    assert_eq!(worker_pid(&node, "first").await, None, "least recently used was evicted");
+    assert!(worker_pid(&node, "second").await.is_some());
+    assert!(worker_pid(&node, "third").await.is_some());
+    let m = node.metrics().await;
+    assert_eq!(sample(&m, r#"webtask_workers_retired_total{reason="evicted"}"#), Some(1.0), "{m}");
+}
+
+#[tokio::test]
+async fn memory_bomb_in_one_container_costs_another_nothing() {
+    let mut config = test_config();
+    config.workers.mode = webtask::pool::Mode::Process;
+    config.engine.limits.cpu_ms = 10_000;
+    let node = TestNode::with_config(config).await;
+    node.run("steady", "", HELLO).await;
+    let bomb = node.run("bomb", "", "return function (cb) { a = []; for (;;) a.push(new Array(1e6).fill(1)); }");
+    let steady = async {
+        let mut ok = 0;
+        for _ in 0..40 {
+            assert_eq!(node.run("steady", "", HELLO).await.json(), json!("alive"));
+            ok += 1;
+        }
+        ok
+    };
+    let (bomb, ok) = tokio::join!(bomb, steady);
+    assert_eq!(bomb.json()["code"], json!("memory_limit"), "{}", bomb.text());
+    assert_eq!(ok, 40);
+}
+
+fn process_alive(pid: u32) -> bool {
+    // A zombie still has /proc/<pid>; its state field says Z.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .unwrap_or(false)
+}
