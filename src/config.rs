@@ -19,6 +19,7 @@ use anyhow::Context as _;
 use serde::Deserialize;
 
 use crate::engine::EngineConfig;
+use crate::jail::JailConfig;
 use crate::pool::PoolConfig;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -29,6 +30,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub engine: EngineConfig,
     pub workers: PoolConfig,
+    pub jail: JailConfig,
 }
 
 impl Default for Config {
@@ -38,6 +40,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             engine: EngineConfig::default(),
             workers: PoolConfig::default(),
+            jail: JailConfig::default(),
         }
     }
 }

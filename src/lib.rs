@@ -7,6 +7,7 @@
 pub mod api;
 pub mod config;
 pub mod engine;
+pub mod jail;
 pub mod placement;
 pub mod pool;
 pub mod worker;

@@ -38,6 +38,19 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Which jail layers this host can enforce, and why not.
+    Doctor {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// A jailed probe process; started by `doctor` and tests.
+    #[command(hide = true)]
+    JailCheck {
+        #[arg(long)]
+        spec: String,
+        #[arg(long)]
+        action: String,
+    },
     /// A worker process; started by a node, never by hand.
     #[command(hide = true)]
     Worker {
@@ -63,15 +76,48 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(EnvFilter::try_from_env("WEBTASK_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
     let cli = Cli::parse();
-    if let Command::Worker { fd, snapshot_fd, spec } = cli.command {
-        let spec = serde_json::from_str(&spec).context("worker spec")?;
-        return webtask::worker::main(fd, snapshot_fd, spec);
+    match cli.command {
+        Command::Worker { fd, snapshot_fd, spec } => {
+            let spec = serde_json::from_str(&spec).context("worker spec")?;
+            return webtask::worker::main(fd, snapshot_fd, spec);
+        }
+        Command::JailCheck { spec, action } => {
+            return webtask::jail::check::main(&serde_json::from_str(&spec).context("jail spec")?, &action);
+        }
+        Command::Doctor { config } => return doctor(load(config)?),
+        _ => {}
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Serve { listen, config } => runtime.block_on(serve(load(config)?, listen)),
         Command::Run { file, data, config } => runtime.block_on(run_once(load(config)?, file, data)),
-        Command::Worker { .. } => unreachable!("handled above"),
+        Command::Worker { .. } | Command::JailCheck { .. } | Command::Doctor { .. } => unreachable!("handled above"),
+    }
+}
+
+/// Applies the jail in a probe process and prints what held.
+fn doctor(config: Config) -> anyhow::Result<()> {
+    use webtask::jail::{self, JailMode};
+    let mut jail_config = config.jail.clone();
+    jail_config.mode = JailMode::BestEffort;
+    let exe = std::env::current_exe()?;
+    let outcome = jail::check::run(&exe, &jail_config, "nothing")?;
+    println!("cgroup hierarchy: {:?}", jail::cgroup::detect());
+    println!("landlock ABI:     {:?}", jail::landlock::kernel_abi());
+    println!();
+    let mut all = true;
+    for layer in &outcome.layers {
+        all &= layer.applied;
+        let mark = if layer.applied { "ok  " } else { "MISSING" };
+        println!("{mark:8} {:13} {}", layer.layer, layer.detail);
+    }
+    println!();
+    if all {
+        println!("every layer is enforced: jail = \"required\" will start");
+        Ok(())
+    } else {
+        println!("some layers are missing: jail = \"required\" will refuse to start");
+        std::process::exit(1);
     }
 }
 
@@ -83,7 +129,7 @@ async fn serve(mut config: Config, listen: Option<std::net::SocketAddr>) -> anyh
     if let Some(addr) = listen {
         config.listen = addr;
     }
-    let runner = Runner::start(&config.workers, &config.engine)?;
+    let runner = Runner::start(&config.workers, &config.engine, &config.jail).await?;
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "webtask node listening");

@@ -24,7 +24,9 @@ struct Slot {
     cpu_start_ns: u64,
     deadline: Instant,
     req_id: Arc<str>,
-    _permit: Permit,
+    /// Returned before the outcome is sent, so a caller that sees the
+    /// outcome never finds its request still counted as running.
+    permit: Option<Permit>,
 }
 
 /// Requests in flight in one isolate.
@@ -48,7 +50,7 @@ impl Inflight {
                 break;
             }
         }
-        let slot = Slot { reply: Some(reply), stream: None, sent: 0, cpu_start_ns, deadline, req_id, _permit: permit };
+        let slot = Slot { reply: Some(reply), stream: None, sent: 0, cpu_start_ns, deadline, req_id, permit: Some(permit) };
         self.slots.insert(self.next_id, slot);
         self.next_id
     }
@@ -132,11 +134,14 @@ impl Inflight {
 
     /// `res.end`: the stream is closed by dropping its sender.
     pub fn end(&mut self, id: u32) {
-        self.slots.remove(&id);
+        if let Some(mut slot) = self.slots.remove(&id) {
+            slot.permit.take();
+        }
     }
 }
 
 fn settle(slot: &mut Slot, outcome: Result<Reply, Error>) {
+    slot.permit.take();
     if let Some(reply) = slot.reply.take() {
         let _ = reply.send(outcome);
     } else if let (Some(tx), Err(err)) = (slot.stream.take(), outcome) {

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use tokio::sync::Notify;
 
 use crate::engine::{self, valid_container, Code, Context, EngineConfig, Error, Reply};
+use crate::jail::{JailConfig, JailMode};
 use crate::placement::{Memory, Placement};
 use crate::worker::Spec;
 pub use process::Worker;
@@ -73,10 +74,12 @@ pub enum Runner {
 }
 
 impl Runner {
-    /// Starts the runner `config` asks for (inside a tokio runtime).
-    pub fn start(config: &PoolConfig, engine: &EngineConfig) -> Result<Runner, Error> {
+    /// Starts the runner `config` asks for (inside a tokio runtime). With
+    /// `jail.mode = "required"` a first worker is started and checked
+    /// before this returns, so a host that cannot jail fails here.
+    pub async fn start(config: &PoolConfig, engine: &EngineConfig, jail: &JailConfig) -> Result<Runner, Error> {
         Ok(match config.mode {
-            Mode::Process => Runner::Workers(Pool::start(config.clone(), engine.clone())?),
+            Mode::Process => Runner::Workers(Pool::start(config.clone(), engine.clone(), jail.clone()).await?),
             Mode::InProcess => Runner::InProcess(engine::Engine::new(engine.clone())),
         })
     }
@@ -109,6 +112,9 @@ impl PoolStats {
 struct Inner {
     config: PoolConfig,
     engine: EngineConfig,
+    jail: JailConfig,
+    /// Transient uids in use (offsets from `jail.uid_base`).
+    uids: Arc<Mutex<std::collections::BTreeSet<u32>>>,
     snapshot: OwnedFd,
     idle: Mutex<VecDeque<Arc<Worker>>>,
     assigned: Mutex<HashMap<Arc<str>, Arc<Worker>>>,
@@ -137,12 +143,15 @@ pub struct Pool {
 impl Pool {
     /// Builds the snapshot, fills the pool in the background and starts the
     /// controller. Must be called inside a tokio runtime.
-    pub fn start(config: PoolConfig, engine: EngineConfig) -> Result<Pool, Error> {
+    pub async fn start(config: PoolConfig, engine: EngineConfig, jail: JailConfig) -> Result<Pool, Error> {
         let snapshot = snapshot_memfd(engine::snapshot_blob(&engine.limits))?;
+        let required = jail.mode == JailMode::Required;
         let pool = Pool {
             inner: Arc::new(Inner {
                 config,
                 engine,
+                jail,
+                uids: Arc::default(),
                 snapshot,
                 idle: Mutex::default(),
                 assigned: Mutex::default(),
@@ -153,6 +162,14 @@ impl Pool {
                 stats: PoolStats::default(),
             }),
         };
+        if required {
+            // Proves this host can jail before the node takes any traffic.
+            if !pool.inner.reserve_slot() {
+                return Err(Error::NoWorker { limit: 0 });
+            }
+            let first = pool.inner.spawn_reserved().await?;
+            pool.inner.idle.lock().unwrap().push_back(first);
+        }
         tokio::spawn(refill(Arc::downgrade(&pool.inner)));
         tokio::spawn(control(Arc::downgrade(&pool.inner)));
         pool.inner.refill.notify_one();
@@ -259,8 +276,11 @@ impl Inner {
     }
 
     async fn spawn_reserved(&self) -> Result<Arc<Worker>, Error> {
-        let spec = Spec { limits: self.engine.limits.clone() };
-        match Worker::spawn(self.config.exe.as_deref(), &self.snapshot, &spec).await {
+        let spawned = match self.prepare_jail() {
+            Ok((spec, lease)) => Worker::spawn(self.config.exe.as_deref(), &self.snapshot, &spec, lease).await,
+            Err(e) => Err(e),
+        };
+        match spawned {
             Ok(w) => {
                 self.stats.spawned.fetch_add(1, Ordering::Relaxed);
                 Ok(w)
@@ -270,6 +290,28 @@ impl Inner {
                 Err(e)
             }
         }
+    }
+
+    /// A uid and a cgroup for the next worker, as far as the jail mode wants.
+    fn prepare_jail(&self) -> Result<(Spec, process::Lease), Error> {
+        let jail = &self.jail;
+        let uid = {
+            let mut used = self.uids.lock().unwrap();
+            // The range's last id is kept for `jail-check` probes.
+            let free = (0..jail.uid_count.saturating_sub(1))
+                .find(|i| !used.contains(i))
+                .ok_or(Error::NoWorker { limit: jail.uid_count as usize })?;
+            used.insert(free);
+            free
+        };
+        let mut lease = process::Lease { uid, uids: self.uids.clone(), cgroup: None, memory_mb: None };
+        // Unique per process, not per pool: cgroups are host-wide.
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let name = format!("w{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
+        let (jail_spec, cgroup) = crate::jail::prepare(jail, &name, uid).map_err(Error::internal)?;
+        lease.memory_mb = cgroup.as_ref().map(|_| jail.memory_mb);
+        lease.cgroup = cgroup;
+        Ok((Spec { limits: self.engine.limits.clone(), jail: jail_spec }, lease))
     }
 
     /// Retires the least recently used assigned worker with nothing running.

@@ -30,8 +30,27 @@ enum Pending {
     Streaming(mpsc::UnboundedSender<Result<Bytes, Error>>),
 }
 
+/// What a worker holds on the host for its life: a transient uid and its
+/// cgroup. Released when the process has been reaped.
+pub struct Lease {
+    pub uid: u32,
+    pub uids: Arc<Mutex<std::collections::BTreeSet<u32>>>,
+    pub cgroup: Option<crate::jail::cgroup::WorkerCgroup>,
+    /// The cgroup memory limit, for reporting an OOM kill.
+    pub memory_mb: Option<u64>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        // Cgroup first (its directory goes with the process), then the uid.
+        self.cgroup.take();
+        self.uids.lock().unwrap().remove(&self.uid);
+    }
+}
+
 struct Shared {
     pid: u32,
+    lease: Mutex<Option<Lease>>,
     pending: Mutex<HashMap<u64, Pending>>,
     alive: AtomicBool,
     /// Why the process ended, once it has.
@@ -56,6 +75,11 @@ impl Shared {
     }
 
     fn crashed(&self) -> Error {
+        if let Some(Lease { cgroup: Some(cg), memory_mb: Some(limit_mb), .. }) = self.lease.lock().unwrap().as_ref() {
+            if cg.oom_killed() {
+                return Error::MemoryLimit { limit_mb: *limit_mb };
+            }
+        }
         let reason = self.ended.lock().unwrap().clone().unwrap_or_else(|| "connection lost".into());
         Error::WorkerCrashed { pid: self.pid, reason }
     }
@@ -77,7 +101,7 @@ pub struct Worker {
 
 impl Worker {
     /// Starts a worker process and waits until it is ready to serve.
-    pub async fn spawn(exe: Option<&std::path::Path>, snapshot: &OwnedFd, spec: &Spec) -> Result<Arc<Worker>, Error> {
+    pub async fn spawn(exe: Option<&std::path::Path>, snapshot: &OwnedFd, spec: &Spec, lease: Lease) -> Result<Arc<Worker>, Error> {
         let (node_end, worker_end) = std::os::unix::net::UnixStream::pair().map_err(Error::internal)?;
         let exe = match exe {
             Some(exe) => exe.to_owned(),
@@ -88,7 +112,9 @@ impl Worker {
         cmd.args(["worker", "--fd", "3", "--snapshot-fd", "4", "--spec", &spec_json])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            // A pipe, not the node's stderr: the worker may write no file
+            // (RLIMIT_FSIZE=0), and its lines are relayed from here.
+            .stderr(Stdio::piped())
             .kill_on_drop(true);
         let (sock_fd, snap_fd) = (worker_end.as_raw_fd(), snapshot.as_raw_fd());
         // SAFETY: only async-signal-safe calls between fork and exec.
@@ -112,12 +138,21 @@ impl Worker {
         let mut child = cmd.spawn().map_err(|e| Error::internal(format!("spawning worker: {e}")))?;
         drop(worker_end);
         let pid = child.id().unwrap_or(0);
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(relay_stderr(stderr));
+        }
         node_end.set_nonblocking(true).map_err(Error::internal)?;
         let stream = tokio::net::UnixStream::from_std(node_end).map_err(Error::internal)?;
         let mut framed = Framed::new(stream, NodeCodec::default());
 
         match tokio::time::timeout(READY_TIMEOUT, framed.next()).await {
-            Ok(Some(Ok(FromWorker::Ready { version: protocol::VERSION, .. }))) => {}
+            Ok(Some(Ok(FromWorker::Ready { version: protocol::VERSION, jail, .. }))) => {
+                let missing: Vec<_> = jail.iter().filter(|l| !l.applied).map(|l| format!("{}: {}", l.layer, l.detail)).collect();
+                if spec.jail.mode == crate::jail::JailMode::Required && (!missing.is_empty() || jail.len() < crate::jail::LAYERS.len()) {
+                    let _ = child.start_kill();
+                    return Err(Error::internal(format!("worker {pid} is not fully jailed: {}", missing.join("; "))));
+                }
+            }
             Ok(Some(other)) => return Err(Error::internal(format!("worker {pid} did not start: {other:?}"))),
             Ok(None) => {
                 let status = child.wait().await.map(describe_exit).unwrap_or_else(|e| e.to_string());
@@ -128,6 +163,7 @@ impl Worker {
 
         let shared = Arc::new(Shared {
             pid,
+            lease: Mutex::new(Some(lease)),
             pending: Mutex::default(),
             alive: AtomicBool::new(true),
             ended: Mutex::default(),
@@ -244,6 +280,8 @@ async fn io(
     };
     *shared.ended.lock().unwrap() = Some(reason);
     shared.fail_all(&shared.crashed());
+    // Reaped: its cgroup can go, its uid is free again.
+    shared.lease.lock().unwrap().take();
 }
 
 /// Hands one frame to the request it belongs to; Err ends the worker.
@@ -291,5 +329,16 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
         (_, Some(sig)) => format!("killed by signal {sig}"),
         (Some(code), _) => format!("exited with status {code}"),
         _ => status.to_string(),
+    }
+}
+
+/// Copies a worker's log lines to the node's stderr, whole lines at a time
+/// so records of different workers never interleave mid-line.
+async fn relay_stderr(stderr: tokio::process::ChildStderr) {
+    use std::io::Write;
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
     }
 }

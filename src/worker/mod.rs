@@ -25,6 +25,7 @@ use protocol::{FromWorker, ToWorker, WorkerCodec};
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Spec {
     pub limits: Limits,
+    pub jail: crate::jail::JailSpec,
 }
 
 /// The worker's main: `socket` is the inherited unix socket to the node,
@@ -33,9 +34,12 @@ pub fn main(socket: RawFd, snapshot: RawFd, spec: Spec) -> anyhow::Result<()> {
     // SAFETY: both descriptors were placed there by the node for us alone.
     let socket = unsafe { OwnedFd::from_raw_fd(socket) };
     let snapshot = unsafe { OwnedFd::from_raw_fd(snapshot) };
+    // First, while this process is one thread and has read nothing from
+    // the node: every thread created after this (V8's, tokio's) inherits it.
+    let jail = crate::jail::apply(&spec.jail).map_err(anyhow::Error::msg)?;
     engine::install_snapshot(map_snapshot(snapshot)?, &spec.limits);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(serve(socket, spec))
+    runtime.block_on(serve(socket, spec, jail))
 }
 
 /// Maps the snapshot memfd for the life of the process; pages are shared
@@ -52,7 +56,7 @@ fn map_snapshot(fd: OwnedFd) -> anyhow::Result<&'static [u8]> {
     Ok(unsafe { std::slice::from_raw_parts(ptr.as_ptr() as *const u8, len.get()) })
 }
 
-async fn serve(socket: OwnedFd, spec: Spec) -> anyhow::Result<()> {
+async fn serve(socket: OwnedFd, spec: Spec, jail: Vec<crate::jail::LayerReport>) -> anyhow::Result<()> {
     let socket = std::os::unix::net::UnixStream::from(socket);
     socket.set_nonblocking(true)?;
     let framed = Framed::new(tokio::net::UnixStream::from_std(socket)?, WorkerCodec::default());
@@ -73,7 +77,7 @@ async fn serve(socket: OwnedFd, spec: Spec) -> anyhow::Result<()> {
     let host = host::serve(spec.limits, stats, jobs_rx, Some(ready_tx));
     let node = async move {
         ready_rx.await.context("isolate host ended")?.context("creating the isolate")?;
-        out.send(FromWorker::Ready { version: protocol::VERSION, pid: std::process::id() })?;
+        out.send(FromWorker::Ready { version: protocol::VERSION, pid: std::process::id(), jail })?;
         let mut container: Option<Arc<str>> = None;
         while let Some(msg) = frames.next().await {
             match msg.context("reading from the node")? {

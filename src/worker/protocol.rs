@@ -13,7 +13,7 @@ use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
 use crate::engine::{Context, Error};
 
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// Largest frame either side accepts: a run carries code and body (each
 /// bounded by the node's HTTP limits) and a reply chunk at most a response.
@@ -30,8 +30,8 @@ pub enum ToWorker {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum FromWorker {
-    /// Jailed, snapshot loaded, isolate ready.
-    Ready { version: u32, pid: u32 },
+    /// Jailed, snapshot loaded, isolate ready; `jail` says what applied.
+    Ready { version: u32, pid: u32, jail: Vec<crate::jail::LayerReport> },
     /// Status and headers; `body` is the whole body, or `None` when chunks follow.
     Head { id: u64, status: u16, headers: Vec<(String, String)>, body: Option<ByteBuf> },
     Chunk { id: u64, data: ByteBuf },

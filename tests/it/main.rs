@@ -5,6 +5,7 @@ mod cli;
 mod embed;
 mod errors;
 mod escape;
+mod jail;
 mod limits;
 mod models;
 mod workers;

@@ -23,6 +23,8 @@ pub fn test_config() -> Config {
         body_bytes = 4096
         header_bytes = 4096
         header_timeout_ms = 500
+        [jail]
+        mode = "required"
         [workers]
         mode = "in-process"
         pool_size = 2
@@ -72,7 +74,7 @@ impl TestNode {
     }
 
     pub async fn with_config(config: Config) -> Self {
-        let runner = Runner::start(&config.workers, &config.engine).unwrap();
+        let runner = Runner::start(&config.workers, &config.engine, &config.jail).await.unwrap();
         let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let node = Node::new(runner, config.http.clone());

@@ -1,0 +1,20 @@
+//! A transient uid/gid per worker, with no supplementary groups: the
+//! worker owns nothing on the host and shares an identity with no other
+//! process. Dropping root this way also drops every capability.
+
+use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
+
+pub fn drop_to(uid: u32, gid: u32) -> Result<String, String> {
+    if uid == 0 || gid == 0 {
+        return Err("refusing uid/gid 0".into());
+    }
+    setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
+    let (u, g) = (Uid::from_raw(uid), Gid::from_raw(gid));
+    setresgid(g, g, g).map_err(|e| format!("setresgid: {e}"))?;
+    setresuid(u, u, u).map_err(|e| format!("setresuid: {e}"))?;
+    // Paranoia: a setuid that silently kept root would be fatal to the jail.
+    if nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
+        return Err("could regain root after dropping it".into());
+    }
+    Ok(format!("uid={uid} gid={gid} groups=none"))
+}
