@@ -7,11 +7,17 @@
 // module's closure and deletes every host object from the global, so guest
 // code can reach nothing but its own global.
 //
+// Guest code shares this realm and may replace any built-in method
+// (`Function.prototype.call`, `Map.prototype.set`, `String.prototype.split`
+// ...). So everything below calls built-ins only through the primordials
+// captured before any guest code ran, reads guest-supplied objects only
+// inside try/catch, and never hands an internal object to guest code.
+//
 // Everything here is strict mode (an ES module), so V8 hides these functions
 // and their receivers from guest `Error.prepareStackTrace` call sites.
 
 const core = globalThis.Deno.core;
-const ops = core.ops;
+const primordials = globalThis.__bootstrap.primordials;
 const {
   op_wt_complete,
   op_wt_fail,
@@ -19,47 +25,86 @@ const {
   op_wt_write,
   op_wt_end,
   op_wt_console,
-} = ops;
+} = core.ops;
 const { getAsyncContext, setAsyncContext, createTimer, cancelTimer } = core;
+const {
+  ArrayBufferIsView,
+  ArrayIsArray,
+  ArrayPrototypeJoin,
+  ArrayPrototypePush,
+  Error: ErrorCtor,
+  JSONStringify,
+  ObjectDefineProperty,
+  ObjectFreeze,
+  ObjectGetPrototypeOf,
+  ObjectKeys,
+  ObjectPrototypeToString,
+  PromisePrototypeThen,
+  PromiseResolve,
+  ReflectApply,
+  SafeMap,
+  String: StringCtor,
+  StringPrototypeSlice,
+  StringPrototypeToLowerCase,
+  TypeError: TypeErrorCtor,
+  Uint8Array: Uint8ArrayCtor,
+  ArrayBuffer: ArrayBufferCtor,
+} = primordials;
+const AsyncFunctionProto = ObjectGetPrototypeOf(async function () {});
+const { queueMicrotask } = globalThis;
 
-const ObjectFreeze = Object.freeze;
-const ObjectAssign = Object.assign;
-const JSONStringify = JSON.stringify;
-const StringCtor = String;
-const ArrayIsArray = Array.isArray;
-const FunctionPrototypeCall = Function.prototype.call;
-const ReflectApply = Reflect.apply;
-const PromiseResolve = Promise.resolve.bind(Promise);
-const PromisePrototypeThen = Promise.prototype.then;
-const ErrorCtor = Error;
-const AsyncFunctionProto = Object.getPrototypeOf(async function () {});
-const ObjectGetPrototypeOf = Object.getPrototypeOf;
+// Set by lockdown() from the host's limits.
+let responseLimit = 8 * 1024 * 1024;
+// Longest string any error field may carry to the host.
+const MAX_ERROR_TEXT = 64 * 1024;
 
 // ---------------------------------------------------------------------------
 // Errors crossing to the host: name, message, details and stack. The host's
 // prepare-stack-trace hook already keeps only the webtask's own frames.
 // ---------------------------------------------------------------------------
 
+function clip(s) {
+  return s.length > MAX_ERROR_TEXT
+    ? StringPrototypeSlice(s, 0, MAX_ERROR_TEXT) + "... [truncated]"
+    : s;
+}
+
+// String(value) that never throws and never runs for long on huge inputs.
 function safeString(value) {
   try {
-    return StringCtor(value);
+    return clip(StringCtor(value));
   } catch {
-    return Object.prototype.toString.call(value);
+    try {
+      return ObjectPrototypeToString(value);
+    } catch {
+      return "[unprintable value]";
+    }
+  }
+}
+
+// Reads `obj[key]` as a string; a throwing getter yields `fallback`.
+function field(obj, key, fallback) {
+  try {
+    const v = obj[key];
+    return v === undefined ? fallback : safeString(v);
+  } catch {
+    return fallback;
   }
 }
 
 // [name, message, stack, details] of any thrown value.
 function describe(err) {
-  if (err instanceof ErrorCtor || (err !== null && typeof err === "object" &&
-      typeof err.message === "string")) {
-    const name = safeString(err.name ?? "Error");
-    const message = safeString(err.message);
-    let stack = "";
-    try {
-      stack = typeof err.stack === "string" ? err.stack : "";
-    } catch {
-      // a throwing `stack` getter leaves the stack out
-    }
+  let isError = false;
+  try {
+    isError = err instanceof ErrorCtor ||
+      (err !== null && typeof err === "object" && typeof err.message === "string");
+  } catch {
+    // a Proxy or getter that throws: treat as a plain value
+  }
+  if (isError) {
+    const name = field(err, "name", "Error");
+    const message = field(err, "message", "");
+    const stack = field(err, "stack", "");
     return [name, message, stack, name + ": " + message];
   }
   const message = safeString(err);
@@ -67,8 +112,8 @@ function describe(err) {
 }
 
 function fail(id, err) {
-  const [name, message, stack, details] = describe(err);
-  op_wt_fail(id, name, message, stack, details);
+  const d = describe(err);
+  op_wt_fail(id, d[0], d[1], d[2], d[3]);
 }
 
 function succeed(id, value) {
@@ -123,7 +168,7 @@ const LEVELS = { debug: 20, trace: 10, log: 30, info: 30, warn: 40, error: 50 };
 
 function formatArg(arg) {
   if (typeof arg === "string") return arg;
-  if (arg instanceof ErrorCtor) return arg.stack ?? safeString(arg);
+  if (arg instanceof ErrorCtor) return field(arg, "stack", safeString(arg));
   if (typeof arg === "object" && arg !== null) {
     try {
       return JSONStringify(arg) ?? safeString(arg);
@@ -135,29 +180,27 @@ function formatArg(arg) {
 }
 
 function format(args) {
-  let out = "";
+  const parts = [];
   for (let i = 0; i < args.length; i++) {
-    if (i) out += " ";
-    out += formatArg(args[i]);
+    ArrayPrototypePush(parts, formatArg(args[i]));
   }
-  return out;
+  return ArrayPrototypeJoin(parts, " ");
 }
 
-const guestConsole = {};
-for (const name of Object.keys(LEVELS)) {
+const guestConsole = { __proto__: null };
+for (const name of ObjectKeys(LEVELS)) {
   const level = LEVELS[name];
   guestConsole[name] = function (...args) {
     op_wt_console(currentRequest(), level, format(args));
   };
 }
 
-const timers = new Map();
+// Guests get numeric ids; the core timer objects stay in this table.
+const timers = new SafeMap();
 
-// The core timer API works on timer objects; keep a table so guests get the
-// numeric ids the web platform promises.
 function createGuestTimer(callback, delay, args, repeat) {
   if (typeof callback !== "function") {
-    throw new TypeError("The \"callback\" argument must be of type function");
+    throw new TypeErrorCtor("The \"callback\" argument must be of type function");
   }
   const ctx = currentRequest();
   let timerId = 0;
@@ -175,6 +218,7 @@ function createGuestTimer(callback, delay, args, repeat) {
   timers.set(timerId, timer);
   return timerId;
 }
+
 function clearGuestTimer(id) {
   const timer = timers.get(id);
   if (timer !== undefined) {
@@ -192,15 +236,20 @@ function isAsyncFunction(fn) {
 }
 
 function isThenable(v) {
-  return v !== null && (typeof v === "object" || typeof v === "function") &&
-    typeof v.then === "function";
+  try {
+    return v !== null && (typeof v === "object" || typeof v === "function") &&
+      typeof v.then === "function";
+  } catch {
+    return false;
+  }
 }
 
 // `function (context, req, res)`: a minimal Node-style response writer that
 // streams to the host. Headers go out with the first write or with end().
 class ServerResponse {
   #id;
-  #headers = { __proto__: null };
+  #headers = new SafeMap();
+  #headerBytes = 0;
   #sent = false;
   #ended = false;
   statusCode = 200;
@@ -215,22 +264,37 @@ class ServerResponse {
   }
   setHeader(name, value) {
     if (this.#sent) throw new ErrorCtor("Cannot set headers after they are sent");
-    this.#headers[StringCtor(name).toLowerCase()] = ArrayIsArray(value)
-      ? value.map(StringCtor)
-      : StringCtor(value);
+    const key = StringPrototypeToLowerCase(StringCtor(name));
+    const values = [];
+    if (ArrayIsArray(value)) {
+      for (let i = 0; i < value.length; i++) ArrayPrototypePush(values, StringCtor(value[i]));
+    } else {
+      ArrayPrototypePush(values, StringCtor(value));
+    }
+    // Counted here, before anything is copied to the host: headers are
+    // part of the response and share its limit.
+    let bytes = key.length;
+    for (let i = 0; i < values.length; i++) bytes += values[i].length;
+    this.#headerBytes += bytes;
+    if (this.#headerBytes > responseLimit) {
+      throw new ErrorCtor(`Response headers exceed the response limit of ${responseLimit} bytes`);
+    }
+    this.#headers.set(key, values);
     return this;
   }
   getHeader(name) {
-    return this.#headers[StringCtor(name).toLowerCase()];
+    const v = this.#headers.get(StringPrototypeToLowerCase(StringCtor(name)));
+    return v === undefined ? undefined : v.length === 1 ? v[0] : [...new primordials.SafeArrayIterator(v)];
   }
   removeHeader(name) {
-    delete this.#headers[StringCtor(name).toLowerCase()];
+    this.#headers.delete(StringPrototypeToLowerCase(StringCtor(name)));
   }
   writeHead(status, reason, headers) {
     if (typeof reason === "object" && reason !== null) headers = reason;
     this.statusCode = status;
     if (headers) {
-      for (const k of Object.keys(headers)) this.setHeader(k, headers[k]);
+      const keys = ObjectKeys(headers);
+      for (let i = 0; i < keys.length; i++) this.setHeader(keys[i], headers[keys[i]]);
     }
     this.#flushHead();
     return this;
@@ -239,12 +303,11 @@ class ServerResponse {
     if (this.#sent) return;
     this.#sent = true;
     const flat = [];
-    for (const k of Object.keys(this.#headers)) {
-      const v = this.#headers[k];
-      if (ArrayIsArray(v)) for (const one of v) flat.push(k, one);
-      else flat.push(k, v);
+    for (const { 0: k, 1: v } of new primordials.SafeMapIterator(this.#headers)) {
+      for (let i = 0; i < v.length; i++) ArrayPrototypePush(flat, k, v[i]);
     }
-    op_wt_head(this.#id, this.statusCode | 0, flat);
+    const status = this.statusCode;
+    op_wt_head(this.#id, typeof status === "number" ? status : NaN, flat);
   }
   write(chunk, encoding, callback) {
     if (this.#ended) throw new ErrorCtor("write after end");
@@ -274,38 +337,40 @@ class ServerResponse {
 
 function toChunk(chunk) {
   if (typeof chunk === "string") return chunk;
-  if (ArrayBuffer.isView(chunk)) return chunk;
-  if (chunk instanceof ArrayBuffer) return new Uint8Array(chunk);
+  if (ArrayBufferIsView(chunk)) return chunk;
+  if (chunk instanceof ArrayBufferCtor) return new Uint8ArrayCtor(chunk);
   return StringCtor(chunk);
 }
 
 // A small IncomingMessage: method, url, headers and the raw body as one
 // 'data' event followed by 'end' (the Node shim replaces this later).
 function makeIncoming(method, url, headers, rawBody) {
-  const listeners = { __proto__: null };
-  const req = {
-    method,
-    url,
-    headers,
-    on(event, fn) {
-      (listeners[event] ??= []).push(fn);
-      if (event === "data" || event === "end") scheduleBody();
-      return req;
-    },
-  };
-  req.addListener = req.on;
-  req.once = req.on;
+  const listeners = { __proto__: null, data: [], end: [] };
   let scheduled = false;
   function scheduleBody() {
     if (scheduled) return;
     scheduled = true;
     queueMicrotask(() => {
       if (rawBody !== undefined && rawBody !== "") {
-        for (const fn of listeners.data ?? []) fn(rawBody);
+        for (let i = 0; i < listeners.data.length; i++) listeners.data[i](rawBody);
       }
-      for (const fn of listeners.end ?? []) fn();
+      for (let i = 0; i < listeners.end.length; i++) listeners.end[i]();
     });
   }
+  const req = {
+    method,
+    url,
+    headers,
+    on(event, fn) {
+      if (event === "data" || event === "end") {
+        ArrayPrototypePush(listeners[event], fn);
+        scheduleBody();
+      }
+      return req;
+    },
+  };
+  req.addListener = req.on;
+  req.once = req.on;
   return req;
 }
 
@@ -313,24 +378,38 @@ function isPlainObject(v) {
   return v !== null && typeof v === "object" && !ArrayIsArray(v);
 }
 
+// Copies own enumerable properties as data properties: unlike
+// Object.assign, a key named "__proto__" stays a key and never replaces
+// the target's prototype.
+function merge(target, source) {
+  if (!isPlainObject(source)) return;
+  const keys = ObjectKeys(source);
+  for (let i = 0; i < keys.length; i++) {
+    ObjectDefineProperty(target, keys[i], {
+      __proto__: null,
+      value: source[keys[i]],
+      writable: true,
+      enumerable: true,
+      configurable: true,
+    });
+  }
+}
+
 // Calls `fn` for request `id`. Completion always goes through the ops
 // (op_wt_complete / op_wt_fail / op_wt_end); the first outcome wins.
 function run(fn, id, method, url, headers, query, body, rawBody, data, secrets, meta) {
-  const context = {
-    data: ObjectAssign({}, query, isPlainObject(body) ? body : undefined, data),
-    query,
-    body,
-    headers,
-    secrets,
-    meta,
-  };
   setAsyncContext(id);
   try {
+    const merged = {};
+    merge(merged, query);
+    merge(merged, body);
+    merge(merged, data);
+    const context = { data: merged, query, body, headers, secrets, meta };
     if (fn.length >= 3) {
       const req = makeIncoming(method, url, headers, rawBody);
-      const r = fn(context, req, new ServerResponse(id));
+      const r = ReflectApply(fn, undefined, [context, req, new ServerResponse(id)]);
       if (isThenable(r)) {
-        FunctionPrototypeCall.call(PromisePrototypeThen, r, undefined, (e) => fail(id, e));
+        PromisePrototypeThen(PromiseResolve(r), undefined, (e) => fail(id, e));
       }
       return;
     }
@@ -345,10 +424,10 @@ function run(fn, id, method, url, headers, query, body, rawBody, data, secrets, 
     // `function (cb)` is the one-argument Webtask model; async functions
     // and two-argument functions get the context first.
     const usesCb = isAsync ? fn.length >= 2 : fn.length !== 0;
-    const r = (!isAsync && fn.length === 1) ? fn(cb) : fn(context, cb);
+    const args = (!isAsync && fn.length === 1) ? [cb] : [context, cb];
+    const r = ReflectApply(fn, undefined, args);
     if (isThenable(r)) {
-      FunctionPrototypeCall.call(
-        PromisePrototypeThen,
+      PromisePrototypeThen(
         PromiseResolve(r),
         (value) => {
           if (!usesCb || value !== undefined) cb(null, value);
@@ -375,16 +454,10 @@ function requireUnavailable(name) {
 function instantiate(factory) {
   try {
     const module = { exports: {} };
-    const returned = FunctionPrototypeCall.call(
-      factory,
-      globalThis,
-      module,
-      module.exports,
-      requireUnavailable,
-    );
+    const returned = ReflectApply(factory, globalThis, [module, module.exports, requireUnavailable]);
     const fn = typeof returned === "function" ? returned : module.exports;
     if (typeof fn !== "function") {
-      throw new TypeError(
+      throw new TypeErrorCtor(
         "The code must return a function or assign one to module.exports",
       );
     }
@@ -394,14 +467,19 @@ function instantiate(factory) {
   }
 }
 
-// Called once per isolate by the host; returns the runner's entry points and
-// leaves the guest with its own global only.
-globalThis.__webtask_lockdown = function lockdown() {
+// Called once per isolate by the host with its limits; returns the runner's
+// entry points and leaves the guest with its own global only.
+globalThis.__webtask_lockdown = function lockdown(limitBytes) {
+  responseLimit = limitBytes;
   const g = globalThis;
   delete g.__webtask_lockdown;
   delete g.Deno;
   delete g.__bootstrap;
   delete g.__infra;
+  // Streaming compilation needs an embedder hook this runtime does not
+  // install; calling it would abort the process.
+  delete g.WebAssembly.compileStreaming;
+  delete g.WebAssembly.instantiateStreaming;
   g.console = ObjectFreeze(guestConsole);
   g.setTimeout = (cb, delay, ...args) => createGuestTimer(cb, delay, args, false);
   g.setInterval = (cb, delay, ...args) => createGuestTimer(cb, delay, args, true);

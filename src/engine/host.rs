@@ -76,7 +76,16 @@ pub async fn serve(
 ) {
     {
         let guard = CpuGuard::for_current_thread(limits.cpu_ms);
-        let mut host = Host { container: "".into(), limits, stats, guard, isolate: None, loop_idle: true, recycle: false };
+        let mut host = Host {
+            container: "".into(),
+            limits,
+            stats,
+            guard,
+            isolate: None,
+            loop_idle: true,
+            recycle: false,
+            background: None,
+        };
         if let Some(ready) = prewarmed {
             let _ = ready.send(host.isolate().map(|_| ()));
         }
@@ -113,7 +122,10 @@ pub async fn serve(
             match event {
                 Event::Job(job) => running = host.start(job),
                 Event::Closed => break,
-                Event::LoopIdle => host.loop_idle = true,
+                Event::LoopIdle => {
+                    host.loop_idle = true;
+                    host.background = None;
+                }
                 Event::LoopError(e) => host.loop_failed(e),
                 Event::Deadline => host.expire(Instant::now()),
             }
@@ -151,6 +163,10 @@ struct Host {
     /// A request timed out here: rebuild the isolate once it is drained, so
     /// nothing it left behind (intervals, pending work) outlives it.
     recycle: bool,
+    /// Guest work still running with no request in flight (a timer or
+    /// microtask a finished request left behind): since when, in CPU time
+    /// and wall time. It gets one request's CPU and wall budget, no more.
+    background: Option<(u64, Instant)>,
 }
 
 impl Host {
@@ -207,6 +223,14 @@ impl Host {
             isolate.inflight().fail(id, Error::WallLimit { limit_ms: self.limits.wall_ms });
             self.recycle = true;
         }
+        if self.background.is_some_and(|(_, since)| since + self.wall() <= now) {
+            tracing::warn!(container = &*self.container, "background work outlived the wall-clock limit; recycling isolate");
+            self.recycle = true;
+        }
+    }
+
+    fn wall(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.limits.wall_ms)
     }
 
     /// Bookkeeping after anything ran on the isolate: kills, recycling, and
@@ -214,7 +238,11 @@ impl Host {
     fn after_turn(&mut self, running: Option<u32>) {
         if let Some(kill) = self.guard.killed() {
             let (err, kind) = match kill {
-                Kill::Cpu { limit_ms, used_ms } => (Error::CpuLimit { limit_ms, used_ms }, "cpu_limit"),
+                Kill::Cpu { limit_ms, start_ns } => {
+                    // Measured now, after V8 stopped: what was really used.
+                    let used_ms = self.guard.now_ns().saturating_sub(start_ns).div_ceil(1_000_000);
+                    (Error::CpuLimit { limit_ms, used_ms }, "cpu_limit")
+                }
                 Kill::Memory { limit_mb } => (Error::MemoryLimit { limit_mb }, "memory_limit"),
             };
             tracing::warn!(container = &*self.container, code = kind, "{err}; isolate discarded");
@@ -229,8 +257,17 @@ impl Host {
             self.discard(&Error::internal("recycled"), None);
             return;
         }
+        if idle && !self.loop_idle && self.background.is_none() {
+            self.background = Some((self.guard.now_ns(), Instant::now()));
+        }
+        // The watchdog watches whenever guest code may run: for the oldest
+        // request, or for work left behind with no request at all.
         let oldest = isolate.inflight().oldest_cpu_start();
-        self.guard.set_oldest(oldest);
+        let background = self.background.map(|(cpu, _)| cpu);
+        self.guard.set_oldest(match (oldest, background) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        });
     }
 
     /// Drops the isolate: `culprit` (else the oldest request) fails with
@@ -245,11 +282,17 @@ impl Host {
         }
         self.guard.set_oldest(None);
         self.guard.reset();
+        self.background = None;
         self.loop_idle = true;
         self.recycle = false;
     }
 
     fn next_deadline(&mut self) -> Option<Instant> {
-        self.isolate.as_mut().and_then(|i| i.inflight().earliest_deadline())
+        let background = self.background.map(|(_, since)| since + self.wall());
+        let requests = self.isolate.as_mut().and_then(|i| i.inflight().earliest_deadline());
+        match (requests, background) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }

@@ -24,6 +24,8 @@ struct Slot {
     cpu_start_ns: u64,
     deadline: Instant,
     req_id: Arc<str>,
+    /// Console bytes this request logged.
+    logged: u64,
     /// Returned before the outcome is sent, so a caller that sees the
     /// outcome never finds its request still counted as running.
     permit: Option<Permit>,
@@ -50,7 +52,7 @@ impl Inflight {
                 break;
             }
         }
-        let slot = Slot { reply: Some(reply), stream: None, sent: 0, cpu_start_ns, deadline, req_id, permit: Some(permit) };
+        let slot = Slot { reply: Some(reply), stream: None, sent: 0, cpu_start_ns, deadline, req_id, logged: 0, permit: Some(permit) };
         self.slots.insert(self.next_id, slot);
         self.next_id
     }
@@ -61,6 +63,21 @@ impl Inflight {
 
     pub fn req_id(&self, id: u32) -> Option<&Arc<str>> {
         self.slots.get(&id).map(|s| &s.req_id)
+    }
+
+    /// Counts `bytes` of console output against request `id`'s log budget:
+    /// `Some(true)` to log, `Some(false)` to log the one "budget spent"
+    /// marker, `None` to drop. Output with no request (left-over timers)
+    /// is not budgeted here.
+    pub fn log_budget(&mut self, id: u32, bytes: usize, budget: u64) -> Option<bool> {
+        let Some(slot) = self.slots.get_mut(&id) else { return Some(true) };
+        let before = slot.logged;
+        slot.logged = before.saturating_add(bytes as u64);
+        match (before <= budget, slot.logged <= budget) {
+            (_, true) => Some(true),
+            (true, false) => Some(false),
+            (false, false) => None,
+        }
     }
 
     /// CPU clock at which the oldest request started.

@@ -50,6 +50,9 @@ impl Isolate {
         .map_err(Error::internal)?;
         guard.attach(rt.v8_isolate().thread_safe_handle());
         rt.v8_isolate().set_prepare_stack_trace_callback(stack::prepare);
+        // Atomics.wait would block the thread with no CPU use, out of reach
+        // of both the CPU limit and the event loop's deadlines.
+        rt.v8_isolate().set_allow_atomics_wait(false);
 
         let heap_guard = guard.clone();
         let limit_mb = limits.heap_mb;
@@ -70,8 +73,15 @@ impl Isolate {
             }
             heap_guard.terminate(Kill::Memory { limit_mb });
             // Room for V8 to unwind to the termination instead of aborting
-            // the process; the isolate is discarded right after.
-            current.saturating_mul(2)
+            // the process; the isolate is discarded right after. Bounded:
+            // past four times the limit V8 is allowed to fail for real (in a
+            // worker that ends only the worker; its cgroup bounds it anyway).
+            let ceiling = (limit_mb as usize).saturating_mul(4 << 20);
+            if current >= ceiling {
+                current
+            } else {
+                current.saturating_mul(2).min(ceiling)
+            }
         });
 
         let inflight = Rc::new(RefCell::new(Inflight::new(limits.response_bytes)));
@@ -82,7 +92,7 @@ impl Isolate {
             state.put(inflight.clone());
         }
 
-        let (run_fn, instantiate_fn) = lockdown(&mut rt)?;
+        let (run_fn, instantiate_fn) = lockdown(&mut rt, limits)?;
         stats.isolates_created.fetch_add(1, Ordering::Relaxed);
         stats.live_isolates.fetch_add(1, Ordering::Relaxed);
         Ok(Isolate {
@@ -151,7 +161,7 @@ impl Isolate {
 
 /// Calls the runtime's one-time `__webtask_lockdown` (it removes itself and
 /// every host object from the global) and keeps the entry points it returns.
-fn lockdown(rt: &mut JsRuntime) -> Result<(v8::Global<v8::Function>, v8::Global<v8::Function>), Error> {
+fn lockdown(rt: &mut JsRuntime, limits: &Limits) -> Result<(v8::Global<v8::Function>, v8::Global<v8::Function>), Error> {
     deno_core::scope!(scope, rt);
     let global = scope.get_current_context().global(scope);
     let name = v8::String::new(scope, "__webtask_lockdown").unwrap();
@@ -160,7 +170,8 @@ fn lockdown(rt: &mut JsRuntime) -> Result<(v8::Global<v8::Function>, v8::Global<
         .and_then(|f| v8::Local::<v8::Function>::try_from(f).ok())
         .ok_or_else(|| Error::internal("snapshot lacks __webtask_lockdown"))?;
     let undefined = v8::undefined(scope).into();
-    let entry = lockdown.call(scope, undefined, &[]).ok_or_else(|| Error::internal("runtime lockdown failed"))?;
+    let response_limit = v8::Number::new(scope, limits.response_bytes as f64).into();
+    let entry = lockdown.call(scope, undefined, &[response_limit]).ok_or_else(|| Error::internal("runtime lockdown failed"))?;
     let entry = v8::Local::<v8::Object>::try_from(entry).map_err(Error::internal)?;
     Ok((get_fn(scope, entry, "run")?, get_fn(scope, entry, "instantiate")?))
 }

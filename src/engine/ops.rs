@@ -15,6 +15,9 @@ use super::{Error, ScriptError};
 
 /// Longest console line kept; longer ones are cut and marked.
 const MAX_LOG_LINE: usize = 16 * 1024;
+/// Console output one request may produce; past it lines are dropped
+/// (after one marker), so no request can flood the node's logs.
+const LOG_BUDGET: u64 = 1024 * 1024;
 
 /// Which container this isolate serves (for log records).
 pub struct HostInfo {
@@ -51,18 +54,30 @@ fn op_wt_fail(
     inflight(state).fail(id, Error::Script(err));
 }
 
+/// Headers the transport owns: framing and connection management are never
+/// the guest's to set (a wrong content-length would break the connection).
+const TRANSPORT_HEADERS: [&str; 5] = ["content-length", "transfer-encoding", "connection", "keep-alive", "upgrade"];
+
 #[op2]
-fn op_wt_head(state: &mut OpState, #[smi] id: u32, #[smi] status: u32, #[serde] flat: Vec<String>) {
-    let status = if (100..=999).contains(&status) { status as u16 } else { 500 };
+fn op_wt_head(state: &mut OpState, #[smi] id: u32, status: f64, #[serde] flat: Vec<String>) {
+    // Only final statuses: 1xx would be read as an interim answer or a
+    // protocol switch by whatever sits in front of the node.
+    if !(200.0..=599.0).contains(&status) || status.fract() != 0.0 {
+        let message = format!("Invalid status code: {status}");
+        let details = format!("RangeError: {message}");
+        let err = ScriptError { name: Some("RangeError".into()), message, stack: None, details };
+        return inflight(state).fail(id, Error::Script(err));
+    }
     let mut headers = Vec::with_capacity(flat.len() / 2);
     let mut it = flat.into_iter();
     while let (Some(k), Some(v)) = (it.next(), it.next()) {
         // Values the HTTP layer would reject are dropped, not sent broken.
-        if http::HeaderName::try_from(k.as_str()).is_ok() && http::HeaderValue::try_from(v.as_str()).is_ok() {
+        let valid = http::HeaderName::try_from(k.as_str()).is_ok() && http::HeaderValue::try_from(v.as_str()).is_ok();
+        if valid && !TRANSPORT_HEADERS.contains(&k.as_str()) {
             headers.push((k, v));
         }
     }
-    inflight(state).head(id, status, headers);
+    inflight(state).head(id, status as u16, headers);
 }
 
 #[op2]
@@ -82,6 +97,11 @@ fn op_wt_end(state: &mut OpState, #[smi] id: u32) {
 #[op2(fast)]
 fn op_wt_console(state: &mut OpState, #[smi] id: u32, #[smi] level: u32, #[string] msg: &str) {
     let container = state.borrow::<HostInfo>().container.clone();
+    let msg = match inflight(state).log_budget(id, msg.len(), LOG_BUDGET) {
+        Some(true) => msg,
+        Some(false) => "console output of this request passed 1 MiB; further lines are dropped",
+        None => return,
+    };
     let req_id = inflight(state).req_id(id).cloned();
     let req_id = req_id.as_deref().unwrap_or("");
     let msg = truncate(msg);

@@ -28,7 +28,8 @@ const IDLE_TICKS_BEFORE_PARK: u32 = 200;
 /// Why the watchdog (or the heap-limit callback) stopped an isolate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kill {
-    Cpu { limit_ms: u64, used_ms: u64 },
+    /// `start_ns`: the CPU reading the limit was measured from.
+    Cpu { limit_ms: u64, start_ns: u64 },
     Memory { limit_mb: u64 },
 }
 
@@ -112,10 +113,7 @@ impl CpuGuard {
         }
         let used = self.now_ns().saturating_sub(start - 1);
         if used > self.limit_ns && !self.killed.load(Ordering::Acquire) {
-            self.terminate(Kill::Cpu {
-                limit_ms: self.limit_ns / 1_000_000,
-                used_ms: used.div_ceil(1_000_000),
-            });
+            self.terminate(Kill::Cpu { limit_ms: self.limit_ns / 1_000_000, start_ns: start - 1 });
         }
         true
     }

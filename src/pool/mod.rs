@@ -92,6 +92,10 @@ impl Runner {
     }
 }
 
+/// How long past a request's wall-clock limit the node waits for its
+/// worker before killing it.
+const WORKER_GRACE: Duration = Duration::from_secs(2);
+
 /// Why workers end, for metrics.
 pub const RETIRE_REASONS: [&str; 5] = ["idle", "max_age", "max_requests", "evicted", "crashed"];
 
@@ -204,7 +208,18 @@ impl Pool {
             return Err(Error::ConcurrencyLimit { limit });
         }
         let _permit = engine::Permit::from_counter(worker.running.clone());
-        worker.run(code, context, req_id).await
+        // The worker enforces the wall clock itself; this is the node not
+        // trusting it to. A worker that overruns by the grace period is
+        // killed (its other requests fail with worker_crashed).
+        let wall = Duration::from_millis(self.inner.engine.limits.wall_ms);
+        match tokio::time::timeout(wall + WORKER_GRACE, worker.run(code, context, req_id)).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                tracing::warn!(container, pid = worker.pid, "worker overran the wall-clock limit; killing it");
+                worker.kill();
+                Err(Error::WallLimit { limit_ms: self.inner.engine.limits.wall_ms })
+            }
+        }
     }
 
     async fn worker_for(&self, container: &str) -> Result<Arc<Worker>, Error> {

@@ -100,3 +100,92 @@ async fn containers_do_not_share_globals_or_prototypes() {
         assert_eq!(node.run("tenant-b", "", peek).await.json(), json!(["undefined", true]));
     }
 }
+
+#[tokio::test]
+async fn streaming_wasm_compilation_is_absent_not_fatal() {
+    for node in every_target().await {
+        let code = r#"return function (cb) {
+            cb(null, [typeof WebAssembly.compileStreaming, typeof WebAssembly.instantiateStreaming, typeof WebAssembly.compile]);
+        }"#;
+        assert_eq!(node.run("wasm", "", code).await.json(), json!(["undefined", "undefined", "function"]));
+    }
+}
+
+#[tokio::test]
+async fn polluted_builtins_do_not_hijack_later_requests() {
+    for node in every_target().await {
+        let poison = r#"return function (cb) {
+            Function.prototype.call = function () { return 'HIJACKED'; };
+            Function.prototype.apply = function () { return 'HIJACKED'; };
+            Map.prototype.set = function (k, v) { globalThis.leaked = v; return this; };
+            Array.prototype.push = function () { throw new Error('push'); };
+            String.prototype.toLowerCase = function () { return 'x'; };
+            Promise.prototype.then = function () { throw new Error('then'); };
+            JSON.stringify = () => '"HIJACKED"';
+            setTimeout(() => {}, 1);
+            cb(null, 'poisoned');
+        }"#;
+        assert_eq!(node.run("poison", "", poison).await.text(), r#""poisoned""#);
+        let victim = r#"module.exports = function (ctx, req, res) {
+            res.setHeader('X-Secret', ctx.secrets.key || 'none');
+            res.end(String(typeof globalThis.leaked));
+        };"#;
+        let res = node.run("poison", "", victim).await;
+        assert_eq!(res.status, 200, "{}", res.text());
+        assert_eq!(res.text(), "undefined", "a runtime object leaked to the guest");
+    }
+}
+
+#[tokio::test]
+async fn throwing_getters_on_errors_still_make_a_script_error() {
+    for node in every_target().await {
+        let code = r#"return function (cb) {
+            const e = new Error('x');
+            Object.defineProperty(e, 'name', { get() { throw 1; } });
+            Object.defineProperty(e, 'stack', { get() { throw 2; } });
+            throw e;
+        }"#;
+        let res = node.run("getters", "", code).await;
+        assert_eq!(res.status, 500);
+        assert_eq!((res.json()["code"].clone(), res.json()["message"].clone()), (json!(500), json!("x")));
+        let code = "return function (cb) { Promise.reject({ get message() { throw new Error('boom'); } }); }";
+        let res = node.run("getters", "", code).await;
+        assert_eq!((res.status, res.json()["code"].clone()), (500, json!(500)), "{}", res.text());
+    }
+}
+
+#[tokio::test]
+async fn proto_key_in_a_body_stays_a_key() {
+    let engine = webtask::Engine::new(Default::default());
+    let ctx = webtask::Context::new().body("application/json", r#"{"__proto__": {"isAdmin": true}, "a": 1}"#);
+    let code = "return (ctx, cb) => cb(null, [ctx.data.isAdmin === undefined, Object.getPrototypeOf(ctx.data) === Object.prototype, ctx.data.a]);";
+    assert_eq!(engine.run(code, ctx).await.unwrap().json().unwrap(), json!([true, true, 1]));
+}
+
+#[tokio::test]
+async fn guests_cannot_send_interim_or_invalid_statuses_or_framing_headers() {
+    for node in every_target().await {
+        for status in ["101", "100", "0", "1000", "'abc'", "200.5"] {
+            let code = format!("module.exports = (c, req, res) => {{ res.writeHead({status}); res.end('x'); }};");
+            let res = node.run("status", "", &code).await;
+            assert_eq!(res.status, 500, "{status}: {}", res.text());
+            assert_eq!(res.json()["name"], json!("RangeError"), "{status}");
+        }
+        let code = "module.exports = (c, req, res) => { res.setHeader('content-length', ['1', '2']); res.setHeader('connection', 'close'); res.end('body'); };";
+        let res = node.run("status", "", code).await;
+        assert_eq!((res.status, res.text().as_str()), (200, "body"));
+        assert!(res.headers.get("connection").is_none());
+    }
+}
+
+#[tokio::test]
+async fn atomics_wait_cannot_block_a_container() {
+    for node in every_target().await {
+        let code = "return function (cb) { Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0); cb(null, 'woke'); }";
+        let res = node.run("atomics", "", code).await;
+        assert_eq!(res.status, 500, "{}", res.text());
+        assert_eq!(res.json()["name"], json!("TypeError"));
+        let res = node.run("atomics", "", "return function (cb) { cb(null, 'next'); }").await;
+        assert_eq!(res.json(), json!("next"));
+    }
+}

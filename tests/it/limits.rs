@@ -351,3 +351,44 @@ async fn read_until_close_or(conn: &mut TcpStream, marker: &[u8]) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+#[tokio::test]
+async fn work_left_behind_after_the_answer_is_still_cpu_limited() {
+    for node in every_target().await {
+        let code = "return function (cb) { global.mark = 1; cb(null, 'answered'); queueMicrotask(() => { for (;;) {} }); }";
+        assert_eq!(node.run("behind", "", code).await.json(), json!("answered"));
+        let timer = "return function (cb) { global.mark = 1; cb(null, 'answered'); setTimeout(() => { for (;;) {} }, 10); }";
+        assert_eq!(node.run("behind2", "", timer).await.json(), json!("answered"));
+        // Give the left-over loops time to hit the CPU limit (100 ms).
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        for c in ["behind", "behind2"] {
+            let res = node.run(c, "", "return function (cb) { cb(null, typeof global.mark); }").await;
+            // The isolate that spun was killed and replaced: fresh globals.
+            assert_eq!(res.json(), json!("undefined"), "{c}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn response_headers_count_against_the_response_limit() {
+    for node in every_target().await {
+        let code = r#"module.exports = (c, req, res) => {
+            const s = 'a'.repeat(40000);
+            res.setHeader('x-big', [s, s]);
+            res.end('x');
+        };"#;
+        let res = node.run("hdr", "", code).await;
+        assert_eq!(res.status, 500, "{}", res.text());
+        assert!(res.json()["message"].as_str().unwrap().contains("response limit of 65536 bytes"), "{}", res.text());
+    }
+}
+
+#[tokio::test]
+async fn huge_error_messages_are_clipped() {
+    for node in every_target().await {
+        let res = node.run("big-error", "", "return function (cb) { cb(new Error('x'.repeat(10 * 1024 * 1024))); }").await;
+        assert_eq!(res.status, 500);
+        assert!(res.body.len() < 400 * 1024, "{} bytes", res.body.len());
+        assert!(res.json()["message"].as_str().unwrap().ends_with("[truncated]"));
+    }
+}
