@@ -135,13 +135,13 @@ pub fn new_req_id() -> Arc<str> {
 /// The startup snapshot, built once per process (a node hands it to its
 /// worker processes). Sets V8's flags from `limits` first.
 pub fn snapshot_blob(limits: &Limits) -> &'static [u8] {
-    snapshot::init_v8(limits.stack_kb);
+    snapshot::init_v8(limits.stack_kb, limits.array_buffer_mb);
     snapshot::get()
 }
 
 /// In a worker process: use the snapshot the node built.
 pub fn install_snapshot(blob: &'static [u8], limits: &Limits) {
-    snapshot::init_v8(limits.stack_kb);
+    snapshot::init_v8(limits.stack_kb, limits.array_buffer_mb);
     snapshot::install(blob);
 }
 
@@ -188,7 +188,7 @@ pub const DEFAULT_CONTAINER: &str = "default";
 impl Engine {
     /// An engine with `config`; builds the startup snapshot on first use.
     pub fn new(config: EngineConfig) -> Self {
-        snapshot::init_v8(config.limits.stack_kb);
+        snapshot::init_v8(config.limits.stack_kb, config.limits.array_buffer_mb);
         snapshot::get();
         Engine {
             inner: Arc::new(Inner {
@@ -292,7 +292,7 @@ pub mod probe {
     /// calling thread, which must have no isolate of its own and be inside
     /// a tokio runtime; returns how long creation took (drop excluded).
     pub fn create_isolate(limits: &Limits) -> Duration {
-        snapshot::init_v8(limits.stack_kb);
+        snapshot::init_v8(limits.stack_kb, limits.array_buffer_mb);
         snapshot::get();
         thread_local! {
             static GUARD: std::cell::OnceCell<std::sync::Arc<CpuGuard>> = const { std::cell::OnceCell::new() };
@@ -309,7 +309,7 @@ pub mod probe {
     /// with no thread hand-off: the cost of a run inside the engine itself.
     /// Returns each run's time from start to settled result.
     pub fn warm_runs(limits: &Limits, code: &str, context: super::Context, samples: usize) -> Vec<Duration> {
-        snapshot::init_v8(limits.stack_kb);
+        snapshot::init_v8(limits.stack_kb, limits.array_buffer_mb);
         snapshot::get();
         let limits = limits.clone();
         let code = super::Code::from(code);

@@ -14,9 +14,12 @@ static V8_FLAGS: OnceLock<u32> = OnceLock::new();
 
 /// Sets process-wide V8 flags; only the first call takes effect, since V8
 /// reads them once when its platform starts.
-pub fn init_v8(stack_kb: u32) {
+pub fn init_v8(stack_kb: u32, array_buffer_mb: u64) {
     let applied = *V8_FLAGS.get_or_init(|| {
-        let flags = vec![String::new(), format!("--stack-size={stack_kb}")];
+        // Wasm memories are reserved by V8 itself, not through the capped
+        // ArrayBuffer allocator: bound each one to the same cap.
+        let wasm_pages = array_buffer_mb.saturating_mul(16).max(1);
+        let flags = vec![String::new(), format!("--stack-size={stack_kb}"), format!("--wasm-max-mem-pages={wasm_pages}")];
         let rest = deno_core::v8_set_flags(flags);
         debug_assert!(rest.len() <= 1, "unknown V8 flags: {rest:?}");
         stack_kb

@@ -178,3 +178,24 @@ fn process_alive(pid: u32) -> bool {
         .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
         .unwrap_or(false)
 }
+
+#[tokio::test]
+async fn memory_outside_the_v8_heap_is_bounded_by_the_worker_cgroup() {
+    let mut config = test_config();
+    config.workers.mode = webtask::pool::Mode::Process;
+    config.engine.limits.cpu_ms = 10_000;
+    config.jail.memory_mb = 256;
+    let node = TestNode::with_config(config).await;
+    node.run("steady", "", HELLO).await;
+    // Wasm memories are not ArrayBuffer allocations: only the cgroup sees them.
+    let code = r#"return function (cb) {
+        const kept = [];
+        for (;;) { const m = new WebAssembly.Memory({ initial: 512 }); new Uint8Array(m.buffer).fill(1); kept.push(m); }
+    }"#;
+    let res = node.run("wasm-bomb", "", code).await;
+    assert_eq!(res.status, 500, "{}", res.text());
+    assert_eq!(res.json(), json!({"code": "memory_limit", "limit_mb": 256, "error": "memory limit of 256 MiB exceeded"}));
+    // Only that container's worker died.
+    assert_eq!(node.run("steady", "", HELLO).await.json(), json!("alive"));
+    assert_eq!(node.run("wasm-bomb", "", HELLO).await.json(), json!("alive"));
+}
