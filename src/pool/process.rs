@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use serde_bytes::ByteBuf;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
@@ -239,17 +239,11 @@ impl Drop for Worker {
 /// Moves frames between the node and one worker until either side ends.
 async fn io(
     framed: Framed<tokio::net::UnixStream, NodeCodec>,
-    mut out_rx: mpsc::UnboundedReceiver<ToWorker>,
+    out_rx: mpsc::UnboundedReceiver<ToWorker>,
     shared: Arc<Shared>,
 ) {
-    let (mut sink, mut frames) = framed.split();
-    let writer = async {
-        while let Some(msg) = out_rx.recv().await {
-            if sink.send(msg).await.is_err() {
-                break;
-            }
-        }
-    };
+    let (sink, mut frames) = framed.split();
+    let writer = protocol::write_batched(out_rx, sink);
     let reader = async {
         loop {
             match frames.next().await {

@@ -12,7 +12,7 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use serde_bytes::ByteBuf;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
@@ -60,16 +60,10 @@ async fn serve(socket: OwnedFd, spec: Spec, jail: Vec<crate::jail::LayerReport>)
     let socket = std::os::unix::net::UnixStream::from(socket);
     socket.set_nonblocking(true)?;
     let framed = Framed::new(tokio::net::UnixStream::from_std(socket)?, WorkerCodec::default());
-    let (mut sink, mut frames) = framed.split();
+    let (sink, mut frames) = framed.split();
 
-    let (out, mut out_rx) = mpsc::unbounded_channel::<FromWorker>();
-    let writer = tokio::spawn(async move {
-        while let Some(msg) = out_rx.recv().await {
-            if sink.send(msg).await.is_err() {
-                break;
-            }
-        }
-    });
+    let (out, out_rx) = mpsc::unbounded_channel::<FromWorker>();
+    let writer = tokio::spawn(protocol::write_batched(out_rx, sink));
 
     let (jobs, jobs_rx) = mpsc::unbounded_channel::<Job>();
     let (ready_tx, ready_rx) = oneshot::channel();

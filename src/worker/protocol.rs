@@ -143,3 +143,25 @@ impl<In, Out: Serialize> Encoder<Out> for Codec<In, Out> {
 pub type NodeCodec = Codec<FromWorker, ToWorker>;
 /// The worker's end.
 pub type WorkerCodec = Codec<ToWorker, FromWorker>;
+
+/// Writes everything `rx` yields to `sink`, one flush (one write) per
+/// batch of messages ready at once rather than one per message.
+pub async fn write_batched<M, S>(mut rx: tokio::sync::mpsc::UnboundedReceiver<M>, mut sink: S)
+where
+    S: futures::Sink<M> + Unpin,
+{
+    use futures::SinkExt;
+    while let Some(first) = rx.recv().await {
+        if sink.feed(first).await.is_err() {
+            return;
+        }
+        while let Ok(more) = rx.try_recv() {
+            if sink.feed(more).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
+        }
+    }
+}
