@@ -158,12 +158,17 @@ pub async fn every_target_with(config: Config) -> [Target; 3] {
     ]
 }
 
+/// The test configuration with webtasks in (jailed) worker processes.
+pub fn workers_config() -> Config {
+    let mut config = test_config();
+    config.workers.mode = Mode::Process;
+    config
+}
+
 impl TestNode {
     /// A node whose webtasks run in worker processes.
     pub async fn workers() -> Self {
-        let mut config = test_config();
-        config.workers.mode = Mode::Process;
-        Self::with_config(config).await
+        Self::with_config(workers_config()).await
     }
 }
 

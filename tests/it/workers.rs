@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{sample, test_config, TestNode};
+use crate::support::{sample, workers_config, TestNode};
 
 const HELLO: &str = "return function (cb) { cb(null, 'alive'); }";
 const PID: &str = "return function (cb) { cb(null, 'pid'); }";
@@ -98,8 +98,7 @@ async fn other_containers_are_untouched_by_a_crash() {
 
 #[tokio::test]
 async fn idle_workers_are_retired() {
-    let mut config = test_config();
-    config.workers.mode = webtask::pool::Mode::Process;
+    let mut config = workers_config();
     config.workers.idle_timeout_ms = 300;
     let node = TestNode::with_config(config).await;
     node.run("sleepy", "", HELLO).await;
@@ -117,8 +116,7 @@ async fn idle_workers_are_retired() {
 
 #[tokio::test]
 async fn workers_are_retired_after_max_requests() {
-    let mut config = test_config();
-    config.workers.mode = webtask::pool::Mode::Process;
+    let mut config = workers_config();
     config.workers.max_requests = 3;
     let node = TestNode::with_config(config).await;
     for _ in 0..3 {
@@ -135,8 +133,7 @@ async fn workers_are_retired_after_max_requests() {
 
 #[tokio::test]
 async fn at_the_cap_the_least_recently_used_container_makes_room() {
-    let mut config = test_config();
-    config.workers.mode = webtask::pool::Mode::Process;
+    let mut config = workers_config();
     config.workers.max = 2;
     config.workers.pool_size = 0;
     let node = TestNode::with_config(config).await;
@@ -153,8 +150,7 @@ async fn at_the_cap_the_least_recently_used_container_makes_room() {
 
 #[tokio::test]
 async fn memory_bomb_in_one_container_costs_another_nothing() {
-    let mut config = test_config();
-    config.workers.mode = webtask::pool::Mode::Process;
+    let mut config = workers_config();
     config.engine.limits.cpu_ms = 10_000;
     let node = TestNode::with_config(config).await;
     node.run("steady", "", HELLO).await;
@@ -181,8 +177,7 @@ fn process_alive(pid: u32) -> bool {
 
 #[tokio::test]
 async fn memory_outside_the_v8_heap_is_bounded_by_the_worker_cgroup() {
-    let mut config = test_config();
-    config.workers.mode = webtask::pool::Mode::Process;
+    let mut config = workers_config();
     config.engine.limits.cpu_ms = 10_000;
     config.jail.memory_mb = 256;
     let node = TestNode::with_config(config).await;
