@@ -28,6 +28,7 @@ test: deps
 bench: deps
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 	$(CARGO) bench --bench engine
+	$(CARGO) bench --bench cold_start
 
 build: deps
 	$(CARGO) build --release

@@ -3,9 +3,11 @@
 //! embedders call [`Engine::dispatch`] / [`Engine::run`].
 //!
 //! Layout: `snapshot` builds the startup snapshot, `isolate` wraps one
-//! `JsRuntime`, `host` is the thread that owns it, `inflight` tracks the
+//! `JsRuntime`, `host` is the loop that owns it (on a thread of its own in
+//! process, or on a worker process's main thread), `inflight` tracks the
 //! requests running in it, `ops` is the host surface the guest runner
-//! calls, `watchdog` and `alloc` enforce CPU and ArrayBuffer limits.
+//! calls, `stack` filters guest stack traces, `watchdog` and `alloc`
+//! enforce CPU and ArrayBuffer limits.
 
 mod alloc;
 mod error;

@@ -58,6 +58,20 @@ struct Shared {
     child: Mutex<Option<tokio::process::Child>>,
 }
 
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Dropped without the I/O task having reaped it (e.g. the runtime
+        // shut down): kill and reap now, so the lease's cgroup can go.
+        if let Some(mut child) = self.child.get_mut().unwrap().take() {
+            let _ = child.start_kill();
+            if let Some(pid) = child.id() {
+                // SAFETY: waitpid on our own child; ECHILD if already reaped.
+                unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), 0) };
+            }
+        }
+    }
+}
+
 impl Shared {
     fn kill(&self) {
         if let Some(child) = self.child.lock().unwrap().as_mut() {
