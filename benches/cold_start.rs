@@ -23,8 +23,8 @@ use serde_json::{json, Value};
 
 use common::{closed_loop, histogram, machine, summary, write_report, Node, CONNECTIONS, HELLO};
 
-const WORKERS: &str = "[workers]\nmode = \"process\"\npool_size = 4\nmax = 128\n";
-const WORKERS_NO_POOL: &str = "[workers]\nmode = \"process\"\npool_size = 0\nmax = 128\n";
+const WORKERS: &str = "[workers]\nmode = \"process\"\npool_size = 4\nmax = 512\n";
+const WORKERS_NO_POOL: &str = "[workers]\nmode = \"process\"\npool_size = 0\nmax = 512\n";
 
 fn main() {
     if !common::benchmarking("cold_start") {
@@ -89,6 +89,7 @@ async fn sequential(addr: SocketAddr, n: usize, name: impl Fn(usize) -> String, 
             .header("content-type", "application/javascript")
             .body(Full::new(body.clone()))
             .unwrap();
+        send.ready().await.unwrap();
         let t = Instant::now();
         let res = send.send_request(req).await.unwrap();
         let status = res.status();

@@ -120,6 +120,7 @@ pub async fn closed_loop(addr: SocketAddr, uris: &[http::Uri], connections: usiz
                         .header("content-type", "application/javascript")
                         .body(Full::new(body.clone()))
                         .unwrap();
+                    send.ready().await.unwrap();
                     let t = Instant::now();
                     let res = send.send_request(req).await.unwrap();
                     assert_eq!(res.status(), 200);

@@ -92,6 +92,10 @@ impl Runner {
     }
 }
 
+/// How long the pool waits, after a worker was taken, before forking its
+/// replacement (while it still has others to give).
+const REFILL_DELAY: Duration = Duration::from_millis(10);
+
 /// How long past a request's wall-clock limit the node waits for its
 /// worker before killing it.
 const WORKER_GRACE: Duration = Duration::from_secs(2);
@@ -272,11 +276,10 @@ impl Pool {
     /// used idle container if the node is at `workers.max`.
     async fn spawn_on_request_path(&self) -> Result<Arc<Worker>, Error> {
         let inner = &self.inner;
-        if !inner.reserve_slot() {
-            inner.evict_lru().then_some(()).ok_or(Error::NoWorker { limit: inner.config.max })?;
-            if !inner.reserve_slot() {
-                return Err(Error::NoWorker { limit: inner.config.max });
-            }
+        // At the cap, the evicted worker's slot passes straight to this
+        // request, so the refill task cannot take it in between.
+        if !inner.reserve_slot() && !inner.evict_lru() {
+            return Err(Error::NoWorker { limit: inner.config.max });
         }
         inner.spawn_reserved().await
     }
@@ -329,7 +332,8 @@ impl Inner {
         Ok((Spec { limits: self.engine.limits.clone(), jail: jail_spec }, lease))
     }
 
-    /// Retires the least recently used assigned worker with nothing running.
+    /// Retires the least recently used assigned worker with nothing running,
+    /// keeping its process slot for the caller.
     fn evict_lru(&self) -> bool {
         let victim = {
             let assigned = self.assigned.lock().unwrap();
@@ -339,10 +343,15 @@ impl Inner {
                 .max_by_key(|(_, w)| w.idle_for())
                 .map(|(c, _)| c.clone())
         };
-        match victim {
-            Some(container) => self.retire(&container, "evicted"),
-            None => false,
+        let Some(container) = victim else { return false };
+        let Some(worker) = self.assigned.lock().unwrap().remove(&container) else { return false };
+        worker.kill();
+        if let Some(c) = worker.container() {
+            self.placement.release(&c);
         }
+        self.stats.retired("evicted");
+        tracing::info!(container = &*container, pid = worker.pid, reason = "evicted", "worker retired");
+        true
     }
 
     /// Removes `container`'s worker and kills it.
@@ -368,30 +377,41 @@ impl Inner {
 async fn refill(pool: std::sync::Weak<Inner>) {
     loop {
         let Some(inner) = pool.upgrade() else { return };
-        let want = inner.config.pool_size.saturating_sub(inner.idle.lock().unwrap().len());
-        let mut spawned = 0;
-        for _ in 0..want {
-            if !inner.reserve_slot() {
-                break;
-            }
-            match inner.spawn_reserved().await {
-                Ok(w) => {
-                    inner.idle.lock().unwrap().push_back(w);
-                    spawned += 1;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "could not spawn a pooled worker");
-                    break;
-                }
-            }
+        let idle = inner.idle.lock().unwrap().len();
+        if idle > 0 && idle < inner.config.pool_size {
+            // Workers are still pooled: let the request that just took one
+            // run before the node forks a replacement next to it.
+            drop(inner);
+            tokio::time::sleep(REFILL_DELAY).await;
+            continue_refill(&pool).await;
+        } else {
+            drop(inner);
+            continue_refill(&pool).await;
         }
+        let Some(inner) = pool.upgrade() else { return };
+        let full = inner.idle.lock().unwrap().len() >= inner.config.pool_size;
         let wake = inner.refill.clone();
         drop(inner);
-        if spawned < want {
+        if full || pool.upgrade().is_none() {
+            wake.notified().await;
+        } else {
             // Failed or at the cap: retry later rather than spin.
             tokio::time::sleep(Duration::from_millis(200)).await;
-        } else {
-            wake.notified().await;
+        }
+    }
+}
+
+/// Spawns pooled workers until the pool is full, the cap is reached or a
+/// spawn fails.
+async fn continue_refill(pool: &std::sync::Weak<Inner>) {
+    let Some(inner) = pool.upgrade() else { return };
+    while inner.idle.lock().unwrap().len() < inner.config.pool_size && inner.reserve_slot() {
+        match inner.spawn_reserved().await {
+            Ok(w) => inner.idle.lock().unwrap().push_back(w),
+            Err(e) => {
+                tracing::error!(error = %e, "could not spawn a pooled worker");
+                return;
+            }
         }
     }
 }

@@ -71,6 +71,7 @@ async fn serve(socket: OwnedFd, spec: Spec, jail: Vec<crate::jail::LayerReport>)
     let host = host::serve(spec.limits, stats, jobs_rx, Some(ready_tx));
     let node = async move {
         ready_rx.await.context("isolate host ended")?.context("creating the isolate")?;
+        warm_up(&jobs).await?;
         out.send(FromWorker::Ready { version: protocol::VERSION, pid: std::process::id(), jail })?;
         let mut container: Option<Arc<str>> = None;
         while let Some(msg) = frames.next().await {
@@ -91,6 +92,26 @@ async fn serve(socket: OwnedFd, spec: Spec, jail: Vec<crate::jail::LayerReport>)
     let (node, ()) = tokio::join!(node, host);
     drop(writer);
     node
+}
+
+/// Runs one trivial webtask before saying Ready: V8 compiles the runtime's
+/// functions lazily, and a container's first request should not pay for it.
+async fn warm_up(jobs: &mpsc::UnboundedSender<Job>) -> anyhow::Result<()> {
+    const WARM_UP: &str = "return function (context, cb) { cb(null, [context.data.x, JSON.stringify(context)]); }";
+    let (reply, reply_rx) = oneshot::channel();
+    let context = Context::new().query("x", "1").header("x-warm-up", "1");
+    let job = Job {
+        container: "".into(),
+        code: Code::from(WARM_UP),
+        context,
+        req_id: "warm-up".into(),
+        reply,
+        permit: Permit::from_counter(Default::default()),
+    };
+    jobs.send(job).map_err(|_| anyhow::anyhow!("isolate host ended"))?;
+    let reply = reply_rx.await.context("warm-up dropped")?.map_err(|e| anyhow::anyhow!("warm-up failed: {e}"))?;
+    reply.collect().await.map_err(|e| anyhow::anyhow!("warm-up failed: {e}"))?;
+    Ok(())
 }
 
 fn run(
