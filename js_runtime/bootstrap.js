@@ -25,6 +25,7 @@ const {
   op_wt_write,
   op_wt_end,
   op_wt_console,
+  op_wt_fetch,
 } = core.ops;
 const { getAsyncContext, setAsyncContext, createTimer, cancelTimer } = core;
 const {
@@ -44,8 +45,11 @@ const {
   ReflectApply,
   SafeMap,
   String: StringCtor,
+  StringPrototypeIndexOf,
   StringPrototypeSlice,
   StringPrototypeToLowerCase,
+  StringPrototypeToUpperCase,
+  JSONParse,
   TypeError: TypeErrorCtor,
   Uint8Array: Uint8ArrayCtor,
   ArrayBuffer: ArrayBufferCtor,
@@ -225,6 +229,86 @@ function clearGuestTimer(id) {
     timers.delete(id);
     cancelTimer(timer);
   }
+}
+
+// `fetch`, through the host's egress (policy, resolution and the connection
+// all live outside the isolate). A small Response: status, ok, headers,
+// text(), json(), arrayBuffer().
+class FetchResponse {
+  #body;
+  #headers;
+  constructor(res) {
+    this.status = res.status;
+    this.ok = res.status >= 200 && res.status < 300;
+    this.#body = res.body;
+    this.#headers = new SafeMap();
+    for (let i = 0; i < res.headers.length; i++) {
+      const { 0: k, 1: v } = res.headers[i];
+      const prev = this.#headers.get(k);
+      this.#headers.set(k, prev === undefined ? v : prev + ", " + v);
+    }
+    const map = this.#headers;
+    this.headers = {
+      get: (name) => map.get(StringPrototypeToLowerCase(StringCtor(name))) ?? null,
+      has: (name) => map.has(StringPrototypeToLowerCase(StringCtor(name))),
+    };
+  }
+  async text() {
+    return core.decode(this.#body);
+  }
+  async json() {
+    return JSONParse(core.decode(this.#body));
+  }
+  async arrayBuffer() {
+    return this.#body.buffer;
+  }
+}
+
+function requestHeaders(headers) {
+  const out = [];
+  if (headers === undefined || headers === null) return out;
+  if (ArrayIsArray(headers)) {
+    for (let i = 0; i < headers.length; i++) {
+      ArrayPrototypePush(out, [StringCtor(headers[i][0]), StringCtor(headers[i][1])]);
+    }
+    return out;
+  }
+  const keys = ObjectKeys(headers);
+  for (let i = 0; i < keys.length; i++) {
+    ArrayPrototypePush(out, [StringPrototypeToLowerCase(keys[i]), StringCtor(headers[keys[i]])]);
+  }
+  return out;
+}
+
+function requestBody(body) {
+  if (body === undefined || body === null) return new Uint8ArrayCtor(0);
+  if (typeof body === "string") return core.encode(body);
+  if (ArrayBufferIsView(body)) return new Uint8ArrayCtor(body.buffer, body.byteOffset, body.byteLength);
+  if (body instanceof ArrayBufferCtor) return new Uint8ArrayCtor(body);
+  return core.encode(StringCtor(body));
+}
+
+async function fetch(input, init) {
+  const options = init ?? {};
+  const request = {
+    url: StringCtor(typeof input === "object" && input !== null && "url" in input ? input.url : input),
+    method: StringPrototypeToUpperCase(StringCtor(options.method ?? "GET")),
+    headers: requestHeaders(options.headers),
+    body: requestBody(options.body),
+  };
+  let res;
+  try {
+    res = await op_wt_fetch(currentRequest(), request);
+  } catch (e) {
+    // Host errors arrive as "<code>: <message>"; the guest gets a plain
+    // TypeError (as a failed fetch is) carrying the code.
+    const text = field(e, "message", "fetch failed");
+    const at = StringPrototypeIndexOf(text, ": ");
+    const err = new TypeErrorCtor(at < 0 ? text : StringPrototypeSlice(text, at + 2));
+    err.code = at < 0 ? "egress_failed" : StringPrototypeSlice(text, 0, at);
+    throw err;
+  }
+  return new FetchResponse(res);
 }
 
 // ---------------------------------------------------------------------------
@@ -486,5 +570,6 @@ globalThis.__webtask_lockdown = function lockdown(limitBytes) {
   g.clearTimeout = clearGuestTimer;
   g.clearInterval = clearGuestTimer;
   g.global = g;
+  g.fetch = fetch;
   return { run, instantiate };
 };

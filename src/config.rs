@@ -18,6 +18,7 @@ use std::path::Path;
 use anyhow::Context as _;
 use serde::Deserialize;
 
+use crate::egress::EgressConfig;
 use crate::engine::EngineConfig;
 use crate::jail::JailConfig;
 use crate::pool::PoolConfig;
@@ -31,6 +32,7 @@ pub struct Config {
     pub engine: EngineConfig,
     pub workers: PoolConfig,
     pub jail: JailConfig,
+    pub egress: EgressConfig,
 }
 
 impl Default for Config {
@@ -41,6 +43,7 @@ impl Default for Config {
             engine: EngineConfig::default(),
             workers: PoolConfig::default(),
             jail: JailConfig::default(),
+            egress: EgressConfig::default(),
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod config;
+pub mod egress;
 pub mod engine;
 pub mod jail;
 pub mod placement;

@@ -8,6 +8,7 @@ use tracing_subscriber::EnvFilter;
 
 use webtask::api::{self, Node};
 use webtask::config::Config;
+use webtask::egress::Egress;
 use webtask::pool::Runner;
 use webtask::{Context, Engine};
 
@@ -129,9 +130,10 @@ async fn serve(mut config: Config, listen: Option<std::net::SocketAddr>) -> anyh
     if let Some(addr) = listen {
         config.listen = addr;
     }
-    let runner = Runner::start(&config.workers, &config.engine, &config.jail).await?;
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
+    let egress = Egress::new(&config.egress, vec![addr]).map_err(anyhow::Error::msg)?;
+    let runner = Runner::start(&config.workers, &config.engine, &config.jail, egress).await?;
     tracing::info!(%addr, "webtask node listening");
     let node = Node::new(runner, config.http.clone());
     api::serve(node, listener, shutdown_signal()).await;
@@ -151,7 +153,8 @@ async fn shutdown_signal() {
 
 async fn run_once(config: Config, file: PathBuf, data: Vec<(String, String)>) -> anyhow::Result<()> {
     let code = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-    let engine = Engine::new(config.engine);
+    let egress = Egress::new(&config.egress, vec![]).map_err(anyhow::Error::msg)?;
+    let engine = Engine::with_fetcher(config.engine, std::sync::Arc::new(egress));
     let mut context = Context::new();
     context.query = data;
     match engine.run(code, context).await {

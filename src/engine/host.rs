@@ -20,7 +20,7 @@ use super::inflight::ReplyTx;
 use super::isolate::Isolate;
 use super::request::Context;
 use super::watchdog::{CpuGuard, Kill};
-use super::{Code, Error, Limits, Stats};
+use super::{Code, Error, IsolateSpec, Limits};
 
 /// A request for the isolate thread.
 pub struct Job {
@@ -57,11 +57,11 @@ enum Event {
 }
 
 /// Runs an isolate thread until its channel closes.
-pub fn run(limits: Limits, stats: Arc<Stats>, rx: mpsc::UnboundedReceiver<Job>) {
+pub fn run(spec: IsolateSpec, rx: mpsc::UnboundedReceiver<Job>) {
     // Timers only: an idle isolate thread parks on a futex, which is cheaper
     // to wake per request than an I/O driver's eventfd.
     let tokio = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("tokio runtime");
-    tokio.block_on(serve(limits, stats, rx, None));
+    tokio.block_on(serve(spec, rx, None));
 }
 
 /// The isolate loop, on the calling thread's current-thread runtime, until
@@ -69,17 +69,16 @@ pub fn run(limits: Limits, stats: Arc<Stats>, rx: mpsc::UnboundedReceiver<Job>) 
 /// job arrives (a pooled worker process) and the sender told when it is
 /// ready; otherwise it is created with the first job.
 pub async fn serve(
-    limits: Limits,
-    stats: Arc<Stats>,
+    spec: IsolateSpec,
     mut rx: mpsc::UnboundedReceiver<Job>,
     prewarmed: Option<oneshot::Sender<Result<(), Error>>>,
 ) {
     {
-        let guard = CpuGuard::for_current_thread(limits.cpu_ms);
+        let guard = CpuGuard::for_current_thread(spec.limits.cpu_ms);
         let mut host = Host {
             container: "".into(),
-            limits,
-            stats,
+            limits: spec.limits.clone(),
+            spec,
             guard,
             isolate: None,
             loop_idle: true,
@@ -155,7 +154,7 @@ fn spin_recv(rx: &mut mpsc::UnboundedReceiver<Job>) -> Option<Event> {
 struct Host {
     container: Arc<str>,
     limits: Limits,
-    stats: Arc<Stats>,
+    spec: IsolateSpec,
     guard: Arc<CpuGuard>,
     isolate: Option<Isolate>,
     /// The event loop has nothing left to do for the requests in flight.
@@ -172,7 +171,7 @@ struct Host {
 impl Host {
     fn isolate(&mut self) -> Result<&mut Isolate, Error> {
         if self.isolate.is_none() {
-            let isolate = Isolate::new(&self.limits, &self.guard, self.container.clone(), self.stats.clone())?;
+            let isolate = Isolate::new(&self.spec, &self.guard, self.container.clone())?;
             self.isolate = Some(isolate);
         }
         Ok(self.isolate.as_mut().unwrap())

@@ -26,6 +26,8 @@ struct Slot {
     req_id: Arc<str>,
     /// Console bytes this request logged.
     logged: u64,
+    /// Fetches this request made.
+    subrequests: u32,
     /// Returned before the outcome is sent, so a caller that sees the
     /// outcome never finds its request still counted as running.
     permit: Option<Permit>,
@@ -52,7 +54,7 @@ impl Inflight {
                 break;
             }
         }
-        let slot = Slot { reply: Some(reply), stream: None, sent: 0, cpu_start_ns, deadline, req_id, logged: 0, permit: Some(permit) };
+        let slot = Slot { reply: Some(reply), stream: None, sent: 0, cpu_start_ns, deadline, req_id, logged: 0, subrequests: 0, permit: Some(permit) };
         self.slots.insert(self.next_id, slot);
         self.next_id
     }
@@ -63,6 +65,17 @@ impl Inflight {
 
     pub fn req_id(&self, id: u32) -> Option<&Arc<str>> {
         self.slots.get(&id).map(|s| &s.req_id)
+    }
+
+    /// Counts one fetch of request `id`; `Err(limit)` past `limit`. Fetches
+    /// with no live request (left-over timers) are refused.
+    pub fn count_subrequest(&mut self, id: u32, limit: u32) -> Result<(), u32> {
+        let slot = self.slots.get_mut(&id).ok_or(0u32)?;
+        slot.subrequests += 1;
+        if slot.subrequests > limit {
+            return Err(limit);
+        }
+        Ok(())
     }
 
     /// Counts `bytes` of console output against request `id`'s log budget:

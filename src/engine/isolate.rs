@@ -15,11 +15,11 @@ use lru::LruCache;
 use sha2::{Digest, Sha256};
 
 use super::inflight::Inflight;
-use super::ops::{webtask_runtime, HostInfo};
+use super::ops::{webtask_runtime, Egress, HostInfo};
 use super::request::Context;
 use super::watchdog::{CpuGuard, Kill};
 
-use super::{alloc, snapshot, stack, Code, Error, Limits, ScriptError, Stats};
+use super::{alloc, snapshot, stack, Code, Error, IsolateSpec, Limits, ScriptError, Stats};
 
 /// Compiled webtask functions kept per isolate.
 const COMPILE_CACHE_ENTRIES: usize = 128;
@@ -36,7 +36,9 @@ pub struct Isolate {
 
 impl Isolate {
     /// A fresh isolate from the snapshot, bound to `guard` for CPU and heap kills.
-    pub fn new(limits: &Limits, guard: &Arc<CpuGuard>, container: Arc<str>, stats: Arc<Stats>) -> Result<Self, Error> {
+    pub fn new(spec: &IsolateSpec, guard: &Arc<CpuGuard>, container: Arc<str>) -> Result<Self, Error> {
+        let limits = &spec.limits;
+        let stats = spec.stats.clone();
         let heap = limits.heap_mb as usize * 1024 * 1024;
         let params = v8::CreateParams::default()
             .heap_limits(0, heap)
@@ -89,6 +91,7 @@ impl Isolate {
             let state = rt.op_state();
             let mut state = state.borrow_mut();
             state.put(HostInfo { container });
+            state.put(Egress { fetcher: spec.fetcher.clone(), max_subrequests: limits.subrequests });
             state.put(inflight.clone());
         }
 

@@ -11,6 +11,7 @@
 
 mod alloc;
 mod error;
+pub mod fetch;
 pub(crate) mod host;
 mod inflight;
 mod isolate;
@@ -50,6 +51,8 @@ pub struct Limits {
     pub response_bytes: u64,
     /// V8 stack size; process-wide, the first engine's value wins.
     pub stack_kb: u32,
+    /// `fetch` calls one request may make.
+    pub subrequests: u32,
 }
 
 impl Default for Limits {
@@ -61,6 +64,7 @@ impl Default for Limits {
             array_buffer_mb: 256,
             response_bytes: 8 * 1024 * 1024,
             stack_kb: 984,
+            subrequests: 50,
         }
     }
 }
@@ -80,6 +84,22 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig { limits: Limits::default(), max_isolates: 256, max_concurrency: 64 }
+    }
+}
+
+/// What every isolate of an engine (or a worker) is made with.
+#[derive(Clone)]
+pub struct IsolateSpec {
+    pub limits: Limits,
+    pub stats: Arc<Stats>,
+    /// Where guest `fetch` goes.
+    pub fetcher: Arc<dyn fetch::Fetcher>,
+}
+
+impl IsolateSpec {
+    /// Isolates with `limits` and no network.
+    pub fn offline(limits: Limits) -> Self {
+        IsolateSpec { limits, stats: Arc::default(), fetcher: Arc::new(fetch::NoNetwork) }
     }
 }
 
@@ -160,6 +180,7 @@ struct HostHandle {
 
 struct Inner {
     config: EngineConfig,
+    fetcher: Arc<dyn fetch::Fetcher>,
     hosts: Mutex<HashMap<Arc<str>, HostHandle>>,
     stats: Arc<Stats>,
     clock: AtomicU64,
@@ -188,13 +209,20 @@ pub struct Engine {
 pub const DEFAULT_CONTAINER: &str = "default";
 
 impl Engine {
-    /// An engine with `config`; builds the startup snapshot on first use.
+    /// An engine with `config` and no network; builds the startup snapshot
+    /// on first use.
     pub fn new(config: EngineConfig) -> Self {
+        Self::with_fetcher(config, Arc::new(fetch::NoNetwork))
+    }
+
+    /// An engine whose guest `fetch` goes through `fetcher`.
+    pub fn with_fetcher(config: EngineConfig, fetcher: Arc<dyn fetch::Fetcher>) -> Self {
         snapshot::init_v8(config.limits.stack_kb, config.limits.array_buffer_mb);
         snapshot::get();
         Engine {
             inner: Arc::new(Inner {
                 config,
+                fetcher,
                 hosts: Mutex::new(HashMap::new()),
                 stats: Arc::new(Stats::default()),
                 clock: AtomicU64::new(0),
@@ -255,14 +283,18 @@ impl Engine {
 
     fn spawn_host(&self, container: &str) -> Result<HostHandle, Error> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let limits = self.inner.config.limits.clone();
-        let stats = self.inner.stats.clone();
+        let spec = IsolateSpec {
+            limits: self.inner.config.limits.clone(),
+            stats: self.inner.stats.clone(),
+            fetcher: self.inner.fetcher.clone(),
+        };
+        let stack_kb = spec.limits.stack_kb as usize;
         std::thread::Builder::new()
             .name(format!("wt-{container}"))
             // V8's own stack limit is `stack_kb`; the thread gets ample room
             // above it for Rust frames.
-            .stack_size((limits.stack_kb as usize + 4096) * 1024)
-            .spawn(move || host::run(limits, stats, rx))
+            .stack_size((stack_kb + 4096) * 1024)
+            .spawn(move || host::run(spec, rx))
             .map_err(Error::internal)?;
         Ok(HostHandle { tx, running: Arc::default(), last_used: 0 })
     }
@@ -288,7 +320,7 @@ impl Engine {
 pub mod probe {
     use std::time::{Duration, Instant};
 
-    use super::{isolate::Isolate, snapshot, watchdog::CpuGuard, Limits, Stats};
+    use super::{isolate::Isolate, snapshot, watchdog::CpuGuard, IsolateSpec, Limits};
 
     /// Creates and drops one isolate from the startup snapshot on the
     /// calling thread, which must have no isolate of its own and be inside
@@ -301,7 +333,7 @@ pub mod probe {
         }
         let guard = GUARD.with(|g| g.get_or_init(|| CpuGuard::for_current_thread(limits.cpu_ms)).clone());
         let start = Instant::now();
-        let isolate = Isolate::new(limits, &guard, "probe".into(), Default::default()).expect("isolate");
+        let isolate = Isolate::new(&IsolateSpec::offline(limits.clone()), &guard, "probe".into()).expect("isolate");
         let took = start.elapsed();
         drop(isolate);
         took
@@ -319,8 +351,7 @@ pub mod probe {
             let tokio = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("tokio runtime");
             let _enter = tokio.enter();
             let guard = CpuGuard::for_current_thread(limits.cpu_ms);
-            let stats = std::sync::Arc::new(Stats::default());
-            let mut isolate = Isolate::new(&limits, &guard, "probe".into(), stats).expect("isolate");
+            let mut isolate = Isolate::new(&IsolateSpec::offline(limits.clone()), &guard, "probe".into()).expect("isolate");
             let req_id: std::sync::Arc<str> = "probe".into();
             (0..samples)
                 .map(|_| {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use deno_core::{op2, OpState};
 
+use super::fetch::{FetchRequest, FetchResponse, Fetcher};
 use super::inflight::Inflight;
 use super::{Error, ScriptError};
 
@@ -19,6 +20,12 @@ const MAX_LOG_LINE: usize = 16 * 1024;
 /// (after one marker), so no request can flood the node's logs.
 const LOG_BUDGET: u64 = 1024 * 1024;
 
+/// The isolate's way out to the network, and how often a request may use it.
+pub struct Egress {
+    pub fetcher: Arc<dyn Fetcher>,
+    pub max_subrequests: u32,
+}
+
 /// Which container this isolate serves (for log records).
 pub struct HostInfo {
     pub container: Arc<str>,
@@ -26,7 +33,7 @@ pub struct HostInfo {
 
 deno_core::extension!(
     webtask_runtime,
-    ops = [op_wt_complete, op_wt_fail, op_wt_head, op_wt_write, op_wt_end, op_wt_console],
+    ops = [op_wt_complete, op_wt_fail, op_wt_head, op_wt_write, op_wt_end, op_wt_console, op_wt_fetch],
     esm_entry_point = "ext:webtask_runtime/bootstrap.js",
     esm = [dir "js_runtime", "bootstrap.js"],
 );
@@ -124,4 +131,26 @@ fn truncate(msg: &str) -> std::borrow::Cow<'_, str> {
         end -= 1;
     }
     format!("{}… [truncated {} bytes]", &msg[..end], msg.len() - end).into()
+}
+
+/// `fetch`: counted against the request's subrequest budget, then handed
+/// to the host's egress. Errors reach the guest as `"<code>: <message>"`,
+/// which the runtime turns into an `Error` with `.code`.
+#[op2]
+#[serde]
+async fn op_wt_fetch(
+    state: Rc<RefCell<OpState>>,
+    #[smi] id: u32,
+    #[serde] request: FetchRequest,
+) -> Result<FetchResponse, deno_error::JsErrorBox> {
+    let fetcher = {
+        let state = state.borrow();
+        let egress = state.borrow::<Egress>();
+        if let Err(limit) = inflight(&state).count_subrequest(id, egress.max_subrequests) {
+            let msg = format!("egress_limit: more than {limit} subrequests in one request");
+            return Err(deno_error::JsErrorBox::generic(msg));
+        }
+        egress.fetcher.clone()
+    };
+    fetcher.fetch(request).await.map_err(|e| deno_error::JsErrorBox::generic(format!("{}: {}", e.code, e.message)))
 }

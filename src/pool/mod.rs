@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::sync::Notify;
 
+use crate::egress::Egress;
 use crate::engine::{self, valid_container, Code, Context, EngineConfig, Error, Reply};
 use crate::jail::{JailConfig, JailMode};
 use crate::placement::{Memory, Placement};
@@ -77,10 +78,10 @@ impl Runner {
     /// Starts the runner `config` asks for (inside a tokio runtime). With
     /// `jail.mode = "required"` a first worker is started and checked
     /// before this returns, so a host that cannot jail fails here.
-    pub async fn start(config: &PoolConfig, engine: &EngineConfig, jail: &JailConfig) -> Result<Runner, Error> {
+    pub async fn start(config: &PoolConfig, engine: &EngineConfig, jail: &JailConfig, egress: Egress) -> Result<Runner, Error> {
         Ok(match config.mode {
-            Mode::Process => Runner::Workers(Pool::start(config.clone(), engine.clone(), jail.clone()).await?),
-            Mode::InProcess => Runner::InProcess(engine::Engine::new(engine.clone())),
+            Mode::Process => Runner::Workers(Pool::start(config.clone(), engine.clone(), jail.clone(), egress).await?),
+            Mode::InProcess => Runner::InProcess(engine::Engine::with_fetcher(engine.clone(), Arc::new(egress))),
         })
     }
 
@@ -121,6 +122,7 @@ struct Inner {
     config: PoolConfig,
     engine: EngineConfig,
     jail: JailConfig,
+    egress: Egress,
     /// Transient uids in use (offsets from `jail.uid_base`).
     uids: Arc<Mutex<std::collections::BTreeSet<u32>>>,
     snapshot: OwnedFd,
@@ -151,7 +153,7 @@ pub struct Pool {
 impl Pool {
     /// Builds the snapshot, fills the pool in the background and starts the
     /// controller. Must be called inside a tokio runtime.
-    pub async fn start(config: PoolConfig, engine: EngineConfig, jail: JailConfig) -> Result<Pool, Error> {
+    pub async fn start(config: PoolConfig, engine: EngineConfig, jail: JailConfig, egress: Egress) -> Result<Pool, Error> {
         let snapshot = snapshot_memfd(engine::snapshot_blob(&engine.limits))?;
         let required = jail.mode == JailMode::Required;
         let pool = Pool {
@@ -159,6 +161,7 @@ impl Pool {
                 config,
                 engine,
                 jail,
+                egress,
                 uids: Arc::default(),
                 snapshot,
                 idle: Mutex::default(),
@@ -295,7 +298,9 @@ impl Inner {
 
     async fn spawn_reserved(&self) -> Result<Arc<Worker>, Error> {
         let spawned = match self.prepare_jail() {
-            Ok((spec, lease)) => Worker::spawn(self.config.exe.as_deref(), &self.snapshot, &spec, lease).await,
+            Ok((spec, lease)) => {
+                Worker::spawn(self.config.exe.as_deref(), &self.snapshot, &spec, lease, self.egress.clone()).await
+            }
             Err(e) => Err(e),
         };
         match spawned {

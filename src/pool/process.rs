@@ -18,6 +18,7 @@ use serde_bytes::ByteBuf;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
 
+use crate::egress::Egress;
 use crate::engine::{Code, Context, Error, Reply, ReplyBody};
 use crate::worker::protocol::{self, FromWorker, NodeCodec, ToWorker};
 use crate::worker::Spec;
@@ -115,7 +116,13 @@ pub struct Worker {
 
 impl Worker {
     /// Starts a worker process and waits until it is ready to serve.
-    pub async fn spawn(exe: Option<&std::path::Path>, snapshot: &OwnedFd, spec: &Spec, lease: Lease) -> Result<Arc<Worker>, Error> {
+    pub async fn spawn(
+        exe: Option<&std::path::Path>,
+        snapshot: &OwnedFd,
+        spec: &Spec,
+        lease: Lease,
+        egress: Egress,
+    ) -> Result<Arc<Worker>, Error> {
         let (node_end, worker_end) = std::os::unix::net::UnixStream::pair().map_err(Error::internal)?;
         let exe = match exe {
             Some(exe) => exe.to_owned(),
@@ -184,7 +191,7 @@ impl Worker {
             child: Mutex::new(Some(child)),
         });
         let (out, out_rx) = mpsc::unbounded_channel();
-        tokio::spawn(io(framed, out_rx, shared.clone()));
+        tokio::spawn(io(framed, out.clone(), out_rx, shared.clone(), egress));
         Ok(Arc::new(Worker {
             pid,
             started: Instant::now(),
@@ -253,14 +260,24 @@ impl Drop for Worker {
 /// Moves frames between the node and one worker until either side ends.
 async fn io(
     framed: Framed<tokio::net::UnixStream, NodeCodec>,
+    out: mpsc::UnboundedSender<ToWorker>,
     out_rx: mpsc::UnboundedReceiver<ToWorker>,
     shared: Arc<Shared>,
+    egress: Egress,
 ) {
     let (sink, mut frames) = framed.split();
     let writer = protocol::write_batched(out_rx, sink);
     let reader = async {
         loop {
             match frames.next().await {
+                Some(Ok(FromWorker::Fetch { fid, request })) => {
+                    // Policy applies here, in the node, whatever the worker says.
+                    let (egress, out) = (egress.clone(), out.clone());
+                    tokio::spawn(async move {
+                        let result = egress.fetch(request).await;
+                        let _ = out.send(ToWorker::FetchResult { fid, result });
+                    });
+                }
                 Some(Ok(msg)) => {
                     if let Err(violation) = deliver(&shared, msg) {
                         return violation;
@@ -327,6 +344,7 @@ fn deliver(shared: &Shared, msg: FromWorker) -> Result<(), String> {
             }
         }
         FromWorker::Ready { .. } => return Err("second Ready".to_owned()),
+        FromWorker::Fetch { .. } => unreachable!("handled by io"),
     }
     Ok(())
 }

@@ -17,6 +17,7 @@ use serde_bytes::ByteBuf;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
 
+use crate::engine::fetch::{FetchError, FetchFuture, FetchRequest, FetchResponse, Fetcher};
 use crate::engine::host::{self, Job, Permit};
 use crate::engine::{self, Code, Context, Error, Limits, Reply, ReplyBody};
 use protocol::{FromWorker, ToWorker, WorkerCodec};
@@ -67,8 +68,9 @@ async fn serve(socket: OwnedFd, spec: Spec, jail: Vec<crate::jail::LayerReport>)
 
     let (jobs, jobs_rx) = mpsc::unbounded_channel::<Job>();
     let (ready_tx, ready_rx) = oneshot::channel();
-    let stats = Arc::new(engine::Stats::default());
-    let host = host::serve(spec.limits, stats, jobs_rx, Some(ready_tx));
+    let fetcher = Arc::new(NodeFetcher { out: out.clone(), pending: Default::default(), next: Default::default() });
+    let isolate_spec = engine::IsolateSpec { limits: spec.limits, stats: Default::default(), fetcher: fetcher.clone() };
+    let host = host::serve(isolate_spec, jobs_rx, Some(ready_tx));
     let node = async move {
         ready_rx.await.context("isolate host ended")?.context("creating the isolate")?;
         warm_up(&jobs).await?;
@@ -83,6 +85,7 @@ async fn serve(socket: OwnedFd, spec: Spec, jail: Vec<crate::jail::LayerReport>)
                     run(&jobs, &out, container, id, req_id, code, context)?;
                 }
                 ToWorker::Shutdown => break,
+                ToWorker::FetchResult { fid, result } => fetcher.settle(fid, result),
             }
         }
         // Node gone or shutdown: let the host finish what runs, then exit.
@@ -92,6 +95,34 @@ async fn serve(socket: OwnedFd, spec: Spec, jail: Vec<crate::jail::LayerReport>)
     let (node, ()) = tokio::join!(node, host);
     drop(writer);
     node
+}
+
+/// Guest `fetch` in a worker: a frame to the node, whose egress decides.
+struct NodeFetcher {
+    out: mpsc::UnboundedSender<FromWorker>,
+    pending: std::sync::Mutex<std::collections::HashMap<u64, oneshot::Sender<Result<FetchResponse, FetchError>>>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl NodeFetcher {
+    fn settle(&self, fid: u64, result: Result<FetchResponse, FetchError>) {
+        if let Some(tx) = self.pending.lock().unwrap().remove(&fid) {
+            let _ = tx.send(result);
+        }
+    }
+}
+
+impl Fetcher for NodeFetcher {
+    fn fetch(&self, request: FetchRequest) -> FetchFuture {
+        let fid = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().unwrap().insert(fid, tx);
+        let sent = self.out.send(FromWorker::Fetch { fid, request });
+        Box::pin(async move {
+            sent.map_err(|_| FetchError::new("egress_failed", "node connection closed"))?;
+            rx.await.unwrap_or_else(|_| Err(FetchError::new("egress_failed", "node connection closed")))
+        })
+    }
 }
 
 /// Runs one trivial webtask before saying Ready: V8 compiles the runtime's

@@ -11,9 +11,10 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
+use crate::engine::fetch::{FetchError, FetchRequest, FetchResponse};
 use crate::engine::{Context, Error};
 
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// Largest frame either side accepts: a run carries code and body (each
 /// bounded by the node's HTTP limits) and a reply chunk at most a response.
@@ -26,6 +27,8 @@ pub enum ToWorker {
     Run { id: u64, req_id: String, code: ByteBuf, context: WireContext },
     /// Finish what runs, then exit.
     Shutdown,
+    /// The answer to the worker's `Fetch` with the same id.
+    FetchResult { fid: u64, result: Result<FetchResponse, FetchError> },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -38,6 +41,9 @@ pub enum FromWorker {
     End { id: u64 },
     /// The run failed; `error` is the JSON of an [`Error`].
     Failed { id: u64, error: ByteBuf },
+    /// Guest `fetch`: the node applies its egress policy and answers with
+    /// `FetchResult`.
+    Fetch { fid: u64, request: FetchRequest },
 }
 
 /// [`Context`] on the wire: JSON maps as JSON text.

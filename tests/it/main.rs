@@ -2,6 +2,7 @@
 
 mod api;
 mod cli;
+mod egress;
 mod embed;
 mod errors;
 mod escape;

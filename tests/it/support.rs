@@ -74,9 +74,10 @@ impl TestNode {
     }
 
     pub async fn with_config(config: Config) -> Self {
-        let runner = Runner::start(&config.workers, &config.engine, &config.jail).await.unwrap();
         let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let egress = webtask::egress::Egress::new(&config.egress, vec![addr]).unwrap();
+        let runner = Runner::start(&config.workers, &config.engine, &config.jail, egress).await.unwrap();
         let node = Node::new(runner, config.http.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(api::serve(node.clone(), listener, async {
@@ -148,7 +149,8 @@ pub async fn every_target() -> [Target; 3] {
 }
 
 pub async fn every_target_with(config: Config) -> [Target; 3] {
-    let engine = Engine::new(config.engine.clone());
+    let egress = webtask::egress::Egress::new(&config.egress, vec![]).unwrap();
+    let engine = Engine::with_fetcher(config.engine.clone(), std::sync::Arc::new(egress));
     let mut workers = config.clone();
     workers.workers.mode = Mode::Process;
     [
@@ -160,7 +162,10 @@ pub async fn every_target_with(config: Config) -> [Target; 3] {
 
 /// The test configuration with webtasks in (jailed) worker processes.
 pub fn workers_config() -> Config {
-    let mut config = test_config();
+    workers_config_from(test_config())
+}
+
+pub fn workers_config_from(mut config: Config) -> Config {
     config.workers.mode = Mode::Process;
     config
 }
