@@ -40,6 +40,8 @@ const {
   ObjectGetPrototypeOf,
   ObjectKeys,
   ObjectPrototypeToString,
+  ObjectPrototypeHasOwnProperty,
+  ObjectAssign,
   PromisePrototypeThen,
   PromiseResolve,
   ReflectApply,
@@ -467,6 +469,10 @@ function isPlainObject(v) {
 // the target's prototype.
 function merge(target, source) {
   if (!isPlainObject(source)) return;
+  if (!ObjectPrototypeHasOwnProperty(source, "__proto__")) {
+    ObjectAssign(target, source);
+    return;
+  }
   const keys = ObjectKeys(source);
   for (let i = 0; i < keys.length; i++) {
     ObjectDefineProperty(target, keys[i], {

@@ -235,6 +235,7 @@ impl Host {
     /// Bookkeeping after anything ran on the isolate: kills, recycling, and
     /// what the watchdog should watch next.
     fn after_turn(&mut self, running: Option<u32>) {
+        self.settle_event_loop();
         if let Some(kill) = self.guard.killed() {
             let (err, kind) = match kill {
                 Kill::Cpu { limit_ms, start_ns } => {
@@ -267,6 +268,27 @@ impl Host {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         });
+    }
+
+    /// With nothing in flight, gives the event loop one turn right away: a
+    /// request that answered synchronously usually left nothing behind,
+    /// and then there is no background work to time (and no clock to
+    /// read). Work that does remain keeps `loop_idle` false, and the main
+    /// loop polls it with a real waker.
+    fn settle_event_loop(&mut self) {
+        if self.loop_idle || self.guard.killed().is_some() {
+            return;
+        }
+        let Some(isolate) = self.isolate.as_mut() else { return };
+        if !isolate.inflight().is_empty() {
+            return;
+        }
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match isolate.poll_event_loop(&mut cx) {
+            Poll::Ready(Ok(())) => self.loop_idle = true,
+            Poll::Ready(Err(e)) => self.loop_failed(e.to_string()),
+            Poll::Pending => {}
+        }
     }
 
     /// Drops the isolate: `culprit` (else the oldest request) fails with

@@ -132,3 +132,28 @@ pub fn join(procs: &[String]) -> Result<String, String> {
     }
     Ok(procs.iter().map(|p| p.trim_end_matches("/cgroup.procs")).collect::<Vec<_>>().join(", "))
 }
+
+/// Removes worker cgroups left by nodes that are gone (a node killed with
+/// SIGKILL cannot clean up after itself). Names carry the node's pid:
+/// `w<pid>-<n>` and `check<pid>-<n>`; a directory still holding a process
+/// is never removed (rmdir refuses).
+pub fn sweep_stale(parent: &str) -> usize {
+    let roots: Vec<PathBuf> = match detect() {
+        Some(Version::V2) => vec![Path::new(ROOT).join(parent)],
+        Some(Version::V1) => ["memory", "pids", "cpu"].iter().map(|c| Path::new(ROOT).join(c).join(parent)).collect(),
+        None => return 0,
+    };
+    let mut removed = 0;
+    for root in roots {
+        let Ok(entries) = fs::read_dir(&root) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name.strip_prefix("check").or_else(|| name.strip_prefix('w')).and_then(|rest| rest.split('-').next()?.parse::<u32>().ok());
+            let Some(pid) = pid else { continue };
+            if !Path::new(&format!("/proc/{pid}")).exists() && fs::remove_dir(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}

@@ -156,6 +156,12 @@ impl Pool {
     pub async fn start(config: PoolConfig, engine: EngineConfig, jail: JailConfig, egress: Egress) -> Result<Pool, Error> {
         let snapshot = snapshot_memfd(engine::snapshot_blob(&engine.limits))?;
         let required = jail.mode == JailMode::Required;
+        if jail.mode != JailMode::Off {
+            let swept = crate::jail::cgroup::sweep_stale(&jail.cgroup_parent);
+            if swept > 0 {
+                tracing::info!(swept, "removed worker cgroups of nodes that are gone");
+            }
+        }
         let pool = Pool {
             inner: Arc::new(Inner {
                 config,
