@@ -137,7 +137,7 @@ pub async fn serve(
 /// How long an idle isolate thread polls for the next job before parking.
 /// A caller in a request loop sends its next job within microseconds; a
 /// thread still awake takes it without a futex wake-up on either side.
-const SPIN: std::time::Duration = std::time::Duration::from_micros(10);
+const SPIN: std::time::Duration = std::time::Duration::from_micros(20);
 
 fn spin_recv(rx: &mut mpsc::UnboundedReceiver<Job>) -> Option<Event> {
     let until = std::time::Instant::now() + SPIN;
@@ -145,7 +145,9 @@ fn spin_recv(rx: &mut mpsc::UnboundedReceiver<Job>) -> Option<Event> {
         match rx.try_recv() {
             Ok(job) => return Some(Event::Job(job)),
             Err(mpsc::error::TryRecvError::Disconnected) => return Some(Event::Closed),
-            Err(mpsc::error::TryRecvError::Empty) if std::time::Instant::now() < until => std::hint::spin_loop(),
+            // Yielding, not spinning: a thread the CPU is needed for (the
+            // HTTP side, on a busy machine) runs first.
+            Err(mpsc::error::TryRecvError::Empty) if std::time::Instant::now() < until => std::thread::yield_now(),
             Err(mpsc::error::TryRecvError::Empty) => return None,
         }
     }
