@@ -115,8 +115,9 @@ pub async fn serve(
             .await,
             };
             // The request whose synchronous run a kill interrupted is its
-            // culprit; a kill while the event loop ran is charged to the
-            // oldest request, which the CPU figure was measured on.
+            // culprit; during the event loop it is the request whose
+            // callback was running (else the oldest, which the CPU figure
+            // was measured from).
             let mut running = None;
             match event {
                 Event::Job(job) => running = host.start(job),
@@ -248,7 +249,8 @@ impl Host {
                 Kill::Memory { limit_mb } => (Error::MemoryLimit { limit_mb }, "memory_limit"),
             };
             tracing::warn!(container = &*self.container, code = kind, "{err}; isolate discarded");
-            self.discard(&err, running);
+            let culprit = running.or_else(|| self.isolate.as_mut()?.interrupted_request());
+            self.discard(&err, culprit);
         }
         let Some(isolate) = self.isolate.as_mut() else {
             self.guard.set_oldest(None);

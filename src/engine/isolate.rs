@@ -113,6 +113,22 @@ impl Isolate {
         self.inflight.borrow_mut()
     }
 
+    /// The request whose code was running when V8 was stopped. The runtime
+    /// marks every callback with its request id as V8's continuation-
+    /// preserved data (promise jobs carry it along by themselves), and a
+    /// termination skips the code that would have cleared it.
+    pub fn interrupted_request(&mut self) -> Option<u32> {
+        let context = self.rt.main_context();
+        let isolate = self.rt.v8_isolate();
+        v8::scope_with_context!(scope, isolate, context);
+        let data = scope.get_continuation_preserved_embedder_data();
+        if !data.is_number() {
+            return None;
+        }
+        let id = data.number_value(scope)?;
+        (id >= 1.0 && id.fract() == 0.0 && id <= u32::MAX as f64).then_some(id as u32)
+    }
+
     /// Names the container this isolate serves, for its log records.
     pub fn set_container(&mut self, container: Arc<str>) {
         self.rt.op_state().borrow_mut().put(HostInfo { container });

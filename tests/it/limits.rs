@@ -392,3 +392,17 @@ async fn huge_error_messages_are_clipped() {
         assert!(res.json()["message"].as_str().unwrap().ends_with("[truncated]"));
     }
 }
+
+#[tokio::test]
+async fn cpu_kill_during_the_event_loop_blames_the_request_that_spun() {
+    for node in every_target().await {
+        let waiting = node.run("blame", "", "return function (cb) { setTimeout(() => cb(null, 'late'), 1500); }");
+        let spinner = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            node.run("blame", "", "return function (cb) { setTimeout(() => { for (;;) {} }, 50); }").await
+        };
+        let (waiting, spinner) = tokio::join!(waiting, spinner);
+        assert_eq!(spinner.json()["code"], json!("cpu_limit"), "{}", spinner.text());
+        assert_eq!(waiting.json()["code"], json!("isolate_recycled"), "{}", waiting.text());
+    }
+}
