@@ -14,14 +14,14 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 
-use common::{closed_loop, histogram, machine, summary, write_report, Node, CONNECTIONS, HELLO};
+use common::{closed_loop, histogram, machine, summary, write_report, Client, Node, CONNECTIONS};
 
 const WORKERS: &str = "[workers]\nmode = \"process\"\npool_size = 4\nmax = 512\n";
 const WORKERS_NO_POOL: &str = "[workers]\nmode = \"process\"\npool_size = 0\nmax = 512\n";
@@ -77,25 +77,11 @@ fn print_row(name: &str, s: &Value) {
 /// `n` requests one after the other on one connection per request's
 /// container, each to the container `name(i)`, `gap` apart.
 async fn sequential(addr: SocketAddr, n: usize, name: impl Fn(usize) -> String, gap: Duration) -> Value {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.set_nodelay(true).unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
-    tokio::spawn(conn);
+    let mut client = Client::connect(addr).await;
     let mut h: Histogram<u64> = histogram();
-    let body = Bytes::from_static(HELLO.as_bytes());
     for i in 0..n {
-        let req = http::Request::post(format!("http://{addr}/api/run/{}?name=bench", name(i)))
-            .header("host", "bench")
-            .header("content-type", "application/javascript")
-            .body(Full::new(body.clone()))
-            .unwrap();
-        send.ready().await.unwrap();
-        let t = Instant::now();
-        let res = send.send_request(req).await.unwrap();
-        let status = res.status();
-        res.into_body().collect().await.unwrap();
-        assert_eq!(status, 200);
-        h.record(t.elapsed().as_micros().max(1) as u64).unwrap();
+        let uri: http::Uri = format!("http://{addr}/api/run/{}?name=bench", name(i)).parse().unwrap();
+        h.record(client.hello(&uri).await.as_micros().max(1) as u64).unwrap();
         if !gap.is_zero() {
             tokio::time::sleep(gap).await;
         }

@@ -98,6 +98,36 @@ impl Drop for Node {
     }
 }
 
+/// One keep-alive HTTP/1 connection to a node.
+pub struct Client(hyper::client::conn::http1::SendRequest<Full<Bytes>>);
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(conn);
+        Client(send)
+    }
+
+    /// Posts the hello webtask to `uri`; asserts a 200 and returns how long
+    /// the whole response took.
+    pub async fn hello(&mut self, uri: &http::Uri) -> Duration {
+        let req = http::Request::post(uri.clone())
+            .header("host", "bench")
+            .header("content-type", "application/javascript")
+            .body(Full::new(Bytes::from_static(HELLO.as_bytes())))
+            .unwrap();
+        self.0.ready().await.unwrap();
+        let t = Instant::now();
+        let res = self.0.send_request(req).await.unwrap();
+        let status = res.status();
+        res.into_body().collect().await.unwrap();
+        assert_eq!(status, 200);
+        t.elapsed()
+    }
+}
+
 /// `connections` keep-alive connections (connection i posting to
 /// `uris[i % len]`), each sending the next request as soon as the previous
 /// answer is read, for `duration`.
@@ -108,24 +138,10 @@ pub async fn closed_loop(addr: SocketAddr, uris: &[http::Uri], connections: usiz
         .map(|i| {
             let uri = uris[i % uris.len()].clone();
             tokio::spawn(async move {
-                let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-                stream.set_nodelay(true).unwrap();
-                let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
-                tokio::spawn(conn);
+                let mut client = Client::connect(addr).await;
                 let mut h = histogram();
-                let body = Bytes::from_static(HELLO.as_bytes());
                 while Instant::now() < deadline {
-                    let req = http::Request::post(uri.clone())
-                        .header("host", "bench")
-                        .header("content-type", "application/javascript")
-                        .body(Full::new(body.clone()))
-                        .unwrap();
-                    send.ready().await.unwrap();
-                    let t = Instant::now();
-                    let res = send.send_request(req).await.unwrap();
-                    assert_eq!(res.status(), 200);
-                    res.into_body().collect().await.unwrap();
-                    h.record(t.elapsed().as_micros().max(1) as u64).unwrap();
+                    h.record(client.hello(&uri).await.as_micros().max(1) as u64).unwrap();
                 }
                 h
             })
