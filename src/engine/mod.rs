@@ -173,6 +173,8 @@ pub fn valid_container(name: &str) -> bool {
 }
 
 struct HostHandle {
+    /// The container's name, shared with every job instead of copied.
+    name: Arc<str>,
     tx: mpsc::UnboundedSender<Job>,
     running: Arc<AtomicUsize>,
     last_used: u64,
@@ -256,19 +258,20 @@ impl Engine {
             return Err(Error::bad_request("container names are 1-64 characters of A-Z, a-z, 0-9, '_' and '-'"));
         }
         let (reply, rx) = oneshot::channel();
-        let job = Job { container: container.into(), code, context, req_id, reply, permit: Permit(Arc::default()) };
-        self.submit(container, job)?;
+        self.submit(container, |container, permit| Job { container, code, context, req_id, reply, permit })?;
         rx.await.unwrap_or_else(|_| Err(Error::internal("isolate thread ended before answering")))
     }
 
-    fn submit(&self, container: &str, mut job: Job) -> Result<(), Error> {
+    /// Hands the job `make` builds (with the shared container name and a
+    /// concurrency permit) to `container`'s isolate thread.
+    fn submit(&self, container: &str, make: impl FnOnce(Arc<str>, Permit) -> Job) -> Result<(), Error> {
         let inner = &self.inner;
         let mut hosts = inner.hosts.lock().unwrap();
         let now = inner.clock.fetch_add(1, Ordering::Relaxed);
         if !hosts.contains_key(container) {
             self.evict_lru(&mut hosts);
             let handle = self.spawn_host(container)?;
-            hosts.insert(container.into(), handle);
+            hosts.insert(handle.name.clone(), handle);
         }
         let handle = hosts.get_mut(container).unwrap();
         handle.last_used = now;
@@ -277,7 +280,7 @@ impl Engine {
             handle.running.fetch_sub(1, Ordering::Release);
             return Err(Error::ConcurrencyLimit { limit });
         }
-        job.permit = Permit(handle.running.clone());
+        let job = make(handle.name.clone(), Permit(handle.running.clone()));
         handle.tx.send(job).map_err(|_| Error::internal("isolate thread is gone"))
     }
 
@@ -296,7 +299,7 @@ impl Engine {
             .stack_size((stack_kb + 4096) * 1024)
             .spawn(move || host::run(spec, rx))
             .map_err(Error::internal)?;
-        Ok(HostHandle { tx, running: Arc::default(), last_used: 0 })
+        Ok(HostHandle { name: container.into(), tx, running: Arc::default(), last_used: 0 })
     }
 
     /// Keeps at most `max_isolates` containers: retires the least recently
