@@ -91,7 +91,8 @@ pub async fn serve(
         let mut deadline: Option<Pin<Box<Sleep>>> = None;
         loop {
             let idle = host.isolate.as_mut().is_none_or(|i| i.inflight().is_empty());
-            let spun = if idle { spin_recv(&mut rx) } else { None };
+            let wait = host.spec.idle_wait;
+            let spun = if idle && !wait.is_zero() { wait_for_job(&mut rx, wait) } else { None };
             let event = match spun {
                 Some(event) => event,
                 None => poll_fn(|cx| {
@@ -135,13 +136,11 @@ pub async fn serve(
     }
 }
 
-/// How long an idle isolate thread polls for the next job before parking.
-/// A caller in a request loop sends its next job within microseconds; a
+/// Polls for the next job for up to `wait` before the thread parks: a
+/// caller in a request loop sends its next job within microseconds, and a
 /// thread still awake takes it without a futex wake-up on either side.
-const SPIN: std::time::Duration = std::time::Duration::from_micros(20);
-
-fn spin_recv(rx: &mut mpsc::UnboundedReceiver<Job>) -> Option<Event> {
-    let until = std::time::Instant::now() + SPIN;
+fn wait_for_job(rx: &mut mpsc::UnboundedReceiver<Job>, wait: std::time::Duration) -> Option<Event> {
+    let until = std::time::Instant::now() + wait;
     loop {
         match rx.try_recv() {
             Ok(job) => return Some(Event::Job(job)),

@@ -79,11 +79,16 @@ pub struct EngineConfig {
     pub max_isolates: usize,
     /// Requests one container may run at once; more get `concurrency_limit`.
     pub max_concurrency: usize,
+    /// How long an idle isolate thread keeps looking for its next job
+    /// before it parks. Saves two thread wake-ups per call for an embedder
+    /// calling in a loop; costs CPU on a node whose cores also serve HTTP.
+    /// Unset: 20 µs for an embedded engine, 0 in a node.
+    pub idle_wait_us: Option<u64>,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { limits: Limits::default(), max_isolates: 256, max_concurrency: 64 }
+        EngineConfig { limits: Limits::default(), max_isolates: 256, max_concurrency: 64, idle_wait_us: None }
     }
 }
 
@@ -91,6 +96,8 @@ impl Default for EngineConfig {
 #[derive(Clone)]
 pub struct IsolateSpec {
     pub limits: Limits,
+    /// See [`EngineConfig::idle_wait_us`].
+    pub idle_wait: std::time::Duration,
     pub stats: Arc<Stats>,
     /// Where guest `fetch` goes.
     pub fetcher: Arc<dyn fetch::Fetcher>,
@@ -99,7 +106,7 @@ pub struct IsolateSpec {
 impl IsolateSpec {
     /// Isolates with `limits` and no network.
     pub fn offline(limits: Limits) -> Self {
-        IsolateSpec { limits, stats: Arc::default(), fetcher: Arc::new(fetch::NoNetwork) }
+        IsolateSpec { limits, idle_wait: Default::default(), stats: Arc::default(), fetcher: Arc::new(fetch::NoNetwork) }
     }
 }
 
@@ -287,6 +294,7 @@ impl Engine {
     fn spawn_host(&self, container: &str) -> Result<HostHandle, Error> {
         let (tx, rx) = mpsc::unbounded_channel();
         let spec = IsolateSpec {
+            idle_wait: std::time::Duration::from_micros(self.inner.config.idle_wait_us.unwrap_or(20)),
             limits: self.inner.config.limits.clone(),
             stats: self.inner.stats.clone(),
             fetcher: self.inner.fetcher.clone(),

@@ -81,7 +81,11 @@ impl Runner {
     pub async fn start(config: &PoolConfig, engine: &EngineConfig, jail: &JailConfig, egress: Egress) -> Result<Runner, Error> {
         Ok(match config.mode {
             Mode::Process => Runner::Workers(Pool::start(config.clone(), engine.clone(), jail.clone(), egress).await?),
-            Mode::InProcess => Runner::InProcess(engine::Engine::with_fetcher(engine.clone(), Arc::new(egress))),
+            Mode::InProcess => {
+                // A node's cores serve HTTP too: its isolate threads park at once.
+                let config = EngineConfig { idle_wait_us: Some(engine.idle_wait_us.unwrap_or(0)), ..engine.clone() };
+                Runner::InProcess(engine::Engine::with_fetcher(config, Arc::new(egress)))
+            }
         })
     }
 

@@ -69,7 +69,12 @@ async fn serve(socket: OwnedFd, spec: Spec, jail: Vec<crate::jail::LayerReport>)
     let (jobs, jobs_rx) = mpsc::unbounded_channel::<Job>();
     let (ready_tx, ready_rx) = oneshot::channel();
     let fetcher = Arc::new(NodeFetcher { out: out.clone(), pending: Default::default(), next: Default::default() });
-    let isolate_spec = engine::IsolateSpec { limits: spec.limits, stats: Default::default(), fetcher: fetcher.clone() };
+    let isolate_spec = engine::IsolateSpec {
+        limits: spec.limits,
+        idle_wait: Default::default(),
+        stats: Default::default(),
+        fetcher: fetcher.clone(),
+    };
     let host = host::serve(isolate_spec, jobs_rx, Some(ready_tx));
     let node = async move {
         ready_rx.await.context("isolate host ended")?.context("creating the isolate")?;
