@@ -64,6 +64,10 @@ fn attempt(action: &str) -> (bool, String) {
             "ptrace" => errno(libc::ptrace(libc::PTRACE_ATTACH, libc::getppid(), 0, 0)),
             "kill-parent" => errno(libc::kill(libc::getppid(), 0) as i64),
             "setuid-root" => errno(libc::setuid(0) as i64),
+            "ioctl-tiocsti" => {
+                let c: libc::c_char = b'x' as libc::c_char;
+                errno(libc::ioctl(2, libc::TIOCSTI, &c) as i64)
+            }
             "threads" => threads(),
             _ => match action.split_once(':') {
                 Some(("read", path)) => file(path, libc::O_RDONLY),

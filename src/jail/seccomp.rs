@@ -29,7 +29,7 @@ const ALLOWED: &[libc::c_long] = &[
     // event loop and descriptors it already holds
     libc::SYS_epoll_create1, libc::SYS_epoll_ctl, libc::SYS_epoll_wait, libc::SYS_epoll_pwait, libc::SYS_epoll_pwait2,
     libc::SYS_eventfd2, libc::SYS_poll, libc::SYS_ppoll, libc::SYS_read, libc::SYS_write, libc::SYS_readv,
-    libc::SYS_writev, libc::SYS_pread64, libc::SYS_close, libc::SYS_fcntl, libc::SYS_ioctl, libc::SYS_lseek,
+    libc::SYS_writev, libc::SYS_pread64, libc::SYS_close, libc::SYS_fcntl, libc::SYS_lseek,
     libc::SYS_fstat, libc::SYS_newfstatat, libc::SYS_statx, libc::SYS_dup, libc::SYS_dup3, libc::SYS_pipe2,
     libc::SYS_recvfrom, libc::SYS_recvmsg, libc::SYS_sendto, libc::SYS_sendmsg, libc::SYS_shutdown,
     libc::SYS_getsockopt, libc::SYS_getsockname, libc::SYS_getpeername,
@@ -51,7 +51,7 @@ pub fn apply() -> Result<String, String> {
     // The allowlist forbids seccomp(2) itself, so it goes last.
     apply_filter_all_threads(&clone3).map_err(|e| e.to_string())?;
     apply_filter_all_threads(&main).map_err(|e| e.to_string())?;
-    Ok(format!("{} system calls allowed, the rest EPERM", ALLOWED.len() + 5))
+    Ok(format!("{} system calls allowed, the rest EPERM", ALLOWED.len() + 6))
 }
 
 fn allowlist() -> Result<BpfProgram, seccompiler::BackendError> {
@@ -63,6 +63,10 @@ fn allowlist() -> Result<BpfProgram, seccompiler::BackendError> {
     let masked = SeccompCondition::new(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(thread), thread)?;
     rules.insert(libc::SYS_clone, vec![SeccompRule::new(vec![masked])?]);
     rules.insert(libc::SYS_clone3, vec![]);
+    // ioctl only to set a descriptor non-blocking or close-on-exec (no
+    // terminal or device requests).
+    let ioctls = [libc::FIONBIO as u64, libc::FIOCLEX as u64, libc::FIONCLEX as u64];
+    rules.insert(libc::SYS_ioctl, ioctls.iter().map(|r| SeccompRule::new(vec![eq(1, *r)?])).collect::<Result<_, _>>()?);
     // Unix sockets only.
     rules.insert(libc::SYS_socket, vec![SeccompRule::new(vec![eq(0, libc::AF_UNIX as u64)?])?]);
     rules.insert(libc::SYS_socketpair, vec![SeccompRule::new(vec![eq(0, libc::AF_UNIX as u64)?])?]);

@@ -93,3 +93,8 @@ fn thread_count_is_capped() {
     let started: usize = outcome.detail.split(' ').next().unwrap().parse().unwrap();
     assert!(started < 64, "{}", outcome.detail);
 }
+
+#[test]
+fn terminal_and_device_ioctls_are_refused() {
+    assert_refused("ioctl-tiocsti", "Operation not permitted");
+}
