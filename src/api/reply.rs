@@ -66,6 +66,8 @@ pub fn health(draining: bool) -> Response<Body> {
     }
 }
 
+const HOP_BY_HOP: [&str; 6] = ["content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te"];
+
 /// An engine reply as an HTTP response; a streamed body stays streamed.
 pub fn from_reply(reply: Reply) -> Response<Body> {
     let body = match reply.body {
@@ -82,6 +84,10 @@ pub fn from_reply(reply: Reply) -> Response<Body> {
     *res.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let headers = res.headers_mut();
     for (k, v) in reply.headers {
+        // Framing and connection headers are the server's, whoever claims them.
+        if HOP_BY_HOP.iter().any(|h| k.eq_ignore_ascii_case(h)) {
+            continue;
+        }
         // Every callback result carries this one; skip parsing it.
         if k == "content-type" && v == "application/json" {
             headers.append(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -194,13 +194,10 @@ fn is_public(ip: IpAddr) -> bool {
                 || o[0] >= 240)
         }
         IpAddr::V6(v6) => {
+            // Global unicast (2000::/3) only, less the ranges that embed or
+            // tunnel to IPv4 (6to4, Teredo, ORCHID...) and documentation.
             let s = v6.segments();
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80
-                || s[0] == 0x2001 && s[1] == 0xdb8)
+            (s[0] & 0xe000) == 0x2000 && s[0] != 0x2002 && !(s[0] == 0x2001 && (s[1] < 0x0200 || s[1] == 0x0db8))
         }
     }
 }
@@ -220,7 +217,8 @@ mod tests {
         for addr in [
             "127.0.0.1:80", "10.1.2.3:80", "172.16.0.1:80", "192.168.1.1:80", "169.254.169.254:80", "100.64.0.1:80",
             "0.0.0.0:80", "224.0.0.1:80", "[::1]:80", "[fe80::1]:80", "[fd00::1]:80", "[::ffff:127.0.0.1]:80",
-            "[::ffff:10.0.0.1]:80",
+            "[::ffff:10.0.0.1]:80", "[::127.0.0.1]:80", "[64:ff9b::7f00:1]:80", "[2002:7f00:1::]:80", "[fec0::1]:80",
+            "[2001::1]:80", "[100::1]:80",
         ] {
             assert!(!e.permits(addr.parse().unwrap()), "{addr} permitted");
         }

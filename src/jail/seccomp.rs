@@ -20,7 +20,7 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_futex, libc::SYS_set_robust_list, libc::SYS_get_robust_list, libc::SYS_rseq, libc::SYS_set_tid_address,
     libc::SYS_exit, libc::SYS_exit_group, libc::SYS_sched_yield, libc::SYS_sched_getaffinity,
     libc::SYS_sched_getscheduler, libc::SYS_sched_getparam, libc::SYS_gettid, libc::SYS_getpid, libc::SYS_getppid,
-    libc::SYS_getuid, libc::SYS_geteuid, libc::SYS_getgid, libc::SYS_getegid, libc::SYS_prctl, libc::SYS_arch_prctl,
+    libc::SYS_getuid, libc::SYS_geteuid, libc::SYS_getgid, libc::SYS_getegid, libc::SYS_arch_prctl,
     // signals (delivery to itself only, see below)
     libc::SYS_rt_sigaction, libc::SYS_rt_sigprocmask, libc::SYS_rt_sigreturn, libc::SYS_sigaltstack,
     // time
@@ -29,7 +29,7 @@ const ALLOWED: &[libc::c_long] = &[
     // event loop and descriptors it already holds
     libc::SYS_epoll_create1, libc::SYS_epoll_ctl, libc::SYS_epoll_wait, libc::SYS_epoll_pwait, libc::SYS_epoll_pwait2,
     libc::SYS_eventfd2, libc::SYS_poll, libc::SYS_ppoll, libc::SYS_read, libc::SYS_write, libc::SYS_readv,
-    libc::SYS_writev, libc::SYS_pread64, libc::SYS_close, libc::SYS_fcntl, libc::SYS_lseek,
+    libc::SYS_writev, libc::SYS_pread64, libc::SYS_close, libc::SYS_lseek,
     libc::SYS_fstat, libc::SYS_newfstatat, libc::SYS_statx, libc::SYS_dup, libc::SYS_dup3, libc::SYS_pipe2,
     libc::SYS_recvfrom, libc::SYS_recvmsg, libc::SYS_sendto, libc::SYS_sendmsg, libc::SYS_shutdown,
     libc::SYS_getsockopt, libc::SYS_getsockname, libc::SYS_getpeername,
@@ -51,7 +51,7 @@ pub fn apply() -> Result<String, String> {
     // The allowlist forbids seccomp(2) itself, so it goes last.
     apply_filter_all_threads(&clone3).map_err(|e| e.to_string())?;
     apply_filter_all_threads(&main).map_err(|e| e.to_string())?;
-    Ok(format!("{} system calls allowed, the rest EPERM", ALLOWED.len() + 6))
+    Ok(format!("{} system calls allowed, the rest EPERM", ALLOWED.len() + 8))
 }
 
 fn allowlist() -> Result<BpfProgram, seccompiler::BackendError> {
@@ -67,6 +67,12 @@ fn allowlist() -> Result<BpfProgram, seccompiler::BackendError> {
     // terminal or device requests).
     let ioctls = [libc::FIONBIO as u64, libc::FIOCLEX as u64, libc::FIONCLEX as u64];
     rules.insert(libc::SYS_ioctl, ioctls.iter().map(|r| SeccompRule::new(vec![eq(1, *r)?])).collect::<Result<_, _>>()?);
+    // fcntl for descriptor flags only (no F_SETOWN/F_SETSIG signal routing).
+    let fcntls = [libc::F_GETFD, libc::F_SETFD, libc::F_GETFL, libc::F_SETFL, libc::F_DUPFD_CLOEXEC];
+    rules.insert(libc::SYS_fcntl, fcntls.iter().map(|c| SeccompRule::new(vec![eq(1, *c as u64)?])).collect::<Result<_, _>>()?);
+    // prctl for thread names and memory-region names only.
+    let prctls = [libc::PR_SET_NAME as u64, libc::PR_GET_NAME as u64, 0x5356_4d41 /* PR_SET_VMA */];
+    rules.insert(libc::SYS_prctl, prctls.iter().map(|o| SeccompRule::new(vec![eq(0, *o)?])).collect::<Result<_, _>>()?);
     // Unix sockets only.
     rules.insert(libc::SYS_socket, vec![SeccompRule::new(vec![eq(0, libc::AF_UNIX as u64)?])?]);
     rules.insert(libc::SYS_socketpair, vec![SeccompRule::new(vec![eq(0, libc::AF_UNIX as u64)?])?]);

@@ -16,5 +16,13 @@ pub fn drop_to(uid: u32, gid: u32) -> Result<String, String> {
     if nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
         return Err("could regain root after dropping it".into());
     }
+    // Changing credentials clears the parent-death signal: set it again, so
+    // the worker still dies with its node, and make sure the node is still
+    // there (else it died in between and nobody would send the signal).
+    let parent = nix::unistd::getppid();
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(|e| format!("pdeathsig: {e}"))?;
+    if nix::unistd::getppid() != parent || parent.as_raw() == 1 {
+        return Err("the node is gone".into());
+    }
     Ok(format!("uid={uid} gid={gid} groups=none"))
 }

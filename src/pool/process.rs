@@ -19,9 +19,13 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
 
 use crate::egress::Egress;
+use crate::engine::fetch::FetchError;
 use crate::engine::{Code, Context, Error, Reply, ReplyBody};
 use crate::worker::protocol::{self, FromWorker, NodeCodec, ToWorker};
 use crate::worker::Spec;
+
+/// Fetches one worker may have in flight at the node.
+const MAX_FETCHES: usize = 64;
 
 /// How long a new worker has to jail itself, load the snapshot and say Ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -131,6 +135,9 @@ impl Worker {
         let spec_json = serde_json::to_string(spec).map_err(Error::internal)?;
         let mut cmd = tokio::process::Command::new(exe);
         cmd.args(["worker", "--fd", "3", "--snapshot-fd", "4", "--spec", &spec_json])
+            // Nothing of the node's environment but the log filter.
+            .env_clear()
+            .envs(std::env::var_os("WEBTASK_LOG").map(|v| ("WEBTASK_LOG", v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             // A pipe, not the node's stderr: the worker may write no file
@@ -149,6 +156,8 @@ impl Worker {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
+                // No descriptor of the node's beyond stdio, socket, snapshot.
+                libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32);
                 // The worker dies with its node, never outlives it.
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
                     return Err(std::io::Error::last_os_error());
@@ -267,14 +276,27 @@ async fn io(
 ) {
     let (sink, mut frames) = framed.split();
     let writer = protocol::write_batched(out_rx, sink);
+    let fetches = Arc::new(tokio::sync::Semaphore::new(MAX_FETCHES));
     let reader = async {
         loop {
             match frames.next().await {
                 Some(Ok(FromWorker::Fetch { fid, request })) => {
-                    // Policy applies here, in the node, whatever the worker says.
+                    // Policy applies here, in the node, whatever the worker
+                    // says; and only for a worker with requests running, a
+                    // bounded number at a time.
+                    let idle = shared.pending.lock().unwrap().is_empty();
+                    let Ok(permit) = fetches.clone().try_acquire_owned() else {
+                        let result = Err(FetchError::new("egress_limit", format!("more than {MAX_FETCHES} fetches in flight")));
+                        let _ = out.send(ToWorker::FetchResult { fid, result });
+                        continue;
+                    };
+                    if idle {
+                        return "fetch with no request running".to_owned();
+                    }
                     let (egress, out) = (egress.clone(), out.clone());
                     tokio::spawn(async move {
                         let result = egress.fetch(request).await;
+                        drop(permit);
                         let _ = out.send(ToWorker::FetchResult { fid, result });
                     });
                 }
@@ -336,7 +358,13 @@ fn deliver(shared: &Shared, msg: FromWorker) -> Result<(), String> {
             _ => return Err(format!("end of request {id} it does not own")),
         },
         FromWorker::Failed { id, error } => {
-            let err = protocol::error_from_bytes(&error);
+            let err = match protocol::error_from_bytes(&error) {
+                // What only the node can know, a worker cannot claim.
+                Error::WorkerCrashed { .. } | Error::NoWorker { .. } | Error::BodyLimit { .. } => {
+                    return Err("reported an error only the node can report".to_owned());
+                }
+                err => err,
+            };
             match pending.remove(&id) {
                 Some(Pending::Waiting(tx)) => drop(tx.send(Err(err))),
                 Some(Pending::Streaming(tx)) => drop(tx.send(Err(err))),
