@@ -101,6 +101,9 @@ impl Runner {
 /// replacement (while it still has others to give).
 const REFILL_DELAY: Duration = Duration::from_millis(10);
 
+/// Controller ticks (100 ms) between sweeps of dead nodes' cgroups.
+const SWEEP_EVERY_TICKS: u64 = 600;
+
 /// How long past a request's wall-clock limit the node waits for its
 /// worker before killing it.
 const WORKER_GRACE: Duration = Duration::from_secs(2);
@@ -435,9 +438,16 @@ async fn continue_refill(pool: &std::sync::Weak<Inner>) {
 /// and clears workers that died on their own.
 async fn control(pool: std::sync::Weak<Inner>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut ticks: u64 = 0;
     loop {
         tick.tick().await;
         let Some(inner) = pool.upgrade() else { return };
+        ticks += 1;
+        if ticks % SWEEP_EVERY_TICKS == 0 && inner.jail.mode != JailMode::Off {
+            // Orphans of a node that died may still have been exiting when
+            // this node started.
+            crate::jail::cgroup::sweep_stale(&inner.jail.cgroup_parent);
+        }
         let cfg = &inner.config;
         let due: Vec<(Arc<str>, &'static str)> = {
             let assigned = inner.assigned.lock().unwrap();

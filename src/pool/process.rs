@@ -175,20 +175,24 @@ impl Worker {
         let stream = tokio::net::UnixStream::from_std(node_end).map_err(Error::internal)?;
         let mut framed = Framed::new(stream, NodeCodec::default());
 
-        match tokio::time::timeout(READY_TIMEOUT, framed.next()).await {
+        let refused = match tokio::time::timeout(READY_TIMEOUT, framed.next()).await {
             Ok(Some(Ok(FromWorker::Ready { version: protocol::VERSION, jail, .. }))) => {
                 let missing: Vec<_> = jail.iter().filter(|l| !l.applied).map(|l| format!("{}: {}", l.layer, l.detail)).collect();
-                if spec.jail.mode == crate::jail::JailMode::Required && (!missing.is_empty() || jail.len() < crate::jail::LAYERS.len()) {
-                    let _ = child.start_kill();
-                    return Err(Error::internal(format!("worker {pid} is not fully jailed: {}", missing.join("; "))));
-                }
+                let required = spec.jail.mode == crate::jail::JailMode::Required;
+                (required && (!missing.is_empty() || jail.len() < crate::jail::LAYERS.len()))
+                    .then(|| format!("is not fully jailed: {}", missing.join("; ")))
             }
-            Ok(Some(other)) => return Err(Error::internal(format!("worker {pid} did not start: {other:?}"))),
-            Ok(None) => {
-                let status = child.wait().await.map(describe_exit).unwrap_or_else(|e| e.to_string());
-                return Err(Error::internal(format!("worker {pid} did not start: {status}")));
-            }
-            Err(_) => return Err(Error::internal(format!("worker {pid} not ready after {READY_TIMEOUT:?}"))),
+            Ok(Some(other)) => Some(format!("did not start: {other:?}")),
+            Ok(None) => Some("did not start".to_owned()),
+            Err(_) => Some(format!("was not ready after {READY_TIMEOUT:?}")),
+        };
+        if let Some(why) = refused {
+            // Reaped before the lease goes, so its cgroup and uid are free
+            // for real when they are handed out again.
+            let _ = child.start_kill();
+            let status = child.wait().await.map(describe_exit).unwrap_or_else(|e| e.to_string());
+            drop(lease);
+            return Err(Error::internal(format!("worker {pid} {why} ({status})")));
         }
 
         let shared = Arc::new(Shared {
