@@ -65,7 +65,7 @@ fn allowlist() -> Result<BpfProgram, seccompiler::BackendError> {
     rules.insert(libc::SYS_clone3, vec![]);
     // ioctl only to set a descriptor non-blocking or close-on-exec (no
     // terminal or device requests).
-    let ioctls = [libc::FIONBIO as u64, libc::FIOCLEX as u64, libc::FIONCLEX as u64];
+    let ioctls = [libc::FIONBIO, libc::FIOCLEX, libc::FIONCLEX];
     rules.insert(libc::SYS_ioctl, ioctls.iter().map(|r| SeccompRule::new(vec![eq(1, *r)?])).collect::<Result<_, _>>()?);
     // fcntl for descriptor flags only (no F_SETOWN/F_SETSIG signal routing).
     let fcntls = [libc::F_GETFD, libc::F_SETFD, libc::F_GETFL, libc::F_SETFL, libc::F_DUPFD_CLOEXEC];

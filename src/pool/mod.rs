@@ -101,6 +101,15 @@ impl Runner {
 /// replacement (while it still has others to give).
 const REFILL_DELAY: Duration = Duration::from_millis(10);
 
+/// What happens to a retired worker's process slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// Back to the pool (the refill may use it).
+    Release,
+    /// Passed straight to the caller, who spawns in it.
+    Keep,
+}
+
 /// Controller ticks (100 ms) between sweeps of dead nodes' cgroups.
 const SWEEP_EVERY_TICKS: u64 = 600;
 
@@ -273,7 +282,7 @@ impl Pool {
         }
         assigned.remove(container);
         drop(assigned);
-        self.inner.forget(&worker, "crashed");
+        self.inner.forget(&worker, "crashed", Slot::Release);
         None
     }
 
@@ -361,33 +370,27 @@ impl Inner {
                 .max_by_key(|(_, w)| w.idle_for())
                 .map(|(c, _)| c.clone())
         };
-        let Some(container) = victim else { return false };
-        let Some(worker) = self.assigned.lock().unwrap().remove(&container) else { return false };
-        worker.kill();
-        if let Some(c) = worker.container() {
-            self.placement.release(&c);
-        }
-        self.stats.retired("evicted");
-        tracing::info!(container = &*container, pid = worker.pid, reason = "evicted", "worker retired");
-        true
+        victim.is_some_and(|container| self.retire(&container, "evicted", Slot::Keep))
     }
 
     /// Removes `container`'s worker and kills it.
-    fn retire(&self, container: &str, reason: &'static str) -> bool {
+    fn retire(&self, container: &str, reason: &'static str, slot: Slot) -> bool {
         let Some(worker) = self.assigned.lock().unwrap().remove(container) else { return false };
         worker.kill();
-        self.forget(&worker, reason);
+        self.forget(&worker, reason, slot);
         tracing::info!(container, pid = worker.pid, reason, "worker retired");
         true
     }
 
-    fn forget(&self, worker: &Worker, reason: &'static str) {
+    fn forget(&self, worker: &Worker, reason: &'static str, slot: Slot) {
         if let Some(c) = worker.container() {
             self.placement.release(&c);
         }
-        self.live.fetch_sub(1, Ordering::AcqRel);
         self.stats.retired(reason);
-        self.refill.notify_one();
+        if slot == Slot::Release {
+            self.live.fetch_sub(1, Ordering::AcqRel);
+            self.refill.notify_one();
+        }
     }
 }
 
@@ -471,7 +474,7 @@ async fn control(pool: std::sync::Weak<Inner>) {
                 .collect()
         };
         for (container, reason) in due {
-            inner.retire(&container, reason);
+            inner.retire(&container, reason, Slot::Release);
         }
     }
 }
