@@ -47,6 +47,31 @@ async fn containers_never_share_a_process() {
 }
 
 #[tokio::test]
+async fn a_worker_runs_as_pid_1_of_its_own_namespace_under_a_bare_supervisor() {
+    let node = TestNode::workers().await;
+    node.run("pid-ns", "", HELLO).await;
+    let supervisor = worker_pid(&node, "pid-ns").await.unwrap();
+    let children = std::fs::read_to_string(format!("/proc/{supervisor}/task/{supervisor}/children")).unwrap();
+    let engine: Vec<u32> = children.split_whitespace().map(|p| p.parse().unwrap()).collect();
+    assert_eq!(engine.len(), 1, "one worker under the supervisor: {children:?}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", engine[0])).unwrap();
+    let nspid = status.lines().find_map(|l| l.strip_prefix("NSpid:")).unwrap();
+    let ids: Vec<&str> = nspid.split_whitespace().collect();
+    assert_eq!(ids.len(), 2, "one namespace below the host's: {nspid}");
+    assert_eq!(ids[1], "1", "the worker is pid 1 inside: {nspid}");
+    // The supervisor holds nothing of the node's: stdio only.
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{supervisor}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|fd| fd.parse::<u32>().unwrap() > 2)
+        .collect();
+    assert!(fds.len() <= 1, "the supervisor keeps only its liveness pipe: {fds:?}");
+    // Killing what the node knows as the worker takes the engine with it.
+    assert_eq!(unsafe { libc::kill(supervisor as i32, libc::SIGKILL) }, 0);
+    eventually("engine gone with its supervisor", || async { !process_alive(engine[0]) }).await;
+}
+
+#[tokio::test]
 async fn new_container_takes_a_prewarmed_worker_and_the_pool_refills() {
     let node = TestNode::workers().await;
     let idle = || async { sample(&node.metrics().await, "webtask_workers_idle") };
