@@ -35,6 +35,11 @@ pub struct JailConfig {
     pub cpu_percent: u64,
     /// Parent cgroup (under each controller's mount) for worker cgroups.
     pub cgroup_parent: String,
+    /// Set `favordynmods` on the host's cgroup2 hierarchy at start, so a
+    /// worker joins its cgroup in µs rather than ms (see
+    /// [`cgroup::favor_dynmods`]). A host-wide kernel switch: off leaves
+    /// the host as it is, and pool misses pay the slow path.
+    pub favor_dynmods: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -58,6 +63,7 @@ impl Default for JailConfig {
             pids_max: 64,
             cpu_percent: 100,
             cgroup_parent: "webtask".into(),
+            favor_dynmods: true,
         }
     }
 }

@@ -177,6 +177,13 @@ impl Pool {
             if swept > 0 {
                 tracing::info!(swept, "removed worker cgroups of nodes that are gone");
             }
+            if jail.favor_dynmods {
+                // A speed-up, not a layer: the jail holds without it.
+                match crate::jail::cgroup::favor_dynmods() {
+                    Ok(done) => tracing::info!("cgroup migrations: {done}"),
+                    Err(e) => tracing::warn!("cgroup migrations stay slow: {e}"),
+                }
+            }
         }
         let pool = Pool {
             inner: Arc::new(Inner {

@@ -6,7 +6,7 @@
 //! still waiting on it fails with `worker_crashed`.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -134,39 +134,22 @@ impl Worker {
         };
         let spec_json = serde_json::to_string(spec).map_err(Error::internal)?;
         let mut cmd = tokio::process::Command::new(exe);
-        cmd.args(["worker", "--fd", "3", "--snapshot-fd", "4", "--spec", &spec_json])
+        cmd.args(["worker", "--node-pid", &std::process::id().to_string(), "--spec", &spec_json])
             // Nothing of the node's environment but the log filter.
             .env_clear()
             .envs(std::env::var_os("WEBTASK_LOG").map(|v| ("WEBTASK_LOG", v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            // The channel and the snapshot travel as stdin and stdout, the
+            // only descriptors a spawn without a pre-exec hook can place.
+            // That keeps the spawn a vfork + exec (posix_spawn) instead of
+            // a fork that copies the node's page tables, and every other
+            // descriptor of the node stays close-on-exec, so none leaks.
+            .stdin(Stdio::from(OwnedFd::from(worker_end)))
+            .stdout(Stdio::from(snapshot.try_clone().map_err(Error::internal)?))
             // A pipe, not the node's stderr: the worker may write no file
             // (RLIMIT_FSIZE=0), and its lines are relayed from here.
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let (sock_fd, snap_fd) = (worker_end.as_raw_fd(), snapshot.as_raw_fd());
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                // Either descriptor may itself be 3 or 4: move both out of
-                // the way first so neither dup2 clobbers the other.
-                let high = [sock_fd, snap_fd].map(|fd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10));
-                for (from, to) in high.into_iter().zip([3, 4]) {
-                    if from < 0 || libc::dup2(from, to) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                // No descriptor of the node's beyond stdio, socket, snapshot.
-                libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32);
-                // The worker dies with its node, never outlives it.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
         let mut child = cmd.spawn().map_err(|e| Error::internal(format!("spawning worker: {e}")))?;
-        drop(worker_end);
         let pid = child.id().unwrap_or(0);
         if let Some(stderr) = child.stderr.take() {
             tokio::spawn(relay_stderr(stderr));

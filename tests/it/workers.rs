@@ -72,6 +72,13 @@ async fn a_worker_runs_as_pid_1_of_its_own_namespace_under_a_bare_supervisor() {
 }
 
 #[tokio::test]
+async fn a_node_makes_cgroup_moves_cheap_where_the_host_has_cgroup2() {
+    let _node = TestNode::workers().await;
+    let cgroup2 = std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(" - cgroup2 ");
+    assert_eq!(webtask::jail::cgroup::favors_dynmods(), cgroup2);
+}
+
+#[tokio::test]
 async fn new_container_takes_a_prewarmed_worker_and_the_pool_refills() {
     let node = TestNode::workers().await;
     let idle = || async { sample(&node.metrics().await, "webtask_workers_idle") };
