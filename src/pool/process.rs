@@ -32,7 +32,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 enum Pending {
     Waiting(oneshot::Sender<Result<Reply, Error>>),
-    Streaming(mpsc::UnboundedSender<Result<Bytes, Error>>),
+    /// With the bytes streamed so far.
+    Streaming(mpsc::UnboundedSender<Result<Bytes, Error>>, u64),
 }
 
 /// What a worker holds on the host for its life: a transient uid and its
@@ -61,6 +62,8 @@ struct Shared {
     /// Why the process ended, once it has.
     ended: Mutex<Option<String>>,
     child: Mutex<Option<tokio::process::Child>>,
+    /// The response limit the worker was told to enforce, checked again here.
+    response_bytes: u64,
 }
 
 impl Drop for Shared {
@@ -88,7 +91,7 @@ impl Shared {
         for (_, p) in self.pending.lock().unwrap().drain() {
             match p {
                 Pending::Waiting(tx) => drop(tx.send(Err(err.clone()))),
-                Pending::Streaming(tx) => drop(tx.send(Err(err.clone()))),
+                Pending::Streaming(tx, _) => drop(tx.send(Err(err.clone()))),
             }
         }
     }
@@ -156,7 +159,7 @@ impl Worker {
         }
         node_end.set_nonblocking(true).map_err(Error::internal)?;
         let stream = tokio::net::UnixStream::from_std(node_end).map_err(Error::internal)?;
-        let mut framed = Framed::new(stream, NodeCodec::default());
+        let mut framed = Framed::new(stream, NodeCodec::with_max_frame(protocol::max_worker_frame(spec.limits.response_bytes)));
 
         let refused = match tokio::time::timeout(READY_TIMEOUT, framed.next()).await {
             Ok(Some(Ok(FromWorker::Ready { version: protocol::VERSION, jail, .. }))) => {
@@ -185,6 +188,7 @@ impl Worker {
             alive: AtomicBool::new(true),
             ended: Mutex::default(),
             child: Mutex::new(Some(child)),
+            response_bytes: spec.limits.response_bytes,
         });
         let (out, out_rx) = mpsc::unbounded_channel();
         tokio::spawn(io(framed, out.clone(), out_rx, shared.clone(), egress));
@@ -326,22 +330,35 @@ fn deliver(shared: &Shared, msg: FromWorker) -> Result<(), String> {
             let Some(Pending::Waiting(tx)) = pending.remove(&id) else {
                 return Err(format!("reply for request {id} it does not own"));
             };
+            // The worker's engine enforces the response limit; a reply past
+            // it means the worker no longer does what it should.
+            let head: u64 = headers.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+            let sent = body.as_ref().map_or(0, |b| b.len() as u64);
+            if head.max(sent) > shared.response_bytes {
+                return Err(format!("reply of {head} + {sent} bytes past the response limit"));
+            }
             let body = match body {
                 Some(b) => ReplyBody::Full(Bytes::from(b.into_vec())),
                 None => {
                     let (stream_tx, stream_rx) = mpsc::unbounded_channel();
-                    pending.insert(id, Pending::Streaming(stream_tx));
+                    pending.insert(id, Pending::Streaming(stream_tx, sent));
                     ReplyBody::Stream(stream_rx)
                 }
             };
             let _ = tx.send(Ok(Reply { status, headers, body }));
         }
-        FromWorker::Chunk { id, data } => match pending.get(&id) {
-            Some(Pending::Streaming(tx)) => drop(tx.send(Ok(Bytes::from(data.into_vec())))),
+        FromWorker::Chunk { id, data } => match pending.get_mut(&id) {
+            Some(Pending::Streaming(tx, sent)) => {
+                *sent += data.len() as u64;
+                if *sent > shared.response_bytes {
+                    return Err(format!("streamed {sent} bytes past the response limit"));
+                }
+                drop(tx.send(Ok(Bytes::from(data.into_vec()))));
+            }
             _ => return Err(format!("chunk for request {id} it does not own")),
         },
         FromWorker::End { id } => match pending.remove(&id) {
-            Some(Pending::Streaming(_)) => {}
+            Some(Pending::Streaming(..)) => {}
             _ => return Err(format!("end of request {id} it does not own")),
         },
         FromWorker::Failed { id, error } => {
@@ -354,7 +371,7 @@ fn deliver(shared: &Shared, msg: FromWorker) -> Result<(), String> {
             };
             match pending.remove(&id) {
                 Some(Pending::Waiting(tx)) => drop(tx.send(Err(err))),
-                Some(Pending::Streaming(tx)) => drop(tx.send(Err(err))),
+                Some(Pending::Streaming(tx, _)) => drop(tx.send(Err(err))),
                 None => return Err(format!("failure of request {id} it does not own")),
             }
         }

@@ -212,3 +212,19 @@ fn a_missing_ca_file_is_a_config_error() {
     let err = webtask::egress::Egress::new(&config, vec![]).unwrap_err();
     assert!(err.contains("/nonexistent/ca.pem"), "{err}");
 }
+
+#[tokio::test]
+async fn fetch_request_bodies_are_capped() {
+    let server = echo_server().await;
+    let mut config = test_config();
+    config.egress.allow = vec![server.to_string()];
+    let code = r#"module.exports = async (ctx) => {
+        try { await fetch(ctx.data.url, { method: 'POST', body: 'x'.repeat(9 * 1024 * 1024) }); return 'sent'; }
+        catch (e) { return { code: e.code, message: e.message }; }
+    };"#;
+    for node in every_target_with(config.clone()).await {
+        let v = node.run("egress", &format!("?url=http://{server}/"), code).await.json();
+        assert_eq!(v["code"], json!("egress_limit"), "{v}");
+        assert!(v["message"].as_str().unwrap().contains("8388608"), "{v}");
+    }
+}
