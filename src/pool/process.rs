@@ -44,12 +44,15 @@ pub struct Lease {
     pub cgroup: Option<crate::jail::cgroup::WorkerCgroup>,
     /// The cgroup memory limit, for reporting an OOM kill.
     pub memory_mb: Option<u64>,
+    /// The host-wide hold on the uid (none with the jail off).
+    pub claim: Option<crate::jail::uid::Claim>,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         // Cgroup first (its directory goes with the process), then the uid.
         self.cgroup.take();
+        self.claim.take();
         self.uids.lock().unwrap().remove(&self.uid);
     }
 }

@@ -226,3 +226,20 @@ async fn memory_outside_the_v8_heap_is_bounded_by_the_worker_cgroup() {
     assert_eq!(node.run("steady", "", HELLO).await.json(), json!("alive"));
     assert_eq!(node.run("wasm-bomb", "", HELLO).await.json(), json!("alive"));
 }
+
+#[tokio::test]
+async fn two_nodes_on_one_host_never_hand_out_the_same_uid() {
+    let (a, b) = (TestNode::workers().await, TestNode::workers().await);
+    for (node, c) in [(&a, "uid-a1"), (&a, "uid-a2"), (&b, "uid-b1"), (&b, "uid-b2")] {
+        node.run(c, "", HELLO).await;
+    }
+    let mut uids = Vec::new();
+    for (node, c) in [(&a, "uid-a1"), (&a, "uid-a2"), (&b, "uid-b1"), (&b, "uid-b2")] {
+        let pid = worker_pid(node, c).await.unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let uid: u32 = status.lines().find_map(|l| l.strip_prefix("Uid:")?.split_whitespace().next()?.parse().ok()).unwrap();
+        uids.push(uid);
+    }
+    let distinct: std::collections::BTreeSet<_> = uids.iter().collect();
+    assert_eq!(distinct.len(), uids.len(), "uids shared between nodes: {uids:?}");
+}
