@@ -20,6 +20,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -88,12 +89,17 @@ def dechunk(body):
 
 
 def start(argv, env_extra, port):
+    """Spawn a peer; its stderr is kept in proc.stderr_file."""
     argv = [a.replace("$PORT", str(port)) for a in argv]
     # A clean environment, as the harness should use: e.g. NODE_EXTRA_CA_CERTS
     # (set on this machine) alone adds ~60 ms to every node start.
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PORT": str(port), **env_extra}
-    return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # stderr to a file, not a pipe nobody drains during wrk
+    err = tempfile.TemporaryFile()
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=err)
+    proc.stderr_file = err
+    return proc
 
 
 def stop(proc):
@@ -103,6 +109,7 @@ def stop(proc):
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+    proc.stderr_file.close()
 
 
 def cold_start(argv, env_extra, deadline_s=20.0):
@@ -118,7 +125,8 @@ def cold_start(argv, env_extra, deadline_s=20.0):
                 ok = status == 200 and body == EXPECTED and b"application/json" in head.lower()
                 return ms, ok, (status, body)
             if proc.poll() is not None:
-                return None, False, proc.stderr.read().decode(errors="replace")
+                proc.stderr_file.seek(0)
+                return None, False, proc.stderr_file.read().decode(errors="replace")
             time.sleep(0.0005)
         return None, False, "timeout"
     finally:
