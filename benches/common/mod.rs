@@ -238,31 +238,13 @@ where
     (total, statuses)
 }
 
-/// `connections` keep-alive connections (connection i posting to
-/// `uris[i % len]`), each sending the next request as soon as the previous
-/// answer is read, for `duration`.
+/// `connections` keep-alive connections (connection i posting the hello
+/// webtask to `uris[i % len]`), each sending the next request as soon as
+/// the previous answer is read, for `duration`.
 pub async fn closed_loop(addr: SocketAddr, uris: &[http::Uri], connections: usize, duration: Duration) -> (Histogram<u64>, u64, Duration) {
-    let deadline = Instant::now() + duration;
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..connections)
-        .map(|i| {
-            let uri = uris[i % uris.len()].clone();
-            tokio::spawn(async move {
-                let mut client = Client::connect(addr).await;
-                let mut h = histogram();
-                while Instant::now() < deadline {
-                    h.record(client.hello(&uri).await.as_micros().max(1) as u64).unwrap();
-                }
-                h
-            })
-        })
-        .collect();
-    let mut total = histogram();
-    for t in tasks {
-        total.add(t.await.unwrap()).unwrap();
-    }
-    let n = total.len();
-    (total, n, started.elapsed())
+    let hello = Bytes::from_static(HELLO.as_bytes());
+    let targets: Vec<Target> = uris.iter().map(|uri| Target { method: http::Method::POST, uri: uri.clone(), body: hello.clone() }).collect();
+    closed_loop_targets(addr, &targets, connections, duration).await
 }
 
 pub fn bench_wrk(addr: SocketAddr, seconds: u64) -> Value {
