@@ -1,0 +1,152 @@
+//! The embedded log store: per stream, a bounded ring of recent records
+//! (for `?since=` replay) and a broadcast channel for live readers. A reader
+//! that falls more than `reader_buffer` records behind loses the oldest and
+//! is told how many, so no reader ever holds the writer back.
+//!
+//! Only the pump writes, so the lock here is never taken on a request's path.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use futures::future::BoxFuture;
+use tokio::sync::broadcast;
+
+use super::{Backend, Entry, Event, LogError, LogStats, Loss, StreamId, Subscription};
+
+pub struct Memory {
+    streams: Mutex<HashMap<StreamId, Ring>>,
+    ring_records: usize,
+    reader_buffer: usize,
+    stats: Arc<LogStats>,
+}
+
+struct Ring {
+    recent: VecDeque<Entry>,
+    live: broadcast::Sender<Entry>,
+}
+
+impl Memory {
+    pub fn new(ring_records: usize, reader_buffer: usize, stats: Arc<LogStats>) -> Self {
+        Memory { streams: Mutex::default(), ring_records, reader_buffer: reader_buffer.max(1), stats }
+    }
+
+    fn ring<'a>(&self, streams: &'a mut HashMap<StreamId, Ring>, id: StreamId) -> &'a mut Ring {
+        streams.entry(id).or_insert_with(|| Ring {
+            recent: VecDeque::with_capacity(self.ring_records.min(64)),
+            live: broadcast::channel(self.reader_buffer).0,
+        })
+    }
+
+    fn append(&self, ring: &mut Ring, entry: Entry) {
+        if self.ring_records > 0 {
+            if ring.recent.len() == self.ring_records {
+                ring.recent.pop_front();
+            }
+            ring.recent.push_back(entry.clone());
+        }
+        // No receiver is not an error: nobody is reading this stream now.
+        let _ = ring.live.send(entry);
+    }
+}
+
+impl Backend for Memory {
+    fn write(&self, entry: Entry) {
+        let mut streams = self.streams.lock().unwrap();
+        if let Some(container) = &entry.container {
+            let ring = self.ring(&mut streams, StreamId::Tenant(container.clone()));
+            self.append(ring, entry.clone());
+        }
+        let ring = self.ring(&mut streams, StreamId::System);
+        self.append(ring, entry);
+    }
+
+    fn subscribe(&self, stream: StreamId, since: Option<SystemTime>) -> BoxFuture<'static, Result<Subscription, LogError>> {
+        Box::pin(futures::future::ready(Ok(self.follow(stream, since))))
+    }
+}
+
+impl Memory {
+    fn follow(&self, stream: StreamId, since: Option<SystemTime>) -> Subscription {
+        // Replay and live subscription under one lock: nothing written in
+        // between is missed or seen twice.
+        let (replay, live) = {
+            let mut streams = self.streams.lock().unwrap();
+            let ring = self.ring(&mut streams, stream);
+            let replay: Vec<Event> = match since {
+                Some(since) => ring.recent.iter().filter(|e| e.time >= since).map(|e| Event::Record(e.json.clone())).collect(),
+                None => Vec::new(),
+            };
+            (replay, ring.live.subscribe())
+        };
+        let stats = self.stats.clone();
+        let live = futures::stream::unfold((live, stats), |(mut rx, stats)| async move {
+            let event = match rx.recv().await {
+                Ok(entry) => Event::Record(entry.json),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    stats.lost(Loss::ReaderLagged, n);
+                    Event::Dropped(n)
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            };
+            Some((event, (rx, stats)))
+        });
+        Box::pin(futures::StreamExt::chain(futures::stream::iter(replay), live))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+    use crate::logs::Record;
+
+    fn entry(container: &str, msg: &str) -> Entry {
+        Entry::from(&Record::tenant(container.into(), None, 30, msg.into()))
+    }
+
+    fn msg(event: Event) -> String {
+        match event {
+            Event::Record(json) => serde_json::from_slice::<serde_json::Value>(&json).unwrap()["msg"].as_str().unwrap().to_owned(),
+            Event::Dropped(n) => format!("dropped {n}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn streams_are_per_container_and_system_sees_all() {
+        let store = Memory::new(10, 10, Default::default());
+        let mut a = store.follow(StreamId::Tenant("a".into()), None);
+        let mut system = store.follow(StreamId::System, None);
+        store.write(entry("b", "from b"));
+        store.write(entry("a", "from a"));
+        assert_eq!(msg(a.next().await.unwrap()), "from a");
+        assert_eq!(msg(system.next().await.unwrap()), "from b");
+        assert_eq!(msg(system.next().await.unwrap()), "from a");
+    }
+
+    #[tokio::test]
+    async fn since_replays_the_ring_then_follows() {
+        let store = Memory::new(2, 10, Default::default());
+        for m in ["one", "two", "three"] {
+            store.write(entry("a", m));
+        }
+        let mut a = store.follow(StreamId::Tenant("a".into()), Some(SystemTime::UNIX_EPOCH));
+        store.write(entry("a", "four"));
+        let got: Vec<_> = a.by_ref().take(3).map(msg).collect().await;
+        assert_eq!(got, ["two", "three", "four"]);
+    }
+
+    #[tokio::test]
+    async fn a_slow_reader_loses_the_oldest_and_is_told() {
+        let stats = Arc::new(LogStats::default());
+        let store = Memory::new(0, 4, stats.clone());
+        let mut a = store.follow(StreamId::Tenant("a".into()), None);
+        for i in 0..10 {
+            store.write(entry("a", &i.to_string()));
+        }
+        let got: Vec<_> = a.by_ref().take(5).map(msg).collect().await;
+        assert_eq!(got, ["dropped 6", "6", "7", "8", "9"]);
+        assert_eq!(stats.dropped[Loss::ReaderLagged as usize].load(std::sync::atomic::Ordering::Relaxed), 6);
+    }
+}
