@@ -140,7 +140,7 @@ impl Kafka {
 
 impl Backend for Kafka {
     fn write(&self, entry: Entry) {
-        if let Some(container) = &entry.container {
+        if let Some(container) = &entry.tenant {
             let topic = self.topic(&StreamId::Tenant(container.clone()));
             self.ensure_topic(topic.clone());
             self.send(&topic, &entry);

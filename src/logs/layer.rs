@@ -1,8 +1,8 @@
 //! System records: a `tracing` layer that turns the node's own events
 //! (assignments, retirements, limit kills with their figures, errors) into
-//! records of the same shape as tenant ones. Every system record goes to the
-//! system stream; one that names a `container` goes to that container's
-//! stream too, so a tenant sees what happened to its own webtasks.
+//! records of the same shape as tenant ones. System records go to the
+//! system stream only (they name the `container` they are about, but what a
+//! node says about a worker is the operator's to read).
 //!
 //! The layer is installed with the process's subscriber before a node
 //! exists; the node's [`Logs`] is attached to it once started.
@@ -146,8 +146,8 @@ mod tests {
     #[tokio::test]
     async fn node_events_become_system_records_with_their_figures() {
         let logs = Logs::start(&LogsConfig::default()).unwrap();
-        let mut tenant = logs.subscribe(StreamId::Tenant("acme".into()), None).await.unwrap();
         let mut system = logs.subscribe(StreamId::System, None).await.unwrap();
+        let mut tenant = logs.subscribe(StreamId::Tenant("acme".into()), None).await.unwrap();
         let layer = SystemLayer::new();
         layer.attach(logs.clone());
         let subscriber = tracing_subscriber::registry().with(layer);
@@ -158,12 +158,14 @@ mod tests {
             tracing::warn!(target: "webtask::api", container = "acme", req_id = "1-2", figures, "cpu_limit");
             tracing::info!(target: "webtask::pool", pid = 42u64, "node-wide");
         });
-        let r = json(tenant.next().await.unwrap());
+        let r = json(system.next().await.unwrap());
         assert_eq!((r["source"].as_str(), r["level"].as_u64(), r["msg"].as_str()), (Some("system"), Some(40), Some("cpu_limit")));
         assert_eq!((r["container"].as_str(), r["req_id"].as_str()), (Some("acme"), Some("1-2")));
         assert_eq!((r["code"].as_str(), r["limit_ms"].as_u64()), (Some("cpu_limit"), Some(100)));
-        assert_eq!(json(system.next().await.unwrap())["msg"], "cpu_limit");
         let r = json(system.next().await.unwrap());
         assert_eq!((r["msg"].as_str(), r["pid_"].as_u64(), r["pid"].as_u64()), (Some("node-wide"), Some(42), Some(std::process::id() as u64)));
+        // The tenant's own stream got none of it: its first record is its own.
+        logs.publish(Record::tenant("acme".into(), None, 30, "mine".into()));
+        assert_eq!(json(tenant.next().await.unwrap())["msg"], "mine");
     }
 }

@@ -53,7 +53,7 @@ impl Memory {
 impl Backend for Memory {
     fn write(&self, entry: Entry) {
         let mut streams = self.streams.lock().unwrap();
-        if let Some(container) = &entry.container {
+        if let Some(container) = &entry.tenant {
             let ring = self.ring(&mut streams, StreamId::Tenant(container.clone()));
             self.append(ring, entry.clone());
         }

@@ -95,13 +95,21 @@ pub fn hostname() -> Arc<str> {
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub time: SystemTime,
-    pub container: Option<Arc<str>>,
+    /// The container stream it goes to besides the system stream: tenant
+    /// records only. System records about a container (its worker's pid, a
+    /// kill) are the operator's, so a tenant's stream holds exactly what
+    /// its code logged.
+    pub tenant: Option<Arc<str>>,
     pub json: Bytes,
 }
 
 impl From<&Record> for Entry {
     fn from(record: &Record) -> Self {
-        Entry { time: record.time, container: record.container.clone(), json: record.to_json() }
+        let tenant = match record.source {
+            Source::Tenant => record.container.clone(),
+            Source::System => None,
+        };
+        Entry { time: record.time, tenant, json: record.to_json() }
     }
 }
 
