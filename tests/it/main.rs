@@ -8,6 +8,7 @@ mod errors;
 mod escape;
 mod jail;
 mod limits;
+mod logs;
 mod models;
 mod workers;
 mod support;
