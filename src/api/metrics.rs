@@ -58,6 +58,7 @@ pub struct Metrics {
     log_dropped: Family<ReasonLabel, Counter>,
     kafka_held: Gauge,
     kafka_delivered: Counter,
+    kafka_connected: Gauge,
 }
 
 impl Default for Metrics {
@@ -83,6 +84,7 @@ impl Metrics {
         let log_dropped = Family::<ReasonLabel, Counter>::default();
         let kafka_held = Gauge::default();
         let kafka_delivered = Counter::default();
+        let kafka_connected = Gauge::default();
         let mut registry = Registry::with_prefix("webtask");
         registry.register("http_requests", "Run requests by response status", requests.clone());
         registry.register("http_request_duration_seconds", "Run request latency to response head", latency.clone());
@@ -98,6 +100,7 @@ impl Metrics {
         registry.register("log_records_dropped", "Log records lost, by reason", log_dropped.clone());
         registry.register("log_kafka_held", "Kafka messages waiting in the producer queue", kafka_held.clone());
         registry.register("log_kafka_delivered", "Kafka messages acknowledged by the broker", kafka_delivered.clone());
+        registry.register("log_kafka_connected", "1 while Kafka answers (kafka backend)", kafka_connected.clone());
         Metrics {
             registry: Mutex::new(registry),
             requests,
@@ -114,6 +117,7 @@ impl Metrics {
             log_dropped,
             kafka_held,
             kafka_delivered,
+            kafka_connected,
         }
     }
 
@@ -170,6 +174,7 @@ impl Metrics {
         }
         self.kafka_held.set(logs.held() as i64);
         sync_counter(&self.kafka_delivered, stats.kafka_delivered.load(Relaxed));
+        self.kafka_connected.set(logs.connected().unwrap_or(false) as i64);
     }
 }
 

@@ -139,6 +139,10 @@ pub trait Backend: Send + Sync + 'static {
     fn held(&self) -> u64 {
         0
     }
+    /// Whether the store's service answers (`None`: nothing to reach).
+    fn connected(&self) -> Option<bool> {
+        None
+    }
 }
 
 /// The node's log service. Cheap to clone.
@@ -186,6 +190,10 @@ impl Logs {
 
     pub fn held(&self) -> u64 {
         self.inner.backend.held()
+    }
+
+    pub fn connected(&self) -> Option<bool> {
+        self.inner.backend.connected()
     }
 
     pub fn config(&self) -> &LogsConfig {

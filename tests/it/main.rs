@@ -9,6 +9,7 @@ mod escape;
 mod jail;
 mod limits;
 mod logs;
+mod logs_kafka;
 mod models;
 mod workers;
 mod support;
