@@ -62,10 +62,10 @@ impl ConsoleSink for TracingSink {
         let req_id = line.req_id.as_deref().unwrap_or("");
         let msg = line.msg;
         match line.level {
-            0..=level::TRACE => tracing::trace!(target: "webtask::guest", container, req_id, "{msg}"),
-            ..=level::DEBUG => tracing::debug!(target: "webtask::guest", container, req_id, "{msg}"),
-            ..=level::INFO => tracing::info!(target: "webtask::guest", container, req_id, "{msg}"),
-            ..=level::WARN => tracing::warn!(target: "webtask::guest", container, req_id, "{msg}"),
+            l if l <= level::TRACE => tracing::trace!(target: "webtask::guest", container, req_id, "{msg}"),
+            l if l <= level::DEBUG => tracing::debug!(target: "webtask::guest", container, req_id, "{msg}"),
+            l if l <= level::INFO => tracing::info!(target: "webtask::guest", container, req_id, "{msg}"),
+            l if l <= level::WARN => tracing::warn!(target: "webtask::guest", container, req_id, "{msg}"),
             _ => tracing::error!(target: "webtask::guest", container, req_id, "{msg}"),
         }
     }

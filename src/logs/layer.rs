@@ -94,7 +94,12 @@ impl Fields {
                 }
             }
             // Never let a figure overwrite a field of the record itself.
-            ("v" | "level" | "name" | "hostname" | "pid" | "time" | "msg" | "source" | "container" | "req_id", value) => {
+            // The node's events name a worker's pid `pid`; the record's own
+            // `pid` is the node's.
+            ("pid", value) => {
+                self.rest.insert("worker_pid".into(), value);
+            }
+            ("v" | "level" | "name" | "hostname" | "time" | "msg" | "source" | "container" | "req_id", value) => {
                 self.rest.insert(format!("{name}_"), value);
             }
             (name, value) => {
@@ -163,7 +168,7 @@ mod tests {
         assert_eq!((r["container"].as_str(), r["req_id"].as_str()), (Some("acme"), Some("1-2")));
         assert_eq!((r["code"].as_str(), r["limit_ms"].as_u64()), (Some("cpu_limit"), Some(100)));
         let r = json(system.next().await.unwrap());
-        assert_eq!((r["msg"].as_str(), r["pid_"].as_u64(), r["pid"].as_u64()), (Some("node-wide"), Some(42), Some(std::process::id() as u64)));
+        assert_eq!((r["msg"].as_str(), r["worker_pid"].as_u64(), r["pid"].as_u64()), (Some("node-wide"), Some(42), Some(std::process::id() as u64)));
         // The tenant's own stream got none of it: its first record is its own.
         logs.publish(Record::tenant("acme".into(), None, 30, "mine".into()));
         assert_eq!(json(tenant.next().await.unwrap())["msg"], "mine");

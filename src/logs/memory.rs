@@ -14,6 +14,10 @@ use tokio::sync::broadcast;
 
 use super::{Backend, Entry, Event, LogError, LogStats, Loss, StreamId, Subscription};
 
+/// Streams kept at most; past this a tenant stream nobody follows is
+/// forgotten (its ring with it) to make room.
+const MAX_STREAMS: usize = 4096;
+
 pub struct Memory {
     streams: Mutex<HashMap<StreamId, Ring>>,
     ring_records: usize,
@@ -32,6 +36,12 @@ impl Memory {
     }
 
     fn ring<'a>(&self, streams: &'a mut HashMap<StreamId, Ring>, id: StreamId) -> &'a mut Ring {
+        if streams.len() >= MAX_STREAMS && !streams.contains_key(&id) {
+            let idle = streams.iter().find(|(k, r)| **k != StreamId::System && r.live.receiver_count() == 0).map(|(k, _)| k.clone());
+            if let Some(idle) = idle {
+                streams.remove(&idle);
+            }
+        }
         streams.entry(id).or_insert_with(|| Ring {
             recent: VecDeque::with_capacity(self.ring_records.min(64)),
             live: broadcast::channel(self.reader_buffer).0,
@@ -148,5 +158,17 @@ mod tests {
         let got: Vec<_> = a.by_ref().take(5).map(msg).collect().await;
         assert_eq!(got, ["dropped 6", "6", "7", "8", "9"]);
         assert_eq!(stats.dropped[Loss::ReaderLagged as usize].load(std::sync::atomic::Ordering::Relaxed), 6);
+    }
+
+    #[tokio::test]
+    async fn streams_nobody_follows_make_room_for_new_ones() {
+        let store = Memory::new(1, 4, Default::default());
+        let mut followed = store.follow(StreamId::Tenant("kept".into()), None);
+        for i in 0..MAX_STREAMS + 10 {
+            store.write(entry(&format!("c{i}"), "x"));
+        }
+        assert!(store.streams.lock().unwrap().len() <= MAX_STREAMS);
+        store.write(entry("kept", "still here"));
+        assert_eq!(msg(followed.next().await.unwrap()), "still here");
     }
 }

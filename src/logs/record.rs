@@ -3,6 +3,7 @@
 //! `source`, and for system records whatever figures the event carried.
 //! Owns the record's shape and its JSON; not where records go.
 
+use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
@@ -27,7 +28,7 @@ pub struct Record {
     pub v: u8,
     /// Bunyan level: 10 trace, 20 debug, 30 info, 40 warn, 50 error, 60 fatal.
     pub level: u8,
-    pub name: String,
+    pub name: Cow<'static, str>,
     pub hostname: Arc<str>,
     /// The process that produced it: the worker for tenant records from
     /// workers, the node otherwise.
@@ -51,7 +52,7 @@ impl Record {
         Record {
             v: 0,
             level,
-            name: NAME.to_owned(),
+            name: Cow::Borrowed(NAME),
             hostname: hostname(),
             pid: std::process::id(),
             time: SystemTime::now(),
