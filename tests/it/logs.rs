@@ -323,3 +323,28 @@ async fn the_cli_follows_and_pretty_prints_a_container() {
     assert!(b.ends_with(" ERROR bad thing"), "{b}");
     child.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_embedded_engine_hands_console_lines_to_its_sink() {
+    use std::sync::{Arc, Mutex};
+    use webtask::engine::console::{ConsoleLine, ConsoleSink};
+
+    #[derive(Default)]
+    struct Collect(Mutex<Vec<ConsoleLine>>);
+    impl ConsoleSink for Collect {
+        fn line_bytes(&self) -> usize {
+            8
+        }
+        fn log(&self, line: ConsoleLine) {
+            self.0.lock().unwrap().push(line);
+        }
+    }
+    let sink = Arc::new(Collect::default());
+    let engine = webtask::Engine::with_io(Default::default(), Arc::new(webtask::engine::fetch::NoNetwork), sink.clone());
+    let code = "return function (cb) { console.info('a', 1); console.error('0123456789'); cb(null, 1); }";
+    engine.run_in("lib", code, webtask::Context::new()).await.unwrap();
+    let lines = sink.0.lock().unwrap();
+    let got: Vec<_> = lines.iter().map(|l| (&*l.container, l.level, l.msg.as_str())).collect();
+    assert_eq!(got, [("lib", 30, "a 1"), ("lib", 50, "01234567… [truncated 2 bytes]")]);
+    assert!(lines.iter().all(|l| l.req_id.as_deref().is_some_and(|id| !id.is_empty())));
+}
