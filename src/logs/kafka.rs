@@ -152,10 +152,13 @@ impl Writer {
     /// Asks Kafka, in the background, to create a topic this node has not
     /// written before, with one partition.
     fn ensure_topic(&self, topic: &str) {
-        if self.topics.lock().unwrap().contains(topic) {
-            return;
+        {
+            let mut topics = self.topics.lock().unwrap();
+            if topics.contains(topic) {
+                return;
+            }
+            topics.insert(topic.to_owned());
         }
-        self.topics.lock().unwrap().insert(topic.to_owned());
         let (admin, topic) = (self.admin.clone(), topic.to_owned());
         tokio::spawn(async move {
             if let Err(e) = create_topic(&admin, &topic).await {
