@@ -3,10 +3,12 @@
 //! message goes to partition 0, so a stream keeps its order. Readers consume
 //! the topic themselves, so records any node wrote reach a reader on any node.
 //!
-//! The producer's queue is the bound: while Kafka is unreachable records
-//! wait there (never expiring) up to `buffer` messages, later ones are
-//! dropped and counted, and what was held is delivered once Kafka is back.
-//! Writing only enqueues; it never waits for the network.
+//! Writing only enqueues; it never waits for the network. While Kafka is
+//! unreachable (and until it first answers) records are held in order, up
+//! to `buffer` messages with librdkafka's queue counted in; later ones are
+//! dropped and counted. Once Kafka answers again the node (re)creates its
+//! topics and sends what it held. Readers whose broker went away attach a
+//! fresh consumer when it is back and resume by time.
 //!
 //! Owns the Kafka mapping of streams; knows nothing of HTTP.
 
