@@ -348,3 +348,68 @@ async fn an_embedded_engine_hands_console_lines_to_its_sink() {
     assert_eq!(got, [("lib", 30, "a 1"), ("lib", 50, "01234567… [truncated 2 bytes]")]);
     assert!(lines.iter().all(|l| l.req_id.as_deref().is_some_and(|id| !id.is_empty())));
 }
+
+/// POSTs `code` to a node at `addr`.
+async fn post(addr: std::net::SocketAddr, container: &str, code: &str) -> u16 {
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let req = http::Request::post(format!("http://{addr}/api/run/{container}"))
+        .header("content-type", "application/javascript")
+        .body(http_body_util::Full::new(Bytes::from(code.to_owned())))
+        .unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(30), client.request(req)).await.expect("hung").expect("request");
+    res.status().as_u16()
+}
+
+#[tokio::test]
+async fn a_nodes_own_events_reach_the_system_stream_only() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = std::env::temp_dir().join(format!("webtask-logs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("node.toml");
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\n[http]\nshutdown_grace_ms = 120000\n[engine.limits]\ncpu_ms = 100\n[workers]\npool_size = 1\n[logs]\nadmin_key = \"{ADMIN_KEY}\"\n"
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_webtask"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr: std::net::SocketAddr = loop {
+        let line = lines.next_line().await.unwrap().expect("node exited before listening");
+        if let Some(addr) = serde_json::from_str::<Value>(&line).ok().and_then(|v| v["addr"].as_str()?.parse().ok()) {
+            break addr;
+        }
+    };
+    // The node's stderr must keep draining while it runs.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let mut system = Reader::open(addr, "/api/logs/system", Some(ADMIN_KEY)).await.unwrap();
+    let mut tenant = Reader::open(addr, "/api/logs/tenant/sys", None).await.unwrap();
+    assert_eq!(post(addr, "sys", "return function (cb) { console.log('hello'); cb(null, 1); }").await, 200);
+    assert_eq!(post(addr, "sys", "return function (cb) { while (true) {} }").await, 500);
+    let records = system.until(|m| m.starts_with("CPU limit")).await;
+    let find = |msg: &str| records.iter().find(|r| r["msg"].as_str().is_some_and(|m| m.starts_with(msg))).cloned();
+    let assigned = find("worker assigned").expect("assignment record");
+    assert_eq!((assigned["source"].as_str(), assigned["container"].as_str()), (Some("system"), Some("sys")));
+    assert!(assigned["worker_pid"].as_u64().is_some());
+    let hello = find("hello").expect("the tenant record");
+    assert_eq!((hello["source"].as_str(), hello["pid"].as_u64()), (Some("tenant"), assigned["worker_pid"].as_u64()));
+    let kill = records.last().unwrap();
+    assert_eq!((kill["level"].as_u64(), kill["code"].as_str(), kill["limit_ms"].as_u64()), (Some(40), Some("cpu_limit"), Some(100)));
+    assert!(kill["used_ms"].as_u64().is_some_and(|ms| ms >= 100));
+    assert!(kill["req_id"].as_str().is_some_and(|id| !id.is_empty()));
+    // The tenant's stream has its own line and nothing the node said.
+    assert_eq!(tenant.next().await["msg"], "hello");
+    assert_eq!(tenant.next_within(Duration::from_millis(300)).await, None);
+
+    // Open streams do not hold shutdown up (for the two-minute grace).
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await.expect("node did not stop").unwrap();
+    assert!(status.success(), "{status:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
