@@ -15,24 +15,28 @@ use tokio::sync::broadcast;
 use super::{Backend, Entry, Event, LogError, LogStats, Loss, StreamId, Subscription};
 
 /// Streams kept at most; past this a tenant stream nobody follows is
-/// forgotten (its ring with it) to make room.
-const MAX_STREAMS: usize = 4096;
+/// forgotten (its ring with it) to make room. With `ring_bytes` this bounds
+/// the store's memory.
+const MAX_STREAMS: usize = 1024;
 
 pub struct Memory {
     streams: Mutex<HashMap<StreamId, Ring>>,
     ring_records: usize,
+    ring_bytes: usize,
     reader_buffer: usize,
     stats: Arc<LogStats>,
 }
 
 struct Ring {
     recent: VecDeque<Entry>,
+    /// JSON bytes in `recent`.
+    bytes: usize,
     live: broadcast::Sender<Entry>,
 }
 
 impl Memory {
-    pub fn new(ring_records: usize, reader_buffer: usize, stats: Arc<LogStats>) -> Self {
-        Memory { streams: Mutex::default(), ring_records, reader_buffer: reader_buffer.max(1), stats }
+    pub fn new(ring_records: usize, ring_bytes: usize, reader_buffer: usize, stats: Arc<LogStats>) -> Self {
+        Memory { streams: Mutex::default(), ring_records, ring_bytes, reader_buffer: reader_buffer.max(1), stats }
     }
 
     fn ring<'a>(&self, streams: &'a mut HashMap<StreamId, Ring>, id: StreamId) -> &'a mut Ring {
@@ -44,16 +48,19 @@ impl Memory {
         }
         streams.entry(id).or_insert_with(|| Ring {
             recent: VecDeque::with_capacity(self.ring_records.min(64)),
+            bytes: 0,
             live: broadcast::channel(self.reader_buffer).0,
         })
     }
 
     fn append(&self, ring: &mut Ring, entry: Entry) {
-        if self.ring_records > 0 {
-            if ring.recent.len() == self.ring_records {
-                ring.recent.pop_front();
-            }
+        if self.ring_records > 0 && entry.json.len() <= self.ring_bytes {
+            ring.bytes += entry.json.len();
             ring.recent.push_back(entry.clone());
+            while ring.recent.len() > self.ring_records || ring.bytes > self.ring_bytes {
+                let old = ring.recent.pop_front().expect("over a bound, so not empty");
+                ring.bytes -= old.json.len();
+            }
         }
         // No receiver is not an error: nobody is reading this stream now.
         let _ = ring.live.send(entry);
@@ -125,7 +132,7 @@ mod tests {
 
     #[tokio::test]
     async fn streams_are_per_container_and_system_sees_all() {
-        let store = Memory::new(10, 10, Default::default());
+        let store = Memory::new(10, 1 << 20, 10, Default::default());
         let mut a = store.follow(StreamId::Tenant("a".into()), None);
         let mut system = store.follow(StreamId::System, None);
         store.write(entry("b", "from b"));
@@ -137,7 +144,7 @@ mod tests {
 
     #[tokio::test]
     async fn since_replays_the_ring_then_follows() {
-        let store = Memory::new(2, 10, Default::default());
+        let store = Memory::new(2, 1 << 20, 10, Default::default());
         for m in ["one", "two", "three"] {
             store.write(entry("a", m));
         }
@@ -150,7 +157,7 @@ mod tests {
     #[tokio::test]
     async fn a_slow_reader_loses_the_oldest_and_is_told() {
         let stats = Arc::new(LogStats::default());
-        let store = Memory::new(0, 4, stats.clone());
+        let store = Memory::new(0, 1 << 20, 4, stats.clone());
         let mut a = store.follow(StreamId::Tenant("a".into()), None);
         for i in 0..10 {
             store.write(entry("a", &i.to_string()));
@@ -162,7 +169,7 @@ mod tests {
 
     #[tokio::test]
     async fn streams_nobody_follows_make_room_for_new_ones() {
-        let store = Memory::new(1, 4, Default::default());
+        let store = Memory::new(1, 1 << 20, 4, Default::default());
         let mut followed = store.follow(StreamId::Tenant("kept".into()), None);
         for i in 0..MAX_STREAMS + 10 {
             store.write(entry(&format!("c{i}"), "x"));
@@ -170,5 +177,17 @@ mod tests {
         assert!(store.streams.lock().unwrap().len() <= MAX_STREAMS);
         store.write(entry("kept", "still here"));
         assert_eq!(msg(followed.next().await.unwrap()), "still here");
+    }
+
+    #[tokio::test]
+    async fn rings_keep_to_their_byte_bound() {
+        let store = Memory::new(100, 600, 4, Default::default());
+        for i in 0..10 {
+            store.write(entry("a", &format!("{i}{}", "x".repeat(100))));
+        }
+        let streams = store.streams.lock().unwrap();
+        let ring = &streams[&StreamId::Tenant("a".into())];
+        assert!(ring.bytes <= 600 && !ring.recent.is_empty());
+        assert_eq!(ring.bytes, ring.recent.iter().map(|e| e.json.len()).sum::<usize>());
     }
 }

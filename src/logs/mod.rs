@@ -37,8 +37,10 @@ pub use record::{Entry, Record, Source};
 pub struct LogsConfig {
     /// `memory` (a single node) or `kafka` (a cluster).
     pub backend: BackendKind,
-    /// Records kept per stream for `?since=` replay (memory backend).
+    /// Records kept per stream for `?since=` replay (memory backend)...
     pub ring_records: usize,
+    /// ...and bytes of JSON at most.
+    pub ring_bytes: usize,
     /// Longest console line; longer ones are cut and marked.
     pub line_bytes: usize,
     /// Records a reader may fall behind by before it loses some (and gets
@@ -64,9 +66,10 @@ impl Default for LogsConfig {
         LogsConfig {
             backend: BackendKind::Memory,
             ring_records: 1000,
+            ring_bytes: 256 * 1024,
             line_bytes: crate::engine::console::DEFAULT_LINE_BYTES,
             reader_buffer: 1024,
-            queue: 65_536,
+            queue: 8192,
             admin_key: None,
             kafka: kafka::KafkaConfig::default(),
         }
@@ -163,7 +166,7 @@ impl Logs {
     pub fn start(config: &LogsConfig) -> Result<Logs, LogError> {
         let stats = Arc::new(LogStats::default());
         let backend: Arc<dyn Backend> = match config.backend {
-            BackendKind::Memory => Arc::new(memory::Memory::new(config.ring_records, config.reader_buffer, stats.clone())),
+            BackendKind::Memory => Arc::new(memory::Memory::new(config.ring_records, config.ring_bytes, config.reader_buffer, stats.clone())),
             BackendKind::Kafka => Arc::new(kafka::Kafka::new(&config.kafka, config.reader_buffer, stats.clone())?),
         };
         let (tx, rx) = mpsc::channel(config.queue.max(1));
