@@ -359,6 +359,7 @@ function inspectObject(value, depth, seen) {
   ArrayPrototypePush(seen, value);
   try {
     if (isArray) return inspectArray(value, depth, seen);
+    if (ArrayBufferIsView(value) && t !== "[object DataView]") return inspectTyped(value, depth, seen);
     if (t === "[object Map]") return inspectMap(value, depth, seen);
     if (t === "[object Set]") return inspectSet(value, depth, seen);
     return inspectPlain(value, depth, seen);
@@ -397,6 +398,17 @@ function inspectArray(arr, depth, seen) {
   }
   more(items, len - shown);
   return braces("", "[", "]", items);
+}
+
+// Uint8Array(3) [ 1, 2, 3 ]
+function inspectTyped(view, depth, seen) {
+  const name = constructorName(view) || "TypedArray";
+  const len = view.length;
+  const items = [];
+  const shown = len < INSPECT_ITEMS ? len : INSPECT_ITEMS;
+  for (let i = 0; i < shown; i++) ArrayPrototypePush(items, inspect(view[i], depth + 1, seen));
+  more(items, len - shown);
+  return braces(name + "(" + len + ") ", "[", "]", items);
 }
 
 function inspectMap(map, depth, seen) {

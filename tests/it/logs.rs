@@ -229,7 +229,7 @@ async fn console_arguments_are_formatted_as_node_does() {
         console.trace(function foo() {}, class Bar {}, () => 1);
         console.log("100%", "%s");
         console.log("%s and %s", "one");
-        console.log(new Error("boom").message, Object.create(null));
+        console.log(new Error("boom").message, Object.create(null), new Uint8Array([1, 2]));
         console.log("x".repeat(500));
         cb(null, 1);
     }"#;
@@ -247,7 +247,7 @@ async fn console_arguments_are_formatted_as_node_does() {
         "[Function: foo] [class Bar] [Function (anonymous)]",
         "100% %s",
         "one and %s",
-        "boom [Object: null prototype] {}",
+        "boom [Object: null prototype] {} Uint8Array(2) [ 1, 2 ]",
     ];
     assert_eq!(&msgs(&got)[..9], expected);
     assert_eq!(got[4]["level"], 20);
