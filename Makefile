@@ -32,10 +32,14 @@ run: deps
 test: deps tansu
 	WEBTASK_TANSU=$(TANSU) $(CARGO) test
 
+# The engine and worker benches, then webtask beside workerd, Deno and Node
+# (installed from npm into target/peers): target/bench/report.{md,json,svg}.
 bench: deps
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	bash benches/peers/install.sh
 	$(CARGO) bench --bench engine
 	$(CARGO) bench --bench cold_start
+	$(CARGO) bench --bench compare
 
 build: deps
 	$(CARGO) build --release

@@ -1,9 +1,13 @@
 //! `cargo bench --bench cold_start`: what a new tenant costs, with webtasks
 //! in jailed worker processes (a release node in its own process).
 //!
-//! - warm request: one container, one connection, sequential;
+//! - warm request: one container, one connection, back to back;
 //! - new container, pool warm: every request names a container never seen,
-//!   spaced so the pool refills between them;
+//!   spaced so the pool refills between them, each one paired with a warm
+//!   request under the same spacing. An idle gap alone costs a request
+//!   about a millisecond here (sleeping threads, cold caches), so the
+//!   overhead of a new container is read against the paced warm request,
+//!   not against the back-to-back one;
 //! - new container, pool empty (`pool_size = 0`): spawn + jail + snapshot +
 //!   isolate on the request path;
 //! - requests/s at 32 connections over 1 and over 50 containers;
@@ -24,6 +28,7 @@ use serde_json::{json, Value};
 use common::{closed_loop, histogram, machine, summary, write_report, Client, Node, CONNECTIONS};
 
 const WORKERS: &str = "[workers]\nmode = \"process\"\npool_size = 4\nmax = 512\n";
+const IN_PROCESS: &str = "[workers]\nmode = \"in-process\"\n";
 const WORKERS_NO_POOL: &str = "[workers]\nmode = \"process\"\npool_size = 0\nmax = 512\n";
 
 fn main() {
@@ -35,28 +40,42 @@ fn main() {
         let node = Node::start(WORKERS);
         let warm = sequential(node.addr, 2000, |_| "warm".to_owned(), Duration::ZERO).await;
         print_row("warm request", &warm);
-        let new_warm = sequential(node.addr, 150, |i| format!("fresh{i}"), Duration::from_millis(30)).await;
+        let (paced, new_warm) = paired(node.addr, 150, Duration::from_millis(30)).await;
+        print_row("warm request, paced", &paced);
         print_row("new container, pool warm", &new_warm);
         let one = throughput(node.addr, 1).await;
         let fifty = throughput(node.addr, 50).await;
         let memory = idle_worker_memory(node.addr).await;
         drop(node);
 
+        let node = Node::start(IN_PROCESS);
+        let in_process = throughput(node.addr, 1).await;
+        drop(node);
+        let ratio = one["requests_per_s"].as_f64().unwrap_or(0.0) / in_process["requests_per_s"].as_f64().unwrap_or(1.0);
+        println!("workers / in-process requests/s (1 container): {ratio:.2}");
+
         let node = Node::start(WORKERS_NO_POOL);
         let cold = sequential(node.addr, 40, |i| format!("cold{i}"), Duration::ZERO).await;
         print_row("new container, pool empty", &cold);
         drop(node);
 
-        let extra_p50 = new_warm["p50"].as_u64().unwrap_or(0) as i64 - warm["p50"].as_u64().unwrap_or(0) as i64;
-        let extra_p99 = new_warm["p99"].as_u64().unwrap_or(0) as i64 - warm["p99"].as_u64().unwrap_or(0) as i64;
-        println!("new container above warm: p50 {extra_p50} µs, p99 {extra_p99} µs");
+        let above = |q: &str| new_warm[q].as_u64().unwrap_or(0) as i64 - paced[q].as_u64().unwrap_or(0) as i64;
+        let (extra_p50, extra_p99) = (above("p50"), above("p99"));
+        println!("new container above warm (same pacing): p50 {extra_p50} µs, p99 {extra_p99} µs");
         json!({
             "machine": machine(),
             "warm_us": warm,
+            "warm_paced_us": paced,
             "new_container_pool_warm_us": new_warm,
             "new_container_pool_warm_above_warm_us": {"p50": extra_p50, "p99": extra_p99},
             "new_container_pool_empty_us": cold,
-            "requests_per_s": {"one_container": one, "fifty_containers": fifty, "connections": CONNECTIONS},
+            "requests_per_s": {
+                "one_container": one,
+                "fifty_containers": fifty,
+                "in_process_one_container": in_process,
+                "workers_vs_in_process": ratio,
+                "connections": CONNECTIONS,
+            },
             "idle_worker_memory_kb": memory,
             "goals": {
                 "new_container_pool_warm_above_warm_p50_us_max": 1000,
@@ -89,6 +108,22 @@ async fn sequential(addr: SocketAddr, n: usize, name: impl Fn(usize) -> String, 
     summary(&h)
 }
 
+/// `n` rounds of: a warm request, a pause, a request to a new container,
+/// a pause. Returns (warm, new) latencies.
+async fn paired(addr: SocketAddr, n: usize, gap: Duration) -> (Value, Value) {
+    let mut client = Client::connect(addr).await;
+    let (mut warm, mut new): (Histogram<u64>, Histogram<u64>) = (histogram(), histogram());
+    let warm_uri: http::Uri = format!("http://{addr}/api/run/warm?name=bench").parse().unwrap();
+    for i in 0..n {
+        warm.record(client.hello(&warm_uri).await.as_micros().max(1) as u64).unwrap();
+        tokio::time::sleep(gap).await;
+        let uri: http::Uri = format!("http://{addr}/api/run/fresh{i}?name=bench").parse().unwrap();
+        new.record(client.hello(&uri).await.as_micros().max(1) as u64).unwrap();
+        tokio::time::sleep(gap).await;
+    }
+    (summary(&warm), summary(&new))
+}
+
 async fn throughput(addr: SocketAddr, containers: usize) -> Value {
     let uris: Vec<http::Uri> =
         (0..containers).map(|i| format!("http://{addr}/api/run/load{i}?name=bench").parse().unwrap()).collect();
@@ -101,7 +136,9 @@ async fn throughput(addr: SocketAddr, containers: usize) -> Value {
     s
 }
 
-/// RSS and PSS (kB) of the workers assigned so far, from /proc.
+/// RSS and PSS (kB) of the workers assigned so far, from /proc: each is
+/// the process the node spawned (its PID-namespace supervisor) plus the
+/// worker under it.
 async fn idle_worker_memory(addr: SocketAddr) -> Value {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let metrics = fetch_metrics(addr).await;
@@ -113,15 +150,23 @@ async fn idle_worker_memory(addr: SocketAddr) -> Value {
     let mut rss = histogram();
     let mut pss = histogram();
     for pid in &pids {
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else { continue };
-        let kb = |key: &str| text.lines().find_map(|l| l.strip_prefix(key)?.split_whitespace().next()?.parse::<u64>().ok());
-        if let (Some(r), Some(p)) = (kb("Rss:"), kb("Pss:")) {
-            rss.record(r.max(1)).unwrap();
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        let tree = std::iter::once(*pid).chain(children.split_whitespace().filter_map(|c| c.parse().ok()));
+        let (r, p) = tree.filter_map(memory_kb).fold((0, 0), |(r, p), (r2, p2)| (r + r2, p + p2));
+        if r > 0 {
+            rss.record(r).unwrap();
             pss.record(p.max(1)).unwrap();
         }
     }
     println!("idle assigned worker          RSS p50 {} kB   PSS p50 {} kB   ({} workers)", rss.value_at_quantile(0.5), pss.value_at_quantile(0.5), pids.len());
     json!({"workers": pids.len(), "rss_p50": rss.value_at_quantile(0.5), "pss_p50": pss.value_at_quantile(0.5), "pss_max": pss.max()})
+}
+
+/// (RSS, PSS) of one process in kB.
+fn memory_kb(pid: u32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let kb = |key: &str| text.lines().find_map(|l| l.strip_prefix(key)?.split_whitespace().next()?.parse::<u64>().ok());
+    Some((kb("Rss:")?, kb("Pss:")?))
 }
 
 async fn fetch_metrics(addr: SocketAddr) -> String {

@@ -70,10 +70,9 @@ enum Command {
     /// A worker process; started by a node, never by hand.
     #[command(hide = true)]
     Worker {
+        /// The node that spawned it: the worker dies with it.
         #[arg(long)]
-        fd: i32,
-        #[arg(long)]
-        snapshot_fd: i32,
+        node_pid: i32,
         #[arg(long)]
         spec: String,
     },
@@ -96,9 +95,9 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::registry().with(stderr).with(system.clone()).init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Worker { fd, snapshot_fd, spec } => {
+        Command::Worker { node_pid, spec } => {
             let spec = serde_json::from_str(&spec).context("worker spec")?;
-            return webtask::worker::main(fd, snapshot_fd, spec);
+            return webtask::worker::main(node_pid, spec);
         }
         Command::JailCheck { spec, action } => {
             return webtask::jail::check::main(&serde_json::from_str(&spec).context("jail spec")?, &action);
@@ -133,6 +132,8 @@ fn doctor(config: Config) -> anyhow::Result<()> {
     let outcome = jail::check::run(&exe, &jail_config, "nothing")?;
     println!("cgroup hierarchy: {:?}", jail::cgroup::detect());
     println!("landlock ABI:     {:?}", jail::landlock::kernel_abi());
+    let migrations = if jail::cgroup::favors_dynmods() { "fast (favordynmods)" } else { "slow (no favordynmods; a node with jail.favor_dynmods sets it)" };
+    println!("cgroup moves:     {migrations}");
     println!();
     let mut all = true;
     for layer in &outcome.layers {

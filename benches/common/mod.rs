@@ -40,6 +40,7 @@ pub fn summary(h: &Histogram<u64>) -> Value {
         "p50": h.value_at_quantile(0.50),
         "p90": h.value_at_quantile(0.90),
         "p99": h.value_at_quantile(0.99),
+        "p999": h.value_at_quantile(0.999),
         "max": h.max(),
     })
 }
@@ -66,7 +67,9 @@ pub struct Node {
 impl Node {
     /// Starts `webtask serve` with `config` (TOML) on an ephemeral port.
     pub fn start(config: &str) -> Node {
-        let path = std::env::temp_dir().join(format!("webtask-bench-{}-{}.toml", std::process::id(), config.len()));
+        static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("webtask-bench-{}-{seq}.toml", std::process::id()));
         std::fs::File::create(&path).and_then(|mut f| f.write_all(config.as_bytes())).expect("bench config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_webtask"))
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])
@@ -98,6 +101,32 @@ impl Drop for Node {
     }
 }
 
+/// One request a load generator sends over and over: a webtask's hello
+/// (POST with the code) or a peer's (GET).
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub method: http::Method,
+    pub uri: http::Uri,
+    pub body: Bytes,
+}
+
+impl Target {
+    /// The hello webtask posted to `/api/run/{container}` on `addr`.
+    pub fn webtask(addr: SocketAddr, container: &str) -> Target {
+        Target::webtask_code(addr, container, Bytes::from_static(HELLO.as_bytes()))
+    }
+
+    pub fn webtask_code(addr: SocketAddr, container: &str, code: Bytes) -> Target {
+        let uri = format!("http://{addr}/api/run/{container}?name=bench").parse().unwrap();
+        Target { method: http::Method::POST, uri, body: code }
+    }
+
+    /// A peer's hello: `GET /?name=bench`.
+    pub fn get(addr: SocketAddr) -> Target {
+        Target { method: http::Method::GET, uri: format!("http://{addr}/?name=bench").parse().unwrap(), body: Bytes::new() }
+    }
+}
+
 /// One keep-alive HTTP/1 connection to a node.
 pub struct Client(hyper::client::conn::http1::SendRequest<Full<Bytes>>);
 
@@ -113,35 +142,48 @@ impl Client {
     /// Posts the hello webtask to `uri`; asserts a 200 and returns how long
     /// the whole response took.
     pub async fn hello(&mut self, uri: &http::Uri) -> Duration {
-        let req = http::Request::post(uri.clone())
+        let target = Target { method: http::Method::POST, uri: uri.clone(), body: Bytes::from_static(HELLO.as_bytes()) };
+        self.send(&target).await
+    }
+
+    /// Sends `target`; asserts a 200 and returns how long the whole
+    /// response took.
+    pub async fn send(&mut self, target: &Target) -> Duration {
+        let (t, status) = self.try_send(target).await;
+        assert_eq!(status, 200, "{} {}", target.method, target.uri);
+        t
+    }
+
+    /// Sends `target`; returns how long the whole response took and its status.
+    pub async fn try_send(&mut self, target: &Target) -> (Duration, u16) {
+        let req = http::Request::builder()
+            .method(target.method.clone())
+            .uri(target.uri.clone())
             .header("host", "bench")
             .header("content-type", "application/javascript")
-            .body(Full::new(Bytes::from_static(HELLO.as_bytes())))
+            .body(Full::new(target.body.clone()))
             .unwrap();
         self.0.ready().await.unwrap();
         let t = Instant::now();
         let res = self.0.send_request(req).await.unwrap();
-        let status = res.status();
+        let status = res.status().as_u16();
         res.into_body().collect().await.unwrap();
-        assert_eq!(status, 200);
-        t.elapsed()
+        (t.elapsed(), status)
     }
 }
 
-/// `connections` keep-alive connections (connection i posting to
-/// `uris[i % len]`), each sending the next request as soon as the previous
-/// answer is read, for `duration`.
-pub async fn closed_loop(addr: SocketAddr, uris: &[http::Uri], connections: usize, duration: Duration) -> (Histogram<u64>, u64, Duration) {
+/// Closed loop over `targets` (connection i sends `targets[i % len]`).
+pub async fn closed_loop_targets(addr: SocketAddr, targets: &[Target], connections: usize, duration: Duration) -> (Histogram<u64>, u64, Duration) {
     let deadline = Instant::now() + duration;
     let started = Instant::now();
     let tasks: Vec<_> = (0..connections)
         .map(|i| {
-            let uri = uris[i % uris.len()].clone();
+            let target = targets[i % targets.len()].clone();
             tokio::spawn(async move {
                 let mut client = Client::connect(addr).await;
                 let mut h = histogram();
                 while Instant::now() < deadline {
-                    h.record(client.hello(&uri).await.as_micros().max(1) as u64).unwrap();
+                    h.record(client.send(&target).await.as_micros().max(1) as u64).unwrap();
                 }
                 h
             })
@@ -153,6 +195,56 @@ pub async fn closed_loop(addr: SocketAddr, uris: &[http::Uri], connections: usiz
     }
     let n = total.len();
     (total, n, started.elapsed())
+}
+
+/// Open loop: `rate` requests per second for `duration`, spread over
+/// `connections` connections (each on its own fixed schedule). Latency is
+/// counted from when a request was *due*, not when it went out, so a
+/// stalled server is charged for the queue it causes (no coordinated
+/// omission). `next(i)` picks the target of the i-th request.
+pub async fn open_loop<F>(addr: SocketAddr, rate: f64, connections: usize, duration: Duration, next: F) -> (Histogram<u64>, Vec<u16>)
+where
+    F: Fn(u64) -> Target + Send + Sync + 'static,
+{
+    let next = std::sync::Arc::new(next);
+    let interval = Duration::from_secs_f64(connections as f64 / rate);
+    let per_connection = (duration.as_secs_f64() / interval.as_secs_f64()) as u64;
+    let start = tokio::time::Instant::now() + Duration::from_millis(50);
+    let tasks: Vec<_> = (0..connections)
+        .map(|c| {
+            let next = next.clone();
+            tokio::spawn(async move {
+                let mut client = Client::connect(addr).await;
+                let (mut h, mut statuses) = (histogram(), Vec::new());
+                // Connections start staggered across one interval.
+                let offset = interval.mul_f64(c as f64 / connections as f64);
+                for k in 0..per_connection {
+                    let due = start + offset + interval * k as u32;
+                    tokio::time::sleep_until(due).await;
+                    let (_, status) = client.try_send(&next(k * connections as u64 + c as u64)).await;
+                    h.record(due.elapsed().as_micros().max(1) as u64).unwrap();
+                    statuses.push(status);
+                }
+                (h, statuses)
+            })
+        })
+        .collect();
+    let (mut total, mut statuses) = (histogram(), Vec::new());
+    for t in tasks {
+        let (h, s) = t.await.unwrap();
+        total.add(h).unwrap();
+        statuses.extend(s);
+    }
+    (total, statuses)
+}
+
+/// `connections` keep-alive connections (connection i posting the hello
+/// webtask to `uris[i % len]`), each sending the next request as soon as
+/// the previous answer is read, for `duration`.
+pub async fn closed_loop(addr: SocketAddr, uris: &[http::Uri], connections: usize, duration: Duration) -> (Histogram<u64>, u64, Duration) {
+    let hello = Bytes::from_static(HELLO.as_bytes());
+    let targets: Vec<Target> = uris.iter().map(|uri| Target { method: http::Method::POST, uri: uri.clone(), body: hello.clone() }).collect();
+    closed_loop_targets(addr, &targets, connections, duration).await
 }
 
 pub fn bench_wrk(addr: SocketAddr, seconds: u64) -> Value {

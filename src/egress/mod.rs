@@ -5,7 +5,10 @@
 //! checked, so a DNS answer cannot change between the check and the
 //! connection. Timeouts and a response size cap apply to every fetch.
 //!
-//! Only `http:` for now; `https:` is refused with a clear error.
+//! `https:` is verified with rustls against the host's trust store
+//! (`/etc/ssl/certs`, as curl uses) plus `egress.ca_file`, if set. The
+//! certificate must name the URL's host; the TCP connection still goes to
+//! the one address the policy checked.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -14,6 +17,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use ipnet::IpNet;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use serde::Deserialize;
 
 use crate::engine::fetch::{FetchError, FetchFuture, FetchRequest, FetchResponse, Fetcher};
@@ -29,11 +34,14 @@ pub struct EgressConfig {
     pub timeout_ms: u64,
     /// Largest response body a fetch returns.
     pub max_response_bytes: u64,
+    /// PEM file of extra certificate authorities trusted for `https:`
+    /// besides the host's store (a private CA, a test server's).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for EgressConfig {
     fn default() -> Self {
-        EgressConfig { allow: Vec::new(), timeout_ms: 10_000, max_response_bytes: 10 * 1024 * 1024 }
+        EgressConfig { allow: Vec::new(), timeout_ms: 10_000, max_response_bytes: 10 * 1024 * 1024, ca_file: None }
     }
 }
 
@@ -54,6 +62,7 @@ pub struct Egress {
     node: Arc<Vec<SocketAddr>>,
     timeout: Duration,
     max_response: u64,
+    tls: Arc<rustls::ClientConfig>,
 }
 
 impl Egress {
@@ -75,6 +84,7 @@ impl Egress {
             node: Arc::new(node_addrs),
             timeout: Duration::from_millis(config.timeout_ms),
             max_response: config.max_response_bytes,
+            tls: tls_config(config.ca_file.as_deref())?,
         })
     }
 
@@ -93,10 +103,8 @@ impl Egress {
 
     pub async fn fetch(&self, req: FetchRequest) -> Result<FetchResponse, FetchError> {
         let url = deno_core::url::Url::parse(&req.url).map_err(|e| FetchError::new("egress_failed", format!("invalid URL {:?}: {e}", req.url)))?;
-        match url.scheme() {
-            "http" => {}
-            "https" => return Err(FetchError::new("egress_failed", "https egress is not available yet")),
-            other => return Err(FetchError::new("egress_denied", format!("scheme {other}: is not allowed"))),
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(FetchError::new("egress_denied", format!("scheme {}: is not allowed", url.scheme())));
         }
         let host = url.host_str().ok_or_else(|| FetchError::new("egress_failed", "URL has no host"))?.to_owned();
         let port = url.port_or_known_default().unwrap_or(80);
@@ -127,8 +135,22 @@ impl Egress {
     async fn send(&self, addr: SocketAddr, url: &deno_core::url::Url, req: FetchRequest) -> Result<FetchResponse, FetchError> {
         let failed = |e: &dyn std::fmt::Display| FetchError::new("egress_failed", format!("{url}: {e}"));
         let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| failed(&e))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| failed(&e))?;
+        if url.scheme() == "https" {
+            let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']);
+            let name = ServerName::try_from(host.to_owned()).map_err(|e| failed(&e))?;
+            let tls = tokio_rustls::TlsConnector::from(self.tls.clone()).connect(name, stream).await.map_err(|e| failed(&e))?;
+            return self.exchange(tls, url, req).await;
+        }
+        self.exchange(stream, url, req).await
+    }
+
+    /// One HTTP/1.1 request and its whole (capped) response over `io`.
+    async fn exchange<S>(&self, io: S, url: &deno_core::url::Url, req: FetchRequest) -> Result<FetchResponse, FetchError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let failed = |e: &dyn std::fmt::Display| FetchError::new("egress_failed", format!("{url}: {e}"));
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await.map_err(|e| failed(&e))?;
         tokio::spawn(conn);
         let path = &url[url::Position::BeforePath..];
         let mut builder = http::Request::builder().method(req.method.as_str()).uri(path);
@@ -145,16 +167,40 @@ impl Egress {
         let request = builder.body(Full::new(Bytes::from(req.body))).map_err(|e| failed(&e))?;
         let response = sender.send_request(request).await.map_err(|e| failed(&e))?;
         let (parts, body) = response.into_parts();
-        let body = Limited::new(body, self.max_response as usize).collect().await.map_err(|_| {
-            FetchError::new("egress_limit", format!("{url}: response larger than {} bytes", self.max_response))
-        })?;
-        let headers = parts
-            .headers
-            .iter()
-            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
-            .collect();
+        let body = Limited::new(body, self.max_response as usize)
+            .collect()
+            .await
+            .map_err(|_| FetchError::new("egress_limit", format!("{url}: response larger than {} bytes", self.max_response)))?;
+        let headers = parts.headers.iter().filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned()))).collect();
         Ok(FetchResponse { status: parts.status.as_u16(), headers, body: body.to_bytes().to_vec() })
     }
+}
+
+/// The TLS client: the host's trust store plus `ca_file`; HTTP/1.1 only.
+fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    // A host without a store (a bare container) still works with ca_file.
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    if let Some(path) = ca_file {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("egress.ca_file {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("egress.ca_file {}: no certificate in it", path.display()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| format!("egress.ca_file {}: {e}", path.display()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 impl Fetcher for Egress {
@@ -215,10 +261,25 @@ mod tests {
     fn refuses_what_tenants_must_not_reach() {
         let e = egress(&[]);
         for addr in [
-            "127.0.0.1:80", "10.1.2.3:80", "172.16.0.1:80", "192.168.1.1:80", "169.254.169.254:80", "100.64.0.1:80",
-            "0.0.0.0:80", "224.0.0.1:80", "[::1]:80", "[fe80::1]:80", "[fd00::1]:80", "[::ffff:127.0.0.1]:80",
-            "[::ffff:10.0.0.1]:80", "[::127.0.0.1]:80", "[64:ff9b::7f00:1]:80", "[2002:7f00:1::]:80", "[fec0::1]:80",
-            "[2001::1]:80", "[100::1]:80",
+            "127.0.0.1:80",
+            "10.1.2.3:80",
+            "172.16.0.1:80",
+            "192.168.1.1:80",
+            "169.254.169.254:80",
+            "100.64.0.1:80",
+            "0.0.0.0:80",
+            "224.0.0.1:80",
+            "[::1]:80",
+            "[fe80::1]:80",
+            "[fd00::1]:80",
+            "[::ffff:127.0.0.1]:80",
+            "[::ffff:10.0.0.1]:80",
+            "[::127.0.0.1]:80",
+            "[64:ff9b::7f00:1]:80",
+            "[2002:7f00:1::]:80",
+            "[fec0::1]:80",
+            "[2001::1]:80",
+            "[100::1]:80",
         ] {
             assert!(!e.permits(addr.parse().unwrap()), "{addr} permitted");
         }

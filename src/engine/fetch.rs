@@ -9,6 +9,9 @@ use std::pin::Pin;
 
 use serde::{Deserialize, Serialize};
 
+/// Largest request body a guest may send with one fetch.
+pub const MAX_REQUEST_BODY: usize = 8 * 1024 * 1024;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FetchRequest {
     pub url: String,

@@ -127,6 +127,10 @@ async fn op_wt_fetch(
     #[smi] id: u32,
     #[serde] request: FetchRequest,
 ) -> Result<FetchResponse, deno_error::JsErrorBox> {
+    if request.body.len() > super::fetch::MAX_REQUEST_BODY {
+        let msg = format!("egress_limit: request body larger than {} bytes", super::fetch::MAX_REQUEST_BODY);
+        return Err(deno_error::JsErrorBox::generic(msg));
+    }
     let fetcher = {
         let state = state.borrow();
         let egress = state.borrow::<Egress>();

@@ -43,6 +43,7 @@ fn attempt(action: &str) -> (bool, String) {
     unsafe {
         match action {
             "nothing" => (true, "no action".into()),
+            "pid" => (true, format!("pid={}", libc::getpid())),
             "fork" => {
                 let pid = libc::fork();
                 if pid == 0 {

@@ -1,6 +1,7 @@
 //! The jail a worker applies to itself before it reads a byte of tenant
 //! code, one layer per file, in this order: cgroup (join), namespaces,
-//! rlimits, transient uid/gid, no_new_privs, Landlock, seccomp. The node
+//! rlimits, transient uid/gid, no_new_privs, PID namespace (the fork into
+//! it), Landlock, seccomp. The node
 //! prepares what needs its privileges (cgroup directories, a free uid) and
 //! hands the worker a [`JailSpec`]; the worker applies and reports every
 //! layer, and a node configured `required` refuses workers (and refuses to
@@ -10,6 +11,7 @@ pub mod cgroup;
 pub mod check;
 pub mod landlock;
 pub mod namespaces;
+pub mod pidns;
 pub mod rlimits;
 pub mod seccomp;
 pub mod uid;
@@ -33,6 +35,11 @@ pub struct JailConfig {
     pub cpu_percent: u64,
     /// Parent cgroup (under each controller's mount) for worker cgroups.
     pub cgroup_parent: String,
+    /// Set `favordynmods` on the host's cgroup2 hierarchy at start, so a
+    /// worker joins its cgroup in µs rather than ms (see
+    /// [`cgroup::favor_dynmods`]). A host-wide kernel switch: off leaves
+    /// the host as it is, and pool misses pay the slow path.
+    pub favor_dynmods: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
@@ -56,6 +63,7 @@ impl Default for JailConfig {
             pids_max: 64,
             cpu_percent: 100,
             cgroup_parent: "webtask".into(),
+            favor_dynmods: true,
         }
     }
 }
@@ -96,7 +104,7 @@ pub fn prepare(config: &JailConfig, name: &str, uid_offset: u32) -> Result<(Jail
 }
 
 /// The layers, in the order they are applied.
-pub const LAYERS: [&str; 7] = ["cgroup", "namespaces", "rlimits", "uid", "no_new_privs", "landlock", "seccomp"];
+pub const LAYERS: [&str; 8] = ["cgroup", "namespaces", "rlimits", "uid", "no_new_privs", "pid", "landlock", "seccomp"];
 
 /// What happened to one layer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -114,12 +122,14 @@ pub fn apply(spec: &JailSpec) -> Result<Vec<LayerReport>, String> {
     if spec.mode == JailMode::Off {
         return Ok(LAYERS.iter().map(|l| report(l, Err("jail is off".into()))).collect());
     }
-    let steps: [(&str, &dyn Fn() -> Result<String, String>); 7] = [
+    let steps: [(&str, &dyn Fn() -> Result<String, String>); 8] = [
         ("cgroup", &|| cgroup::join(&spec.cgroup_procs)),
         ("namespaces", &namespaces::enter),
         ("rlimits", &|| rlimits::apply(spec.threads_max)),
         ("uid", &|| uid::drop_to(spec.uid, spec.gid)),
         ("no_new_privs", &no_new_privs),
+        // After the uid drop, so the supervisor left outside is unprivileged.
+        ("pid", &pidns::enter),
         ("landlock", &landlock::restrict),
         ("seccomp", &seccomp::apply),
     ];

@@ -1,13 +1,11 @@
-//! Namespaces: the worker gets its own mount, network, IPC and UTS
+//! Namespaces: the worker gets its own mount, network, IPC, UTS and PID
 //! namespaces. Its filesystem becomes an empty read-only tmpfs (the binary
 //! is already mapped, the snapshot arrives as a descriptor, so nothing on
 //! the host's filesystem is needed after exec); its network has only a
 //! loopback device that is down; its hostname is `webtask`.
 //!
-//! A new PID namespace only applies to a process's children, and a worker
-//! can never have any (seccomp forbids fork), so the worker is not moved
-//! into one: it sees no other process through /proc because it has no
-//! /proc, and seccomp confines signals to itself.
+//! The PID namespace is made here, while the process is privileged, but a
+//! process only enters it through a fork: see [`super::pidns`].
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
@@ -18,11 +16,11 @@ use nix::unistd::{chdir, pivot_root, sethostname};
 const STAGING: &str = "/tmp";
 
 pub fn enter() -> Result<String, String> {
-    let flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
+    let flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWPID;
     unshare(flags).map_err(|e| format!("unshare: {e}"))?;
     sethostname("webtask").map_err(|e| format!("sethostname: {e}"))?;
     empty_root().map_err(|e| format!("empty root: {e}"))?;
-    Ok("mount (empty read-only root), net (lo only), ipc, uts".into())
+    Ok("mount (empty read-only root), net (lo only), ipc, uts, pid".into())
 }
 
 fn empty_root() -> nix::Result<()> {

@@ -26,3 +26,34 @@ pub fn drop_to(uid: u32, gid: u32) -> Result<String, String> {
     }
     Ok(format!("uid={uid} gid={gid} groups=none"))
 }
+
+/// Where nodes record which transient ids are taken, host-wide.
+const CLAIMS: &str = "/run/webtask/uids";
+
+/// A transient id held by this node for one worker, host-wide: several
+/// nodes on one host (a rolling restart overlaps two) may share a range
+/// but never an id. The claim is an exclusive `flock` on a file named for
+/// the id, so it ends when the worker's lease drops or the node dies,
+/// however it dies; the empty files stay for the next claimant.
+#[derive(Debug)]
+pub struct Claim {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// Claims `uid`; `Ok(None)` when another node holds it.
+pub fn claim(uid: u32) -> std::io::Result<Option<Claim>> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(CLAIMS)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(format!("{CLAIMS}/{uid}"))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(Claim { _lock: lock })),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(e.into()),
+    }
+}

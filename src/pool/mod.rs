@@ -181,6 +181,13 @@ impl Pool {
             if swept > 0 {
                 tracing::info!(swept, "removed worker cgroups of nodes that are gone");
             }
+            if jail.favor_dynmods {
+                // A speed-up, not a layer: the jail holds without it.
+                match crate::jail::cgroup::favor_dynmods() {
+                    Ok(done) => tracing::info!("cgroup migrations: {done}"),
+                    Err(e) => tracing::warn!("cgroup migrations stay slow: {e}"),
+                }
+            }
         }
         let pool = Pool {
             inner: Arc::new(Inner {
@@ -347,16 +354,8 @@ impl Inner {
     /// A uid and a cgroup for the next worker, as far as the jail mode wants.
     fn prepare_jail(&self) -> Result<(Spec, process::Lease), Error> {
         let jail = &self.jail;
-        let uid = {
-            let mut used = self.uids.lock().unwrap();
-            // The range's last id is kept for `jail-check` probes.
-            let free = (0..jail.uid_count.saturating_sub(1))
-                .find(|i| !used.contains(i))
-                .ok_or(Error::NoWorker { limit: jail.uid_count as usize })?;
-            used.insert(free);
-            free
-        };
-        let mut lease = process::Lease { uid, uids: self.uids.clone(), cgroup: None, memory_mb: None };
+        let (uid, claim) = self.claim_uid()?;
+        let mut lease = process::Lease { uid, uids: self.uids.clone(), cgroup: None, memory_mb: None, claim };
         // Unique per process, not per pool: cgroups are host-wide.
         static SEQ: AtomicU64 = AtomicU64::new(0);
         let name = format!("w{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
@@ -365,6 +364,27 @@ impl Inner {
         lease.cgroup = cgroup;
         let log_line_bytes = self.logs.config().line_bytes;
         Ok((Spec { limits: self.engine.limits.clone(), jail: jail_spec, log_line_bytes }, lease))
+    }
+
+    /// The first id of the range that neither this node nor another node
+    /// on the host holds. The range's last id is kept for `jail-check`.
+    fn claim_uid(&self) -> Result<(u32, Option<crate::jail::uid::Claim>), Error> {
+        let jail = &self.jail;
+        let mut used = self.uids.lock().unwrap();
+        let mut free = (0..jail.uid_count.saturating_sub(1)).filter(|i| !used.contains(i));
+        let found = match jail.mode {
+            JailMode::Off => free.next().map(|i| (i, None)),
+            _ => free.find_map(|i| match crate::jail::uid::claim(jail.uid_base + i) {
+                Ok(Some(claim)) => Some(Ok((i, Some(claim)))),
+                Ok(None) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .transpose()
+            .map_err(|e| Error::internal(format!("claiming a transient uid: {e}")))?,
+        };
+        let (offset, claim) = found.ok_or(Error::NoWorker { limit: jail.uid_count as usize })?;
+        used.insert(offset);
+        Ok((offset, claim))
     }
 
     /// Retires the least recently used assigned worker with nothing running,

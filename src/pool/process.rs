@@ -6,7 +6,7 @@
 //! still waiting on it fails with `worker_crashed`.
 
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -33,7 +33,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 enum Pending {
     Waiting(oneshot::Sender<Result<Reply, Error>>),
-    Streaming(mpsc::UnboundedSender<Result<Bytes, Error>>),
+    /// With the bytes streamed so far.
+    Streaming(mpsc::UnboundedSender<Result<Bytes, Error>>, u64),
 }
 
 /// A request the node gave this worker and still waits on.
@@ -51,12 +52,15 @@ pub struct Lease {
     pub cgroup: Option<crate::jail::cgroup::WorkerCgroup>,
     /// The cgroup memory limit, for reporting an OOM kill.
     pub memory_mb: Option<u64>,
+    /// The host-wide hold on the uid (none with the jail off).
+    pub claim: Option<crate::jail::uid::Claim>,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         // Cgroup first (its directory goes with the process), then the uid.
         self.cgroup.take();
+        self.claim.take();
         self.uids.lock().unwrap().remove(&self.uid);
     }
 }
@@ -72,6 +76,8 @@ struct Shared {
     /// Why the process ended, once it has.
     ended: Mutex<Option<String>>,
     child: Mutex<Option<tokio::process::Child>>,
+    /// The response limit the worker was told to enforce, checked again here.
+    response_bytes: u64,
 }
 
 impl Drop for Shared {
@@ -99,7 +105,7 @@ impl Shared {
         for (_, p) in self.pending.lock().unwrap().drain() {
             match p.state {
                 Pending::Waiting(tx) => drop(tx.send(Err(err.clone()))),
-                Pending::Streaming(tx) => drop(tx.send(Err(err.clone()))),
+                Pending::Streaming(tx, _) => drop(tx.send(Err(err.clone()))),
             }
         }
     }
@@ -146,46 +152,29 @@ impl Worker {
         };
         let spec_json = serde_json::to_string(spec).map_err(Error::internal)?;
         let mut cmd = tokio::process::Command::new(exe);
-        cmd.args(["worker", "--fd", "3", "--snapshot-fd", "4", "--spec", &spec_json])
+        cmd.args(["worker", "--node-pid", &std::process::id().to_string(), "--spec", &spec_json])
             // Nothing of the node's environment but the log filter.
             .env_clear()
             .envs(std::env::var_os("WEBTASK_LOG").map(|v| ("WEBTASK_LOG", v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            // The channel and the snapshot travel as stdin and stdout, the
+            // only descriptors a spawn without a pre-exec hook can place.
+            // That keeps the spawn a vfork + exec (posix_spawn) instead of
+            // a fork that copies the node's page tables, and every other
+            // descriptor of the node stays close-on-exec, so none leaks.
+            .stdin(Stdio::from(OwnedFd::from(worker_end)))
+            .stdout(Stdio::from(snapshot.try_clone().map_err(Error::internal)?))
             // A pipe, not the node's stderr: the worker may write no file
             // (RLIMIT_FSIZE=0), and its lines are relayed from here.
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let (sock_fd, snap_fd) = (worker_end.as_raw_fd(), snapshot.as_raw_fd());
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                // Either descriptor may itself be 3 or 4: move both out of
-                // the way first so neither dup2 clobbers the other.
-                let high = [sock_fd, snap_fd].map(|fd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10));
-                for (from, to) in high.into_iter().zip([3, 4]) {
-                    if from < 0 || libc::dup2(from, to) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                // No descriptor of the node's beyond stdio, socket, snapshot.
-                libc::syscall(libc::SYS_close_range, 5u32, u32::MAX, 0u32);
-                // The worker dies with its node, never outlives it.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
         let mut child = cmd.spawn().map_err(|e| Error::internal(format!("spawning worker: {e}")))?;
-        drop(worker_end);
         let pid = child.id().unwrap_or(0);
         if let Some(stderr) = child.stderr.take() {
             tokio::spawn(relay_stderr(stderr));
         }
         node_end.set_nonblocking(true).map_err(Error::internal)?;
         let stream = tokio::net::UnixStream::from_std(node_end).map_err(Error::internal)?;
-        let mut framed = Framed::new(stream, NodeCodec::default());
+        let mut framed = Framed::new(stream, NodeCodec::with_max_frame(protocol::max_worker_frame(spec.limits.response_bytes)));
 
         let refused = match tokio::time::timeout(READY_TIMEOUT, framed.next()).await {
             Ok(Some(Ok(FromWorker::Ready { version: protocol::VERSION, jail, .. }))) => {
@@ -216,6 +205,7 @@ impl Worker {
             alive: AtomicBool::new(true),
             ended: Mutex::default(),
             child: Mutex::new(Some(child)),
+            response_bytes: spec.limits.response_bytes,
         });
         let (out, out_rx) = mpsc::unbounded_channel();
         tokio::spawn(io(framed, out.clone(), out_rx, shared.clone(), egress));
@@ -359,22 +349,35 @@ fn deliver(shared: &Shared, msg: FromWorker) -> Result<(), String> {
             let Some(Owned { req_id, state: Pending::Waiting(tx) }) = pending.remove(&id) else {
                 return Err(format!("reply for request {id} it does not own"));
             };
+            // The worker's engine enforces the response limit; a reply past
+            // it means the worker no longer does what it should.
+            let head: u64 = headers.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum();
+            let sent = body.as_ref().map_or(0, |b| b.len() as u64);
+            if head.max(sent) > shared.response_bytes {
+                return Err(format!("reply of {head} + {sent} bytes past the response limit"));
+            }
             let body = match body {
                 Some(b) => ReplyBody::Full(Bytes::from(b.into_vec())),
                 None => {
                     let (stream_tx, stream_rx) = mpsc::unbounded_channel();
-                    pending.insert(id, Owned { req_id, state: Pending::Streaming(stream_tx) });
+                    pending.insert(id, Owned { req_id, state: Pending::Streaming(stream_tx, sent) });
                     ReplyBody::Stream(stream_rx)
                 }
             };
             let _ = tx.send(Ok(Reply { status, headers, body }));
         }
-        FromWorker::Chunk { id, data } => match pending.get(&id).map(|o| &o.state) {
-            Some(Pending::Streaming(tx)) => drop(tx.send(Ok(Bytes::from(data.into_vec())))),
+        FromWorker::Chunk { id, data } => match pending.get_mut(&id).map(|o| &mut o.state) {
+            Some(Pending::Streaming(tx, sent)) => {
+                *sent += data.len() as u64;
+                if *sent > shared.response_bytes {
+                    return Err(format!("streamed {sent} bytes past the response limit"));
+                }
+                drop(tx.send(Ok(Bytes::from(data.into_vec()))));
+            }
             _ => return Err(format!("chunk for request {id} it does not own")),
         },
         FromWorker::End { id } => match pending.remove(&id).map(|o| o.state) {
-            Some(Pending::Streaming(_)) => {}
+            Some(Pending::Streaming(..)) => {}
             _ => return Err(format!("end of request {id} it does not own")),
         },
         FromWorker::Failed { id, error } => {
@@ -387,7 +390,7 @@ fn deliver(shared: &Shared, msg: FromWorker) -> Result<(), String> {
             };
             match pending.remove(&id).map(|o| o.state) {
                 Some(Pending::Waiting(tx)) => drop(tx.send(Err(err))),
-                Some(Pending::Streaming(tx)) => drop(tx.send(Err(err))),
+                Some(Pending::Streaming(tx, _)) => drop(tx.send(Err(err))),
                 None => return Err(format!("failure of request {id} it does not own")),
             }
         }

@@ -8,7 +8,7 @@
 
 pub mod protocol;
 
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -32,18 +32,42 @@ pub struct Spec {
     pub log_line_bytes: usize,
 }
 
-/// The worker's main: `socket` is the inherited unix socket to the node,
-/// `snapshot` an inherited read-only memfd with the startup snapshot.
-pub fn main(socket: RawFd, snapshot: RawFd, spec: Spec) -> anyhow::Result<()> {
-    // SAFETY: both descriptors were placed there by the node for us alone.
-    let socket = unsafe { OwnedFd::from_raw_fd(socket) };
-    let snapshot = unsafe { OwnedFd::from_raw_fd(snapshot) };
+/// The worker's main. The node placed the unix socket to itself on
+/// stdin and a read-only memfd with the startup snapshot on stdout.
+pub fn main(node_pid: i32, spec: Spec) -> anyhow::Result<()> {
+    bind_to_node(node_pid)?;
+    let (socket, snapshot) = take_channels()?;
     // First, while this process is one thread and has read nothing from
     // the node: every thread created after this (V8's, tokio's) inherits it.
     let jail = crate::jail::apply(&spec.jail).map_err(anyhow::Error::msg)?;
     engine::install_snapshot(map_snapshot(snapshot)?, &spec.limits);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(serve(socket, spec, jail))
+}
+
+/// The worker dies with its node, never outlives it. Armed here rather
+/// than between fork and exec so the node can spawn without a pre-exec hook.
+fn bind_to_node(node_pid: i32) -> anyhow::Result<()> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).context("parent-death signal")?;
+    // The node may have died before the signal was armed.
+    anyhow::ensure!(nix::unistd::getppid().as_raw() == node_pid, "the node (pid {node_pid}) is gone");
+    Ok(())
+}
+
+/// Moves the socket and the snapshot off stdin and stdout, points those at
+/// /dev/null, and closes anything else a careless embedder let leak.
+fn take_channels() -> anyhow::Result<(OwnedFd, OwnedFd)> {
+    use std::os::fd::AsFd;
+    // SAFETY: closes descriptors nothing in this process has taken yet.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    let socket = std::io::stdin().as_fd().try_clone_to_owned().context("socket on stdin")?;
+    let snapshot = std::io::stdout().as_fd().try_clone_to_owned().context("snapshot on stdout")?;
+    let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").context("/dev/null")?;
+    for stdio in [0, 1] {
+        // SAFETY: replaces stdin/stdout, whose originals were duplicated above.
+        unsafe { nix::unistd::dup2_raw(&null, stdio) }?;
+    }
+    Ok((socket, snapshot))
 }
 
 /// Maps the snapshot memfd for the life of the process; pages are shared

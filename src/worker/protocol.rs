@@ -127,9 +127,22 @@ pub struct Codec<In, Out> {
 
 impl<In, Out> Default for Codec<In, Out> {
     fn default() -> Self {
-        let frames = LengthDelimitedCodec::builder().max_frame_length(MAX_FRAME).new_codec();
+        Self::with_max_frame(MAX_FRAME)
+    }
+}
+
+impl<In, Out> Codec<In, Out> {
+    /// A codec that refuses incoming frames over `max` bytes.
+    pub fn with_max_frame(max: usize) -> Self {
+        let frames = LengthDelimitedCodec::builder().max_frame_length(max).new_codec();
         Codec { frames, _types: std::marker::PhantomData }
     }
+}
+
+/// Largest frame a node accepts from a worker whose responses are capped
+/// at `response_bytes`: a whole reply or a guest fetch, plus framing.
+pub fn max_worker_frame(response_bytes: u64) -> usize {
+    (response_bytes as usize).max(crate::engine::fetch::MAX_REQUEST_BODY) + 64 * 1024
 }
 
 impl<In: for<'de> Deserialize<'de>, Out> Decoder for Codec<In, Out> {

@@ -30,6 +30,12 @@ fn every_layer_applies_on_this_host() {
 }
 
 #[test]
+fn the_jailed_process_is_pid_1_of_its_own_namespace() {
+    let outcome = check("pid");
+    assert_eq!(outcome.detail, "pid=1", "{outcome:?}");
+}
+
+#[test]
 fn fork_is_refused() {
     assert_refused("fork", "Operation not permitted");
 }

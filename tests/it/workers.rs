@@ -47,6 +47,38 @@ async fn containers_never_share_a_process() {
 }
 
 #[tokio::test]
+async fn a_worker_runs_as_pid_1_of_its_own_namespace_under_a_bare_supervisor() {
+    let node = TestNode::workers().await;
+    node.run("pid-ns", "", HELLO).await;
+    let supervisor = worker_pid(&node, "pid-ns").await.unwrap();
+    let children = std::fs::read_to_string(format!("/proc/{supervisor}/task/{supervisor}/children")).unwrap();
+    let engine: Vec<u32> = children.split_whitespace().map(|p| p.parse().unwrap()).collect();
+    assert_eq!(engine.len(), 1, "one worker under the supervisor: {children:?}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", engine[0])).unwrap();
+    let nspid = status.lines().find_map(|l| l.strip_prefix("NSpid:")).unwrap();
+    let ids: Vec<&str> = nspid.split_whitespace().collect();
+    assert_eq!(ids.len(), 2, "one namespace below the host's: {nspid}");
+    assert_eq!(ids[1], "1", "the worker is pid 1 inside: {nspid}");
+    // The supervisor holds nothing of the node's: stdio only.
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{supervisor}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|fd| fd.parse::<u32>().unwrap() > 2)
+        .collect();
+    assert!(fds.len() <= 1, "the supervisor keeps only its liveness pipe: {fds:?}");
+    // Killing what the node knows as the worker takes the engine with it.
+    assert_eq!(unsafe { libc::kill(supervisor as i32, libc::SIGKILL) }, 0);
+    eventually("engine gone with its supervisor", || async { !process_alive(engine[0]) }).await;
+}
+
+#[tokio::test]
+async fn a_node_makes_cgroup_moves_cheap_where_the_host_has_cgroup2() {
+    let _node = TestNode::workers().await;
+    let cgroup2 = std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(" - cgroup2 ");
+    assert_eq!(webtask::jail::cgroup::favors_dynmods(), cgroup2);
+}
+
+#[tokio::test]
 async fn new_container_takes_a_prewarmed_worker_and_the_pool_refills() {
     let node = TestNode::workers().await;
     let idle = || async { sample(&node.metrics().await, "webtask_workers_idle") };
@@ -193,4 +225,21 @@ async fn memory_outside_the_v8_heap_is_bounded_by_the_worker_cgroup() {
     // Only that container's worker died.
     assert_eq!(node.run("steady", "", HELLO).await.json(), json!("alive"));
     assert_eq!(node.run("wasm-bomb", "", HELLO).await.json(), json!("alive"));
+}
+
+#[tokio::test]
+async fn two_nodes_on_one_host_never_hand_out_the_same_uid() {
+    let (a, b) = (TestNode::workers().await, TestNode::workers().await);
+    for (node, c) in [(&a, "uid-a1"), (&a, "uid-a2"), (&b, "uid-b1"), (&b, "uid-b2")] {
+        node.run(c, "", HELLO).await;
+    }
+    let mut uids = Vec::new();
+    for (node, c) in [(&a, "uid-a1"), (&a, "uid-a2"), (&b, "uid-b1"), (&b, "uid-b2")] {
+        let pid = worker_pid(node, c).await.unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let uid: u32 = status.lines().find_map(|l| l.strip_prefix("Uid:")?.split_whitespace().next()?.parse().ok()).unwrap();
+        uids.push(uid);
+    }
+    let distinct: std::collections::BTreeSet<_> = uids.iter().collect();
+    assert_eq!(distinct.len(), uids.len(), "uids shared between nodes: {uids:?}");
 }
