@@ -41,8 +41,18 @@ impl Broker {
     /// until it accepts connections.
     async fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
+        use std::os::unix::process::CommandExt;
         let url = format!("tcp://{}", self.addr);
-        let child = Command::new(Self::binary())
+        let mut command = Command::new(Self::binary());
+        // SAFETY: only prctl between fork and exec. The broker dies with the
+        // test thread that started it, even if the test process crashes.
+        unsafe {
+            command.pre_exec(|| match libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            });
+        }
+        let child = command
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
             .env_clear()
             .stdin(Stdio::null())
