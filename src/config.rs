@@ -21,6 +21,7 @@ use serde::Deserialize;
 use crate::egress::EgressConfig;
 use crate::engine::EngineConfig;
 use crate::jail::JailConfig;
+use crate::logs::LogsConfig;
 use crate::pool::PoolConfig;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -33,6 +34,7 @@ pub struct Config {
     pub workers: PoolConfig,
     pub jail: JailConfig,
     pub egress: EgressConfig,
+    pub logs: LogsConfig,
 }
 
 impl Default for Config {
@@ -44,6 +46,7 @@ impl Default for Config {
             workers: PoolConfig::default(),
             jail: JailConfig::default(),
             egress: EgressConfig::default(),
+            logs: LogsConfig::default(),
         }
     }
 }

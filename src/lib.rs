@@ -9,6 +9,7 @@ pub mod config;
 pub mod egress;
 pub mod engine;
 pub mod jail;
+pub mod logs;
 pub mod placement;
 pub mod pool;
 pub mod worker;

@@ -1,14 +1,19 @@
-//! The `webtask` command: `serve` a node, or `run` one webtask file once.
+//! The `webtask` command: `serve` a node, `run` one webtask file once, or
+//! follow a container's `logs`.
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use webtask::api::{self, Node};
 use webtask::config::Config;
 use webtask::egress::Egress;
+use webtask::logs::layer::SystemLayer;
+use webtask::logs::Logs;
 use webtask::pool::Runner;
 use webtask::{Context, Engine};
 
@@ -39,6 +44,16 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Follow a container's log stream and pretty-print it.
+    Logs {
+        container: String,
+        /// The node's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Replay this many seconds of records first.
+        #[arg(long)]
+        since: Option<u64>,
+    },
     /// Which jail layers this host can enforce, and why not.
     Doctor {
         #[arg(long)]
@@ -68,13 +83,16 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
+    // stderr gets what WEBTASK_LOG asks for; the system log stream gets the
+    // node's own events (its layer filters for itself), once a node starts.
+    let system = SystemLayer::new();
+    let stderr = tracing_subscriber::fmt::layer()
         .json()
         .flatten_event(true)
         .with_current_span(false)
         .with_writer(std::io::stderr)
-        .with_env_filter(EnvFilter::try_from_env("WEBTASK_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
-        .init();
+        .with_filter(EnvFilter::try_from_env("WEBTASK_LOG").unwrap_or_else(|_| EnvFilter::new("info")));
+    tracing_subscriber::registry().with(stderr).with(system.clone()).init();
     let cli = Cli::parse();
     match cli.command {
         Command::Worker { node_pid, spec } => {
@@ -89,10 +107,20 @@ fn main() -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
-        Command::Serve { listen, config } => runtime.block_on(serve(load(config)?, listen)),
+        Command::Serve { listen, config } => runtime.block_on(serve(load(config)?, listen, system)),
+        Command::Logs { container, url, since } => runtime.block_on(follow(container, url, since)),
         Command::Run { file, data, config } => runtime.block_on(run_once(load(config)?, file, data)),
         Command::Worker { .. } | Command::JailCheck { .. } | Command::Doctor { .. } => unreachable!("handled above"),
     }
+}
+
+async fn follow(container: String, url: String, since: Option<u64>) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let mut stdout = std::io::stdout();
+    let colour = stdout.is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let tail = webtask::logs::tail::Tail { url, container, since, colour };
+    tail.run(&mut stdout).await?;
+    anyhow::bail!("the node ended the stream")
 }
 
 /// Applies the jail in a probe process and prints what held.
@@ -127,16 +155,18 @@ fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
     path.map_or_else(|| Ok(Config::default()), |p| Config::load(&p))
 }
 
-async fn serve(mut config: Config, listen: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
+async fn serve(mut config: Config, listen: Option<std::net::SocketAddr>, system: SystemLayer) -> anyhow::Result<()> {
     if let Some(addr) = listen {
         config.listen = addr;
     }
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let egress = Egress::new(&config.egress, vec![addr]).map_err(anyhow::Error::msg)?;
-    let runner = Runner::start(&config.workers, &config.engine, &config.jail, egress).await?;
+    let logs = Logs::start(&config.logs)?;
+    system.attach(logs.clone());
+    let runner = Runner::start(&config.workers, &config.engine, &config.jail, egress, &logs).await?;
     tracing::info!(%addr, "webtask node listening");
-    let node = Node::new(runner, config.http.clone());
+    let node = Node::new(runner, config.http.clone(), logs);
     api::serve(node, listener, shutdown_signal()).await;
     tracing::info!("webtask node stopped");
     Ok(())

@@ -1,5 +1,6 @@
 //! `GET /metrics` in Prometheus text format: requests by status, latency
-//! histogram, live isolates, limit kills by kind. Engine figures are read
+//! histogram, live isolates, limit kills by kind, log records written and
+//! lost, Kafka messages held and delivered. Engine figures are read
 //! from `engine::Stats` at scrape time, so the engine stays free of any
 //! metrics library.
 
@@ -17,6 +18,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use super::Body;
+use crate::logs::{Logs, DROP_REASONS};
 use crate::pool::{Runner, RETIRE_REASONS};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -52,6 +54,11 @@ pub struct Metrics {
     workers_retired: Family<ReasonLabel, Counter>,
     workers_idle: Gauge,
     worker: Family<WorkerLabel, Gauge>,
+    log_records: Counter,
+    log_dropped: Family<ReasonLabel, Counter>,
+    kafka_held: Gauge,
+    kafka_delivered: Counter,
+    kafka_connected: Gauge,
 }
 
 impl Default for Metrics {
@@ -73,6 +80,11 @@ impl Metrics {
         let workers_retired = Family::<ReasonLabel, Counter>::default();
         let workers_idle = Gauge::default();
         let worker = Family::<WorkerLabel, Gauge>::default();
+        let log_records = Counter::default();
+        let log_dropped = Family::<ReasonLabel, Counter>::default();
+        let kafka_held = Gauge::default();
+        let kafka_delivered = Counter::default();
+        let kafka_connected = Gauge::default();
         let mut registry = Registry::with_prefix("webtask");
         registry.register("http_requests", "Run requests by response status", requests.clone());
         registry.register("http_request_duration_seconds", "Run request latency to response head", latency.clone());
@@ -84,6 +96,11 @@ impl Metrics {
         registry.register("workers_retired", "Worker processes ended, by reason", workers_retired.clone());
         registry.register("workers_idle", "Pre-warmed workers waiting for a container", workers_idle.clone());
         registry.register("worker", "The worker process serving each container (value 1)", worker.clone());
+        registry.register("log_records", "Log records stored", log_records.clone());
+        registry.register("log_records_dropped", "Log records lost, by reason", log_dropped.clone());
+        registry.register("log_kafka_held", "Kafka messages waiting in the producer queue", kafka_held.clone());
+        registry.register("log_kafka_delivered", "Kafka messages acknowledged by the broker", kafka_delivered.clone());
+        registry.register("log_kafka_connected", "1 while Kafka answers (kafka backend)", kafka_connected.clone());
         Metrics {
             registry: Mutex::new(registry),
             requests,
@@ -96,6 +113,11 @@ impl Metrics {
             workers_retired,
             workers_idle,
             worker,
+            log_records,
+            log_dropped,
+            kafka_held,
+            kafka_delivered,
+            kafka_connected,
         }
     }
 
@@ -108,8 +130,9 @@ impl Metrics {
         self.kills.get_or_create(&KindLabel { kind: kind.to_owned() }).inc();
     }
 
-    pub fn render(&self, runner: &Runner) -> Response<Body> {
+    pub fn render(&self, runner: &Runner, logs: &Logs) -> Response<Body> {
         use std::sync::atomic::Ordering::Relaxed;
+        self.sync_logs(logs);
         match runner {
             Runner::InProcess(engine) => {
                 let stats = engine.stats();
@@ -138,6 +161,20 @@ impl Metrics {
             HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
         );
         res
+    }
+}
+
+impl Metrics {
+    fn sync_logs(&self, logs: &Logs) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = logs.stats();
+        sync_counter(&self.log_records, stats.written.load(Relaxed));
+        for (reason, n) in DROP_REASONS.iter().zip(&stats.dropped) {
+            sync_counter(&self.log_dropped.get_or_create(&ReasonLabel { reason }), n.load(Relaxed));
+        }
+        self.kafka_held.set(logs.held() as i64);
+        sync_counter(&self.kafka_delivered, stats.kafka_delivered.load(Relaxed));
+        self.kafka_connected.set(logs.connected().unwrap_or(false) as i64);
     }
 }
 

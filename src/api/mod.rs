@@ -3,8 +3,10 @@
 //! replies and errors into responses. It owns no execution policy; that
 //! lives in the engine.
 //!
-//! Routes: `POST /api/run/{container}`, `GET /healthz`, `GET /metrics`.
+//! Routes: `POST /api/run/{container}`, `GET /api/logs/tenant/{container}`,
+//! `GET /api/logs/system`, `GET /healthz`, `GET /metrics`.
 
+mod logs;
 mod metrics;
 mod reply;
 mod run;
@@ -24,6 +26,7 @@ use tokio::net::TcpListener;
 
 use crate::config::HttpConfig;
 use crate::engine::Error;
+use crate::logs::Logs;
 use crate::pool::Runner;
 
 pub use metrics::Metrics;
@@ -40,17 +43,35 @@ pub struct Node {
     pub runner: Runner,
     pub http: HttpConfig,
     pub metrics: Metrics,
+    /// The log store the runner writes console lines to.
+    pub logs: Logs,
     draining: AtomicBool,
+    /// Cancelled when draining begins: ends log streams, which would
+    /// otherwise hold shutdown for its whole grace period.
+    drain: tokio_util::sync::CancellationToken,
 }
 
 impl Node {
-    pub fn new(runner: Runner, http: HttpConfig) -> Arc<Self> {
-        Arc::new(Node { runner, http, metrics: Metrics::new(), draining: AtomicBool::new(false) })
+    pub fn new(runner: Runner, http: HttpConfig, logs: Logs) -> Arc<Self> {
+        Arc::new(Node {
+            runner,
+            http,
+            metrics: Metrics::new(),
+            logs,
+            draining: AtomicBool::new(false),
+            drain: tokio_util::sync::CancellationToken::new(),
+        })
     }
 
     /// From now on `/healthz` reports draining, so load balancers move away.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
+        self.drain.cancel();
+    }
+
+    /// Resolves once the node has begun draining.
+    pub fn stopping(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.drain.clone().cancelled_owned()
     }
 }
 
@@ -107,10 +128,15 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Result<Response<Body
             }
             _ => reply::method_not_allowed("POST"),
         }
+    } else if let Some(rest) = path.strip_prefix("/api/logs/") {
+        match *req.method() {
+            Method::GET => logs::handle(&node, rest, &req).await,
+            _ => reply::method_not_allowed("GET"),
+        }
     } else {
         match path {
             "/healthz" => only_get(&req, || reply::health(node.draining.load(Ordering::Relaxed))),
-            "/metrics" => only_get(&req, || node.metrics.render(&node.runner)),
+            "/metrics" => only_get(&req, || node.metrics.render(&node.runner, &node.logs)),
             _ => reply::not_found(path),
         }
     };

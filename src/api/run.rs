@@ -42,7 +42,10 @@ pub async fn handle(node: &Node, container: String, req: Request<Incoming>) -> R
                 node.metrics.limit_fired(kind);
             }
             if err.status() >= 500 {
-                tracing::warn!(container, req_id = &*req_id, code = err.code(), "{err}");
+                // `figures` carries the error's numbers (limit_ms, used_ms, ...)
+                // into the system log record.
+                let figures = serde_json::to_string(&err).unwrap_or_default();
+                tracing::warn!(container, req_id = &*req_id, code = err.code(), figures, "{err}");
             }
             reply::error(&err)
         }

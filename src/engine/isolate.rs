@@ -15,7 +15,7 @@ use lru::LruCache;
 use sha2::{Digest, Sha256};
 
 use super::inflight::Inflight;
-use super::ops::{webtask_runtime, Egress, HostInfo};
+use super::ops::{webtask_runtime, Console, Egress, HostInfo};
 use super::request::Context;
 use super::watchdog::{CpuGuard, Kill};
 
@@ -92,6 +92,7 @@ impl Isolate {
             let mut state = state.borrow_mut();
             state.put(HostInfo { container });
             state.put(Egress { fetcher: spec.fetcher.clone(), max_subrequests: limits.subrequests });
+            state.put(Console(spec.console.clone()));
             state.put(inflight.clone());
         }
 

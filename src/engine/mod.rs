@@ -10,6 +10,7 @@
 //! enforce CPU and ArrayBuffer limits.
 
 mod alloc;
+pub mod console;
 mod error;
 pub mod fetch;
 pub(crate) mod host;
@@ -101,12 +102,20 @@ pub struct IsolateSpec {
     pub stats: Arc<Stats>,
     /// Where guest `fetch` goes.
     pub fetcher: Arc<dyn fetch::Fetcher>,
+    /// Where guest `console.*` lines go.
+    pub console: Arc<dyn console::ConsoleSink>,
 }
 
 impl IsolateSpec {
     /// Isolates with `limits` and no network.
     pub fn offline(limits: Limits) -> Self {
-        IsolateSpec { limits, idle_wait: Default::default(), stats: Arc::default(), fetcher: Arc::new(fetch::NoNetwork) }
+        IsolateSpec {
+            limits,
+            idle_wait: Default::default(),
+            stats: Arc::default(),
+            fetcher: Arc::new(fetch::NoNetwork),
+            console: Arc::new(console::TracingSink),
+        }
     }
 }
 
@@ -190,6 +199,7 @@ struct HostHandle {
 struct Inner {
     config: EngineConfig,
     fetcher: Arc<dyn fetch::Fetcher>,
+    console: Arc<dyn console::ConsoleSink>,
     hosts: Mutex<HashMap<Arc<str>, HostHandle>>,
     stats: Arc<Stats>,
     clock: AtomicU64,
@@ -224,14 +234,22 @@ impl Engine {
         Self::with_fetcher(config, Arc::new(fetch::NoNetwork))
     }
 
-    /// An engine whose guest `fetch` goes through `fetcher`.
+    /// An engine whose guest `fetch` goes through `fetcher`; console lines
+    /// are `tracing` events (target `webtask::guest`).
     pub fn with_fetcher(config: EngineConfig, fetcher: Arc<dyn fetch::Fetcher>) -> Self {
+        Self::with_io(config, fetcher, Arc::new(console::TracingSink))
+    }
+
+    /// An engine whose guest `fetch` goes through `fetcher` and whose
+    /// console lines go to `console`.
+    pub fn with_io(config: EngineConfig, fetcher: Arc<dyn fetch::Fetcher>, console: Arc<dyn console::ConsoleSink>) -> Self {
         snapshot::init_v8(config.limits.stack_kb, config.limits.array_buffer_mb);
         snapshot::get();
         Engine {
             inner: Arc::new(Inner {
                 config,
                 fetcher,
+                console,
                 hosts: Mutex::new(HashMap::new()),
                 stats: Arc::new(Stats::default()),
                 clock: AtomicU64::new(0),
@@ -298,6 +316,7 @@ impl Engine {
             limits: self.inner.config.limits.clone(),
             stats: self.inner.stats.clone(),
             fetcher: self.inner.fetcher.clone(),
+            console: self.inner.console.clone(),
         };
         let stack_kb = spec.limits.stack_kb as usize;
         std::thread::Builder::new()

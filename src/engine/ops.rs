@@ -10,12 +10,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use deno_core::{op2, OpState};
 
+use super::console::{self, ConsoleLine, ConsoleSink};
 use super::fetch::{FetchRequest, FetchResponse, Fetcher};
 use super::inflight::Inflight;
 use super::{Error, ScriptError};
 
-/// Longest console line kept; longer ones are cut and marked.
-const MAX_LOG_LINE: usize = 16 * 1024;
 /// Console output one request may produce; past it lines are dropped
 /// (after one marker), so no request can flood the node's logs.
 const LOG_BUDGET: u64 = 1024 * 1024;
@@ -30,6 +29,9 @@ pub struct Egress {
 pub struct HostInfo {
     pub container: Arc<str>,
 }
+
+/// Where this isolate's console lines go.
+pub struct Console(pub Arc<dyn ConsoleSink>);
 
 deno_core::extension!(
     webtask_runtime,
@@ -110,27 +112,9 @@ fn op_wt_console(state: &mut OpState, #[smi] id: u32, #[smi] level: u32, #[strin
         None => return,
     };
     let req_id = inflight(state).req_id(id).cloned();
-    let req_id = req_id.as_deref().unwrap_or("");
-    let msg = truncate(msg);
-    let msg = msg.as_ref();
-    match level {
-        0..=10 => tracing::trace!(target: "webtask::guest", container = &*container, req_id, "{msg}"),
-        11..=20 => tracing::debug!(target: "webtask::guest", container = &*container, req_id, "{msg}"),
-        21..=30 => tracing::info!(target: "webtask::guest", container = &*container, req_id, "{msg}"),
-        31..=40 => tracing::warn!(target: "webtask::guest", container = &*container, req_id, "{msg}"),
-        _ => tracing::error!(target: "webtask::guest", container = &*container, req_id, "{msg}"),
-    }
-}
-
-fn truncate(msg: &str) -> std::borrow::Cow<'_, str> {
-    if msg.len() <= MAX_LOG_LINE {
-        return msg.into();
-    }
-    let mut end = MAX_LOG_LINE;
-    while !msg.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}… [truncated {} bytes]", &msg[..end], msg.len() - end).into()
+    let sink = &state.borrow::<Console>().0;
+    let msg = console::truncate(msg, sink.line_bytes()).into_owned();
+    sink.log(ConsoleLine { container, req_id, level: console::level::clamp(level), msg });
 }
 
 /// `fetch`: counted against the request's subrequest budget, then handed

@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use crate::egress::Egress;
 use crate::engine::{self, valid_container, Code, Context, EngineConfig, Error, Reply};
 use crate::jail::{JailConfig, JailMode};
+use crate::logs::Logs;
 use crate::placement::{Memory, Placement};
 use crate::worker::Spec;
 pub use process::Worker;
@@ -78,13 +79,14 @@ impl Runner {
     /// Starts the runner `config` asks for (inside a tokio runtime). With
     /// `jail.mode = "required"` a first worker is started and checked
     /// before this returns, so a host that cannot jail fails here.
-    pub async fn start(config: &PoolConfig, engine: &EngineConfig, jail: &JailConfig, egress: Egress) -> Result<Runner, Error> {
+    /// Guest console lines go to `logs`.
+    pub async fn start(config: &PoolConfig, engine: &EngineConfig, jail: &JailConfig, egress: Egress, logs: &Logs) -> Result<Runner, Error> {
         Ok(match config.mode {
-            Mode::Process => Runner::Workers(Pool::start(config.clone(), engine.clone(), jail.clone(), egress).await?),
+            Mode::Process => Runner::Workers(Pool::start(config.clone(), engine.clone(), jail.clone(), egress, logs.clone()).await?),
             Mode::InProcess => {
                 // A node's cores serve HTTP too: its isolate threads park at once.
                 let config = EngineConfig { idle_wait_us: Some(engine.idle_wait_us.unwrap_or(0)), ..engine.clone() };
-                Runner::InProcess(engine::Engine::with_fetcher(config, Arc::new(egress)))
+                Runner::InProcess(engine::Engine::with_io(config, Arc::new(egress), Arc::new(logs.clone())))
             }
         })
     }
@@ -139,6 +141,8 @@ struct Inner {
     engine: EngineConfig,
     jail: JailConfig,
     egress: Egress,
+    /// Where workers' console lines go.
+    logs: Logs,
     /// Transient uids in use (offsets from `jail.uid_base`).
     uids: Arc<Mutex<std::collections::BTreeSet<u32>>>,
     snapshot: OwnedFd,
@@ -169,7 +173,7 @@ pub struct Pool {
 impl Pool {
     /// Builds the snapshot, fills the pool in the background and starts the
     /// controller. Must be called inside a tokio runtime.
-    pub async fn start(config: PoolConfig, engine: EngineConfig, jail: JailConfig, egress: Egress) -> Result<Pool, Error> {
+    pub async fn start(config: PoolConfig, engine: EngineConfig, jail: JailConfig, egress: Egress, logs: Logs) -> Result<Pool, Error> {
         let snapshot = snapshot_memfd(engine::snapshot_blob(&engine.limits))?;
         let required = jail.mode == JailMode::Required;
         if jail.mode != JailMode::Off {
@@ -191,6 +195,7 @@ impl Pool {
                 engine,
                 jail,
                 egress,
+                logs,
                 uids: Arc::default(),
                 snapshot,
                 idle: Mutex::default(),
@@ -273,6 +278,7 @@ impl Pool {
         };
         let name: Arc<str> = container.into();
         worker.assign(name.clone())?;
+        tracing::info!(container, pid = worker.pid, "worker assigned");
         self.inner.placement.claim(container);
         self.inner.assigned.lock().unwrap().insert(name, worker.clone());
         self.inner.assigning.lock().unwrap().remove(container);
@@ -328,7 +334,8 @@ impl Inner {
     async fn spawn_reserved(&self) -> Result<Arc<Worker>, Error> {
         let spawned = match self.prepare_jail() {
             Ok((spec, lease)) => {
-                Worker::spawn(self.config.exe.as_deref(), &self.snapshot, &spec, lease, self.egress.clone()).await
+                let (egress, logs) = (self.egress.clone(), self.logs.clone());
+                Worker::spawn(self.config.exe.as_deref(), &self.snapshot, &spec, lease, egress, logs).await
             }
             Err(e) => Err(e),
         };
@@ -355,7 +362,8 @@ impl Inner {
         let (jail_spec, cgroup) = crate::jail::prepare(jail, &name, uid).map_err(Error::internal)?;
         lease.memory_mb = cgroup.as_ref().map(|_| jail.memory_mb);
         lease.cgroup = cgroup;
-        Ok((Spec { limits: self.engine.limits.clone(), jail: jail_spec }, lease))
+        let log_line_bytes = self.logs.config().line_bytes;
+        Ok((Spec { limits: self.engine.limits.clone(), jail: jail_spec, log_line_bytes }, lease))
     }
 
     /// The first id of the range that neither this node nor another node

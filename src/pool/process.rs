@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,6 +21,7 @@ use tokio_util::codec::Framed;
 use crate::egress::Egress;
 use crate::engine::fetch::FetchError;
 use crate::engine::{Code, Context, Error, Reply, ReplyBody};
+use crate::logs::Logs;
 use crate::worker::protocol::{self, FromWorker, NodeCodec, ToWorker};
 use crate::worker::Spec;
 
@@ -34,6 +35,13 @@ enum Pending {
     Waiting(oneshot::Sender<Result<Reply, Error>>),
     /// With the bytes streamed so far.
     Streaming(mpsc::UnboundedSender<Result<Bytes, Error>>, u64),
+}
+
+/// A request the node gave this worker and still waits on.
+struct Owned {
+    /// Its request id: the only one the worker's log lines may carry.
+    req_id: Arc<str>,
+    state: Pending,
 }
 
 /// What a worker holds on the host for its life: a transient uid and its
@@ -60,7 +68,10 @@ impl Drop for Lease {
 struct Shared {
     pid: u32,
     lease: Mutex<Option<Lease>>,
-    pending: Mutex<HashMap<u64, Pending>>,
+    pending: Mutex<HashMap<u64, Owned>>,
+    /// The container it serves, once assigned: what its log lines belong to.
+    container: OnceLock<Arc<str>>,
+    logs: Logs,
     alive: AtomicBool,
     /// Why the process ended, once it has.
     ended: Mutex<Option<String>>,
@@ -92,7 +103,7 @@ impl Shared {
 
     fn fail_all(&self, err: &Error) {
         for (_, p) in self.pending.lock().unwrap().drain() {
-            match p {
+            match p.state {
                 Pending::Waiting(tx) => drop(tx.send(Err(err.clone()))),
                 Pending::Streaming(tx, _) => drop(tx.send(Err(err.clone()))),
             }
@@ -132,6 +143,7 @@ impl Worker {
         spec: &Spec,
         lease: Lease,
         egress: Egress,
+        logs: Logs,
     ) -> Result<Arc<Worker>, Error> {
         let (node_end, worker_end) = std::os::unix::net::UnixStream::pair().map_err(Error::internal)?;
         let exe = match exe {
@@ -188,6 +200,8 @@ impl Worker {
             pid,
             lease: Mutex::new(Some(lease)),
             pending: Mutex::default(),
+            container: OnceLock::new(),
+            logs,
             alive: AtomicBool::new(true),
             ended: Mutex::default(),
             child: Mutex::new(Some(child)),
@@ -225,6 +239,7 @@ impl Worker {
         let mut slot = self.container.lock().unwrap();
         assert!(slot.is_none(), "a worker is assigned once");
         *slot = Some(container.clone());
+        let _ = self.shared.container.set(container.clone());
         self.out.send(ToWorker::Assign { container: container.to_string() }).map_err(|_| self.shared.crashed())
     }
 
@@ -234,7 +249,8 @@ impl Worker {
         *self.last_used.lock().unwrap() = Instant::now();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.shared.pending.lock().unwrap().insert(id, Pending::Waiting(tx));
+        let owned = Owned { req_id: req_id.clone(), state: Pending::Waiting(tx) };
+        self.shared.pending.lock().unwrap().insert(id, owned);
         let msg = ToWorker::Run {
             id,
             req_id: req_id.to_string(),
@@ -330,7 +346,7 @@ fn deliver(shared: &Shared, msg: FromWorker) -> Result<(), String> {
     let mut pending = shared.pending.lock().unwrap();
     match msg {
         FromWorker::Head { id, status, headers, body } => {
-            let Some(Pending::Waiting(tx)) = pending.remove(&id) else {
+            let Some(Owned { req_id, state: Pending::Waiting(tx) }) = pending.remove(&id) else {
                 return Err(format!("reply for request {id} it does not own"));
             };
             // The worker's engine enforces the response limit; a reply past
@@ -344,13 +360,13 @@ fn deliver(shared: &Shared, msg: FromWorker) -> Result<(), String> {
                 Some(b) => ReplyBody::Full(Bytes::from(b.into_vec())),
                 None => {
                     let (stream_tx, stream_rx) = mpsc::unbounded_channel();
-                    pending.insert(id, Pending::Streaming(stream_tx, sent));
+                    pending.insert(id, Owned { req_id, state: Pending::Streaming(stream_tx, sent) });
                     ReplyBody::Stream(stream_rx)
                 }
             };
             let _ = tx.send(Ok(Reply { status, headers, body }));
         }
-        FromWorker::Chunk { id, data } => match pending.get_mut(&id) {
+        FromWorker::Chunk { id, data } => match pending.get_mut(&id).map(|o| &mut o.state) {
             Some(Pending::Streaming(tx, sent)) => {
                 *sent += data.len() as u64;
                 if *sent > shared.response_bytes {
@@ -360,7 +376,7 @@ fn deliver(shared: &Shared, msg: FromWorker) -> Result<(), String> {
             }
             _ => return Err(format!("chunk for request {id} it does not own")),
         },
-        FromWorker::End { id } => match pending.remove(&id) {
+        FromWorker::End { id } => match pending.remove(&id).map(|o| o.state) {
             Some(Pending::Streaming(..)) => {}
             _ => return Err(format!("end of request {id} it does not own")),
         },
@@ -372,11 +388,18 @@ fn deliver(shared: &Shared, msg: FromWorker) -> Result<(), String> {
                 }
                 err => err,
             };
-            match pending.remove(&id) {
+            match pending.remove(&id).map(|o| o.state) {
                 Some(Pending::Waiting(tx)) => drop(tx.send(Err(err))),
                 Some(Pending::Streaming(tx, _)) => drop(tx.send(Err(err))),
                 None => return Err(format!("failure of request {id} it does not own")),
             }
+        }
+        FromWorker::Log { req_id, level, msg } => {
+            // Attributed by the node: the container it assigned, the
+            // request only if it is one of this worker's own.
+            let Some(container) = shared.container.get() else { return Ok(()) };
+            let req_id = pending.values().find(|o| *o.req_id == *req_id).map(|o| o.req_id.clone());
+            shared.logs.worker_line(container.clone(), req_id, shared.pid, level, &msg);
         }
         FromWorker::Ready { .. } => return Err("second Ready".to_owned()),
         FromWorker::Fetch { .. } => unreachable!("handled by io"),

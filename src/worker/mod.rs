@@ -17,6 +17,7 @@ use serde_bytes::ByteBuf;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
 
+use crate::engine::console::{ConsoleLine, ConsoleSink};
 use crate::engine::fetch::{FetchError, FetchFuture, FetchRequest, FetchResponse, Fetcher};
 use crate::engine::host::{self, Job, Permit};
 use crate::engine::{self, Code, Context, Error, Limits, Reply, ReplyBody};
@@ -27,6 +28,8 @@ use protocol::{FromWorker, ToWorker, WorkerCodec};
 pub struct Spec {
     pub limits: Limits,
     pub jail: crate::jail::JailSpec,
+    /// Longest console line sent to the node; longer ones are cut and marked.
+    pub log_line_bytes: usize,
 }
 
 /// The worker's main. The node placed the unix socket to itself on
@@ -98,6 +101,7 @@ async fn serve(socket: OwnedFd, spec: Spec, jail: Vec<crate::jail::LayerReport>)
         idle_wait: Default::default(),
         stats: Default::default(),
         fetcher: fetcher.clone(),
+        console: Arc::new(NodeConsole { out: out.clone(), line_bytes: spec.log_line_bytes }),
     };
     let host = host::serve(isolate_spec, jobs_rx, Some(ready_tx));
     let node = async move {
@@ -151,6 +155,25 @@ impl Fetcher for NodeFetcher {
             sent.map_err(|_| FetchError::new("egress_failed", "node connection closed"))?;
             rx.await.unwrap_or_else(|_| Err(FetchError::new("egress_failed", "node connection closed")))
         })
+    }
+}
+
+/// Guest console lines in a worker: a frame to the node, which owns the
+/// log store. Never blocks (the frame queue is the worker's outbound one;
+/// each request's console output is budgeted by the engine).
+struct NodeConsole {
+    out: mpsc::UnboundedSender<FromWorker>,
+    line_bytes: usize,
+}
+
+impl ConsoleSink for NodeConsole {
+    fn line_bytes(&self) -> usize {
+        self.line_bytes
+    }
+
+    fn log(&self, line: ConsoleLine) {
+        let req_id = line.req_id.as_deref().unwrap_or("").to_owned();
+        let _ = self.out.send(FromWorker::Log { req_id, level: line.level, msg: line.msg });
     }
 }
 

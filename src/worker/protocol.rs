@@ -14,7 +14,7 @@ use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 use crate::engine::fetch::{FetchError, FetchRequest, FetchResponse};
 use crate::engine::{Context, Error};
 
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 
 /// Largest frame either side accepts: a run carries code and body (each
 /// bounded by the node's HTTP limits) and a reply chunk at most a response.
@@ -44,6 +44,10 @@ pub enum FromWorker {
     /// Guest `fetch`: the node applies its egress policy and answers with
     /// `FetchResult`.
     Fetch { fid: u64, request: FetchRequest },
+    /// A guest console line. The node attributes it to the container this
+    /// worker is assigned to, and keeps `req_id` only if it names a request
+    /// the node gave this worker.
+    Log { req_id: String, level: u8, msg: String },
 }
 
 /// [`Context`] on the wire: JSON maps as JSON text.

@@ -8,6 +8,8 @@ mod errors;
 mod escape;
 mod jail;
 mod limits;
+mod logs;
+mod logs_kafka;
 mod models;
 mod workers;
 mod support;

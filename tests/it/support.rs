@@ -77,8 +77,9 @@ impl TestNode {
         let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let egress = webtask::egress::Egress::new(&config.egress, vec![addr]).unwrap();
-        let runner = Runner::start(&config.workers, &config.engine, &config.jail, egress).await.unwrap();
-        let node = Node::new(runner, config.http.clone());
+        let logs = webtask::logs::Logs::start(&config.logs).unwrap();
+        let runner = Runner::start(&config.workers, &config.engine, &config.jail, egress, &logs).await.unwrap();
+        let node = Node::new(runner, config.http.clone(), logs);
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(api::serve(node.clone(), listener, async {
             let _ = stopped.await;

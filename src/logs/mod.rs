@@ -1,0 +1,235 @@
+//! Logs: bunyan records from guest `console.*` and from the node itself,
+//! one stream per container plus a system stream that sees everything, kept
+//! by a [`Backend`] (`memory`: a ring per stream with live fan-out; `kafka`:
+//! a topic per stream, shared by every node of a cluster).
+//!
+//! Writing never blocks and never waits: a record is handed to a bounded
+//! queue with `try_send` (counted as dropped when full) and a pump task
+//! serializes it once and gives it to the backend. Readers subscribe to a
+//! stream and get records (and drop markers) as an async stream.
+//!
+//! Owns records, streams and their storage; knows nothing of HTTP (the API
+//! serves streams as SSE) nor of V8 (the engine hands console lines to
+//! [`Logs`] as a [`ConsoleSink`]).
+
+pub mod kafka;
+pub mod layer;
+pub mod memory;
+pub mod record;
+pub mod tail;
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::engine::console::{ConsoleLine, ConsoleSink};
+pub use record::{Entry, Record, Source};
+
+/// `[logs]` in webtask.toml.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogsConfig {
+    /// `memory` (a single node) or `kafka` (a cluster).
+    pub backend: BackendKind,
+    /// Records kept per stream for `?since=` replay (memory backend)...
+    pub ring_records: usize,
+    /// ...and bytes of JSON at most.
+    pub ring_bytes: usize,
+    /// Longest console line; longer ones are cut and marked.
+    pub line_bytes: usize,
+    /// Records a reader may fall behind by before it loses some (and gets
+    /// one "dropped N records" marker).
+    pub reader_buffer: usize,
+    /// Records waiting to be stored; past this new ones are dropped (counted).
+    pub queue: usize,
+    /// Bearer key for `GET /api/logs/system`; without one the system stream
+    /// is refused to everyone.
+    pub admin_key: Option<String>,
+    pub kafka: kafka::KafkaConfig,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Memory,
+    Kafka,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        LogsConfig {
+            backend: BackendKind::Memory,
+            ring_records: 1000,
+            ring_bytes: 256 * 1024,
+            line_bytes: crate::engine::console::DEFAULT_LINE_BYTES,
+            reader_buffer: 1024,
+            queue: 8192,
+            admin_key: None,
+            kafka: kafka::KafkaConfig::default(),
+        }
+    }
+}
+
+/// Which stream a reader follows.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum StreamId {
+    Tenant(Arc<str>),
+    System,
+}
+
+/// What a reader receives.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// One record's JSON.
+    Record(Bytes),
+    /// This many records were lost because the reader fell behind.
+    Dropped(u64),
+}
+
+pub type Subscription = Pin<Box<dyn futures::Stream<Item = Event> + Send>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("the log store has stopped")]
+    Stopped,
+}
+
+/// Why records were lost, for metrics.
+pub const DROP_REASONS: [&str; 4] = ["queue_full", "reader_lagged", "kafka_queue_full", "kafka_failed"];
+
+#[derive(Debug, Clone, Copy)]
+pub enum Loss {
+    QueueFull = 0,
+    ReaderLagged = 1,
+    KafkaQueueFull = 2,
+    KafkaFailed = 3,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    /// Records accepted by the store.
+    pub written: AtomicU64,
+    /// Records lost, by [`DROP_REASONS`].
+    pub dropped: [AtomicU64; 4],
+    /// Kafka messages acknowledged by the broker.
+    pub kafka_delivered: AtomicU64,
+}
+
+impl LogStats {
+    pub fn lost(&self, why: Loss, n: u64) {
+        self.dropped[why as usize].fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Where records are kept and read from.
+pub trait Backend: Send + Sync + 'static {
+    /// Stores one record. Called by the pump only; must not block.
+    fn write(&self, entry: Entry);
+    /// Follows `stream`, first replaying records written at or after
+    /// `since`. Resolves once the reader is attached: every record written
+    /// after that reaches it.
+    fn subscribe(&self, stream: StreamId, since: Option<SystemTime>) -> BoxFuture<'static, Result<Subscription, LogError>>;
+    /// Messages accepted but not yet stored for good (Kafka's producer queue).
+    fn held(&self) -> u64 {
+        0
+    }
+    /// Whether the store's service answers (`None`: nothing to reach).
+    fn connected(&self) -> Option<bool> {
+        None
+    }
+}
+
+/// The node's log service. Cheap to clone.
+#[derive(Clone)]
+pub struct Logs {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tx: mpsc::Sender<Record>,
+    backend: Arc<dyn Backend>,
+    stats: Arc<LogStats>,
+    config: LogsConfig,
+}
+
+impl Logs {
+    /// Starts the configured backend and the pump (inside a tokio runtime).
+    pub fn start(config: &LogsConfig) -> Result<Logs, LogError> {
+        let stats = Arc::new(LogStats::default());
+        let backend: Arc<dyn Backend> = match config.backend {
+            BackendKind::Memory => Arc::new(memory::Memory::new(config.ring_records, config.ring_bytes, config.reader_buffer, stats.clone())),
+            BackendKind::Kafka => Arc::new(kafka::Kafka::new(&config.kafka, config.reader_buffer, stats.clone())?),
+        };
+        let (tx, rx) = mpsc::channel(config.queue.max(1));
+        tokio::spawn(pump(rx, backend.clone(), stats.clone()));
+        Ok(Logs { inner: Arc::new(Inner { tx, backend, stats, config: config.clone() }) })
+    }
+
+    /// Hands `record` to the store; never blocks (a full queue drops it).
+    pub fn publish(&self, record: Record) {
+        if self.inner.tx.try_send(record).is_err() {
+            self.inner.stats.lost(Loss::QueueFull, 1);
+        }
+    }
+
+    /// Follows `stream`, replaying the records of the last `since` first.
+    pub async fn subscribe(&self, stream: StreamId, since: Option<Duration>) -> Result<Subscription, LogError> {
+        let since = since.map(|d| SystemTime::now().checked_sub(d).unwrap_or(SystemTime::UNIX_EPOCH));
+        self.inner.backend.subscribe(stream, since).await
+    }
+
+    pub fn stats(&self) -> &LogStats {
+        &self.inner.stats
+    }
+
+    pub fn held(&self) -> u64 {
+        self.inner.backend.held()
+    }
+
+    pub fn connected(&self) -> Option<bool> {
+        self.inner.backend.connected()
+    }
+
+    pub fn config(&self) -> &LogsConfig {
+        &self.inner.config
+    }
+
+    /// A console line of a worker process: `container` and `pid` are what
+    /// the node knows of the worker, never what the worker said.
+    pub fn worker_line(&self, container: Arc<str>, req_id: Option<Arc<str>>, pid: u32, level: u8, msg: &str) {
+        let msg = crate::engine::console::truncate(msg, self.inner.config.line_bytes).into_owned();
+        let mut record = Record::tenant(container, req_id, crate::engine::console::level::clamp(level.into()), msg);
+        record.pid = pid;
+        self.publish(record);
+    }
+}
+
+impl ConsoleSink for Logs {
+    fn line_bytes(&self) -> usize {
+        self.inner.config.line_bytes
+    }
+
+    fn log(&self, line: ConsoleLine) {
+        self.publish(Record::tenant(line.container, line.req_id, line.level, line.msg));
+    }
+}
+
+/// Serializes each record once and stores it, in batches as they come.
+async fn pump(mut rx: mpsc::Receiver<Record>, backend: Arc<dyn Backend>, stats: Arc<LogStats>) {
+    let mut batch = Vec::with_capacity(256);
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        for record in batch.drain(..) {
+            backend.write(Entry::from(&record));
+            stats.written.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
