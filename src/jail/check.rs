@@ -115,8 +115,15 @@ pub fn run(exe: &std::path::Path, config: &JailConfig, action: &str) -> anyhow::
     static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let name = format!("check{}-{seq}", std::process::id());
-    // The range's last id: never the one of a live worker of this node.
-    let (spec, cgroup) = super::prepare(config, &name, config.uid_count - 1).map_err(anyhow::Error::msg)?;
+    // An id of its own, claimed host-wide like a worker's (from the top of
+    // the range, where workers come last): probes running side by side
+    // must not share RLIMIT_NPROC, which counts per uid.
+    let (offset, _claim) = (0..config.uid_count)
+        .rev()
+        .find_map(|i| super::uid::claim(config.uid_base + i).transpose().map(|c| c.map(|c| (i, c))))
+        .transpose()?
+        .ok_or_else(|| anyhow::anyhow!("every uid of the range is taken"))?;
+    let (spec, cgroup) = super::prepare(config, &name, offset).map_err(anyhow::Error::msg)?;
     let out = std::process::Command::new(exe)
         .args(["jail-check", "--spec", &serde_json::to_string(&spec)?, "--action", action])
         .stdin(Stdio::null())

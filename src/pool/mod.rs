@@ -367,11 +367,11 @@ impl Inner {
     }
 
     /// The first id of the range that neither this node nor another node
-    /// on the host holds. The range's last id is kept for `jail-check`.
+    /// (nor a `jail-check` probe) on the host holds.
     fn claim_uid(&self) -> Result<(u32, Option<crate::jail::uid::Claim>), Error> {
         let jail = &self.jail;
         let mut used = self.uids.lock().unwrap();
-        let mut free = (0..jail.uid_count.saturating_sub(1)).filter(|i| !used.contains(i));
+        let mut free = (0..jail.uid_count).filter(|i| !used.contains(i));
         let found = match jail.mode {
             JailMode::Off => free.next().map(|i| (i, None)),
             _ => free.find_map(|i| match crate::jail::uid::claim(jail.uid_base + i) {
