@@ -603,7 +603,7 @@ fn report_md(rows: &[Row], peers: &Peers, wrk: &Value) -> String {
         versions(peers).as_object().unwrap().iter().map(|(k, v)| format!("{k} {}", v.as_str().unwrap_or("?"))).collect::<Vec<_>>().join(", ")
     );
     md += &format!("Reproduce: `make bench` (or `cargo bench --bench compare`). Each cell: median of {RUNS} runs (min–max); \
-                    peer cells also give webtask ÷ peer.\n\n");
+                    peer cells also compare webtask with that peer.\n\n");
     md += "| scenario | metric |";
     for s in SYSTEMS {
         md += &format!(" {} |", s.title());
@@ -618,7 +618,7 @@ fn report_md(rows: &[Row], peers: &Peers, wrk: &Value) -> String {
                 Some((median, min, max)) => {
                     let base = format!("{} ({}–{})", fmt(median, row.unit), fmt(min, row.unit), fmt(max, row.unit));
                     match (*system != System::Webtask).then(|| ratio(row, cell)).flatten() {
-                        Some(r) => format!("{base} · ÷ {}", if r >= 10.0 { format!("{r:.0}") } else { format!("{r:.2}") }),
+                        Some(r) => format!("{base} · {}", compared(r, row.higher_is_better)),
                         None => base,
                     }
                 }
@@ -646,6 +646,17 @@ fn report_md(rows: &[Row], peers: &Peers, wrk: &Value) -> String {
     md += &goals_md(rows);
     md += "\n![new-container latency CDF](new_container_cdf.svg)\n";
     md
+}
+
+/// webtask against a peer, in words: `r` is webtask's figure over the peer's.
+fn compared(r: f64, higher_is_better: bool) -> String {
+    let better = if higher_is_better { r } else { 1.0 / r };
+    let times = |x: f64| if x >= 10.0 { format!("{x:.0}×") } else { format!("{x:.2}×") };
+    match (higher_is_better, better >= 1.0) {
+        (true, _) => format!("webtask {}", times(r)),
+        (false, true) => format!("webtask {} faster", times(better)),
+        (false, false) => format!("webtask {} slower", times(1.0 / better)),
+    }
 }
 
 /// The goals the report is read against, met or not.
