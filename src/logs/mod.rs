@@ -46,8 +46,14 @@ pub struct LogsConfig {
     /// Records a reader may fall behind by before it loses some (and gets
     /// one "dropped N records" marker).
     pub reader_buffer: usize,
-    /// Records waiting to be stored; past this new ones are dropped (counted).
+    /// Tenant records waiting to be stored; past this new ones are dropped
+    /// (counted). System records have a queue of their own, so a tenant's
+    /// flood never costs the operator the node's own records.
     pub queue: usize,
+    /// Console bytes a second one worker process may hand the node, each
+    /// line counted 256 bytes more than its text; past it lines are dropped
+    /// (counted as `worker_rate`).
+    pub worker_log_rate: u64,
     /// Bearer key for `GET /api/logs/system`; without one the system stream
     /// is refused to everyone.
     pub admin_key: Option<String>,
@@ -70,6 +76,7 @@ impl Default for LogsConfig {
             line_bytes: crate::engine::console::DEFAULT_LINE_BYTES,
             reader_buffer: 1024,
             queue: 8192,
+            worker_log_rate: 4 * 1024 * 1024,
             admin_key: None,
             kafka: kafka::KafkaConfig::default(),
         }
@@ -103,7 +110,7 @@ pub enum LogError {
 }
 
 /// Why records were lost, for metrics.
-pub const DROP_REASONS: [&str; 4] = ["queue_full", "reader_lagged", "kafka_queue_full", "kafka_failed"];
+pub const DROP_REASONS: [&str; 6] = ["queue_full", "reader_lagged", "kafka_queue_full", "kafka_failed", "worker_rate", "unflushed"];
 
 #[derive(Debug, Clone, Copy)]
 pub enum Loss {
@@ -111,6 +118,10 @@ pub enum Loss {
     ReaderLagged = 1,
     KafkaQueueFull = 2,
     KafkaFailed = 3,
+    /// A worker sent console lines faster than `worker_log_rate`.
+    WorkerRate = 4,
+    /// Still held for Kafka when the node stopped.
+    Unflushed = 5,
 }
 
 /// Counters for `/metrics`.
@@ -119,7 +130,7 @@ pub struct LogStats {
     /// Records accepted by the store.
     pub written: AtomicU64,
     /// Records lost, by [`DROP_REASONS`].
-    pub dropped: [AtomicU64; 4],
+    pub dropped: [AtomicU64; 6],
     /// Kafka messages acknowledged by the broker.
     pub kafka_delivered: AtomicU64,
 }
@@ -154,8 +165,14 @@ pub struct Logs {
     inner: Arc<Inner>,
 }
 
+/// System records waiting to be stored: few, and never behind tenant ones.
+const SYSTEM_QUEUE: usize = 1024;
+
 struct Inner {
+    /// Tenant records.
     tx: mpsc::Sender<Record>,
+    /// The node's own records, apart so tenant floods cannot crowd them out.
+    system_tx: mpsc::Sender<Record>,
     backend: Arc<dyn Backend>,
     stats: Arc<LogStats>,
     config: LogsConfig,
@@ -170,13 +187,18 @@ impl Logs {
             BackendKind::Kafka => Arc::new(kafka::Kafka::new(&config.kafka, config.reader_buffer, stats.clone())?),
         };
         let (tx, rx) = mpsc::channel(config.queue.max(1));
-        tokio::spawn(pump(rx, backend.clone(), stats.clone()));
-        Ok(Logs { inner: Arc::new(Inner { tx, backend, stats, config: config.clone() }) })
+        let (system_tx, system_rx) = mpsc::channel(SYSTEM_QUEUE);
+        tokio::spawn(pump(system_rx, rx, backend.clone(), stats.clone()));
+        Ok(Logs { inner: Arc::new(Inner { tx, system_tx, backend, stats, config: config.clone() }) })
     }
 
     /// Hands `record` to the store; never blocks (a full queue drops it).
     pub fn publish(&self, record: Record) {
-        if self.inner.tx.try_send(record).is_err() {
+        let queue = match record.source {
+            Source::Tenant => &self.inner.tx,
+            Source::System => &self.inner.system_tx,
+        };
+        if queue.try_send(record).is_err() {
             self.inner.stats.lost(Loss::QueueFull, 1);
         }
     }
@@ -223,13 +245,48 @@ impl ConsoleSink for Logs {
     }
 }
 
-/// Serializes each record once and stores it, in batches as they come.
-async fn pump(mut rx: mpsc::Receiver<Record>, backend: Arc<dyn Backend>, stats: Arc<LogStats>) {
+/// Serializes each record once and stores it, in batches as they come,
+/// system records first.
+async fn pump(mut system: mpsc::Receiver<Record>, mut tenant: mpsc::Receiver<Record>, backend: Arc<dyn Backend>, stats: Arc<LogStats>) {
     let mut batch = Vec::with_capacity(256);
-    while rx.recv_many(&mut batch, 256).await > 0 {
+    loop {
+        let n = tokio::select! {
+            biased;
+            n = system.recv_many(&mut batch, 256) => n,
+            n = tenant.recv_many(&mut batch, 256) => n,
+        };
+        // Both senders go with the last Logs.
+        if n == 0 {
+            return;
+        }
         for record in batch.drain(..) {
             backend.write(Entry::from(&record));
             stats.written.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_tenant_flood_never_crowds_out_system_records() {
+        let logs = Logs::start(&LogsConfig { queue: 4, ..LogsConfig::default() }).unwrap();
+        let mut system = logs.subscribe(StreamId::System, None).await.unwrap();
+        // No await in between: the pump has not run, the tenant queue is full.
+        for i in 0..100 {
+            logs.publish(Record::tenant("flood".into(), None, 30, i.to_string()));
+        }
+        logs.publish(Record::new(Source::System, 40, "the node's own"));
+        assert_eq!(logs.stats().dropped[Loss::QueueFull as usize].load(Ordering::Relaxed), 96);
+        let mut msgs = Vec::new();
+        for _ in 0..5 {
+            let Some(Event::Record(json)) = system.next().await else { panic!("a record") };
+            msgs.push(serde_json::from_slice::<serde_json::Value>(&json).unwrap()["msg"].as_str().unwrap().to_owned());
+        }
+        assert_eq!(msgs, ["the node's own", "0", "1", "2", "3"]);
     }
 }

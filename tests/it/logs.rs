@@ -360,32 +360,67 @@ async fn post(addr: std::net::SocketAddr, container: &str, code: &str) -> u16 {
     res.status().as_u16()
 }
 
+/// A `webtask serve` process (the only kind with a system layer) with
+/// `toml` as its config; killed on drop.
+struct ServeNode {
+    child: tokio::process::Child,
+    addr: std::net::SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+impl ServeNode {
+    async fn start(name: &str, toml: &str) -> ServeNode {
+        use tokio::io::AsyncBufReadExt;
+        let dir = std::env::temp_dir().join(format!("webtask-logs-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("node.toml");
+        std::fs::write(&config, format!("listen = \"127.0.0.1:0\"\n{toml}")).unwrap();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_webtask"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr: std::net::SocketAddr = loop {
+            let line = lines.next_line().await.unwrap().expect("node exited before listening");
+            if let Some(addr) = serde_json::from_str::<Value>(&line).ok().and_then(|v| v["addr"].as_str()?.parse().ok()) {
+                break addr;
+            }
+        };
+        // The node's stderr must keep draining while it runs.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        ServeNode { child, addr, dir }
+    }
+
+    /// SIGTERM, then the node must stop by itself, successfully.
+    async fn stop(mut self) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id().unwrap() as i32, libc::SIGTERM) };
+        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await.expect("node did not stop").unwrap();
+        assert!(status.success(), "{status:?}");
+    }
+
+    async fn metrics(&self) -> String {
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        let req = http::Request::get(format!("http://{}/metrics", self.addr)).body(Empty::<Bytes>::new()).unwrap();
+        let res = tokio::time::timeout(Duration::from_secs(30), client.request(req)).await.expect("hung").expect("metrics");
+        String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    }
+}
+
+impl Drop for ServeNode {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[tokio::test]
 async fn a_nodes_own_events_reach_the_system_stream_only() {
-    use tokio::io::AsyncBufReadExt;
-    let dir = std::env::temp_dir().join(format!("webtask-logs-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("node.toml");
-    let text = format!(
-        "listen = \"127.0.0.1:0\"\n[http]\nshutdown_grace_ms = 120000\n[engine.limits]\ncpu_ms = 100\n[workers]\npool_size = 1\n[logs]\nadmin_key = \"{ADMIN_KEY}\"\n"
-    );
-    std::fs::write(&config, text).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_webtask"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr: std::net::SocketAddr = loop {
-        let line = lines.next_line().await.unwrap().expect("node exited before listening");
-        if let Some(addr) = serde_json::from_str::<Value>(&line).ok().and_then(|v| v["addr"].as_str()?.parse().ok()) {
-            break addr;
-        }
-    };
-    // The node's stderr must keep draining while it runs.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let toml = format!("[http]\nshutdown_grace_ms = 120000\n[engine.limits]\ncpu_ms = 100\n[workers]\npool_size = 1\n[logs]\nadmin_key = \"{ADMIN_KEY}\"\n");
+    let node = ServeNode::start("own", &toml).await;
+    let addr = node.addr;
 
     let mut system = Reader::open(addr, "/api/logs/system", Some(ADMIN_KEY)).await.unwrap();
     let mut tenant = Reader::open(addr, "/api/logs/tenant/sys", None).await.unwrap();
@@ -407,9 +442,45 @@ async fn a_nodes_own_events_reach_the_system_stream_only() {
     assert_eq!(tenant.next_within(Duration::from_millis(300)).await, None);
 
     // Open streams do not hold shutdown up (for the two-minute grace).
-    // SAFETY: plain kill(2) on our own child.
-    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await.expect("node did not stop").unwrap();
-    assert!(status.success(), "{status:?}");
-    let _ = std::fs::remove_dir_all(&dir);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_guest_can_neither_forge_nor_drown_the_nodes_own_records() {
+    let toml = format!(
+        "[engine.limits]\ncpu_ms = 30000\nwall_ms = 60000\n[workers]\npool_size = 1\n[logs]\nline_bytes = 200\nworker_log_rate = 16384\nadmin_key = \"{ADMIN_KEY}\"\n"
+    );
+    let node = ServeNode::start("forge", &toml).await;
+    let addr = node.addr;
+    let mut system = Reader::open(addr, "/api/logs/system", Some(ADMIN_KEY)).await.unwrap();
+
+    // An error whose text is what the node would say, and far too long.
+    let forger = r#"return function (cb) { throw new Error("CPU limit fake" + "x".repeat(5000)); }"#;
+    assert_eq!(post(addr, "forger", forger).await, 500);
+    let records = system.until(|m| m == "script error").await;
+    assert!(records.iter().all(|r| !r["msg"].as_str().unwrap_or("").starts_with("CPU limit")), "{records:?}");
+    let error = records.last().unwrap();
+    assert_eq!((error["source"].as_str(), error["code"].as_str(), error["container"].as_str()), (Some("system"), Some("script_error"), Some("forger")));
+    let message = error["error_message"].as_str().expect("the guest's message, under a name of its own");
+    assert!(message.starts_with("CPU limit fakexxx") && message.ends_with(" bytes]") && message.len() < 250, "{message}");
+    for field in ["details", "stack"] {
+        assert!(error[field].as_str().map_or(true, |s| s.len() < 250), "{field}: {}", error[field]);
+    }
+
+    // A million empty lines: the request ends normally...
+    let flood = r#"return function (cb) { for (let i = 0; i < 1e6; i++) console.log(); cb(null, "done"); }"#;
+    assert_eq!(post(addr, "flood", flood).await, 200);
+    // ...and the node's own record of what comes next still arrives.
+    assert_eq!(post(addr, "after", "return function (cb) { cb(null, 1); }").await, 200);
+    loop {
+        let r = system.next().await;
+        if r["msg"].as_str().is_some_and(|m| m.starts_with("worker assigned")) && r["container"] == "after" {
+            assert_eq!(r["source"], "system");
+            break;
+        }
+    }
+    let metrics = node.metrics().await;
+    let dropped = sample(&metrics, "webtask_log_records_dropped_total{reason=\"worker_rate\"}").expect("counted");
+    assert!(dropped > 0.0, "{metrics}");
+    node.stop().await;
 }
