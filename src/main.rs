@@ -160,6 +160,9 @@ fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
     path.map_or_else(|| Ok(Config::default()), |p| Config::load(&p))
 }
 
+/// How long a stopping node waits for its log store to take what it holds.
+const LOGS_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn serve(mut config: Config, listen: Option<std::net::SocketAddr>, system: SystemLayer) -> anyhow::Result<()> {
     if let Some(addr) = listen {
         config.listen = addr;
@@ -172,7 +175,9 @@ async fn serve(mut config: Config, listen: Option<std::net::SocketAddr>, system:
     let runner = Runner::start(&config.workers, &config.engine, &config.jail, egress, &logs).await?;
     tracing::info!(%addr, "webtask node listening");
     let node = Node::new(runner, config.http.clone(), logs);
-    api::serve(node, listener, shutdown_signal()).await;
+    api::serve(node.clone(), listener, shutdown_signal()).await;
+    // Records Kafka has not taken yet get a moment; the rest are counted lost.
+    node.logs.shutdown(LOGS_FLUSH).await;
     tracing::info!("webtask node stopped");
     Ok(())
 }

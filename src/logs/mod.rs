@@ -54,8 +54,11 @@ pub struct LogsConfig {
     /// line counted 256 bytes more than its text; past it lines are dropped
     /// (counted as `worker_rate`).
     pub worker_log_rate: u64,
+    /// Readers (SSE streams) a node serves at once, over every stream and
+    /// backend; past it a new one gets `429 too_many_readers`.
+    pub max_readers: usize,
     /// Bearer key for `GET /api/logs/system`; without one the system stream
-    /// is refused to everyone.
+    /// is refused to everyone. At least 16 characters.
     pub admin_key: Option<String>,
     pub kafka: kafka::KafkaConfig,
 }
@@ -77,6 +80,7 @@ impl Default for LogsConfig {
             reader_buffer: 1024,
             queue: 8192,
             worker_log_rate: 4 * 1024 * 1024,
+            max_readers: 256,
             admin_key: None,
             kafka: kafka::KafkaConfig::default(),
         }
@@ -107,6 +111,23 @@ pub enum LogError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("the log store has stopped")]
     Stopped,
+    #[error("this node serves {0} log readers at most, and has that many")]
+    TooManyReaders(usize),
+}
+
+/// Shortest admin key accepted.
+pub const MIN_ADMIN_KEY: usize = 16;
+
+impl LogsConfig {
+    /// What a config file cannot mean: an admin key anyone could guess.
+    pub fn validate(&self) -> Result<(), String> {
+        match &self.admin_key {
+            Some(key) if key.trim().chars().count() < MIN_ADMIN_KEY => Err(format!(
+                "logs.admin_key must be at least {MIN_ADMIN_KEY} characters (it guards every tenant's records); leave it unset to close the system stream"
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Why records were lost, for metrics.
@@ -157,6 +178,11 @@ pub trait Backend: Send + Sync + 'static {
     fn connected(&self) -> Option<bool> {
         None
     }
+    /// Waits up to `timeout` for what is held to be stored; blocks. Returns
+    /// how many messages were still held.
+    fn flush(&self, _timeout: Duration) -> u64 {
+        0
+    }
 }
 
 /// The node's log service. Cheap to clone.
@@ -176,6 +202,8 @@ struct Inner {
     backend: Arc<dyn Backend>,
     stats: Arc<LogStats>,
     config: LogsConfig,
+    /// One permit per reader attached.
+    readers: Arc<tokio::sync::Semaphore>,
 }
 
 impl Logs {
@@ -189,7 +217,8 @@ impl Logs {
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let (system_tx, system_rx) = mpsc::channel(SYSTEM_QUEUE);
         tokio::spawn(pump(system_rx, rx, backend.clone(), stats.clone()));
-        Ok(Logs { inner: Arc::new(Inner { tx, system_tx, backend, stats, config: config.clone() }) })
+        let readers = Arc::new(tokio::sync::Semaphore::new(config.max_readers));
+        Ok(Logs { inner: Arc::new(Inner { tx, system_tx, backend, stats, config: config.clone(), readers }) })
     }
 
     /// Hands `record` to the store; never blocks (a full queue drops it).
@@ -203,10 +232,28 @@ impl Logs {
         }
     }
 
-    /// Follows `stream`, replaying the records of the last `since` first.
+    /// Follows `stream`, replaying the records of the last `since` first;
+    /// refused past `max_readers` readers at once.
     pub async fn subscribe(&self, stream: StreamId, since: Option<Duration>) -> Result<Subscription, LogError> {
+        let permit = self.inner.readers.clone().try_acquire_owned().map_err(|_| LogError::TooManyReaders(self.inner.config.max_readers))?;
         let since = since.map(|d| SystemTime::now().checked_sub(d).unwrap_or(SystemTime::UNIX_EPOCH));
-        self.inner.backend.subscribe(stream, since).await
+        let events = self.inner.backend.subscribe(stream, since).await?;
+        // The permit goes when the reader does.
+        Ok(Box::pin(futures::StreamExt::map(events, move |event| {
+            let _reader = &permit;
+            event
+        })))
+    }
+
+    /// When the node stops: waits up to `timeout` for the store to take
+    /// what it holds (Kafka's producer queue); what is still held then is
+    /// counted as dropped (`unflushed`).
+    pub async fn shutdown(&self, timeout: Duration) {
+        let backend = self.inner.backend.clone();
+        let left = tokio::task::spawn_blocking(move || backend.flush(timeout)).await.unwrap_or(0);
+        if left > 0 {
+            self.inner.stats.lost(Loss::Unflushed, left);
+        }
     }
 
     pub fn stats(&self) -> &LogStats {
@@ -248,17 +295,15 @@ impl ConsoleSink for Logs {
 /// Serializes each record once and stores it, in batches as they come,
 /// system records first.
 async fn pump(mut system: mpsc::Receiver<Record>, mut tenant: mpsc::Receiver<Record>, backend: Arc<dyn Backend>, stats: Arc<LogStats>) {
-    let mut batch = Vec::with_capacity(256);
+    let (mut system_batch, mut tenant_batch) = (Vec::with_capacity(64), Vec::with_capacity(256));
     loop {
-        let n = tokio::select! {
+        let batch = tokio::select! {
             biased;
-            n = system.recv_many(&mut batch, 256) => n,
-            n = tenant.recv_many(&mut batch, 256) => n,
+            n = system.recv_many(&mut system_batch, 64) => (n > 0).then_some(&mut system_batch),
+            n = tenant.recv_many(&mut tenant_batch, 256) => (n > 0).then_some(&mut tenant_batch),
         };
         // Both senders go with the last Logs.
-        if n == 0 {
-            return;
-        }
+        let Some(batch) = batch else { return };
         for record in batch.drain(..) {
             backend.write(Entry::from(&record));
             stats.written.fetch_add(1, Ordering::Relaxed);
@@ -288,5 +333,24 @@ mod tests {
             msgs.push(serde_json::from_slice::<serde_json::Value>(&json).unwrap()["msg"].as_str().unwrap().to_owned());
         }
         assert_eq!(msgs, ["the node's own", "0", "1", "2", "3"]);
+    }
+
+    #[tokio::test]
+    async fn readers_past_the_cap_are_refused_until_one_goes() {
+        let logs = Logs::start(&LogsConfig { max_readers: 2, ..LogsConfig::default() }).unwrap();
+        let a = logs.subscribe(StreamId::System, None).await.unwrap();
+        let _b = logs.subscribe(StreamId::Tenant("b".into()), None).await.unwrap();
+        assert!(matches!(logs.subscribe(StreamId::System, None).await, Err(LogError::TooManyReaders(2))));
+        drop(a);
+        assert!(logs.subscribe(StreamId::System, None).await.is_ok());
+    }
+
+    #[test]
+    fn admin_keys_are_long_enough_to_guard_something() {
+        let with = |key: &str| LogsConfig { admin_key: Some(key.into()), ..LogsConfig::default() }.validate();
+        assert!(with("").is_err());
+        assert!(with("short-key").is_err());
+        assert!(with("a-key-of-16-char").is_ok());
+        assert!(LogsConfig::default().validate().is_ok());
     }
 }
