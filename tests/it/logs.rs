@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::support::{sample, test_config, workers_config_from, TestNode};
 
-pub const ADMIN_KEY: &str = "test-admin-key";
+pub const ADMIN_KEY: &str = "test-admin-key-0123";
 
 /// A client following one SSE stream.
 pub struct Reader {
@@ -58,12 +58,19 @@ impl Reader {
 
     /// The next record; waits as long as it takes.
     pub async fn next(&mut self) -> Value {
+        let text = self.next_event().await;
+        let data = text.lines().find_map(|l| l.strip_prefix("data: ")).expect("a data line");
+        serde_json::from_str(data).unwrap_or_else(|e| panic!("bad record ({e}): {data}"))
+    }
+
+    /// The next event that is not a comment, as sent (without its blank line).
+    pub async fn next_event(&mut self) -> String {
         loop {
             if let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
                 let event = self.buf.split_to(end + 2);
-                let text = std::str::from_utf8(&event).expect("UTF-8 event");
-                if let Some(data) = text.lines().find_map(|l| l.strip_prefix("data: ")) {
-                    return serde_json::from_str(data).unwrap_or_else(|e| panic!("bad record ({e}): {data}"));
+                let text = std::str::from_utf8(&event[..end]).expect("UTF-8 event").to_owned();
+                if text.lines().any(|l| l.starts_with("data: ")) {
+                    return text;
                 }
                 assert!(text.starts_with(':'), "neither data nor comment: {text:?}");
                 continue;
@@ -137,6 +144,32 @@ async fn three_lines_reach_a_reader_attached_before_the_request() {
 }
 
 #[tokio::test]
+async fn a_line_with_line_breaks_is_one_data_line_of_json() {
+    for node in both_nodes(logs_config()).await {
+        let mut reader = Reader::tenant(&node, "breaks").await;
+        let res = node.run("breaks", "", r#"return function (cb) { console.log("a\nb\rc"); cb(null, 1); }"#).await;
+        assert_eq!(res.status, 200);
+        let event = reader.next_event().await;
+        let lines: Vec<&str> = event.split(['\n', '\r']).collect();
+        assert_eq!(lines.len(), 1, "{event:?}");
+        let data = lines[0].strip_prefix("data: ").expect("a data line");
+        let record: Value = serde_json::from_str(data).unwrap();
+        assert_eq!(record["msg"], "a\nb\rc");
+    }
+}
+
+#[tokio::test]
+async fn readers_past_the_cap_get_429() {
+    let mut config = logs_config();
+    config.logs.max_readers = 2;
+    let node = TestNode::with_config(config).await;
+    let _a = Reader::tenant(&node, "a").await;
+    let _b = Reader::system(&node).await;
+    let (status, body) = Reader::open(node.addr, "/api/logs/tenant/c", None).await.err().expect("refused");
+    assert_eq!((status, body["code"].as_str(), body["limit"].as_u64()), (429, Some("too_many_readers"), Some(2)));
+}
+
+#[tokio::test]
 async fn worker_records_carry_the_worker_pid_and_requests_their_own_id() {
     let node = TestNode::with_config(workers_config_from(logs_config())).await;
     let mut reader = Reader::tenant(&node, "ids").await;
@@ -191,7 +224,7 @@ async fn since_replays_recent_records_first() {
 #[tokio::test]
 async fn the_system_stream_is_for_operators_only() {
     let node = TestNode::with_config(logs_config()).await;
-    for key in [None, Some("wrong"), Some("")] {
+    for key in [None, Some("wrong"), Some(""), Some("test-admin-key-012")] {
         let (status, body) = Reader::open(node.addr, "/api/logs/system", key).await.err().expect("refused");
         assert_eq!((status, body["code"].as_str()), (401, Some("unauthorized")), "{key:?}");
     }
@@ -298,6 +331,8 @@ async fn metrics_count_records_written() {
     let metrics = node.metrics().await;
     assert!(sample(&metrics, "webtask_log_records_total").unwrap() >= 2.0);
     assert_eq!(sample(&metrics, "webtask_log_records_dropped_total{reason=\"queue_full\"}"), Some(0.0));
+    // Nothing to connect to: no connection gauge.
+    assert!(!metrics.contains("webtask_log_kafka_connected"), "{metrics}");
 }
 
 #[tokio::test]
