@@ -83,7 +83,7 @@ impl Memory {
     fn ring<'a>(&self, streams: &'a mut HashMap<StreamId, Ring>, id: StreamId) -> &'a mut Ring {
         let mut keep = true;
         if !streams.contains_key(&id) && id != StreamId::System {
-            let mut kept = streams.iter().filter(|(k, r)| **k != StreamId::System && r.keep).count();
+            let mut kept = streams.values().filter(|r| r.keep).count();
             while kept >= MAX_STREAMS {
                 let mut idle = None;
                 for (k, r) in streams.iter_mut() {
