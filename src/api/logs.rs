@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 
 use super::{reply, Body, Node};
 use crate::engine::valid_container;
-use crate::logs::{Event, Record, StreamId};
+use crate::logs::{Event, LogError, Record, StreamId};
 
 /// Between comment lines on an idle stream.
 const HEARTBEAT: Duration = Duration::from_secs(15);
@@ -46,6 +46,9 @@ pub async fn handle(node: &Node, rest: &str, req: &Request<Incoming>) -> Respons
     };
     match node.logs.subscribe(stream.clone(), since).await {
         Ok(events) => sse(node, stream, events),
+        Err(LogError::TooManyReaders(limit)) => {
+            reply::json(429, &json!({"code": "too_many_readers", "limit": limit, "error": format!("this node serves {limit} log readers at most")}))
+        }
         Err(e) => reply::json(503, &json!({"code": "logs_unavailable", "error": e.to_string()})),
     }
 }
@@ -57,7 +60,7 @@ fn bad_request(message: String) -> Response<Body> {
 /// Checks `Authorization: Bearer <admin key>`; the answer to send if not.
 #[allow(clippy::result_large_err)]
 fn authorize(node: &Node, req: &Request<Incoming>) -> Result<(), Response<Body>> {
-    let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer);
     let error = match (&node.logs.config().admin_key, given) {
         (Some(key), Some(given)) if same_secret(key, given.trim()) => return Ok(()),
         (None, _) => "this node has no admin key ([logs] admin_key); the system stream is closed",
@@ -67,6 +70,12 @@ fn authorize(node: &Node, req: &Request<Incoming>) -> Result<(), Response<Body>>
     let mut res = reply::json(401, &json!({"code": "unauthorized", "error": error}));
     res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     Err(res)
+}
+
+/// The token of `Bearer <token>`; the scheme is case-insensitive (RFC 9110).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
 }
 
 /// Compares digests, so the time taken says nothing about the key.
@@ -137,8 +146,10 @@ async fn pump(
             () = tx.closed() => return,
             () = &mut stopping => return,
         };
-        if tx.send(chunk).await.is_err() {
-            return;
+        // A client that stopped reading must not hold shutdown up either.
+        tokio::select! {
+            sent = tx.send(chunk) => if sent.is_err() { return },
+            () = &mut stopping => return,
         }
     }
 }
@@ -164,6 +175,15 @@ mod tests {
         assert!(since(Some("since=-1")).is_err());
         assert!(since(Some("since=abc")).is_err());
         assert!(since(Some("since=99999999")).is_err());
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer("Bearer k3y"), Some("k3y"));
+        assert_eq!(bearer("bearer k3y"), Some("k3y"));
+        assert_eq!(bearer("BEARER k3y"), Some("k3y"));
+        assert_eq!(bearer("Basic k3y"), None);
+        assert_eq!(bearer("Bearer"), None);
     }
 
     #[test]

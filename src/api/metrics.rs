@@ -63,12 +63,14 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self::new()
+        Self::new(false)
     }
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// `kafka`: whether the log store has a service to reach, whose
+    /// connection is then reported; a memory store has none to report.
+    pub fn new(kafka: bool) -> Self {
         let requests = Family::<StatusLabel, Counter>::default();
         // 50 µs .. ~26 s
         let latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 20));
@@ -100,7 +102,9 @@ impl Metrics {
         registry.register("log_records_dropped", "Log records lost, by reason", log_dropped.clone());
         registry.register("log_kafka_held", "Kafka messages waiting in the producer queue", kafka_held.clone());
         registry.register("log_kafka_delivered", "Kafka messages acknowledged by the broker", kafka_delivered.clone());
-        registry.register("log_kafka_connected", "1 while Kafka answers (kafka backend)", kafka_connected.clone());
+        if kafka {
+            registry.register("log_kafka_connected", "1 while Kafka answers (kafka backend)", kafka_connected.clone());
+        }
         Metrics {
             registry: Mutex::new(registry),
             requests,

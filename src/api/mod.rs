@@ -56,7 +56,7 @@ impl Node {
         Arc::new(Node {
             runner,
             http,
-            metrics: Metrics::new(),
+            metrics: Metrics::new(logs.connected().is_some()),
             logs,
             draining: AtomicBool::new(false),
             drain: tokio_util::sync::CancellationToken::new(),

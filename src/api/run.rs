@@ -44,8 +44,15 @@ pub async fn handle(node: &Node, container: String, req: Request<Incoming>) -> R
             if err.status() >= 500 {
                 // `figures` carries the error's numbers (limit_ms, used_ms, ...)
                 // into the system log record.
+                // The message is the node's own words: a script error's text
+                // is the guest's, and goes in the figures (as `error_message`).
                 let figures = serde_json::to_string(&err).unwrap_or_default();
-                tracing::warn!(container, req_id = &*req_id, code = err.code(), figures, "{err}");
+                let msg: std::borrow::Cow<'_, str> = match &err {
+                    Error::Script(_) => "script error".into(),
+                    Error::SyntaxError { .. } => "syntax error".into(),
+                    err => err.to_string().into(),
+                };
+                tracing::warn!(container, req_id = &*req_id, code = err.code(), figures, "{msg}");
             }
             reply::error(&err)
         }

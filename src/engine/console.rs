@@ -8,6 +8,42 @@ use std::sync::Arc;
 /// Longest console line kept when a sink does not say otherwise.
 pub const DEFAULT_LINE_BYTES: usize = 16 * 1024;
 
+/// What a console line costs against a budget beyond its text: a record's
+/// envelope (fields, JSON, a frame) is about this much, so empty lines are
+/// not free.
+pub const LINE_COST: usize = 256;
+
+/// A token bucket of bytes: `per_sec` a second, at most `per_sec` saved up.
+/// Budgets console output that no request's budget covers.
+#[derive(Debug)]
+pub struct Rate {
+    per_sec: u64,
+    tokens: u64,
+    last: std::time::Instant,
+}
+
+impl Rate {
+    pub fn new(per_sec: u64) -> Self {
+        Rate { per_sec, tokens: per_sec, last: std::time::Instant::now() }
+    }
+
+    /// Takes `n` bytes if the bucket holds them (then true); takes nothing otherwise.
+    pub fn take(&mut self, n: u64) -> bool {
+        let now = std::time::Instant::now();
+        let refill = (now.duration_since(self.last).as_nanos() * u128::from(self.per_sec) / 1_000_000_000) as u64;
+        // Only when whole bytes came in: time shorter than one byte's keeps adding up.
+        if refill > 0 {
+            self.tokens = self.tokens.saturating_add(refill).min(self.per_sec);
+            self.last = now;
+        }
+        if self.tokens < n {
+            return false;
+        }
+        self.tokens -= n;
+        true
+    }
+}
+
 /// Bunyan level numbers, as guest `console` methods map to them.
 pub mod level {
     pub const TRACE: u8 = 10;
@@ -92,6 +128,14 @@ mod tests {
         assert_eq!(truncate("short", 10), "short");
         let cut = truncate("ééé", 3);
         assert_eq!(cut, "é… [truncated 4 bytes]");
+    }
+
+    #[test]
+    fn a_rate_gives_its_burst_then_refuses() {
+        let mut rate = Rate::new(1000);
+        assert!(rate.take(600));
+        assert!(!rate.take(600), "only 400 left (plus what came in meanwhile, far less than 200)");
+        assert!(rate.take(300));
     }
 
     #[test]

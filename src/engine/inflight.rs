@@ -38,11 +38,20 @@ pub struct Inflight {
     slots: HashMap<u32, Slot>,
     next_id: u32,
     response_limit: u64,
+    /// Console output with no live request (timers left running): budgeted
+    /// per isolate, as one request's would be, but per second.
+    background: Background,
+}
+
+struct Background {
+    rate: Option<super::console::Rate>,
+    /// The "dropped" marker was logged since the bucket last ran dry.
+    marked: bool,
 }
 
 impl Inflight {
     pub fn new(response_limit: u64) -> Self {
-        Inflight { slots: HashMap::new(), next_id: 0, response_limit }
+        Inflight { slots: HashMap::new(), next_id: 0, response_limit, background: Background { rate: None, marked: false } }
     }
 
     pub fn insert(&mut self, reply: ReplyTx, req_id: Arc<str>, cpu_start_ns: u64, deadline: Instant, permit: Permit) -> u32 {
@@ -80,10 +89,25 @@ impl Inflight {
 
     /// Counts `bytes` of console output against request `id`'s log budget:
     /// `Some(true)` to log, `Some(false)` to log the one "budget spent"
-    /// marker, `None` to drop. Output with no request (left-over timers)
-    /// is not budgeted here.
+    /// marker, `None` to drop. Output with no live request (left-over
+    /// timers) draws on the isolate's own `budget` per second instead, with
+    /// one marker each time that runs dry.
     pub fn log_budget(&mut self, id: u32, bytes: usize, budget: u64) -> Option<bool> {
-        let Some(slot) = self.slots.get_mut(&id) else { return Some(true) };
+        let Some(slot) = self.slots.get_mut(&id) else {
+            let bg = &mut self.background;
+            let rate = bg.rate.get_or_insert_with(|| super::console::Rate::new(budget));
+            return match (rate.take(bytes as u64), bg.marked) {
+                (true, _) => {
+                    bg.marked = false;
+                    Some(true)
+                }
+                (false, false) => {
+                    bg.marked = true;
+                    Some(false)
+                }
+                (false, true) => None,
+            };
+        };
         let before = slot.logged;
         slot.logged = before.saturating_add(bytes as u64);
         match (before <= budget, slot.logged <= budget) {
@@ -176,5 +200,20 @@ fn settle(slot: &mut Slot, outcome: Result<Reply, Error>) {
         let _ = reply.send(outcome);
     } else if let (Some(tx), Err(err)) = (slot.stream.take(), outcome) {
         let _ = tx.send(Err(err));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_without_a_request_has_a_budget_of_its_own() {
+        let mut inflight = Inflight::new(0);
+        // No request 7: background output, 1000 bytes a second.
+        assert_eq!(inflight.log_budget(7, 600, 1000), Some(true));
+        assert_eq!(inflight.log_budget(7, 600, 1000), Some(false));
+        assert_eq!(inflight.log_budget(7, 600, 1000), None);
+        assert_eq!(inflight.log_budget(7, 600, 1000), None);
     }
 }

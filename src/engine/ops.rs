@@ -15,8 +15,10 @@ use super::fetch::{FetchRequest, FetchResponse, Fetcher};
 use super::inflight::Inflight;
 use super::{Error, ScriptError};
 
-/// Console output one request may produce; past it lines are dropped
-/// (after one marker), so no request can flood the node's logs.
+/// Console output one request may produce (each line counted with
+/// [`console::LINE_COST`]); past it lines are dropped (after one marker), so
+/// no request can flood the node's logs. Output of timers left running
+/// after their request gets as much per second, per isolate.
 const LOG_BUDGET: u64 = 1024 * 1024;
 
 /// The isolate's way out to the network, and how often a request may use it.
@@ -105,13 +107,20 @@ fn op_wt_end(state: &mut OpState, #[smi] id: u32) {
 
 #[op2(fast)]
 fn op_wt_console(state: &mut OpState, #[smi] id: u32, #[smi] level: u32, #[string] msg: &str) {
-    let container = state.borrow::<HostInfo>().container.clone();
-    let msg = match inflight(state).log_budget(id, msg.len(), LOG_BUDGET) {
-        Some(true) => msg,
-        Some(false) => "console output of this request passed 1 MiB; further lines are dropped",
-        None => return,
+    // Every line costs its envelope too, so a flood of empty lines runs
+    // out of budget as surely as one of long ones.
+    let cost = msg.len().saturating_add(console::LINE_COST);
+    let (verdict, req_id) = {
+        let mut inflight = inflight(state);
+        (inflight.log_budget(id, cost, LOG_BUDGET), inflight.req_id(id).cloned())
     };
-    let req_id = inflight(state).req_id(id).cloned();
+    let msg = match (verdict, &req_id) {
+        (Some(true), _) => msg,
+        (Some(false), Some(_)) => "console output of this request passed 1 MiB; further lines are dropped",
+        (Some(false), None) => "console output outside a request passed 1 MiB a second; further lines are dropped for now",
+        (None, _) => return,
+    };
+    let container = state.borrow::<HostInfo>().container.clone();
     let sink = &state.borrow::<Console>().0;
     let msg = console::truncate(msg, sink.line_bytes()).into_owned();
     sink.log(ConsoleLine { container, req_id, level: console::level::clamp(level), msg });

@@ -1,14 +1,20 @@
 //! The cluster log store: Kafka (rdkafka). One topic per container,
-//! `<prefix>.<container>`, and `<prefix>.system` with every record; every
-//! message goes to partition 0, so a stream keeps its order. Readers consume
-//! the topic themselves, so records any node wrote reach a reader on any node.
+//! `<prefix>.tenant.<container>`, and `<prefix>.system` with every record;
+//! every message goes to partition 0, so a stream keeps its order. Readers
+//! consume the topic themselves, so records any node wrote reach a reader on
+//! any node.
 //!
 //! Writing only enqueues; it never waits for the network. While Kafka is
 //! unreachable (and until it first answers) records are held in order, up
-//! to `buffer` messages with librdkafka's queue counted in; later ones are
-//! dropped and counted. Once Kafka answers again the node (re)creates its
-//! topics and sends what it held. Readers whose broker went away attach a
-//! fresh consumer when it is back and resume by time.
+//! to `buffer` messages and `buffer_bytes` bytes (librdkafka's queue has
+//! the same bounds); later ones are dropped and counted. Once Kafka answers
+//! again the node (re)creates its topics and sends what it held.
+//!
+//! Only writers create topics: a reader never does (nor lets the broker
+//! auto-create one), so following streams costs the cluster nothing. A
+//! reader of a topic that does not exist yet waits, checking again now and
+//! then; readers whose broker went away attach a fresh consumer when it is
+//! back and resume by time.
 //!
 //! Owns the Kafka mapping of streams; knows nothing of HTTP.
 
@@ -37,17 +43,23 @@ use super::{Backend, Entry, Event, LogError, LogStats, Loss, StreamId, Subscript
 pub struct KafkaConfig {
     /// Bootstrap servers, `host:port[,host:port...]`.
     pub brokers: String,
-    /// Topic names are `<prefix>.<container>` and `<prefix>.system`.
+    /// Topic names are `<prefix>.tenant.<container>` and `<prefix>.system`.
     pub prefix: String,
     /// Messages held while Kafka is unreachable; past this they are dropped.
     pub buffer: usize,
+    /// ...and bytes of them at most.
+    pub buffer_bytes: usize,
 }
 
 impl Default for KafkaConfig {
     fn default() -> Self {
-        KafkaConfig { brokers: "127.0.0.1:9092".into(), prefix: "webtask".into(), buffer: 100_000 }
+        KafkaConfig { brokers: "127.0.0.1:9092".into(), prefix: "webtask".into(), buffer: 100_000, buffer_bytes: 64 * 1024 * 1024 }
     }
 }
+
+/// What a reader's consumer prefetches at most: a reader that does not keep
+/// up holds back its own consumer, which must not hoard the records meanwhile.
+const READER_QUEUE_KBYTES: &str = "1024";
 
 /// How long a reader waits for Kafka to answer while it attaches.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -72,6 +84,8 @@ struct Writer {
     wake: Arc<tokio::sync::Notify>,
     /// Messages held at most, ours and librdkafka's together.
     buffer: usize,
+    /// Bytes we hold at most (librdkafka bounds its own queue the same).
+    buffer_bytes: usize,
     stats: Arc<LogStats>,
 }
 
@@ -80,6 +94,8 @@ struct Gate {
     /// Kafka answered since it was last lost.
     up: bool,
     held: std::collections::VecDeque<(String, Bytes, i64)>,
+    /// Payload bytes in `held`.
+    held_bytes: usize,
 }
 
 /// Counts what the broker acknowledged and what it refused for good, and
@@ -123,6 +139,7 @@ impl Kafka {
         let producer = ClientConfig::new()
             .set("bootstrap.servers", &config.brokers)
             .set("queue.buffering.max.messages", config.buffer.max(1).to_string())
+            .set("queue.buffering.max.kbytes", (config.buffer_bytes / 1024).clamp(1, i32::MAX as usize).to_string())
             // Held until delivered, however long Kafka is away.
             .set("message.timeout.ms", "0")
             .set("linger.ms", "5")
@@ -136,6 +153,7 @@ impl Kafka {
             gate,
             wake,
             buffer: config.buffer.max(1),
+            buffer_bytes: config.buffer_bytes.max(1),
             stats,
         });
         tokio::spawn(reopen(Arc::downgrade(&writer)));
@@ -143,8 +161,7 @@ impl Kafka {
         Ok(Kafka { writer, config: config.clone(), reader_buffer: reader_buffer.max(1) })
     }
 
-    /// The topic of a stream. Container names never hold a dot, so only a
-    /// container called `system` needs a name of its own.
+    /// The topic of a stream.
     pub fn topic(&self, stream: &StreamId) -> String {
         topic_name(&self.config.prefix, stream)
     }
@@ -179,9 +196,10 @@ impl Writer {
         if gate.up {
             return self.send(topic, json, ms);
         }
-        if gate.held.len() + self.in_flight() >= self.buffer {
+        if gate.held.len() + self.in_flight() >= self.buffer || gate.held_bytes + json.len() > self.buffer_bytes {
             return self.stats.lost(Loss::KafkaQueueFull, 1);
         }
+        gate.held_bytes += json.len();
         gate.held.push_back((topic.to_owned(), json.clone(), ms));
     }
 
@@ -210,6 +228,7 @@ impl Writer {
         while let Some((topic, json, ms)) = gate.held.pop_front() {
             self.send(&topic, &json, ms);
         }
+        gate.held_bytes = 0;
         gate.up = true;
     }
 }
@@ -249,16 +268,14 @@ impl Backend for Kafka {
     fn subscribe(&self, stream: StreamId, since: Option<SystemTime>) -> BoxFuture<'static, Result<Subscription, LogError>> {
         let topic = self.topic(&stream);
         let brokers = self.config.brokers.clone();
-        let admin = self.writer.admin.clone();
         let buffer = self.reader_buffer;
         Box::pin(async move {
-            // Created before the first record if need be, so a reader can
-            // attach to a container that has not logged yet.
-            let _ = create_topic(&admin, &topic).await;
+            // Attached now if the topic exists; if not (a container that has
+            // not logged yet), the reader waits for its first writer.
             let start = since.map_or(Start::End, Start::At);
             let first = attach(brokers.clone(), topic.clone(), start).await?;
             let (tx, rx) = mpsc::channel(buffer);
-            let source = Source { brokers, topic, admin };
+            let source = Source { brokers, topic };
             tokio::spawn(forward(source, first, since, tx));
             let events = futures::stream::unfold(rx, |mut rx| async move { Some((rx.recv().await?, rx)) });
             Ok(Box::pin(events) as Subscription)
@@ -272,20 +289,29 @@ impl Backend for Kafka {
     fn connected(&self) -> Option<bool> {
         Some(self.writer.gate.lock().unwrap().up)
     }
+
+    fn flush(&self, timeout: Duration) -> u64 {
+        // Held behind a closed gate, nothing can go now; what librdkafka
+        // has gets until the timeout.
+        let _ = self.writer.producer.flush(timeout);
+        self.held()
+    }
 }
 
 /// Where a reader's consumers read from.
 struct Source {
     brokers: String,
     topic: String,
-    admin: Arc<AdminClient<DefaultClientContext>>,
 }
 
+/// `<prefix>.system`, `<prefix>.tenant.<container>`. Kafka takes `.` and `_`
+/// for the same character in topic names; container names hold `_` but never
+/// `.`, so folding one into the other keeps them apart, and nothing under
+/// `tenant.` can fold into `system`.
 fn topic_name(prefix: &str, stream: &StreamId) -> String {
     match stream {
         StreamId::System => format!("{prefix}.system"),
-        StreamId::Tenant(c) if &**c == "system" => format!("{prefix}.system.tenant"),
-        StreamId::Tenant(c) => format!("{prefix}.{c}"),
+        StreamId::Tenant(c) => format!("{prefix}.tenant.{c}"),
     }
 }
 
@@ -341,21 +367,31 @@ enum Start {
     At(SystemTime),
 }
 
-/// A consumer of `topic`'s partition 0 from `start`. With `Start::End` the
-/// end is resolved before this returns, so a reader that has attached
-/// misses nothing written after.
-async fn attach(brokers: String, topic: String, start: Start) -> Result<(Reader, Arc<ReaderContext>), LogError> {
+type Attached = (Reader, Arc<ReaderContext>);
+
+/// A consumer of `topic`'s partition 0 from `start`, or `None` if the topic
+/// does not exist (yet). With `Start::End` the end is resolved before this
+/// returns, so a reader that has attached misses nothing written after.
+async fn attach(brokers: String, topic: String, start: Start) -> Result<Option<Attached>, LogError> {
     tokio::task::spawn_blocking(move || {
         let consumer: Reader = client_config(&brokers)
+            // librdkafka assigns partitions only to a consumer with a group;
+            // nothing is ever committed for it.
             .set("group.id", format!("webtask-reader-{}", crate::engine::new_req_id()))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("allow.auto.create.topics", "true")
+            .set("allow.auto.create.topics", "false")
+            .set("queued.max.messages.kbytes", READER_QUEUE_KBYTES)
             .set("fetch.wait.max.ms", "100")
             .set("reconnect.backoff.max.ms", "1000")
             .create_with_context(ReaderContext::default())?;
         // Fails while Kafka is unreachable, so a reader attaches for real or not at all.
+        let metadata = consumer.fetch_metadata(Some(topic.as_str()), ATTACH_TIMEOUT)?;
+        let exists = metadata.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+        if !exists {
+            return Ok(None);
+        }
         let (_, high) = consumer.fetch_watermarks(&topic, 0, ATTACH_TIMEOUT)?;
         let offset = match start {
             Start::At(since) => offset_at(&consumer, &topic, since),
@@ -365,7 +401,7 @@ async fn attach(brokers: String, topic: String, start: Start) -> Result<(Reader,
         assignment.add_partition_offset(&topic, 0, offset)?;
         consumer.assign(&assignment)?;
         let context = consumer.context().clone();
-        Ok((consumer, context))
+        Ok(Some((consumer, context)))
     })
     .await
     .map_err(|_| LogError::Stopped)?
@@ -462,10 +498,12 @@ impl Position {
 /// a fresh consumer whenever the broker was lost. A reader that does not
 /// keep up holds its consumer back (Kafka keeps the records), never the
 /// writers.
-async fn forward(source: Source, first: (Reader, Arc<ReaderContext>), since: Option<SystemTime>, tx: mpsc::Sender<Event>) {
+/// A reader whose topic did not exist yet starts with `first` = `None` and
+/// attaches, from its floor, once a writer has created it.
+async fn forward(source: Source, first: Option<Attached>, since: Option<SystemTime>, tx: mpsc::Sender<Event>) {
     let floor = since.map_or_else(|| millis(SystemTime::now()).saturating_sub(CLOCK_SKEW_MS), millis);
     let mut position = Position::new(if since.is_some() { floor } else { i64::MIN });
-    let mut current = Some(first);
+    let mut current = first;
     loop {
         let (consumer, context) = match current.take() {
             Some(attached) => attached,
@@ -477,7 +515,10 @@ async fn forward(source: Source, first: (Reader, Arc<ReaderContext>), since: Opt
                 }
             }
         };
-        if !relay(&consumer, &context, &mut position, &tx).await {
+        let reading = relay(&consumer, &context, &mut position, &tx).await;
+        // Closing a consumer waits on the broker: never on a runtime thread.
+        tokio::task::spawn_blocking(move || drop(consumer));
+        if !reading {
             return;
         }
     }
@@ -496,8 +537,8 @@ async fn relay(consumer: &Reader, context: &ReaderContext, position: &mut Positi
         let ms = message.timestamp().to_millis().unwrap_or(i64::MAX);
         let Some(payload) = message.payload() else { continue };
         // Only nodes write these topics, but a reader's stream must stay
-        // one event per record whatever a topic holds.
-        if payload.contains(&b'\n') || payload.contains(&b'\r') || !position.admit(ms, payload) {
+        // one event per record, each a JSON record, whatever a topic holds.
+        if !sse_safe(payload) || !position.admit(ms, payload) {
             continue;
         }
         if tx.send(Event::Record(Bytes::copy_from_slice(payload))).await.is_err() {
@@ -507,19 +548,30 @@ async fn relay(consumer: &Reader, context: &ReaderContext, position: &mut Positi
     true
 }
 
-/// A new consumer from `from`, once Kafka answers again (the topic created
-/// anew if the broker lost it); `None` if the reader left meanwhile.
-async fn reattach(source: &Source, from: SystemTime, tx: &mpsc::Sender<Event>) -> Option<(Reader, Arc<ReaderContext>)> {
+/// Whether a payload can go out as one SSE `data:` line: UTF-8 JSON with
+/// no raw line break (JSON allows them between tokens; SSE would split there).
+fn sse_safe(payload: &[u8]) -> bool {
+    !payload.contains(&b'\n')
+        && !payload.contains(&b'\r')
+        && std::str::from_utf8(payload).is_ok()
+        && serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok()
+}
+
+/// A new consumer from `from`, once Kafka answers again and the topic
+/// exists (a writer creates it; a reader never does); `None` if the reader
+/// left meanwhile.
+async fn reattach(source: &Source, from: SystemTime, tx: &mpsc::Sender<Event>) -> Option<Attached> {
     use std::sync::atomic::Ordering::Acquire;
     loop {
         if tx.is_closed() {
             return None;
         }
-        let _ = create_topic(&source.admin, &source.topic).await;
         match attach(source.brokers.clone(), source.topic.clone(), Start::At(from)).await {
-            Ok(attached) if !attached.1.lost.load(Acquire) => return Some(attached),
-            _ => tokio::time::sleep(RETRY).await,
+            Ok(Some(attached)) if !attached.1.lost.load(Acquire) => return Some(attached),
+            Ok(Some((consumer, _))) => drop(tokio::task::spawn_blocking(move || drop(consumer))),
+            Ok(None) | Err(_) => {}
         }
+        tokio::time::sleep(RETRY).await;
     }
 }
 
@@ -551,10 +603,27 @@ mod tests {
     }
 
     #[test]
-    fn a_container_called_system_is_not_the_system_topic() {
-        let topic = |s: StreamId| topic_name("wt", &s);
-        assert_eq!(topic(StreamId::System), "wt.system");
-        assert_eq!(topic(StreamId::Tenant("acme".into())), "wt.acme");
-        assert_eq!(topic(StreamId::Tenant("system".into())), "wt.system.tenant");
+    fn no_container_shares_a_topic_even_with_dots_and_underscores_folded() {
+        // Kafka refuses a topic whose name differs from another's only in
+        // `.` against `_`.
+        let fold = |s: StreamId| topic_name("wt", &s).replace('.', "_");
+        assert_eq!(topic_name("wt", &StreamId::System), "wt.system");
+        assert_eq!(topic_name("wt", &StreamId::Tenant("acme".into())), "wt.tenant.acme");
+        let long = "x".repeat(64);
+        let names = ["system", "tenant", "system_tenant", "tenant_system", "a_b", "a-b", "ab", "a__b", "_", "-", "tenant_a", "a", "A", &long];
+        let mut seen = HashSet::from([fold(StreamId::System)]);
+        for name in names {
+            assert!(crate::engine::valid_container(name), "{name}");
+            assert!(seen.insert(fold(StreamId::Tenant(name.into()))), "{name} collides");
+        }
+    }
+
+    #[test]
+    fn only_one_line_json_goes_out_as_sse_data() {
+        assert!(sse_safe(br#"{"msg":"a\nb"}"#));
+        assert!(!sse_safe(b"{\"msg\":\n1}"));
+        assert!(!sse_safe(b"not json"));
+        assert!(!sse_safe(b"{\"msg\":\"\xff\"}"));
+        assert!(!sse_safe(b""));
     }
 }

@@ -46,10 +46,19 @@ pub struct LogsConfig {
     /// Records a reader may fall behind by before it loses some (and gets
     /// one "dropped N records" marker).
     pub reader_buffer: usize,
-    /// Records waiting to be stored; past this new ones are dropped (counted).
+    /// Tenant records waiting to be stored; past this new ones are dropped
+    /// (counted). System records have a queue of their own, so a tenant's
+    /// flood never costs the operator the node's own records.
     pub queue: usize,
+    /// Console bytes a second one worker process may hand the node, each
+    /// line counted 256 bytes more than its text; past it lines are dropped
+    /// (counted as `worker_rate`).
+    pub worker_log_rate: u64,
+    /// Readers (SSE streams) a node serves at once, over every stream and
+    /// backend; past it a new one gets `429 too_many_readers`.
+    pub max_readers: usize,
     /// Bearer key for `GET /api/logs/system`; without one the system stream
-    /// is refused to everyone.
+    /// is refused to everyone. At least 16 characters.
     pub admin_key: Option<String>,
     pub kafka: kafka::KafkaConfig,
 }
@@ -70,6 +79,8 @@ impl Default for LogsConfig {
             line_bytes: crate::engine::console::DEFAULT_LINE_BYTES,
             reader_buffer: 1024,
             queue: 8192,
+            worker_log_rate: 4 * 1024 * 1024,
+            max_readers: 256,
             admin_key: None,
             kafka: kafka::KafkaConfig::default(),
         }
@@ -100,10 +111,27 @@ pub enum LogError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("the log store has stopped")]
     Stopped,
+    #[error("this node serves {0} log readers at most, and has that many")]
+    TooManyReaders(usize),
+}
+
+/// Shortest admin key accepted.
+pub const MIN_ADMIN_KEY: usize = 16;
+
+impl LogsConfig {
+    /// What a config file cannot mean: an admin key anyone could guess.
+    pub fn validate(&self) -> Result<(), String> {
+        match &self.admin_key {
+            Some(key) if key.trim().chars().count() < MIN_ADMIN_KEY => Err(format!(
+                "logs.admin_key must be at least {MIN_ADMIN_KEY} characters (it guards every tenant's records); leave it unset to close the system stream"
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Why records were lost, for metrics.
-pub const DROP_REASONS: [&str; 4] = ["queue_full", "reader_lagged", "kafka_queue_full", "kafka_failed"];
+pub const DROP_REASONS: [&str; 6] = ["queue_full", "reader_lagged", "kafka_queue_full", "kafka_failed", "worker_rate", "unflushed"];
 
 #[derive(Debug, Clone, Copy)]
 pub enum Loss {
@@ -111,6 +139,10 @@ pub enum Loss {
     ReaderLagged = 1,
     KafkaQueueFull = 2,
     KafkaFailed = 3,
+    /// A worker sent console lines faster than `worker_log_rate`.
+    WorkerRate = 4,
+    /// Still held for Kafka when the node stopped.
+    Unflushed = 5,
 }
 
 /// Counters for `/metrics`.
@@ -119,7 +151,7 @@ pub struct LogStats {
     /// Records accepted by the store.
     pub written: AtomicU64,
     /// Records lost, by [`DROP_REASONS`].
-    pub dropped: [AtomicU64; 4],
+    pub dropped: [AtomicU64; 6],
     /// Kafka messages acknowledged by the broker.
     pub kafka_delivered: AtomicU64,
 }
@@ -146,6 +178,11 @@ pub trait Backend: Send + Sync + 'static {
     fn connected(&self) -> Option<bool> {
         None
     }
+    /// Waits up to `timeout` for what is held to be stored; blocks. Returns
+    /// how many messages were still held.
+    fn flush(&self, _timeout: Duration) -> u64 {
+        0
+    }
 }
 
 /// The node's log service. Cheap to clone.
@@ -154,11 +191,19 @@ pub struct Logs {
     inner: Arc<Inner>,
 }
 
+/// System records waiting to be stored: few, and never behind tenant ones.
+const SYSTEM_QUEUE: usize = 1024;
+
 struct Inner {
+    /// Tenant records.
     tx: mpsc::Sender<Record>,
+    /// The node's own records, apart so tenant floods cannot crowd them out.
+    system_tx: mpsc::Sender<Record>,
     backend: Arc<dyn Backend>,
     stats: Arc<LogStats>,
     config: LogsConfig,
+    /// One permit per reader attached.
+    readers: Arc<tokio::sync::Semaphore>,
 }
 
 impl Logs {
@@ -170,21 +215,45 @@ impl Logs {
             BackendKind::Kafka => Arc::new(kafka::Kafka::new(&config.kafka, config.reader_buffer, stats.clone())?),
         };
         let (tx, rx) = mpsc::channel(config.queue.max(1));
-        tokio::spawn(pump(rx, backend.clone(), stats.clone()));
-        Ok(Logs { inner: Arc::new(Inner { tx, backend, stats, config: config.clone() }) })
+        let (system_tx, system_rx) = mpsc::channel(SYSTEM_QUEUE);
+        tokio::spawn(pump(system_rx, rx, backend.clone(), stats.clone()));
+        let readers = Arc::new(tokio::sync::Semaphore::new(config.max_readers));
+        Ok(Logs { inner: Arc::new(Inner { tx, system_tx, backend, stats, config: config.clone(), readers }) })
     }
 
     /// Hands `record` to the store; never blocks (a full queue drops it).
     pub fn publish(&self, record: Record) {
-        if self.inner.tx.try_send(record).is_err() {
+        let queue = match record.source {
+            Source::Tenant => &self.inner.tx,
+            Source::System => &self.inner.system_tx,
+        };
+        if queue.try_send(record).is_err() {
             self.inner.stats.lost(Loss::QueueFull, 1);
         }
     }
 
-    /// Follows `stream`, replaying the records of the last `since` first.
+    /// Follows `stream`, replaying the records of the last `since` first;
+    /// refused past `max_readers` readers at once.
     pub async fn subscribe(&self, stream: StreamId, since: Option<Duration>) -> Result<Subscription, LogError> {
+        let permit = self.inner.readers.clone().try_acquire_owned().map_err(|_| LogError::TooManyReaders(self.inner.config.max_readers))?;
         let since = since.map(|d| SystemTime::now().checked_sub(d).unwrap_or(SystemTime::UNIX_EPOCH));
-        self.inner.backend.subscribe(stream, since).await
+        let events = self.inner.backend.subscribe(stream, since).await?;
+        // The permit goes when the reader does.
+        Ok(Box::pin(futures::StreamExt::map(events, move |event| {
+            let _reader = &permit;
+            event
+        })))
+    }
+
+    /// When the node stops: waits up to `timeout` for the store to take
+    /// what it holds (Kafka's producer queue); what is still held then is
+    /// counted as dropped (`unflushed`).
+    pub async fn shutdown(&self, timeout: Duration) {
+        let backend = self.inner.backend.clone();
+        let left = tokio::task::spawn_blocking(move || backend.flush(timeout)).await.unwrap_or(0);
+        if left > 0 {
+            self.inner.stats.lost(Loss::Unflushed, left);
+        }
     }
 
     pub fn stats(&self) -> &LogStats {
@@ -223,13 +292,65 @@ impl ConsoleSink for Logs {
     }
 }
 
-/// Serializes each record once and stores it, in batches as they come.
-async fn pump(mut rx: mpsc::Receiver<Record>, backend: Arc<dyn Backend>, stats: Arc<LogStats>) {
-    let mut batch = Vec::with_capacity(256);
-    while rx.recv_many(&mut batch, 256).await > 0 {
+/// Serializes each record once and stores it, in batches as they come,
+/// system records first.
+async fn pump(mut system: mpsc::Receiver<Record>, mut tenant: mpsc::Receiver<Record>, backend: Arc<dyn Backend>, stats: Arc<LogStats>) {
+    let (mut system_batch, mut tenant_batch) = (Vec::with_capacity(64), Vec::with_capacity(256));
+    loop {
+        let batch = tokio::select! {
+            biased;
+            n = system.recv_many(&mut system_batch, 64) => (n > 0).then_some(&mut system_batch),
+            n = tenant.recv_many(&mut tenant_batch, 256) => (n > 0).then_some(&mut tenant_batch),
+        };
+        // Both senders go with the last Logs.
+        let Some(batch) = batch else { return };
         for record in batch.drain(..) {
             backend.write(Entry::from(&record));
             stats.written.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_tenant_flood_never_crowds_out_system_records() {
+        let logs = Logs::start(&LogsConfig { queue: 4, ..LogsConfig::default() }).unwrap();
+        let mut system = logs.subscribe(StreamId::System, None).await.unwrap();
+        // No await in between: the pump has not run, the tenant queue is full.
+        for i in 0..100 {
+            logs.publish(Record::tenant("flood".into(), None, 30, i.to_string()));
+        }
+        logs.publish(Record::new(Source::System, 40, "the node's own"));
+        assert_eq!(logs.stats().dropped[Loss::QueueFull as usize].load(Ordering::Relaxed), 96);
+        let mut msgs = Vec::new();
+        for _ in 0..5 {
+            let Some(Event::Record(json)) = system.next().await else { panic!("a record") };
+            msgs.push(serde_json::from_slice::<serde_json::Value>(&json).unwrap()["msg"].as_str().unwrap().to_owned());
+        }
+        assert_eq!(msgs, ["the node's own", "0", "1", "2", "3"]);
+    }
+
+    #[tokio::test]
+    async fn readers_past_the_cap_are_refused_until_one_goes() {
+        let logs = Logs::start(&LogsConfig { max_readers: 2, ..LogsConfig::default() }).unwrap();
+        let a = logs.subscribe(StreamId::System, None).await.unwrap();
+        let _b = logs.subscribe(StreamId::Tenant("b".into()), None).await.unwrap();
+        assert!(matches!(logs.subscribe(StreamId::System, None).await, Err(LogError::TooManyReaders(2))));
+        drop(a);
+        assert!(logs.subscribe(StreamId::System, None).await.is_ok());
+    }
+
+    #[test]
+    fn admin_keys_are_long_enough_to_guard_something() {
+        let with = |key: &str| LogsConfig { admin_key: Some(key.into()), ..LogsConfig::default() }.validate();
+        assert!(with("").is_err());
+        assert!(with("short-key").is_err());
+        assert!(with("a-key-of-16-char").is_ok());
+        assert!(LogsConfig::default().validate().is_ok());
     }
 }

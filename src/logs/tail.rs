@@ -100,15 +100,43 @@ pub fn pretty(record: &Value, colour: bool) -> String {
         41..=50 => ("ERROR", "31"),
         _ => ("FATAL", "35"),
     };
-    let msg = record["msg"].as_str().unwrap_or("");
+    // Fields come from guests: nothing in them may drive the terminal.
+    let (time, msg) = (printable(time), printable(record["msg"].as_str().unwrap_or("")));
     let label = if colour { format!("\x1b[{code}m{name:<5}\x1b[0m") } else { format!("{name:<5}") };
     let system = if record["source"] == "system" { " [system]" } else { "" };
     format!("{time} {label}{system} {msg}")
 }
 
+/// `text` with control characters shown, not obeyed: a tab stays, a line
+/// break is `\n` / `\r` (one record, one line), anything else (escape
+/// sequences, backspace, C1 controls) is `\u{..}`.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\t' => out.push(c),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        let r = serde_json::json!({"time": "t\x1b[2J", "level": 30, "msg": "a\tb\nc\rd\x1b]0;owned\x07\u{9b}e\x08"});
+        assert_eq!(pretty(&r, false), "t\\u{1b}[2J INFO  a\tb\\nc\\rd\\u{1b}]0;owned\\u{7}\\u{9b}e\\u{8}");
+        assert_eq!(printable("plain"), "plain");
+    }
 
     #[test]
     fn pretty_lines_have_time_level_and_message() {

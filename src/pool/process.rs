@@ -78,6 +78,9 @@ struct Shared {
     child: Mutex<Option<tokio::process::Child>>,
     /// The response limit the worker was told to enforce, checked again here.
     response_bytes: u64,
+    /// Console bytes a second this worker may send (`logs.worker_log_rate`):
+    /// a worker that ignores its engine's budgets still cannot flood the node.
+    log_rate: Mutex<crate::engine::console::Rate>,
 }
 
 impl Drop for Shared {
@@ -196,6 +199,7 @@ impl Worker {
             return Err(Error::internal(format!("worker {pid} {why} ({status})")));
         }
 
+        let log_rate = Mutex::new(crate::engine::console::Rate::new(logs.config().worker_log_rate));
         let shared = Arc::new(Shared {
             pid,
             lease: Mutex::new(Some(lease)),
@@ -206,6 +210,7 @@ impl Worker {
             ended: Mutex::default(),
             child: Mutex::new(Some(child)),
             response_bytes: spec.limits.response_bytes,
+            log_rate,
         });
         let (out, out_rx) = mpsc::unbounded_channel();
         tokio::spawn(io(framed, out.clone(), out_rx, shared.clone(), egress));
@@ -398,6 +403,11 @@ fn deliver(shared: &Shared, msg: FromWorker) -> Result<(), String> {
             // Attributed by the node: the container it assigned, the
             // request only if it is one of this worker's own.
             let Some(container) = shared.container.get() else { return Ok(()) };
+            let cost = msg.len().saturating_add(crate::engine::console::LINE_COST) as u64;
+            if !shared.log_rate.lock().unwrap().take(cost) {
+                shared.logs.stats().lost(crate::logs::Loss::WorkerRate, 1);
+                return Ok(());
+            }
             let req_id = pending.values().find(|o| *o.req_id == *req_id).map(|o| o.req_id.clone());
             shared.logs.worker_line(container.clone(), req_id, shared.pid, level, &msg);
         }

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::support::{sample, test_config, workers_config_from, TestNode};
 
-pub const ADMIN_KEY: &str = "test-admin-key";
+pub const ADMIN_KEY: &str = "test-admin-key-0123";
 
 /// A client following one SSE stream.
 pub struct Reader {
@@ -58,12 +58,19 @@ impl Reader {
 
     /// The next record; waits as long as it takes.
     pub async fn next(&mut self) -> Value {
+        let text = self.next_event().await;
+        let data = text.lines().find_map(|l| l.strip_prefix("data: ")).expect("a data line");
+        serde_json::from_str(data).unwrap_or_else(|e| panic!("bad record ({e}): {data}"))
+    }
+
+    /// The next event that is not a comment, as sent (without its blank line).
+    pub async fn next_event(&mut self) -> String {
         loop {
             if let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
                 let event = self.buf.split_to(end + 2);
-                let text = std::str::from_utf8(&event).expect("UTF-8 event");
-                if let Some(data) = text.lines().find_map(|l| l.strip_prefix("data: ")) {
-                    return serde_json::from_str(data).unwrap_or_else(|e| panic!("bad record ({e}): {data}"));
+                let text = std::str::from_utf8(&event[..end]).expect("UTF-8 event").to_owned();
+                if text.lines().any(|l| l.starts_with("data: ")) {
+                    return text;
                 }
                 assert!(text.starts_with(':'), "neither data nor comment: {text:?}");
                 continue;
@@ -137,6 +144,32 @@ async fn three_lines_reach_a_reader_attached_before_the_request() {
 }
 
 #[tokio::test]
+async fn a_line_with_line_breaks_is_one_data_line_of_json() {
+    for node in both_nodes(logs_config()).await {
+        let mut reader = Reader::tenant(&node, "breaks").await;
+        let res = node.run("breaks", "", r#"return function (cb) { console.log("a\nb\rc"); cb(null, 1); }"#).await;
+        assert_eq!(res.status, 200);
+        let event = reader.next_event().await;
+        let lines: Vec<&str> = event.split(['\n', '\r']).collect();
+        assert_eq!(lines.len(), 1, "{event:?}");
+        let data = lines[0].strip_prefix("data: ").expect("a data line");
+        let record: Value = serde_json::from_str(data).unwrap();
+        assert_eq!(record["msg"], "a\nb\rc");
+    }
+}
+
+#[tokio::test]
+async fn readers_past_the_cap_get_429() {
+    let mut config = logs_config();
+    config.logs.max_readers = 2;
+    let node = TestNode::with_config(config).await;
+    let _a = Reader::tenant(&node, "a").await;
+    let _b = Reader::system(&node).await;
+    let (status, body) = Reader::open(node.addr, "/api/logs/tenant/c", None).await.err().expect("refused");
+    assert_eq!((status, body["code"].as_str(), body["limit"].as_u64()), (429, Some("too_many_readers"), Some(2)));
+}
+
+#[tokio::test]
 async fn worker_records_carry_the_worker_pid_and_requests_their_own_id() {
     let node = TestNode::with_config(workers_config_from(logs_config())).await;
     let mut reader = Reader::tenant(&node, "ids").await;
@@ -191,7 +224,7 @@ async fn since_replays_recent_records_first() {
 #[tokio::test]
 async fn the_system_stream_is_for_operators_only() {
     let node = TestNode::with_config(logs_config()).await;
-    for key in [None, Some("wrong"), Some("")] {
+    for key in [None, Some("wrong"), Some(""), Some("test-admin-key-012")] {
         let (status, body) = Reader::open(node.addr, "/api/logs/system", key).await.err().expect("refused");
         assert_eq!((status, body["code"].as_str()), (401, Some("unauthorized")), "{key:?}");
     }
@@ -298,6 +331,8 @@ async fn metrics_count_records_written() {
     let metrics = node.metrics().await;
     assert!(sample(&metrics, "webtask_log_records_total").unwrap() >= 2.0);
     assert_eq!(sample(&metrics, "webtask_log_records_dropped_total{reason=\"queue_full\"}"), Some(0.0));
+    // Nothing to connect to: no connection gauge.
+    assert!(!metrics.contains("webtask_log_kafka_connected"), "{metrics}");
 }
 
 #[tokio::test]
@@ -360,32 +395,67 @@ async fn post(addr: std::net::SocketAddr, container: &str, code: &str) -> u16 {
     res.status().as_u16()
 }
 
+/// A `webtask serve` process (the only kind with a system layer) with
+/// `toml` as its config; killed on drop.
+struct ServeNode {
+    child: tokio::process::Child,
+    addr: std::net::SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+impl ServeNode {
+    async fn start(name: &str, toml: &str) -> ServeNode {
+        use tokio::io::AsyncBufReadExt;
+        let dir = std::env::temp_dir().join(format!("webtask-logs-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("node.toml");
+        std::fs::write(&config, format!("listen = \"127.0.0.1:0\"\n{toml}")).unwrap();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_webtask"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr: std::net::SocketAddr = loop {
+            let line = lines.next_line().await.unwrap().expect("node exited before listening");
+            if let Some(addr) = serde_json::from_str::<Value>(&line).ok().and_then(|v| v["addr"].as_str()?.parse().ok()) {
+                break addr;
+            }
+        };
+        // The node's stderr must keep draining while it runs.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        ServeNode { child, addr, dir }
+    }
+
+    /// SIGTERM, then the node must stop by itself, successfully.
+    async fn stop(mut self) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id().unwrap() as i32, libc::SIGTERM) };
+        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await.expect("node did not stop").unwrap();
+        assert!(status.success(), "{status:?}");
+    }
+
+    async fn metrics(&self) -> String {
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        let req = http::Request::get(format!("http://{}/metrics", self.addr)).body(Empty::<Bytes>::new()).unwrap();
+        let res = tokio::time::timeout(Duration::from_secs(30), client.request(req)).await.expect("hung").expect("metrics");
+        String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    }
+}
+
+impl Drop for ServeNode {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[tokio::test]
 async fn a_nodes_own_events_reach_the_system_stream_only() {
-    use tokio::io::AsyncBufReadExt;
-    let dir = std::env::temp_dir().join(format!("webtask-logs-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("node.toml");
-    let text = format!(
-        "listen = \"127.0.0.1:0\"\n[http]\nshutdown_grace_ms = 120000\n[engine.limits]\ncpu_ms = 100\n[workers]\npool_size = 1\n[logs]\nadmin_key = \"{ADMIN_KEY}\"\n"
-    );
-    std::fs::write(&config, text).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_webtask"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr: std::net::SocketAddr = loop {
-        let line = lines.next_line().await.unwrap().expect("node exited before listening");
-        if let Some(addr) = serde_json::from_str::<Value>(&line).ok().and_then(|v| v["addr"].as_str()?.parse().ok()) {
-            break addr;
-        }
-    };
-    // The node's stderr must keep draining while it runs.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let toml = format!("[http]\nshutdown_grace_ms = 120000\n[engine.limits]\ncpu_ms = 100\n[workers]\npool_size = 1\n[logs]\nadmin_key = \"{ADMIN_KEY}\"\n");
+    let node = ServeNode::start("own", &toml).await;
+    let addr = node.addr;
 
     let mut system = Reader::open(addr, "/api/logs/system", Some(ADMIN_KEY)).await.unwrap();
     let mut tenant = Reader::open(addr, "/api/logs/tenant/sys", None).await.unwrap();
@@ -407,9 +477,45 @@ async fn a_nodes_own_events_reach_the_system_stream_only() {
     assert_eq!(tenant.next_within(Duration::from_millis(300)).await, None);
 
     // Open streams do not hold shutdown up (for the two-minute grace).
-    // SAFETY: plain kill(2) on our own child.
-    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await.expect("node did not stop").unwrap();
-    assert!(status.success(), "{status:?}");
-    let _ = std::fs::remove_dir_all(&dir);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_guest_can_neither_forge_nor_drown_the_nodes_own_records() {
+    let toml = format!(
+        "[engine.limits]\ncpu_ms = 30000\nwall_ms = 60000\n[workers]\npool_size = 1\n[logs]\nline_bytes = 200\nworker_log_rate = 16384\nadmin_key = \"{ADMIN_KEY}\"\n"
+    );
+    let node = ServeNode::start("forge", &toml).await;
+    let addr = node.addr;
+    let mut system = Reader::open(addr, "/api/logs/system", Some(ADMIN_KEY)).await.unwrap();
+
+    // An error whose text is what the node would say, and far too long.
+    let forger = r#"return function (cb) { throw new Error("CPU limit fake" + "x".repeat(5000)); }"#;
+    assert_eq!(post(addr, "forger", forger).await, 500);
+    let records = system.until(|m| m == "script error").await;
+    assert!(records.iter().all(|r| !r["msg"].as_str().unwrap_or("").starts_with("CPU limit")), "{records:?}");
+    let error = records.last().unwrap();
+    assert_eq!((error["source"].as_str(), error["code"].as_str(), error["container"].as_str()), (Some("system"), Some("script_error"), Some("forger")));
+    let message = error["error_message"].as_str().expect("the guest's message, under a name of its own");
+    assert!(message.starts_with("CPU limit fakexxx") && message.ends_with(" bytes]") && message.len() < 250, "{message}");
+    for field in ["details", "stack"] {
+        assert!(error[field].as_str().is_none_or(|s| s.len() < 250), "{field}: {}", error[field]);
+    }
+
+    // A million empty lines: the request ends normally...
+    let flood = r#"return function (cb) { for (let i = 0; i < 1e6; i++) console.log(); cb(null, "done"); }"#;
+    assert_eq!(post(addr, "flood", flood).await, 200);
+    // ...and the node's own record of what comes next still arrives.
+    assert_eq!(post(addr, "after", "return function (cb) { cb(null, 1); }").await, 200);
+    loop {
+        let r = system.next().await;
+        if r["msg"].as_str().is_some_and(|m| m.starts_with("worker assigned")) && r["container"] == "after" {
+            assert_eq!(r["source"], "system");
+            break;
+        }
+    }
+    let metrics = node.metrics().await;
+    let dropped = sample(&metrics, "webtask_log_records_dropped_total{reason=\"worker_rate\"}").expect("counted");
+    assert!(dropped > 0.0, "{metrics}");
+    node.stop().await;
 }

@@ -192,6 +192,25 @@ async fn two_nodes_share_streams_and_hold_records_while_kafka_is_away() {
     assert_eq!(arrived.len(), held.len());
     let mut system = Reader::open(b.addr, "/api/logs/system?since=600", Some(ADMIN_KEY)).await.expect("system after the outage");
     collect(&mut system, &set(held)).await;
+
+    // Only writers create topics: a stream followed but never written has none.
+    let _never = Reader::tenant(&a, "never-written").await;
+    let topics = topics(&broker).await;
+    assert!(topics.contains("webtask.tenant.shared") && topics.contains("webtask.system"), "{topics:?}");
+    assert!(!topics.iter().any(|t| t.contains("never")), "{topics:?}");
+}
+
+/// The topics the broker has.
+async fn topics(broker: &Broker) -> BTreeSet<String> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let brokers = broker.addr.to_string();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+        let metadata = consumer.fetch_metadata(None, Duration::from_secs(10)).expect("metadata");
+        metadata.topics().iter().map(|t| t.name().to_owned()).collect()
+    })
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
