@@ -97,18 +97,13 @@ async fn metric(node: &TestNode, name: &str) -> f64 {
     sample(&node.metrics().await, name).unwrap_or_else(|| panic!("no {name}"))
 }
 
-async fn eventually<F, Fut>(what: &str, mut check: F)
+
+async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    for _ in 0..600 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what} did not happen within 60 s");
+    crate::support::eventually_within(what, Duration::from_secs(60), check).await
 }
 
 fn logging(line: &str) -> String {

@@ -205,3 +205,21 @@ impl Target {
         }
     }
 }
+
+/// Polls `check` every 50 ms until it holds; panics naming `what` after
+/// `within`. For state that settles in the background (processes ending,
+/// metrics catching up, brokers coming back).
+pub async fn eventually_within<F, Fut>(what: &str, within: std::time::Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not happen within {within:?}");
+}

@@ -5,10 +5,18 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{sample, workers_config, TestNode};
+use crate::support::{eventually_within, sample, workers_config, TestNode};
 
 const HELLO: &str = "return function (cb) { cb(null, 'alive'); }";
 const PID: &str = "return function (cb) { cb(null, 'pid'); }";
+
+async fn eventually<F, Fut>(what: &str, check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    eventually_within(what, Duration::from_secs(5), check).await
+}
 
 /// The worker pid `/metrics` reports for `container`.
 async fn worker_pid(node: &TestNode, container: &str) -> Option<u32> {
@@ -17,19 +25,6 @@ async fn worker_pid(node: &TestNode, container: &str) -> Option<u32> {
     m.lines().find_map(|l| l.strip_prefix(&prefix)?.split('"').next()?.parse().ok())
 }
 
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..100 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what} did not happen within 5 s");
-}
 
 #[tokio::test]
 async fn containers_never_share_a_process() {
