@@ -115,14 +115,10 @@ fn main() {
         })
         .await);
         rows.push(row("new-container", "first request p50", "ms", false, NEW_CONTAINER_NOTE, |s| new_container(s, &peers)).await);
-        rows.push(row("pool-miss", "first request p50, pool empty", "ms", false, "spawn + jail + V8 on the request path", |s| pool_miss(s))
-            .await);
-        rows.push(row("churn", "p99, 1,000 containers, Zipf", "ms", false, "open loop 100 req/s, at most 256 workers, each retired after 200 requests", |s| churn(s)).await);
-        rows.push(row("code-change", "p50, new code every request", "ms", false, "open loop 200 req/s, one container", |s| {
-            code_change(s)
-        })
-        .await);
-        rows.push(row("noisy-neighbour", "quiet container p99 beside a hog", "ms", false, NOISY_NOTE, |s| noisy(s)).await);
+        rows.push(row("pool-miss", "first request p50, pool empty", "ms", false, "spawn + jail + V8 on the request path", pool_miss).await);
+        rows.push(row("churn", "p99, 1,000 containers, Zipf", "ms", false, "open loop 100 req/s, at most 256 workers, each retired after 200 requests", churn).await);
+        rows.push(row("code-change", "p50, new code every request", "ms", false, "open loop 200 req/s, one container", code_change).await);
+        rows.push(row("noisy-neighbour", "quiet container p99 beside a hog", "ms", false, NOISY_NOTE, noisy).await);
         let wrk = wrk_spot_check().await;
         (rows, wrk)
     });

@@ -106,6 +106,9 @@ pub fn prepare(config: &JailConfig, name: &str, uid_offset: u32) -> Result<(Jail
 /// The layers, in the order they are applied.
 pub const LAYERS: [&str; 8] = ["cgroup", "namespaces", "rlimits", "uid", "no_new_privs", "pid", "landlock", "seccomp"];
 
+/// One layer's step: what it did, or why it could not.
+type Layer<'a> = dyn Fn() -> Result<String, String> + 'a;
+
 /// What happened to one layer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LayerReport {
@@ -122,7 +125,7 @@ pub fn apply(spec: &JailSpec) -> Result<Vec<LayerReport>, String> {
     if spec.mode == JailMode::Off {
         return Ok(LAYERS.iter().map(|l| report(l, Err("jail is off".into()))).collect());
     }
-    let steps: [(&str, &dyn Fn() -> Result<String, String>); 8] = [
+    let steps: [(&str, &Layer); 8] = [
         ("cgroup", &|| cgroup::join(&spec.cgroup_procs)),
         ("namespaces", &namespaces::enter),
         ("rlimits", &|| rlimits::apply(spec.threads_max)),
