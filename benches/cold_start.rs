@@ -20,9 +20,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
 use hdrhistogram::Histogram;
-use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 
 use common::{closed_loop, histogram, machine, summary, write_report, Client, Node, CONNECTIONS};
@@ -154,7 +152,7 @@ async fn throughput(addr: SocketAddr, containers: usize) -> Value {
 /// worker under it.
 async fn idle_worker_memory(addr: SocketAddr) -> Value {
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let metrics = fetch_metrics(addr).await;
+    let metrics = common::fetch_metrics(addr).await;
     let pids: Vec<u32> = metrics
         .lines()
         .filter(|l| l.starts_with("webtask_worker{"))
@@ -182,11 +180,3 @@ fn memory_kb(pid: u32) -> Option<(u64, u64)> {
     Some((kb("Rss:")?, kb("Pss:")?))
 }
 
-async fn fetch_metrics(addr: SocketAddr) -> String {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::get(format!("http://{addr}/metrics")).header("host", "bench").body(Full::new(Bytes::new())).unwrap();
-    let res = send.send_request(req).await.unwrap();
-    String::from_utf8_lossy(&res.into_body().collect().await.unwrap().to_bytes()).into_owned()
-}

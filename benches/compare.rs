@@ -421,14 +421,7 @@ async fn wait_for_pool(addr: SocketAddr, n: f64) {
 
 /// A counter's value from the node's /metrics.
 async fn metric(addr: SocketAddr, name: &str) -> f64 {
-    let target = Target { method: http::Method::GET, uri: format!("http://{addr}/metrics").parse().unwrap(), body: Bytes::new() };
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::get(target.uri).header("host", "bench").body(http_body_util::Full::new(Bytes::new())).unwrap();
-    let res = send.send_request(req).await.unwrap();
-    let body = http_body_util::BodyExt::collect(res.into_body()).await.unwrap().to_bytes();
-    let text = String::from_utf8_lossy(&body);
+    let text = common::fetch_metrics(addr).await;
     text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(0.0)
 }
 

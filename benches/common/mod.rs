@@ -247,6 +247,16 @@ pub async fn closed_loop(addr: SocketAddr, uris: &[http::Uri], connections: usiz
     closed_loop_targets(addr, &targets, connections, duration).await
 }
 
+/// The node's `/metrics` text.
+pub async fn fetch_metrics(addr: SocketAddr) -> String {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{addr}/metrics")).header("host", "bench").body(Full::new(Bytes::new())).unwrap();
+    let res = send.send_request(req).await.unwrap();
+    String::from_utf8_lossy(&res.into_body().collect().await.unwrap().to_bytes()).into_owned()
+}
+
 pub fn bench_wrk(addr: SocketAddr, seconds: u64) -> Value {
     if Command::new("wrk").arg("--version").output().is_err() {
         println!("HTTP warm, wrk          skipped: wrk is not installed (make bench installs it)");

@@ -118,10 +118,7 @@ pub fn run(exe: &std::path::Path, config: &JailConfig, action: &str) -> anyhow::
     // An id of its own, claimed host-wide like a worker's (from the top of
     // the range, where workers come last): probes running side by side
     // must not share RLIMIT_NPROC, which counts per uid.
-    let (offset, _claim) = (0..config.uid_count)
-        .rev()
-        .find_map(|i| super::uid::claim(config.uid_base + i).transpose().map(|c| c.map(|c| (i, c))))
-        .transpose()?
+    let (offset, _claim) = super::uid::claim_first(config.uid_base, (0..config.uid_count).rev())?
         .ok_or_else(|| anyhow::anyhow!("every uid of the range is taken"))?;
     let (spec, cgroup) = super::prepare(config, &name, offset).map_err(anyhow::Error::msg)?;
     let out = std::process::Command::new(exe)

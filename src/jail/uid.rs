@@ -40,6 +40,17 @@ pub struct Claim {
     _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
+/// Claims the first id `base + offset` of `offsets` nobody else holds;
+/// returns its offset with the claim, `Ok(None)` when all are held.
+pub fn claim_first(base: u32, offsets: impl Iterator<Item = u32>) -> std::io::Result<Option<(u32, Claim)>> {
+    for offset in offsets {
+        if let Some(claim) = claim(base + offset)? {
+            return Ok(Some((offset, claim)));
+        }
+    }
+    Ok(None)
+}
+
 /// Claims `uid`; `Ok(None)` when another node holds it.
 pub fn claim(uid: u32) -> std::io::Result<Option<Claim>> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};

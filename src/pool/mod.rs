@@ -374,13 +374,9 @@ impl Inner {
         let mut free = (0..jail.uid_count).filter(|i| !used.contains(i));
         let found = match jail.mode {
             JailMode::Off => free.next().map(|i| (i, None)),
-            _ => free.find_map(|i| match crate::jail::uid::claim(jail.uid_base + i) {
-                Ok(Some(claim)) => Some(Ok((i, Some(claim)))),
-                Ok(None) => None,
-                Err(e) => Some(Err(e)),
-            })
-            .transpose()
-            .map_err(|e| Error::internal(format!("claiming a transient uid: {e}")))?,
+            _ => crate::jail::uid::claim_first(jail.uid_base, free)
+                .map_err(|e| Error::internal(format!("claiming a transient uid: {e}")))?
+                .map(|(i, claim)| (i, Some(claim))),
         };
         let (offset, claim) = found.ok_or(Error::NoWorker { limit: jail.uid_count as usize })?;
         used.insert(offset);

@@ -71,6 +71,14 @@ async fn echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + '
     let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
 }
 
+/// The test config with `server` allowlisted and, for https, `ca` trusted.
+fn allowing(server: SocketAddr, ca: Option<std::path::PathBuf>) -> webtask::config::Config {
+    let mut config = test_config();
+    config.egress.allow = vec![server.to_string()];
+    config.egress.ca_file = ca;
+    config
+}
+
 const CATCH: &str = r#"module.exports = async (ctx) => {
     try { const r = await fetch(ctx.data.url); return { status: r.status }; }
     catch (e) { return { name: e.name, code: e.code, message: e.message }; }
@@ -92,8 +100,7 @@ async fn loopback_is_denied_by_default_naming_the_address() {
 #[tokio::test]
 async fn allowlisted_server_is_reachable() {
     let server = echo_server().await;
-    let mut config = test_config();
-    config.egress.allow = vec![server.to_string()];
+    let config = allowing(server, None);
     let code = r#"module.exports = async (ctx) => {
         const r = await fetch(ctx.data.url, { method: 'post', headers: { 'X-Test': 'hdr' }, body: 'payload' });
         return { status: r.status, ok: r.ok, echo: r.headers.get('X-Echo'), body: await r.json() };
@@ -122,8 +129,7 @@ async fn the_node_itself_is_never_reachable() {
 #[tokio::test]
 async fn subrequests_are_capped_per_request() {
     let server = echo_server().await;
-    let mut config = test_config();
-    config.egress.allow = vec![server.to_string()];
+    let mut config = allowing(server, None);
     config.engine.limits.subrequests = 3;
     let code = r#"module.exports = async (ctx) => {
         let done = 0;
@@ -159,9 +165,7 @@ const POST: &str = r#"module.exports = async (ctx) => {
 #[tokio::test]
 async fn https_to_a_trusted_certificate_goes_through() {
     let (server, ca) = tls_echo_server().await;
-    let mut config = test_config();
-    config.egress.allow = vec![server.to_string()];
-    config.egress.ca_file = Some(ca);
+    let config = allowing(server, Some(ca));
     for node in every_target_with(config.clone()).await {
         let url = format!("https://localhost:{}/secure?x=1", server.port());
         let v = node.run("egress", &format!("?url={url}"), POST).await.json();
@@ -173,8 +177,7 @@ async fn https_to_a_trusted_certificate_goes_through() {
 #[tokio::test]
 async fn https_to_an_untrusted_certificate_is_refused() {
     let (server, _ca) = tls_echo_server().await;
-    let mut config = test_config();
-    config.egress.allow = vec![server.to_string()];
+    let config = allowing(server, None);
     for node in every_target_with(config.clone()).await {
         let url = format!("https://localhost:{}/", server.port());
         let v = node.run("egress", &format!("?url={url}"), POST).await.json();
@@ -186,9 +189,7 @@ async fn https_to_an_untrusted_certificate_is_refused() {
 #[tokio::test]
 async fn https_certificate_must_name_the_host() {
     let (server, ca) = tls_echo_server().await;
-    let mut config = test_config();
-    config.egress.allow = vec![server.to_string()];
-    config.egress.ca_file = Some(ca);
+    let config = allowing(server, Some(ca));
     // Same server, trusted CA, but the certificate names localhost only.
     let node = TestNode::with_config(config).await;
     let v = node.run("egress", &format!("?url=https://{server}/"), POST).await.json();
@@ -216,8 +217,7 @@ fn a_missing_ca_file_is_a_config_error() {
 #[tokio::test]
 async fn fetch_request_bodies_are_capped() {
     let server = echo_server().await;
-    let mut config = test_config();
-    config.egress.allow = vec![server.to_string()];
+    let config = allowing(server, None);
     let code = r#"module.exports = async (ctx) => {
         try { await fetch(ctx.data.url, { method: 'POST', body: 'x'.repeat(9 * 1024 * 1024) }); return 'sent'; }
         catch (e) { return { code: e.code, message: e.message }; }
