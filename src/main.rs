@@ -73,14 +73,13 @@ enum Command {
         #[arg(long)]
         action: String,
     },
-    /// A worker process; started by a node, never by hand.
+    /// The process a node forks its workers from; started by a node,
+    /// never by hand.
     #[command(hide = true)]
-    Worker {
-        /// The node that spawned it: the worker dies with it.
+    Zygote {
+        /// The node that spawned it: the zygote and its workers die with it.
         #[arg(long)]
         node_pid: i32,
-        #[arg(long)]
-        spec: String,
     },
 }
 
@@ -103,10 +102,7 @@ fn main() -> anyhow::Result<()> {
     let system_layer = system.clone().map(|layer| layer.with_filter(SystemLayer::filter()));
     tracing_subscriber::registry().with(stderr).with(system_layer).init();
     match cli.command {
-        Command::Worker { node_pid, spec } => {
-            let spec = serde_json::from_str(&spec).context("worker spec")?;
-            return webtask::worker::main(node_pid, spec);
-        }
+        Command::Zygote { node_pid } => return webtask::worker::zygote::main(node_pid),
         Command::JailCheck { spec, action } => {
             return webtask::jail::check::main(&serde_json::from_str(&spec).context("jail spec")?, &action);
         }
@@ -121,7 +117,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Logs { container, url, since } => runtime.block_on(follow(container, url, since)),
         Command::Run { file, data, config } => runtime.block_on(run_once(load(config)?, file, data)),
-        Command::Worker { .. } | Command::JailCheck { .. } | Command::Doctor { .. } => unreachable!("handled above"),
+        Command::Zygote { .. } | Command::JailCheck { .. } | Command::Doctor { .. } => unreachable!("handled above"),
     }
 }
 

@@ -147,6 +147,12 @@ pub fn apply(spec: &JailSpec) -> Result<Vec<LayerReport>, String> {
     Ok(reports)
 }
 
+/// Work every worker's jail would repeat, done once ahead by the process
+/// workers are forked from (compiling the seccomp filters).
+pub fn precompute() {
+    seccomp::precompute();
+}
+
 fn report(layer: &str, outcome: Result<String, String>) -> LayerReport {
     match outcome {
         Ok(detail) => LayerReport { layer: layer.into(), applied: true, detail },

@@ -6,6 +6,7 @@
 //! opening files. Synchronised to every thread of the process.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use seccompiler::{
     apply_filter_all_threads, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -38,8 +39,27 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_getrlimit, libc::SYS_getcwd,
 ];
 
-pub fn apply() -> Result<String, String> {
-    let main = allowlist().map_err(|e| e.to_string())?;
+/// The two filters a worker installs, for the pid it has when it does.
+struct Filters {
+    pid: u32,
+    clone3: BpfProgram,
+    main: BpfProgram,
+}
+
+/// Filters compiled ahead of time by the zygote, for a worker that is
+/// pid 1 of its own namespace (the usual case); every forked worker
+/// inherits them instead of compiling its own.
+static PRECOMPILED: OnceLock<Filters> = OnceLock::new();
+
+/// Compiles the filters of a worker that will be pid 1 (see [`PRECOMPILED`]).
+pub fn precompute() {
+    if let Ok(filters) = compile(1) {
+        let _ = PRECOMPILED.set(filters);
+    }
+}
+
+fn compile(pid: u32) -> Result<Filters, String> {
+    let main = allowlist(pid).map_err(|e| e.to_string())?;
     // A second filter turns clone3 into ENOSYS (its flags live in memory
     // a filter cannot read); with two filters the stricter answer wins.
     let clone3 = filter(
@@ -48,14 +68,27 @@ pub fn apply() -> Result<String, String> {
         SeccompAction::Errno(libc::ENOSYS as u32),
     )
     .map_err(|e| e.to_string())?;
+    Ok(Filters { pid, clone3, main })
+}
+
+pub fn apply() -> Result<String, String> {
+    let pid = std::process::id();
+    let compiled;
+    let filters = match PRECOMPILED.get().filter(|f| f.pid == pid) {
+        Some(filters) => filters,
+        None => {
+            compiled = compile(pid)?;
+            &compiled
+        }
+    };
     // The allowlist forbids seccomp(2) itself, so it goes last.
-    apply_filter_all_threads(&clone3).map_err(|e| e.to_string())?;
-    apply_filter_all_threads(&main).map_err(|e| e.to_string())?;
+    apply_filter_all_threads(&filters.clone3).map_err(|e| e.to_string())?;
+    apply_filter_all_threads(&filters.main).map_err(|e| e.to_string())?;
     Ok(format!("{} system calls allowed, the rest EPERM", ALLOWED.len() + 8))
 }
 
-fn allowlist() -> Result<BpfProgram, seccompiler::BackendError> {
-    let pid = std::process::id() as u64;
+fn allowlist(pid: u32) -> Result<BpfProgram, seccompiler::BackendError> {
+    let pid = u64::from(pid);
     let eq = |arg: u8, value: u64| SeccompCondition::new(arg, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, value);
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = ALLOWED.iter().map(|s| (*s, vec![])).collect();
     // Threads, never processes.

@@ -6,6 +6,7 @@
 //! it with a fresh process, never a used one.
 
 mod process;
+mod zygote;
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
@@ -145,7 +146,8 @@ struct Inner {
     logs: Logs,
     /// Transient uids in use (offsets from `jail.uid_base`).
     uids: Arc<Mutex<std::collections::BTreeSet<u32>>>,
-    snapshot: OwnedFd,
+    /// What every worker is forked from (and holds the snapshot).
+    zygote: zygote::Zygote,
     idle: Mutex<VecDeque<Arc<Worker>>>,
     assigned: Mutex<HashMap<Arc<str>, Arc<Worker>>>,
     /// Serialises first requests of one container while a worker is found.
@@ -175,6 +177,7 @@ impl Pool {
     /// controller. Must be called inside a tokio runtime.
     pub async fn start(config: PoolConfig, engine: EngineConfig, jail: JailConfig, egress: Egress, logs: Logs) -> Result<Pool, Error> {
         let snapshot = snapshot_memfd(engine::snapshot_blob(&engine.limits))?;
+        let zygote = zygote::Zygote::new(config.exe.as_deref(), snapshot)?;
         let required = jail.mode == JailMode::Required;
         if jail.mode != JailMode::Off {
             let swept = crate::jail::cgroup::sweep_stale(&jail.cgroup_parent);
@@ -197,7 +200,7 @@ impl Pool {
                 egress,
                 logs,
                 uids: Arc::default(),
-                snapshot,
+                zygote,
                 idle: Mutex::default(),
                 assigned: Mutex::default(),
                 assigning: Mutex::default(),
@@ -335,7 +338,7 @@ impl Inner {
         let spawned = match self.prepare_jail() {
             Ok((spec, lease)) => {
                 let (egress, logs) = (self.egress.clone(), self.logs.clone());
-                Worker::spawn(self.config.exe.as_deref(), &self.snapshot, &spec, lease, egress, logs).await
+                Worker::spawn(&self.zygote, &spec, lease, egress, logs).await
             }
             Err(e) => Err(e),
         };

@@ -6,8 +6,6 @@
 //! still waiting on it fails with `worker_crashed`.
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -24,6 +22,8 @@ use crate::engine::{Code, Context, Error, Reply, ReplyBody};
 use crate::logs::Logs;
 use crate::worker::protocol::{self, FromWorker, NodeCodec, ToWorker};
 use crate::worker::Spec;
+
+use super::zygote::{Child, Spawned, Zygote};
 
 /// Fetches one worker may have in flight at the node.
 const MAX_FETCHES: usize = 64;
@@ -75,7 +75,7 @@ struct Shared {
     alive: AtomicBool,
     /// Why the process ended, once it has.
     ended: Mutex<Option<String>>,
-    child: Mutex<Option<tokio::process::Child>>,
+    child: Mutex<Option<Child>>,
     /// The response limit the worker was told to enforce, checked again here.
     response_bytes: u64,
     /// Console bytes a second this worker may send (`logs.worker_log_rate`):
@@ -86,21 +86,16 @@ struct Shared {
 impl Drop for Shared {
     fn drop(&mut self) {
         // Dropped without the I/O task having reaped it (e.g. the runtime
-        // shut down): kill and reap now, so the lease's cgroup can go.
-        if let Some(mut child) = self.child.get_mut().unwrap().take() {
-            let _ = child.start_kill();
-            if let Some(pid) = child.id() {
-                // SAFETY: waitpid on our own child; ECHILD if already reaped.
-                unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), 0) };
-            }
-        }
+        // shut down): kill and reap now (dropping the child does both), so
+        // the lease's cgroup can go.
+        drop(self.child.get_mut().unwrap().take());
     }
 }
 
 impl Shared {
     fn kill(&self) {
-        if let Some(child) = self.child.lock().unwrap().as_mut() {
-            let _ = child.start_kill();
+        if let Some(child) = self.child.lock().unwrap().as_ref() {
+            child.start_kill();
         }
     }
 
@@ -139,44 +134,14 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts a worker process and waits until it is ready to serve.
-    pub async fn spawn(
-        exe: Option<&std::path::Path>,
-        snapshot: &OwnedFd,
-        spec: &Spec,
-        lease: Lease,
-        egress: Egress,
-        logs: Logs,
-    ) -> Result<Arc<Worker>, Error> {
-        let (node_end, worker_end) = std::os::unix::net::UnixStream::pair().map_err(Error::internal)?;
-        let exe = match exe {
-            Some(exe) => exe.to_owned(),
-            None => std::env::current_exe().map_err(Error::internal)?,
-        };
-        let spec_json = serde_json::to_string(spec).map_err(Error::internal)?;
-        let mut cmd = tokio::process::Command::new(exe);
-        cmd.args(["worker", "--node-pid", &std::process::id().to_string(), "--spec", &spec_json])
-            // Nothing of the node's environment but the log filter.
-            .env_clear()
-            .envs(std::env::var_os("WEBTASK_LOG").map(|v| ("WEBTASK_LOG", v)))
-            // The channel and the snapshot travel as stdin and stdout, the
-            // only descriptors a spawn without a pre-exec hook can place.
-            // That keeps the spawn a vfork + exec (posix_spawn) instead of
-            // a fork that copies the node's page tables, and every other
-            // descriptor of the node stays close-on-exec, so none leaks.
-            .stdin(Stdio::from(OwnedFd::from(worker_end)))
-            .stdout(Stdio::from(snapshot.try_clone().map_err(Error::internal)?))
-            // A pipe, not the node's stderr: the worker may write no file
-            // (RLIMIT_FSIZE=0), and its lines are relayed from here.
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| Error::internal(format!("spawning worker: {e}")))?;
-        let pid = child.id().unwrap_or(0);
-        if let Some(stderr) = child.stderr.take() {
-            tokio::spawn(relay_stderr(stderr));
-        }
-        node_end.set_nonblocking(true).map_err(Error::internal)?;
-        let stream = tokio::net::UnixStream::from_std(node_end).map_err(Error::internal)?;
+    /// Starts a worker process (forked by `zygote`) and waits until it is
+    /// ready to serve.
+    pub async fn spawn(zygote: &Zygote, spec: &Spec, lease: Lease, egress: Egress, logs: Logs) -> Result<Arc<Worker>, Error> {
+        let Spawned { mut child, channel, stderr } = zygote.fork(spec).await?;
+        let pid = child.id();
+        tokio::spawn(relay_stderr(stderr));
+        channel.set_nonblocking(true).map_err(Error::internal)?;
+        let stream = tokio::net::UnixStream::from_std(channel).map_err(Error::internal)?;
         let mut framed = Framed::new(stream, NodeCodec::with_max_frame(protocol::max_worker_frame(spec.limits.response_bytes)));
 
         let refused = match tokio::time::timeout(READY_TIMEOUT, framed.next()).await {
@@ -193,7 +158,7 @@ impl Worker {
         if let Some(why) = refused {
             // Reaped before the lease goes, so its cgroup and uid are free
             // for real when they are handed out again.
-            let _ = child.start_kill();
+            child.start_kill();
             let status = child.wait().await.map(describe_exit).unwrap_or_else(|e| e.to_string());
             drop(lease);
             return Err(Error::internal(format!("worker {pid} {why} ({status})")));
@@ -428,7 +393,7 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
 
 /// Copies a worker's log lines to the node's stderr, whole lines at a time
 /// so records of different workers never interleave mid-line.
-async fn relay_stderr(stderr: tokio::process::ChildStderr) {
+pub(super) async fn relay_stderr(stderr: impl tokio::io::AsyncRead + Unpin) {
     use std::io::Write;
     use tokio::io::AsyncBufReadExt;
     let mut lines = tokio::io::BufReader::new(stderr).lines();

@@ -1,12 +1,14 @@
-//! `webtask worker`: the process that runs one container's code. The node
-//! spawns it (users never do), it jails itself, loads the startup snapshot
-//! the node handed it, creates its isolate, says `Ready`, and then serves
-//! exactly one container until the node shuts it down or kills it.
+//! The worker: the process that runs one container's code. The node has
+//! the zygote fork it (users never start one), it jails itself, maps the
+//! startup snapshot the node handed down, creates its isolate, says
+//! `Ready`, and then serves exactly one container until the node shuts it
+//! down or kills it.
 //!
 //! It trusts nothing it receives beyond the protocol, and the node trusts
 //! nothing it says beyond the request it owns (see `pool`).
 
 pub mod protocol;
+pub mod zygote;
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use crate::engine::host::{self, Job, Permit};
 use crate::engine::{self, Code, Context, Error, Limits, Reply, ReplyBody};
 use protocol::{FromWorker, ToWorker, WorkerCodec};
 
-/// What the node tells a worker on its command line.
+/// What the node tells a worker (through the zygote) before it starts.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Spec {
     pub limits: Limits,
@@ -32,8 +34,9 @@ pub struct Spec {
     pub log_line_bytes: usize,
 }
 
-/// The worker's main. The node placed the unix socket to itself on
-/// stdin and a read-only memfd with the startup snapshot on stdout.
+/// The worker's main, in a child just forked by the zygote. The unix
+/// socket to the node is on stdin, a read-only memfd with the startup
+/// snapshot on stdout, the pipe the node relays as its log on stderr.
 pub fn main(node_pid: i32, spec: Spec) -> anyhow::Result<()> {
     bind_to_node(node_pid)?;
     let (socket, snapshot) = take_channels()?;
@@ -45,8 +48,7 @@ pub fn main(node_pid: i32, spec: Spec) -> anyhow::Result<()> {
     runtime.block_on(serve(socket, spec, jail))
 }
 
-/// The worker dies with its node, never outlives it. Armed here rather
-/// than between fork and exec so the node can spawn without a pre-exec hook.
+/// The worker (and the zygote) dies with its node, never outlives it.
 fn bind_to_node(node_pid: i32) -> anyhow::Result<()> {
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).context("parent-death signal")?;
     // The node may have died before the signal was armed.
@@ -64,8 +66,10 @@ fn take_channels() -> anyhow::Result<(OwnedFd, OwnedFd)> {
     let snapshot = std::io::stdout().as_fd().try_clone_to_owned().context("snapshot on stdout")?;
     let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").context("/dev/null")?;
     for stdio in [0, 1] {
-        // SAFETY: replaces stdin/stdout, whose originals were duplicated above.
-        unsafe { nix::unistd::dup2_raw(&null, stdio) }?;
+        // SAFETY: replaces stdin/stdout, whose originals were duplicated
+        // above. The result is stdin/stdout itself: kept open (a closed
+        // 0 or 1 would be the next descriptor anything opens).
+        let _ = std::os::fd::IntoRawFd::into_raw_fd(unsafe { nix::unistd::dup2_raw(&null, stdio) }?);
     }
     Ok((socket, snapshot))
 }

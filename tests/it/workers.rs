@@ -66,6 +66,77 @@ async fn a_worker_runs_as_pid_1_of_its_own_namespace_under_a_bare_supervisor() {
     eventually("engine gone with its supervisor", || async { !process_alive(engine[0]) }).await;
 }
 
+/// A process's `/proc/<pid>/status` field.
+fn status_field(pid: u32, field: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| Some(l.strip_prefix(field)?.strip_prefix(':')?.trim().to_owned()))
+}
+
+/// Inode of the startup snapshot memfd `pid` has mapped.
+fn snapshot_inode(pid: u32) -> Option<u64> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    maps.lines().find(|l| l.contains("memfd:webtask-snapshot"))?.split_whitespace().nth(4)?.parse().ok()
+}
+
+/// Targets of `pid`'s descriptors, with the inode of each.
+fn descriptors(pid: u32) -> Vec<(String, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return Vec::new() };
+    dir.filter_map(|e| {
+        let path = e.ok()?.path();
+        Some((std::fs::read_link(&path).ok()?.display().to_string(), std::fs::metadata(&path).ok()?.ino()))
+    })
+    .collect()
+}
+
+/// The zygote `engine` was forked from: a root child of this process that
+/// holds the snapshot memfd `engine` maps.
+fn zygote_of(engine: u32) -> Option<u32> {
+    let snapshot = snapshot_inode(engine)?;
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc").ok()?.filter_map(|e| e.ok()?.file_name().into_string().ok()?.parse::<u32>().ok()).find(|p| {
+        status_field(*p, "PPid").as_deref() == Some(me.as_str())
+            && status_field(*p, "Uid").is_some_and(|u| u.starts_with("0\t"))
+            && process_alive(*p)
+            && descriptors(*p).iter().any(|(_, ino)| *ino == snapshot)
+    })
+}
+
+#[tokio::test]
+async fn workers_are_the_nodes_children_forked_by_a_zygote_that_is_replaced_when_it_dies() {
+    let node = TestNode::workers().await;
+    node.run("zy-a", "", HELLO).await;
+    let supervisor = worker_pid(&node, "zy-a").await.unwrap();
+    // The node's own child (CLONE_PARENT), so the node reaps and signals it.
+    assert_eq!(status_field(supervisor, "PPid"), Some(std::process::id().to_string()));
+    let children = std::fs::read_to_string(format!("/proc/{supervisor}/task/{supervisor}/children")).unwrap();
+    let engine: u32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    let zygote = zygote_of(engine).expect("the zygote holding this worker's snapshot");
+    // The worker holds none of the zygote's sockets (its line to the node).
+    let zygote_sockets: Vec<u64> =
+        descriptors(zygote).into_iter().filter(|(t, _)| t.starts_with("socket:")).map(|(_, ino)| ino).collect();
+    assert!(!zygote_sockets.is_empty());
+    for pid in [supervisor, engine] {
+        let leaked: Vec<_> = descriptors(pid).into_iter().filter(|(_, ino)| zygote_sockets.contains(ino)).collect();
+        assert!(leaked.is_empty(), "worker {pid} holds the zygote's socket: {leaked:?}");
+    }
+
+    // SAFETY: kill(2) on the zygote this test's node started.
+    assert_eq!(unsafe { libc::kill(zygote as i32, libc::SIGKILL) }, 0);
+    eventually("zygote gone", || async { !process_alive(zygote) }).await;
+    // Running workers do not depend on it ...
+    assert_eq!(node.run("zy-a", "", HELLO).await.json(), json!("alive"));
+    // ... and new ones come from a new zygote.
+    for c in ["zy-b", "zy-c", "zy-d"] {
+        assert_eq!(node.run(c, "", HELLO).await.json(), json!("alive"));
+    }
+    let supervisor = worker_pid(&node, "zy-d").await.unwrap();
+    let children = std::fs::read_to_string(format!("/proc/{supervisor}/task/{supervisor}/children")).unwrap();
+    let engine: u32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    let next = zygote_of(engine).expect("a new zygote");
+    assert_ne!(next, zygote);
+}
+
 #[tokio::test]
 async fn a_node_makes_cgroup_moves_cheap_where_the_host_has_cgroup2() {
     let _node = TestNode::workers().await;
