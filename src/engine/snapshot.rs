@@ -48,6 +48,12 @@ pub fn get() -> &'static [u8] {
 }
 
 fn build() -> &'static [u8] {
+    // V8 starts here in the mode isolates run in. Left to the snapshot
+    // runtime, deno_core would start it with `--predictable
+    // --random-seed=42` for the whole process, and every isolate this
+    // process creates afterwards (in-process containers, embedders) would
+    // draw the same Math.random sequence.
+    deno_core::JsRuntime::init_platform(None);
     let tokio = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     let _enter = tokio.enter();
     let rt = JsRuntimeForSnapshot::new(RuntimeOptions {

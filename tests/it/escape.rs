@@ -189,3 +189,17 @@ async fn atomics_wait_cannot_block_a_container() {
         assert_eq!(res.json(), json!("next"));
     }
 }
+
+#[tokio::test]
+async fn math_random_is_neither_shared_nor_predictable_across_containers() {
+    // Tenants must not be able to predict each other's Math.random (nor
+    // their own across restarts): every isolate's generator is seeded
+    // afresh, never from a fixed seed.
+    let draw = "return function (cb) { cb(null, [Math.random(), Math.random()]); }";
+    for node in every_target().await {
+        let a = node.run("random-a", "", draw).await.json();
+        let b = node.run("random-b", "", draw).await.json();
+        assert_ne!(a, b, "two containers drew the same sequence");
+        assert_ne!(a, json!([0.22876995452731475, 0.6698482001303465]), "V8's fixed snapshot seed");
+    }
+}
