@@ -130,11 +130,23 @@ async fn workers_are_the_nodes_children_forked_by_a_zygote_that_is_replaced_when
     for c in ["zy-b", "zy-c", "zy-d"] {
         assert_eq!(node.run(c, "", HELLO).await.json(), json!("alive"));
     }
-    let supervisor = worker_pid(&node, "zy-d").await.unwrap();
-    let children = std::fs::read_to_string(format!("/proc/{supervisor}/task/{supervisor}/children")).unwrap();
-    let engine: u32 = children.split_whitespace().next().unwrap().parse().unwrap();
-    let next = zygote_of(engine).expect("a new zygote");
+    let mut engines = Vec::new();
+    for c in ["zy-a", "zy-b", "zy-c", "zy-d"] {
+        let supervisor = worker_pid(&node, c).await.unwrap();
+        let children = std::fs::read_to_string(format!("/proc/{supervisor}/task/{supervisor}/children")).unwrap();
+        engines.push(children.split_whitespace().next().unwrap().parse::<u32>().unwrap());
+    }
+    let next = zygote_of(engines[3]).expect("a new zygote");
     assert_ne!(next, zygote);
+    // The zygote makes each worker's network namespace ahead of time: every
+    // worker still has one of its own, shared with no one.
+    let netns = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    let mut seen = vec![netns(std::process::id()), netns(next)];
+    for engine in engines {
+        let ns = netns(engine);
+        assert!(!seen.contains(&ns), "worker {engine} shares network namespace {ns:?}");
+        seen.push(ns);
+    }
 }
 
 #[tokio::test]
