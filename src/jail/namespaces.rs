@@ -6,14 +6,6 @@
 //!
 //! The PID namespace is made here, while the process is privileged, but a
 //! process only enters it through a fork: see [`super::pidns`].
-//!
-//! A new network namespace is the slowest of them to make (about 1 ms), so
-//! the zygote makes the next worker's ahead of time, while it waits: it
-//! moves itself into a fresh one ([`prepare_network`]) that the next child
-//! it forks inherits, and then moves on to another. No two workers ever
-//! share one.
-
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
@@ -23,27 +15,8 @@ use nix::unistd::{chdir, pivot_root, sethostname};
 /// Linux host and is only touched inside the new mount namespace.
 const STAGING: &str = "/tmp";
 
-/// Set in the zygote once it sits in a network namespace nothing else has
-/// used; a child forked then inherits `true` and keeps that namespace.
-static FRESH_NETWORK: AtomicBool = AtomicBool::new(false);
-
-/// Moves the calling (single-threaded, privileged) process into a new,
-/// empty network namespace for the next child it forks.
-pub fn prepare_network() {
-    FRESH_NETWORK.store(unshare(CloneFlags::CLONE_NEWNET).is_ok(), Ordering::Relaxed);
-}
-
-/// In the zygote right after a fork: the namespace it sits in now belongs
-/// to that child, so it no longer counts as fresh.
-pub fn network_taken() {
-    FRESH_NETWORK.store(false, Ordering::Relaxed);
-}
-
 pub fn enter() -> Result<String, String> {
-    let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWPID;
-    if !FRESH_NETWORK.swap(false, Ordering::Relaxed) {
-        flags |= CloneFlags::CLONE_NEWNET;
-    }
+    let flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWPID;
     unshare(flags).map_err(|e| format!("unshare: {e}"))?;
     sethostname("webtask").map_err(|e| format!("sethostname: {e}"))?;
     empty_root().map_err(|e| format!("empty root: {e}"))?;

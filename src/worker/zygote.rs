@@ -8,8 +8,6 @@
 //! the Rust runtime's start-up, compiling the seccomp filter — about 3 ms
 //! of a pool-empty request. Forked from a process that already did all of
 //! that once, it pays for copying a small process's page tables instead.
-//! Between requests the zygote also makes the next worker's network
-//! namespace (see `jail::namespaces`), the slowest namespace to create.
 //!
 //! What the zygote holds: nothing of any tenant. It never runs V8 (V8
 //! starts threads, and a fork copies only the calling thread, so V8 is
@@ -55,19 +53,13 @@ pub fn main(node_pid: i32) -> anyhow::Result<()> {
     crate::jail::precompute();
     loop {
         let Some((request, fds)) = receive(&control)? else { return Ok(()) };
-        let mut jailed = false;
         let answer = match <[OwnedFd; 2]>::try_from(fds) {
-            Ok(fds) => fork_worker(node_pid, &request, &snapshot, fds, &mut jailed),
+            Ok(fds) => fork_worker(node_pid, &request, &snapshot, fds),
             Err(fds) => Forked::Failed(format!("expected 2 descriptors, got {}", fds.len())),
         };
-        let forked = matches!(answer, Forked::Pid(_));
         let answer = serde_json::to_vec(&answer).context("encoding answer")?;
         sendmsg::<()>(control.as_raw_fd(), &[IoSlice::new(&answer)], &[], MsgFlags::empty(), None)
             .context("answering the node")?;
-        if forked && jailed {
-            // Off the node's critical path: the next worker's network.
-            crate::jail::namespaces::prepare_network();
-        }
     }
 }
 
@@ -97,14 +89,11 @@ fn receive(control: &OwnedFd) -> anyhow::Result<Option<(Vec<u8>, Vec<OwnedFd>)>>
     Ok(Some((buf, fds)))
 }
 
-/// Forks a worker for `request`; `jailed` says whether it will jail itself
-/// (and so take a network namespace prepared for it).
-fn fork_worker(node_pid: i32, request: &[u8], snapshot: &OwnedFd, fds: [OwnedFd; 2], jailed: &mut bool) -> Forked {
+fn fork_worker(node_pid: i32, request: &[u8], snapshot: &OwnedFd, fds: [OwnedFd; 2]) -> Forked {
     let spec: Spec = match serde_json::from_slice(request) {
         Ok(spec) => spec,
         Err(e) => return Forked::Failed(format!("worker spec: {e}")),
     };
-    *jailed = spec.jail.mode != crate::jail::JailMode::Off;
     // SAFETY: a raw clone with no new stack is a fork; this process is
     // single-threaded, so the child may run anything. CLONE_PARENT makes
     // the node its parent (and the receiver of its SIGCHLD).
@@ -115,11 +104,7 @@ fn fork_worker(node_pid: i32, request: &[u8], snapshot: &OwnedFd, fds: [OwnedFd;
             let [socket, stderr] = fds;
             child(node_pid, spec, socket, snapshot, stderr)
         }
-        pid => {
-            // Whatever network namespace this process is in is the child's now.
-            crate::jail::namespaces::network_taken();
-            Forked::Pid(pid as u32)
-        }
+        pid => Forked::Pid(pid as u32),
     }
 }
 

@@ -138,8 +138,7 @@ async fn workers_are_the_nodes_children_forked_by_a_zygote_that_is_replaced_when
     }
     let next = zygote_of(engines[3]).expect("a new zygote");
     assert_ne!(next, zygote);
-    // The zygote makes each worker's network namespace ahead of time: every
-    // worker still has one of its own, shared with no one.
+    // Forked workers still get a network namespace each, shared with no one.
     let netns = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
     let mut seen = vec![netns(std::process::id()), netns(next)];
     for engine in engines {
