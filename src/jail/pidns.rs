@@ -4,7 +4,7 @@
 //! `unshare(CLONE_NEWPID)` (done with the other namespaces, while the
 //! process is still privileged) moves only the caller's *next child* into
 //! the new namespace. So this layer forks once: the child goes on to be
-//! the worker; the parent, the process the node spawned and knows by pid,
+//! the worker; the parent, the process the zygote forked and the node knows by pid,
 //! becomes its supervisor. The supervisor holds no descriptor of the
 //! node's, runs as the worker's transient uid without privileges inside
 //! the worker's empty root and network namespace, and only waits, then

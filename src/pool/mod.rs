@@ -1,5 +1,5 @@
 //! Worker processes for containers: a pool of pre-warmed, unassigned
-//! workers (spawned, jailed, snapshot loaded, isolate ready), the
+//! workers (forked by the zygote, jailed, snapshot loaded, isolate ready), the
 //! assignment of a worker to a container on its first request, and the
 //! controller that retires workers by lifetime policy. A worker serves one
 //! container for its whole life; retiring kills it, and the pool replaces
