@@ -16,6 +16,13 @@
 // Everything here is strict mode (an ES module), so V8 hides these functions
 // and their receivers from guest `Error.prepareStackTrace` call sites.
 
+import { builtin, registerBuiltin, webtaskModule } from "ext:webtask_runtime/node/require.js";
+import { process as guestProcess } from "ext:webtask_runtime/node/process.js";
+import "ext:webtask_runtime/node/crypto.js";
+import "ext:webtask_runtime/node/zlib.js";
+import "ext:webtask_runtime/node/http.js";
+import { install as installWebGlobals, Response as GuestResponse, Request as GuestRequest } from "ext:webtask_runtime/node/web.js";
+
 const core = globalThis.Deno.core;
 const primordials = globalThis.__bootstrap.primordials;
 const {
@@ -494,41 +501,14 @@ function clearGuestTimer(id) {
 }
 
 // `fetch`, through the host's egress (policy, resolution and the connection
-// all live outside the isolate). A small Response: status, ok, headers,
-// text(), json(), arrayBuffer().
-class FetchResponse {
-  #body;
-  #headers;
-  constructor(res) {
-    this.status = res.status;
-    this.ok = res.status >= 200 && res.status < 300;
-    this.#body = res.body;
-    this.#headers = new SafeMap();
-    for (let i = 0; i < res.headers.length; i++) {
-      const { 0: k, 1: v } = res.headers[i];
-      const prev = this.#headers.get(k);
-      this.#headers.set(k, prev === undefined ? v : prev + ", " + v);
-    }
-    const map = this.#headers;
-    this.headers = {
-      get: (name) => map.get(StringPrototypeToLowerCase(StringCtor(name))) ?? null,
-      has: (name) => map.has(StringPrototypeToLowerCase(StringCtor(name))),
-    };
-  }
-  async text() {
-    return core.decode(this.#body);
-  }
-  async json() {
-    return JSONParse(core.decode(this.#body));
-  }
-  async arrayBuffer() {
-    return this.#body.buffer;
-  }
-}
-
+// all live outside the isolate); answers with a guest `Response`.
 function requestHeaders(headers) {
   const out = [];
   if (headers === undefined || headers === null) return out;
+  if (typeof headers.forEach === "function" && typeof headers.get === "function") {
+    headers.forEach((v, k) => ArrayPrototypePush(out, [StringCtor(k), StringCtor(v)]));
+    return out;
+  }
   if (ArrayIsArray(headers)) {
     for (let i = 0; i < headers.length; i++) {
       ArrayPrototypePush(out, [StringCtor(headers[i][0]), StringCtor(headers[i][1])]);
@@ -551,6 +531,11 @@ function requestBody(body) {
 }
 
 async function fetch(input, init) {
+  if (input instanceof GuestRequest) {
+    const from = input;
+    input = from.url;
+    init = { method: from.method, headers: from.headers, body: from._bytes(), ...init };
+  }
   const options = init ?? {};
   const request = {
     url: StringCtor(typeof input === "object" && input !== null && "url" in input ? input.url : input),
@@ -570,7 +555,7 @@ async function fetch(input, init) {
     err.code = at < 0 ? "egress_failed" : StringPrototypeSlice(text, 0, at);
     throw err;
   }
-  return new FetchResponse(res);
+  return new GuestResponse(res.body, { status: res.status, headers: res.headers, url: request.url });
 }
 
 // ---------------------------------------------------------------------------
@@ -794,17 +779,13 @@ function run(fn, id, method, url, headers, query, body, rawBody, data, secrets, 
   }
 }
 
-function requireUnavailable(name) {
-  throw new ErrorCtor(`Cannot find module '${safeString(name)}'`);
-}
-
 // Turns the compiled webtask body into the webtask function: either what the
 // body returns (`return function (...) {}`) or what it puts in module.exports.
 // A failure is returned as describe()'s array, for the host to report.
 function instantiate(factory) {
   try {
-    const module = { exports: {} };
-    const returned = ReflectApply(factory, globalThis, [module, module.exports, requireUnavailable]);
+    const { module, require } = webtaskModule();
+    const returned = ReflectApply(factory, globalThis, [module, module.exports, require]);
     const fn = typeof returned === "function" ? returned : module.exports;
     if (typeof fn !== "function") {
       throw new TypeErrorCtor(
@@ -816,6 +797,29 @@ function instantiate(factory) {
     return describe(e);
   }
 }
+
+// Evaluated here, into the snapshot: the `Buffer` global costs an isolate
+// nothing. Every other built-in is evaluated on its first require.
+const GuestBuffer = builtin("buffer").Buffer;
+
+// `timers`: the guest's own timer functions.
+registerBuiltin("timers", () => {
+  const g = globalThis;
+  const promises = {
+    setTimeout: (ms, value) => new primordials.Promise((resolve) => g.setTimeout(resolve, ms, value)),
+    setImmediate: (value) => new primordials.Promise((resolve) => g.setTimeout(resolve, 0, value)),
+  };
+  return {
+    setTimeout: g.setTimeout,
+    clearTimeout: g.clearTimeout,
+    setInterval: g.setInterval,
+    clearInterval: g.clearInterval,
+    setImmediate: g.setImmediate,
+    clearImmediate: g.clearImmediate,
+    promises,
+  };
+});
+registerBuiltin("timers/promises", () => builtin("timers").promises);
 
 // Called once per isolate by the host with its limits; returns the runner's
 // entry points and leaves the guest with its own global only.
@@ -837,5 +841,10 @@ globalThis.__webtask_lockdown = function lockdown(limitBytes) {
   g.clearInterval = clearGuestTimer;
   g.global = g;
   g.fetch = fetch;
+  g.setImmediate = (cb, ...args) => createGuestTimer(cb, 0, args, false);
+  g.clearImmediate = clearGuestTimer;
+  g.process = guestProcess;
+  g.Buffer = GuestBuffer;
+  installWebGlobals(g);
   return { run, instantiate };
 };

@@ -137,6 +137,7 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Result<Response<Body
         match path {
             "/healthz" => only_get(&req, || reply::health(node.draining.load(Ordering::Relaxed))),
             "/metrics" => only_get(&req, || node.metrics.render(&node.runner, &node.logs)),
+            "/api/env/node/modules" => only_get(&req, reply::node_modules),
             _ => reply::not_found(path),
         }
     };

@@ -16,6 +16,7 @@ pub mod fetch;
 pub(crate) mod host;
 mod inflight;
 mod isolate;
+pub mod node;
 mod ops;
 mod request;
 mod snapshot;

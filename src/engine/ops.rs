@@ -13,6 +13,9 @@ use deno_core::{op2, OpState};
 use super::console::{self, ConsoleLine, ConsoleSink};
 use super::fetch::{FetchRequest, FetchResponse, Fetcher};
 use super::inflight::Inflight;
+use super::node::crypto::{op_wt_aes_cbc, op_wt_aes_gcm, op_wt_hash, op_wt_hmac, op_wt_pbkdf2, op_wt_random};
+use super::node::modules::{op_wt_module_compile, op_wt_module_index, op_wt_module_text};
+use super::node::zlib::op_wt_zlib;
 use super::{Error, ScriptError};
 
 /// Console output one request may produce (each line counted with
@@ -37,9 +40,23 @@ pub struct Console(pub Arc<dyn ConsoleSink>);
 
 deno_core::extension!(
     webtask_runtime,
-    ops = [op_wt_complete, op_wt_fail, op_wt_head, op_wt_write, op_wt_end, op_wt_console, op_wt_fetch],
+    ops = [
+        op_wt_complete, op_wt_fail, op_wt_head, op_wt_write, op_wt_end, op_wt_console, op_wt_fetch,
+        op_wt_hash, op_wt_hmac, op_wt_pbkdf2, op_wt_random, op_wt_aes_cbc, op_wt_aes_gcm,
+        op_wt_zlib, op_wt_module_index, op_wt_module_compile, op_wt_module_text,
+    ],
     esm_entry_point = "ext:webtask_runtime/bootstrap.js",
-    esm = [dir "js_runtime", "bootstrap.js"],
+    esm = [
+        dir "js_runtime",
+        "bootstrap.js",
+        "node/dist/builtins.js",
+        "node/require.js",
+        "node/process.js",
+        "node/crypto.js",
+        "node/zlib.js",
+        "node/http.js",
+        "node/web.js",
+    ],
 );
 
 fn inflight(state: &OpState) -> std::cell::RefMut<'_, Inflight> {
