@@ -20,7 +20,7 @@ import { builtin, registerBuiltin, webtaskModule } from "ext:webtask_runtime/nod
 import { process as guestProcess } from "ext:webtask_runtime/node/process.js";
 import "ext:webtask_runtime/node/crypto.js";
 import "ext:webtask_runtime/node/zlib.js";
-import "ext:webtask_runtime/node/http.js";
+import { incomingMessage, provideServerResponse } from "ext:webtask_runtime/node/http.js";
 import { install as installWebGlobals, Response as GuestResponse, Request as GuestRequest } from "ext:webtask_runtime/node/web.js";
 
 const core = globalThis.Deno.core;
@@ -81,6 +81,12 @@ const {
   ArrayBuffer: ArrayBufferCtor,
 } = primordials;
 const AsyncFunctionProto = ObjectGetPrototypeOf(async function () {});
+
+// Evaluated here, into the snapshot: the `Buffer` global costs an isolate
+// nothing. Every other built-in is evaluated on its first require.
+const GuestBuffer = builtin("buffer").Buffer;
+const EventEmitter = builtin("events");
+
 const { queueMicrotask } = globalThis;
 
 // Set by lockdown() from the host's limits.
@@ -577,14 +583,21 @@ function isThenable(v) {
 
 // `function (context, req, res)`: a minimal Node-style response writer that
 // streams to the host. Headers go out with the first write or with end().
-class ServerResponse {
+// It is an EventEmitter ('finish' and 'close' after end()) and is Node's
+// `http.ServerResponse`, so Express and its middleware can build on it.
+class ServerResponse extends EventEmitter {
   #id;
   #headers = new SafeMap();
   #headerBytes = 0;
   #sent = false;
   #ended = false;
   statusCode = 200;
+  statusMessage = undefined;
+  sendDate = true;
+  socket = null;
+  connection = null;
   constructor(id) {
+    super();
     this.#id = id;
   }
   get headersSent() {
@@ -593,6 +606,37 @@ class ServerResponse {
   get writableEnded() {
     return this.#ended;
   }
+  get finished() {
+    return this.#ended;
+  }
+  get writableFinished() {
+    return this.#ended;
+  }
+  get writable() {
+    return !this.#ended;
+  }
+  getHeaders() {
+    const out = { __proto__: null };
+    for (const { 0: k } of new primordials.SafeMapIterator(this.#headers)) out[k] = this.getHeader(k);
+    return out;
+  }
+  getHeaderNames() {
+    const out = [];
+    for (const { 0: k } of new primordials.SafeMapIterator(this.#headers)) ArrayPrototypePush(out, k);
+    return out;
+  }
+  hasHeader(name) {
+    return this.#headers.has(StringPrototypeToLowerCase(StringCtor(name)));
+  }
+  flushHeaders() {
+    this.#flushHead();
+  }
+  setTimeout() {
+    return this;
+  }
+  cork() {}
+  uncork() {}
+  addTrailers() {}
   setHeader(name, value) {
     if (this.#sent) throw new ErrorCtor("Cannot set headers after they are sent");
     const key = StringPrototypeToLowerCase(StringCtor(name));
@@ -662,6 +706,14 @@ class ServerResponse {
     this.#ended = true;
     op_wt_end(this.#id);
     if (typeof callback === "function") callback();
+    queueMicrotask(() => {
+      try {
+        this.emit("finish");
+        this.emit("close");
+      } catch {
+        // A listener's failure after the response ended changes nothing.
+      }
+    });
     return this;
   }
 }
@@ -673,9 +725,9 @@ function toChunk(chunk) {
   return StringCtor(chunk);
 }
 
-// A small IncomingMessage: method, url, headers and the raw body as one
-// 'data' event followed by 'end' (the Node shim replaces this later).
-function makeIncoming(method, url, headers, rawBody) {
+// A request object built on primordials only: method, url, headers and the
+// raw body as one 'data' event followed by 'end'.
+function minimalIncoming(method, url, headers, rawBody) {
   const listeners = { __proto__: null, data: [], end: [] };
   let scheduled = false;
   function scheduleBody() {
@@ -741,7 +793,22 @@ function run(fn, id, method, url, headers, query, body, rawBody, data, secrets, 
     merge(merged, data);
     const context = { data: merged, query, body, headers, secrets, meta };
     if (fn.length >= 3) {
-      const req = makeIncoming(method, url, headers, rawBody);
+      // `/api/run/{container}?q` reads as `/api/run/{container}/?q`: the
+      // Auth0 URL shape webtask-tools strips before routing.
+      const m = /^\/api\/run\/([^/?]+)/.exec(typeof url === "string" ? url : "");
+      if (m && (url.length === m[0].length || url[m[0].length] === "?")) {
+        url = m[0] + "/" + StringPrototypeSlice(url, m[0].length);
+      }
+      let req;
+      try {
+        req = incomingMessage(method, url, headers, rawBody);
+      } catch {
+        // The guest broke the built-ins its own streams are made of (a
+        // poisoned Function.prototype.call, say): it still gets a request.
+        req = minimalIncoming(method, url, headers, rawBody);
+      }
+      // What webtask-tools' fromExpress() reads to strip /api/run/{container}.
+      req.x_wt = { container: m ? m[1] : "", url_format: 1 };
       const r = ReflectApply(fn, undefined, [context, req, new ServerResponse(id)]);
       if (isThenable(r)) {
         PromisePrototypeThen(PromiseResolve(r), undefined, (e) => fail(id, e));
@@ -798,9 +865,6 @@ function instantiate(factory) {
   }
 }
 
-// Evaluated here, into the snapshot: the `Buffer` global costs an isolate
-// nothing. Every other built-in is evaluated on its first require.
-const GuestBuffer = builtin("buffer").Buffer;
 
 // `timers`: the guest's own timer functions.
 registerBuiltin("timers", () => {
@@ -820,6 +884,8 @@ registerBuiltin("timers", () => {
   };
 });
 registerBuiltin("timers/promises", () => builtin("timers").promises);
+
+provideServerResponse(ServerResponse);
 
 // Called once per isolate by the host with its limits; returns the runner's
 // entry points and leaves the guest with its own global only.

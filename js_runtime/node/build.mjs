@@ -36,8 +36,22 @@ async function builtins() {
         "// npm polyfills behind webtask's Node built-ins (see src/builtins-entry.js).",
     },
     logLevel: "warning",
+    plugins: [nodeStreamsFrom],
   });
 }
+
+// readable-stream's browser build leaves out Readable.from (browsers had
+// no async iterators then); its Node version needs nothing the shim lacks.
+const nodeStreamsFrom = {
+  name: "readable-stream-from",
+  setup(build) {
+    build.onLoad({ filter: /readable-stream[\\/]lib[\\/]internal[\\/]streams[\\/]from-browser\.js$/ }, (args) => ({
+      contents: fs.readFileSync(args.path.replace(/from-browser\.js$/, "from.js"), "utf8"),
+      resolveDir: path.dirname(args.path),
+      loader: "js",
+    }));
+  },
+};
 
 const OPTIONAL = ["edge"];
 

@@ -256,6 +256,7 @@ const CIPHERS = {
 };
 
 class Cipheriv {
+  #decoder;
   #encrypt;
   #mode;
   #key;
@@ -302,20 +303,32 @@ class Cipheriv {
     const all = Buffer().concat([this.#pending, input]);
     if (this.#mode === "gcm") {
       this.#pending = all;
-      return output(new Uint8ArrayCtor(0), outputEncoding);
+      return this.#output(new Uint8ArrayCtor(0), outputEncoding);
     }
     // Whole blocks now; a decipher keeps its last block for final()'s unpadding.
     let n = all.length - (all.length % 16);
     if (!this.#encrypt && n === all.length && n > 0 && this.#pad) n -= 16;
     if (n === 0) {
       this.#pending = all;
-      return output(new Uint8ArrayCtor(0), outputEncoding);
+      return this.#output(new Uint8ArrayCtor(0), outputEncoding);
     }
     const blocks = all.subarray(0, n);
     const out = op_wt_aes_cbc(this.#key, this.#iv, blocks, this.#encrypt, false);
     this.#iv = Buffer().from(this.#encrypt ? out.subarray(n - 16) : blocks.subarray(n - 16));
     this.#pending = Buffer().from(all.subarray(n));
-    return output(out, outputEncoding);
+    return this.#output(out, outputEncoding);
+  }
+  // Strings out of update()/final() go through one StringDecoder, as in
+  // Node, so base64 and utf8 pieces concatenate into the whole.
+  #output(bytes, encoding) {
+    if (encoding === undefined || encoding === null || encoding === "buffer") return output(bytes);
+    this.#decoder ??= new (builtin("string_decoder").StringDecoder)(encoding);
+    return this.#decoder.write(output(bytes));
+  }
+  #final(bytes, encoding) {
+    if (encoding === undefined || encoding === null || encoding === "buffer") return output(bytes);
+    this.#decoder ??= new (builtin("string_decoder").StringDecoder)(encoding);
+    return this.#decoder.write(output(bytes)) + this.#decoder.end();
   }
   final(outputEncoding) {
     this.#check();
@@ -324,10 +337,10 @@ class Cipheriv {
       if (this.#encrypt) {
         const out = op_wt_aes_gcm(this.#key, this.#iv, this.#pending, this.#aad, new Uint8ArrayCtor(0), true);
         this.#tag = Buffer().from(out.subarray(out.length - 16));
-        return output(out.subarray(0, out.length - 16), outputEncoding);
+        return this.#final(out.subarray(0, out.length - 16), outputEncoding);
       }
       if (this.#tag === undefined) throw new ErrorCtor("Unsupported state or unable to authenticate data");
-      return output(op_wt_aes_gcm(this.#key, this.#iv, this.#pending, this.#aad, this.#tag, false), outputEncoding);
+      return this.#final(op_wt_aes_gcm(this.#key, this.#iv, this.#pending, this.#aad, this.#tag, false), outputEncoding);
     }
     if (!this.#pad && this.#pending.length % 16 !== 0) {
       const err = new ErrorCtor("wrong final block length");
@@ -339,7 +352,7 @@ class Cipheriv {
       err.code = "ERR_OSSL_WRONG_FINAL_BLOCK_LENGTH";
       throw err;
     }
-    return output(op_wt_aes_cbc(this.#key, this.#iv, this.#pending, this.#encrypt, this.#pad), outputEncoding);
+    return this.#final(op_wt_aes_cbc(this.#key, this.#iv, this.#pending, this.#encrypt, this.#pad), outputEncoding);
   }
   setAutoPadding(pad = true) {
     this.#pad = !!pad;
@@ -543,8 +556,25 @@ export const webcrypto = {
   CryptoKey,
 };
 
+// The parts of Node's crypto webtask does not offer: present (libraries
+// promisify them at load), throwing a clear error when called.
+const ABSENT = [
+  "createDiffieHellman", "createDiffieHellmanGroup", "createECDH", "diffieHellman", "generateKey", "generateKeyPair",
+  "generateKeyPairSync", "generateKeySync", "generatePrime", "generatePrimeSync", "getDiffieHellman", "hkdf", "hkdfSync",
+  "privateDecrypt", "privateEncrypt", "publicDecrypt", "publicEncrypt", "scrypt", "scryptSync", "sign", "verify",
+  "X509Certificate", "checkPrime", "checkPrimeSync",
+];
+
 function createCrypto() {
+  const absent = {};
+  for (let i = 0; i < ABSENT.length; i++) {
+    const name = ABSENT[i];
+    absent[name] = function () {
+      throw unavailableError(`crypto.${name}`);
+    };
+  }
   return {
+    ...absent,
     createHash: (algorithm) => new Hash(algorithm),
     createHmac: (algorithm, key) => new Hmac(algorithm, key),
     Hash,

@@ -63,6 +63,51 @@ export async function egress(url, method, headers, body) {
   }
 }
 
+let ServerResponse = function () {
+  throw unavailableError("http.ServerResponse");
+};
+
+/// The runtime's response class, which is what `(context, req, res)` gets.
+export function provideServerResponse(cls) {
+  ServerResponse = cls;
+}
+
+/// The `req` of `(context, req, res)`: a readable IncomingMessage of the
+/// request's body.
+export function incomingMessage(method, url, headers, rawBody) {
+  const http = builtin("http");
+  const { Buffer } = builtin("buffer");
+  const EventEmitter = builtin("events");
+  const body = rawBody === undefined ? new Uint8Array(0) : Buffer.from(rawBody);
+  const raw = [];
+  for (const k of ObjectKeys(headers)) ArrayPrototypePush(raw, { 0: k, 1: headers[k] });
+  const req = new http.IncomingMessage({ status: null, headers: raw, body }, null);
+  req.statusCode = null;
+  req.statusMessage = null;
+  req.method = method;
+  req.url = url;
+  // The framing headers describe the body this stream carries (with the
+  // JSON form of /api/run that is the envelope's `body`, not the envelope).
+  const own = { ...headers };
+  delete own["transfer-encoding"];
+  if (body.length > 0) own["content-length"] = StringCtor(body.length);
+  else delete own["content-length"];
+  req.headers = own;
+  // Express reads `connection.encrypted` and `remoteAddress`; on-finished
+  // listens on the socket. There is no socket: a plain emitter stands in.
+  const socket = new EventEmitter();
+  socket.encrypted = false;
+  socket.readable = false;
+  socket.writable = false;
+  socket.remoteAddress = undefined;
+  req.socket = req.connection = socket;
+  return req;
+}
+
+// Where an IncomingMessage keeps its unread body: not `_body`, which
+// body-parser uses as its "already parsed" flag.
+const BODY = Symbol("body");
+
 function createHttp(defaultProtocol) {
   const { Buffer } = builtin("buffer");
   const { Readable, Writable } = builtin("stream");
@@ -119,13 +164,13 @@ function createHttp(defaultProtocol) {
         this.headers[key] = prev === undefined ? v : prev + ", " + v;
       }
     }
-    this._body = res.body;
+    this[BODY] = res.body;
   }
   inherits(IncomingMessage, Readable);
   IncomingMessage.prototype._read = function () {
-    const body = this._body;
+    const body = this[BODY];
     if (body === null) return;
-    this._body = null;
+    this[BODY] = null;
     if (body.length > 0) this.push(Buffer.from(body.buffer, body.byteOffset, body.byteLength));
     this.complete = true;
     this.push(null);
@@ -284,7 +329,8 @@ function createHttp(defaultProtocol) {
   }
   function createServer() {
     throw unavailableError(
-      `${defaultProtocol === "https:" ? "https" : "http"}.createServer (a webtask answers through its function (context, req, res); it cannot listen)`,
+      `${defaultProtocol === "https:" ? "https" : "http"}.createServer`,
+      "a webtask answers through its function (context, req, res) and cannot listen",
     );
   }
   const globalAgent = new Agent();
@@ -299,9 +345,7 @@ function createHttp(defaultProtocol) {
     get,
     createServer,
     Server: createServer,
-    ServerResponse: function () {
-      throw unavailableError("http.ServerResponse");
-    },
+    ServerResponse,
     maxHeaderSize: 16384,
     validateHeaderName() {},
     validateHeaderValue() {},

@@ -131,6 +131,9 @@ export const process = {
   stderr: { write: write("error"), isTTY: false, fd: 2 },
 };
 process.stdin = { isTTY: false, fd: 0, on: noListeners };
+// Object.prototype.toString says "[object process]", as in Node (axios picks
+// its Node adapter by it).
+Object.defineProperty(process, Symbol.toStringTag, { value: "process", configurable: true });
 registerBuiltin("process", () => process);
 
 const os = {

@@ -18,6 +18,8 @@ import { polyfills } from "ext:webtask_runtime/node/dist/builtins.js";
 const core = globalThis.Deno.core;
 const { op_wt_module_index, op_wt_module_compile, op_wt_module_text } = core.ops;
 const {
+  ArrayIsArray,
+  SafeMapIterator,
   ArrayPrototypeJoin,
   ArrayPrototypePop,
   ArrayPrototypePush,
@@ -69,7 +71,7 @@ export function registerBuiltin(name, factory) {
   builtinFactories.set(name, factory);
 }
 
-for (const name of ["assert", "buffer", "events", "path", "querystring", "stream", "string_decoder", "url", "util"]) {
+for (const name of ["assert", "buffer", "events", "path", "punycode", "querystring", "stream", "string_decoder", "url", "util"]) {
   registerBuiltin(name, polyfills[name]);
 }
 registerBuiltin("assert/strict", () => builtin("assert").strict);
@@ -87,11 +89,11 @@ registerBuiltin("stream/promises", () => {
 // throws. No partial escape hatches.
 const UNAVAILABLE = [
   "child_process", "cluster", "dgram", "dns", "dns/promises", "fs", "fs/promises", "http2", "inspector", "module",
-  "net", "perf_hooks", "readline", "repl", "tls", "trace_events", "tty", "v8", "vm", "wasi", "worker_threads",
+  "net", "perf_hooks", "readline", "repl", "tls", "trace_events", "v8", "vm", "wasi", "worker_threads",
 ];
 
-export function unavailableError(what) {
-  const err = new ErrorCtor(`${what} is not available in webtask`);
+export function unavailableError(what, why) {
+  const err = new ErrorCtor(`${what} is not available in webtask${why ? ": " + why : ""}`);
   err.code = "ERR_WEBTASK_UNAVAILABLE";
   return err;
 }
@@ -131,6 +133,17 @@ for (let i = 0; i < UNAVAILABLE.length; i++) {
   registerBuiltin(name, () => unavailableModule(name));
 }
 
+// `tty`: nothing is a terminal (debug and colour libraries ask at load).
+registerBuiltin("tty", () => ({
+  isatty: () => false,
+  ReadStream: function ReadStream() {
+    throw unavailableError("tty.ReadStream");
+  },
+  WriteStream: function WriteStream() {
+    throw unavailableError("tty.WriteStream");
+  },
+}));
+
 /// The exports of built-in `name` (undefined if there is none).
 export function builtin(name) {
   let exports = builtinCache.get(name);
@@ -149,7 +162,7 @@ export function isBuiltin(name) {
 
 export function builtinNames() {
   const out = [];
-  for (const name of new globalThis.__bootstrap.primordials.SafeMapIterator(builtinFactories)) {
+  for (const name of new SafeMapIterator(builtinFactories)) {
     ArrayPrototypePush(out, name[0]);
   }
   return out;
@@ -216,7 +229,7 @@ function exportTarget(target, star) {
     return star === undefined ? target : ArrayPrototypeJoin(StringPrototypeSplit(target, "*"), star);
   }
   if (target === null || typeof target !== "object") return undefined;
-  if (globalThis.__bootstrap.primordials.ArrayIsArray(target)) {
+  if (ArrayIsArray(target)) {
     for (let i = 0; i < target.length; i++) {
       const r = exportTarget(target[i], star);
       if (r !== undefined) return r;
@@ -235,7 +248,7 @@ function exportTarget(target, star) {
 
 function resolveExports(pkgDir, subpath, exports) {
   let map = exports;
-  if (typeof exports === "string" || globalThis.__bootstrap.primordials.ArrayIsArray(exports)) {
+  if (typeof exports === "string" || ArrayIsArray(exports)) {
     map = { ".": exports };
   } else if (exports !== null && typeof exports === "object") {
     const keys = ObjectKeys(exports);

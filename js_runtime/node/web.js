@@ -242,6 +242,9 @@ function abortError(message = "This operation was aborted") {
 }
 
 class AbortSignal extends EventTarget {
+  get [Symbol.toStringTag]() {
+    return "AbortSignal";
+  }
   aborted = false;
   reason = undefined;
   onabort = null;
@@ -285,6 +288,9 @@ class AbortController {
 
 class Headers {
   #map = new SafeMap();
+  get [Symbol.toStringTag]() {
+    return "Headers";
+  }
   constructor(init) {
     if (init === undefined || init === null) return;
     if (init instanceof Headers) {
@@ -397,6 +403,9 @@ class Request extends Body {
   clone() {
     return new Request(this);
   }
+  get [Symbol.toStringTag]() {
+    return "Request";
+  }
 }
 
 class Response extends Body {
@@ -418,6 +427,9 @@ class Response extends Body {
   }
   clone() {
     return new Response(this._bytes(), this);
+  }
+  get [Symbol.toStringTag]() {
+    return "Response";
   }
   static json(data, init = {}) {
     const headers = new Headers(init.headers);

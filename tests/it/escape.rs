@@ -82,12 +82,28 @@ async fn runtime_errors_are_plain_guest_errors() {
 #[tokio::test]
 async fn require_and_process_are_not_host_objects() {
     for node in every_target().await {
+        // `fs` and friends exist only to throw; `process` is the guest's own
+        // sanitised object: no environment, no exit, no bindings.
         let code = r#"module.exports = function (cb) {
-            let msg;
-            try { require('fs'); } catch (e) { msg = e.message; }
-            cb(null, [msg, typeof process]);
+            const errors = [];
+            for (const f of [() => require('fs').readFileSync('/etc/passwd'), () => require('child_process').execSync('id'),
+                             () => process.exit(1), () => process.binding('fs'), () => require('vm').runInNewContext('this')]) {
+                try { f(); errors.push('no error'); } catch (e) { errors.push(e.message); }
+            }
+            const own = [require, process.nextTick, process.hrtime].flatMap(f => Reflect.ownKeys(f).map(String))
+                .filter(k => /deno|core|op_|bootstrap/i.test(k));
+            cb(null, [errors, Object.keys(process.env), own]);
         };"#;
-        assert_eq!(node.run("esc", "", code).await.json(), json!(["Cannot find module 'fs'", "undefined"]));
+        assert_eq!(
+            node.run("esc", "", code).await.json(),
+            json!([[
+                "fs.readFileSync is not available in webtask",
+                "child_process.execSync is not available in webtask",
+                "process.exit is not available in webtask",
+                "process.binding is not available in webtask",
+                "vm.runInNewContext is not available in webtask"
+            ], [], []])
+        );
     }
 }
 

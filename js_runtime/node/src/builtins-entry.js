@@ -7,6 +7,7 @@ export const polyfills = {
   buffer: () => require("buffer/"),
   events: () => require("events/"),
   path: () => require("path-browserify"),
+  punycode: () => require("punycode/"),
   querystring: () => require("querystring-es3"),
   stream: () => require("stream-browserify"),
   string_decoder: () => require("string_decoder/"),
