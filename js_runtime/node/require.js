@@ -1,7 +1,8 @@
 // CommonJS `require` for guest code: Node's built-ins and the fixed module
 // set, resolved as Node resolves (relative paths, node_modules lookup,
-// package.json `main` and `exports`, `node:` prefix) over an in-memory file
-// table (src/engine/node/modules.rs), and `require('name@range')` checked
+// package.json `main` and `exports`, `node:` prefix) over the in-memory file
+// table of src/engine/node/modules.rs (which resolves and compiles; the
+// index stays out of the snapshot), and `require('name@range')` checked
 // against the installed version.
 //
 // The module cache lives in this module's scope, which is part of the
@@ -16,7 +17,7 @@
 import { polyfills } from "ext:webtask_runtime/node/dist/builtins.js";
 
 const core = globalThis.Deno.core;
-const { op_wt_module_index, op_wt_module_compile, op_wt_module_text } = core.ops;
+const { op_wt_module_resolve, op_wt_module_version, op_wt_module_compile, op_wt_module_text } = core.ops;
 const {
   ArrayIsArray,
   SafeMapIterator,
@@ -43,21 +44,6 @@ const {
   StringPrototypeTrim,
   TypeError: TypeErrorCtor,
 } = globalThis.__bootstrap.primordials;
-
-// Read once, into the snapshot.
-const index = JSONParse(op_wt_module_index());
-const fileIds = new SafeMap();
-for (let i = 0; i < index.files.length; i++) fileIds.set(index.files[i], i);
-const packages = index.packages;
-const moduleSet = index.set;
-
-/// `[{name, version}]` of the module set, sorted by name.
-export function moduleList() {
-  const names = ObjectKeys(moduleSet);
-  const out = [];
-  for (let i = 0; i < names.length; i++) ArrayPrototypePush(out, { name: names[i], version: moduleSet[names[i]] });
-  return out;
-}
 
 // ---------------------------------------------------------------------------
 // Built-ins.
@@ -168,157 +154,15 @@ export function builtinNames() {
   return out;
 }
 
-// ---------------------------------------------------------------------------
-// Paths (POSIX, absolute: every table path starts with "/").
-// ---------------------------------------------------------------------------
-
-function normalize(path) {
-  const parts = StringPrototypeSplit(path, "/");
-  const out = [];
-  for (let i = 0; i < parts.length; i++) {
-    const p = parts[i];
-    if (p === "" || p === ".") continue;
-    if (p === "..") ArrayPrototypePop(out);
-    else ArrayPrototypePush(out, p);
-  }
-  return "/" + ArrayPrototypeJoin(out, "/");
-}
-
 function dirname(path) {
   const at = StringPrototypeLastIndexOf(path, "/");
   return at <= 0 ? "/" : StringPrototypeSlice(path, 0, at);
-}
-
-function join(a, b) {
-  return normalize(a + "/" + b);
-}
-
-// ---------------------------------------------------------------------------
-// Resolution, as Node's algorithm (LOAD_AS_FILE, LOAD_AS_DIRECTORY,
-// LOAD_NODE_MODULES, LOAD_PACKAGE_EXPORTS with the require/node/default
-// conditions).
-// ---------------------------------------------------------------------------
-
-function asFile(p) {
-  if (fileIds.has(p)) return p;
-  if (fileIds.has(p + ".js")) return p + ".js";
-  if (fileIds.has(p + ".json")) return p + ".json";
-  return undefined;
-}
-
-function asIndex(p) {
-  if (fileIds.has(p + "/index.js")) return p + "/index.js";
-  if (fileIds.has(p + "/index.json")) return p + "/index.json";
-  return undefined;
-}
-
-function asDirectory(p) {
-  const pkg = ObjectPrototypeHasOwnProperty(packages, p) ? packages[p] : undefined;
-  if (pkg !== undefined && typeof pkg.main === "string") {
-    const m = join(p, pkg.main);
-    const found = asFile(m) ?? asIndex(m);
-    if (found !== undefined) return found;
-  }
-  return asIndex(p);
-}
-
-const CONDITIONS = { __proto__: null, require: true, node: true, default: true };
-
-function exportTarget(target, star) {
-  if (typeof target === "string") {
-    return star === undefined ? target : ArrayPrototypeJoin(StringPrototypeSplit(target, "*"), star);
-  }
-  if (target === null || typeof target !== "object") return undefined;
-  if (ArrayIsArray(target)) {
-    for (let i = 0; i < target.length; i++) {
-      const r = exportTarget(target[i], star);
-      if (r !== undefined) return r;
-    }
-    return undefined;
-  }
-  const keys = ObjectKeys(target);
-  for (let i = 0; i < keys.length; i++) {
-    if (CONDITIONS[keys[i]]) {
-      const r = exportTarget(target[keys[i]], star);
-      if (r !== undefined) return r;
-    }
-  }
-  return undefined;
-}
-
-function resolveExports(pkgDir, subpath, exports) {
-  let map = exports;
-  if (typeof exports === "string" || ArrayIsArray(exports)) {
-    map = { ".": exports };
-  } else if (exports !== null && typeof exports === "object") {
-    const keys = ObjectKeys(exports);
-    if (keys.length > 0 && !StringPrototypeStartsWith(keys[0], ".")) map = { ".": exports };
-  } else {
-    return undefined;
-  }
-  let target;
-  if (ObjectPrototypeHasOwnProperty(map, subpath)) {
-    target = exportTarget(map[subpath], undefined);
-  } else {
-    const keys = ObjectKeys(map);
-    for (let i = 0; i < keys.length && target === undefined; i++) {
-      const key = keys[i];
-      const star = StringPrototypeIndexOf(key, "*");
-      if (star === -1) continue;
-      const prefix = StringPrototypeSlice(key, 0, star);
-      const suffix = StringPrototypeSlice(key, star + 1);
-      if (StringPrototypeStartsWith(subpath, prefix) && StringPrototypeEndsWith(subpath, suffix) &&
-          subpath.length >= key.length - 1) {
-        target = exportTarget(map[key], StringPrototypeSlice(subpath, prefix.length, subpath.length - suffix.length));
-      }
-    }
-  }
-  if (target === undefined) return undefined;
-  const p = join(pkgDir, target);
-  return fileIds.has(p) ? p : undefined;
-}
-
-function resolveBare(id, fromDir) {
-  const slash = StringPrototypeIndexOf(id, "/", id[0] === "@" ? StringPrototypeIndexOf(id, "/") + 1 : 0);
-  const name = slash === -1 ? id : StringPrototypeSlice(id, 0, slash);
-  const subpath = slash === -1 ? "." : "." + StringPrototypeSlice(id, slash);
-  let dir = fromDir;
-  for (;;) {
-    if (!StringPrototypeEndsWith(dir, "/node_modules")) {
-      const base = dir === "/" ? "/node_modules" : dir + "/node_modules";
-      const pkgDir = base + "/" + name;
-      const pkg = ObjectPrototypeHasOwnProperty(packages, pkgDir) ? packages[pkgDir] : undefined;
-      if (pkg !== undefined && pkg.exports !== undefined && pkg.exports !== null) {
-        const found = resolveExports(pkgDir, subpath, pkg.exports);
-        if (found !== undefined) return found;
-      } else {
-        const candidate = base + "/" + id;
-        const found = asFile(candidate) ?? asDirectory(candidate);
-        if (found !== undefined) return found;
-      }
-    }
-    if (dir === "/") return undefined;
-    dir = dirname(dir);
-  }
 }
 
 function notFound(id, why) {
   const err = new ErrorCtor(`Cannot find module '${id}'${why ? ": " + why : ""}`);
   err.code = "MODULE_NOT_FOUND";
   return err;
-}
-
-/// The file `id` names when required from a module in `fromDir`.
-function resolveFilename(id, fromDir) {
-  if (StringPrototypeStartsWith(id, "./") || StringPrototypeStartsWith(id, "../") || id === "." || id === "..") {
-    const p = join(fromDir, id);
-    return asFile(p) ?? asDirectory(p);
-  }
-  if (StringPrototypeStartsWith(id, "/")) {
-    const p = normalize(id);
-    return asFile(p) ?? asDirectory(p);
-  }
-  return resolveBare(id, fromDir);
 }
 
 // ---------------------------------------------------------------------------
@@ -448,7 +292,7 @@ function Module(id, parent) {
   this.paths = [];
 }
 
-function load(filename, parent) {
+function load(n, filename, parent) {
   const cached = cache[filename];
   if (cached !== undefined) return cached.exports;
   const module = new Module(filename, parent);
@@ -456,7 +300,6 @@ function load(filename, parent) {
   cache[filename] = module;
   let ok = false;
   try {
-    const n = fileIds.get(filename);
     if (StringPrototypeEndsWith(filename, ".json")) {
       module.exports = JSONParse(op_wt_module_text(n));
     } else {
@@ -492,10 +335,10 @@ function requireFrom(id, parent) {
   const versioned = splitVersion(id);
   if (versioned !== null) {
     const { 0: name, 1: range } = versioned;
-    if (!ObjectPrototypeHasOwnProperty(moduleSet, name)) {
+    const installed = op_wt_module_version(name);
+    if (installed === null) {
       throw notFound(id, `${name} is not in webtask's module set`);
     }
-    const installed = moduleSet[name];
     let ok;
     try {
       ok = satisfies(installed, range);
@@ -507,10 +350,9 @@ function requireFrom(id, parent) {
     }
     id = name;
   }
-  const fromDir = parent ? parent.path : "/";
-  const filename = resolveFilename(id, fromDir);
-  if (filename === undefined) throw notFound(id, "");
-  return load(filename, parent);
+  const found = op_wt_module_resolve(id, parent ? parent.path : "/");
+  if (found === null) throw notFound(id, "");
+  return load(found[0], found[1], parent);
 }
 
 function makeRequire(module) {
@@ -521,9 +363,9 @@ function makeRequire(module) {
     if (typeof id !== "string") throw new TypeErrorCtor(`The "request" argument must be of type string`);
     if (isBuiltin(id)) return id;
     const versioned = splitVersion(id);
-    const filename = resolveFilename(versioned ? versioned[0] : id, module ? module.path : "/");
-    if (filename === undefined) throw notFound(id, "");
-    return filename;
+    const found = op_wt_module_resolve(versioned ? versioned[0] : id, module ? module.path : "/");
+    if (found === null) throw notFound(id, "");
+    return found[1];
   };
   require.cache = cache;
   require.main = undefined;

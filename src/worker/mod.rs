@@ -41,6 +41,7 @@ pub fn main(node_pid: i32, spec: Spec) -> anyhow::Result<()> {
     // the node: every thread created after this (V8's, tokio's) inherits it.
     let jail = crate::jail::apply(&spec.jail).map_err(anyhow::Error::msg)?;
     engine::install_snapshot(map_snapshot(snapshot)?, &spec.limits);
+    engine::node::modules::preload();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(serve(socket, spec, jail))
 }
