@@ -31,7 +31,8 @@ struct Index {
 
 #[derive(Deserialize, Default)]
 struct Package {
-    main: Option<String>,
+    /// Usually a path; some packages write `false`.
+    main: Option<Value>,
     exports: Option<Value>,
 }
 
@@ -43,7 +44,10 @@ struct Table {
 fn table() -> &'static Table {
     static TABLE: OnceLock<Table> = OnceLock::new();
     TABLE.get_or_init(|| {
-        let index: Index = serde_json::from_str(INDEX).unwrap_or_default();
+        let index: Index = serde_json::from_str(INDEX).unwrap_or_else(|e| {
+            tracing::error!("the module set's index is unreadable ({e}): serving without the module set");
+            Index::default()
+        });
         let ids = index.files.iter().enumerate().map(|(i, f)| (f.clone(), i as u32)).collect();
         Table { index, ids }
     })
@@ -103,7 +107,7 @@ impl Table {
 
     /// LOAD_AS_DIRECTORY: package.json `main`, then the index.
     fn as_directory(&self, p: &str) -> Option<String> {
-        if let Some(main) = self.index.packages.get(p).and_then(|pkg| pkg.main.as_deref()) {
+        if let Some(main) = self.index.packages.get(p).and_then(|pkg| pkg.main.as_ref()?.as_str()) {
             let m = join(p, main);
             if let Some(found) = self.as_file(&m).or_else(|| self.as_index(&m)) {
                 return Some(found);
