@@ -62,6 +62,7 @@ const {
   ObjectDefineProperty,
   ObjectFreeze,
   ObjectGetPrototypeOf,
+  ObjectSetPrototypeOf,
   ObjectKeys,
   ObjectPrototypeToString,
   ObjectPrototypeHasOwnProperty,
@@ -82,10 +83,6 @@ const {
 } = primordials;
 const AsyncFunctionProto = ObjectGetPrototypeOf(async function () {});
 
-// Evaluated here, into the snapshot: the `Buffer` global costs an isolate
-// nothing. Every other built-in is evaluated on its first require.
-const GuestBuffer = builtin("buffer").Buffer;
-const EventEmitter = builtin("events");
 
 const { queueMicrotask } = globalThis;
 
@@ -584,8 +581,23 @@ function isThenable(v) {
 // `function (context, req, res)`: a minimal Node-style response writer that
 // streams to the host. Headers go out with the first write or with end().
 // It is an EventEmitter ('finish' and 'close' after end()) and is Node's
-// `http.ServerResponse`, so Express and its middleware can build on it.
-class ServerResponse extends EventEmitter {
+// `http.ServerResponse`, so Express and its middleware can build on it. The
+// emitter half comes from the `events` polyfill, which is not in the
+// snapshot: the prototype chain is completed on first use.
+let emitterReady = false;
+function emitterPrototype() {
+  if (emitterReady) return true;
+  try {
+    ObjectSetPrototypeOf(ServerResponse.prototype, builtin("events").prototype);
+    emitterReady = true;
+  } catch {
+    // The guest broke the built-ins the polyfill is made of: a response
+    // that writes but does not emit.
+  }
+  return emitterReady;
+}
+
+class ServerResponse {
   #id;
   #headers = new SafeMap();
   #headerBytes = 0;
@@ -597,8 +609,14 @@ class ServerResponse extends EventEmitter {
   socket = null;
   connection = null;
   constructor(id) {
-    super();
     this.#id = id;
+    if (emitterPrototype()) {
+      try {
+        ReflectApply(builtin("events").init, this, []);
+      } catch {
+        // as above
+      }
+    }
   }
   get headersSent() {
     return this.#sent;
@@ -885,7 +903,7 @@ registerBuiltin("timers", () => {
 });
 registerBuiltin("timers/promises", () => builtin("timers").promises);
 
-provideServerResponse(ServerResponse);
+provideServerResponse(ServerResponse, emitterPrototype);
 
 // Called once per isolate by the host with its limits; returns the runner's
 // entry points and leaves the guest with its own global only.
@@ -910,7 +928,20 @@ globalThis.__webtask_lockdown = function lockdown(limitBytes) {
   g.setImmediate = (cb, ...args) => createGuestTimer(cb, 0, args, false);
   g.clearImmediate = clearGuestTimer;
   g.process = guestProcess;
-  g.Buffer = GuestBuffer;
+  // `Buffer` loads the polyfills on first use.
+  ObjectDefineProperty(g, "Buffer", {
+    __proto__: null,
+    get() {
+      const value = builtin("buffer").Buffer;
+      ObjectDefineProperty(g, "Buffer", { __proto__: null, value, writable: true, configurable: true, enumerable: false });
+      return value;
+    },
+    set(value) {
+      ObjectDefineProperty(g, "Buffer", { __proto__: null, value, writable: true, configurable: true, enumerable: false });
+    },
+    configurable: true,
+    enumerable: false,
+  });
   installWebGlobals(g);
   return { run, instantiate };
 };

@@ -67,9 +67,13 @@ let ServerResponse = function () {
   throw unavailableError("http.ServerResponse");
 };
 
-/// The runtime's response class, which is what `(context, req, res)` gets.
-export function provideServerResponse(cls) {
+let prepareServerResponse = () => {};
+
+/// The runtime's response class, which is what `(context, req, res)` gets,
+/// and the function that makes it an EventEmitter.
+export function provideServerResponse(cls, prepare) {
   ServerResponse = cls;
+  prepareServerResponse = prepare;
 }
 
 /// The `req` of `(context, req, res)`: a readable IncomingMessage of the
@@ -109,6 +113,7 @@ export function incomingMessage(method, url, headers, rawBody) {
 const BODY = Symbol("body");
 
 function createHttp(defaultProtocol) {
+  prepareServerResponse();
   const { Buffer } = builtin("buffer");
   const { Readable, Writable } = builtin("stream");
   const EventEmitter = builtin("events");

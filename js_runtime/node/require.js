@@ -14,9 +14,15 @@
 // code runs with guest privilege only; what it must not reach are the ops,
 // which stay in this strict-mode module's closure.
 
-import { polyfills } from "ext:webtask_runtime/node/dist/builtins.js";
-
 const core = globalThis.Deno.core;
+// The polyfill bundle (a lazily loaded module of the extension): compiled
+// and evaluated on an isolate's first require of a built-in backed by it.
+const loadPolyfills = core.createLazyLoader("ext:webtask_runtime/node/dist/builtins.js");
+
+/// The exports of polyfill `name` of the bundle (src/builtins-entry.js).
+export function polyfill(name) {
+  return loadPolyfills().polyfills[name]();
+}
 const { op_wt_module_resolve, op_wt_module_version, op_wt_module_compile, op_wt_module_text } = core.ops;
 const {
   ArrayIsArray,
@@ -58,7 +64,7 @@ export function registerBuiltin(name, factory) {
 }
 
 for (const name of ["assert", "buffer", "events", "path", "punycode", "querystring", "stream", "string_decoder", "url", "util"]) {
-  registerBuiltin(name, polyfills[name]);
+  registerBuiltin(name, () => polyfill(name));
 }
 registerBuiltin("assert/strict", () => builtin("assert").strict);
 registerBuiltin("path/posix", () => builtin("path"));

@@ -4,7 +4,7 @@
 // AbortController/AbortSignal, structuredClone and `crypto` (WebCrypto).
 // `install(global)` puts them on the guest global at lockdown.
 
-import { polyfills } from "ext:webtask_runtime/node/dist/builtins.js";
+import { polyfill } from "ext:webtask_runtime/node/require.js";
 import { webcrypto } from "ext:webtask_runtime/node/crypto.js";
 
 const core = globalThis.Deno.core;
@@ -445,10 +445,10 @@ class Response extends Body {
 
 let whatwg;
 function URLCtor() {
-  return (whatwg ??= polyfills.whatwg_url()).URL;
+  return (whatwg ??= polyfill("whatwg_url")).URL;
 }
 function URLSearchParamsCtor() {
-  return (whatwg ??= polyfills.whatwg_url()).URLSearchParams;
+  return (whatwg ??= polyfill("whatwg_url")).URLSearchParams;
 }
 
 /// Puts the Web API globals on the guest global.

@@ -49,7 +49,6 @@ deno_core::extension!(
     esm = [
         dir "js_runtime",
         "bootstrap.js",
-        "node/dist/builtins.js",
         "node/require.js",
         "node/process.js",
         "node/crypto.js",
@@ -58,6 +57,15 @@ deno_core::extension!(
         "node/web.js",
     ],
 );
+
+/// ES modules of the runtime left out of the snapshot, `(specifier,
+/// source)`, loaded on demand: the npm polyfills behind the Node built-ins,
+/// compiled on an isolate's first require rather than carried in the
+/// snapshot, where they cost every isolate most of a millisecond to
+/// deserialise (pooled workers load them during warm-up, before they are
+/// assigned).
+pub static LAZY_ESM: &[(&str, &str)] =
+    &[("ext:webtask_runtime/node/dist/builtins.js", include_str!("../../js_runtime/node/dist/builtins.js"))];
 
 fn inflight(state: &OpState) -> std::cell::RefMut<'_, Inflight> {
     state.borrow::<Rc<RefCell<Inflight>>>().borrow_mut()

@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 use webtask::{Context, Engine};
 
-use crate::support::{every_target, TestNode};
+use crate::support::TestNode;
 
 /// Runs `code` (a `return function (cb)` body) in the library engine and
 /// returns its JSON result, panicking with the error if it failed.
@@ -442,7 +442,10 @@ async fn web_globals() {
 
 #[tokio::test]
 async fn host_reaching_modules_only_throw() {
-    for node in every_target().await {
+    // Room for loading express on a container's first request.
+    let mut config = crate::support::test_config();
+    config.engine.limits.cpu_ms = 5_000;
+    for node in crate::support::every_target_with(config).await {
         let code = r#"return function (cb) {
             const out = {};
             const uses = { fs: ['readFileSync', '/etc/passwd'], 'node:fs': ['readFileSync', '/etc/passwd'],
