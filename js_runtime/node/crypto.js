@@ -10,7 +10,19 @@
 import { builtin, registerBuiltin, unavailableError } from "ext:webtask_runtime/node/require.js";
 
 const core = globalThis.Deno.core;
-const { op_wt_hash, op_wt_hmac, op_wt_pbkdf2, op_wt_random, op_wt_aes_cbc, op_wt_aes_gcm } = core.ops;
+const {
+  op_wt_hash,
+  op_wt_hmac,
+  op_wt_pbkdf2,
+  op_wt_random,
+  op_wt_aes_cbc,
+  op_wt_aes_gcm,
+  op_wt_key_import,
+  op_wt_key_from_jwk,
+  op_wt_key_from_ec_point,
+  op_wt_sign,
+  op_wt_verify,
+} = core.ops;
 const {
   ArrayBufferIsView,
   ArrayBuffer: ArrayBufferCtor,
@@ -383,29 +395,57 @@ class Cipheriv {
 }
 
 // ---------------------------------------------------------------------------
-// KeyObject (secret keys), which jsonwebtoken 9 builds for HMAC secrets.
+// KeyObject: secret keys (jsonwebtoken 9 builds them for HMAC secrets) and
+// RSA/EC public and private keys (parsed and used by the ops in keys.rs).
 // ---------------------------------------------------------------------------
 
+const KEY = Symbol("key");
+
 class KeyObject {
-  #bytes;
-  constructor(type, bytes) {
-    if (type !== "secret") throw unavailableError(`${type} KeyObject`);
-    this.#bytes = bytes;
+  constructor(type, material) {
+    if (type !== "secret" && type !== "public" && type !== "private") {
+      throw new TypeErrorCtor(`The argument 'type' is invalid. Received ${type}`);
+    }
+    this[KEY] = { type, material };
   }
   get type() {
-    return "secret";
+    return this[KEY].type;
   }
   get symmetricKeySize() {
-    return this.#bytes.length;
+    return this[KEY].type === "secret" ? this[KEY].material.length : undefined;
   }
   get asymmetricKeyType() {
-    return undefined;
+    return this[KEY].type === "secret" ? undefined : this[KEY].material.keyType;
   }
-  export() {
-    return Buffer().from(this.#bytes);
+  get asymmetricKeyDetails() {
+    const m = this[KEY].material;
+    if (this[KEY].type === "secret") return undefined;
+    return m.keyType === "rsa" ? { modulusLength: m.bits, publicExponent: 65537n } : { namedCurve: m.curve };
+  }
+  export(options) {
+    const { type, material } = this[KEY];
+    if (type === "secret") return Buffer().from(material);
+    const format = options?.format ?? "pem";
+    if (format === "jwk") throw unavailableError("KeyObject.export({ format: 'jwk' })");
+    if (type === "public" && options?.type && options.type !== "spki") {
+      throw unavailableError(`exporting a public key as ${options.type} (spki is)`);
+    }
+    if (type === "private" && options?.type && options.type !== material.encoding) {
+      throw unavailableError(`exporting this private key as ${options.type} (${material.encoding} is)`);
+    }
+    const der = Buffer().from(material.der);
+    if (format === "der") return der;
+    const label = type === "public" ? "PUBLIC KEY" : material.encoding === "pkcs1" ? "RSA PRIVATE KEY" : "PRIVATE KEY";
+    const b64 = der.toString("base64");
+    let body = "";
+    for (let i = 0; i < b64.length; i += 64) body += b64.slice(i, i + 64) + "\n";
+    return `-----BEGIN ${label}-----\n${body}-----END ${label}-----\n`;
   }
   equals(other) {
-    return other instanceof KeyObject && timingSafeEqualSafe(this.#bytes, other.export());
+    if (!(other instanceof KeyObject) || other.type !== this.type) return false;
+    const a = this.type === "secret" ? this[KEY].material : this[KEY].material.der;
+    const b = other.type === "secret" ? other[KEY].material : other[KEY].material.der;
+    return timingSafeEqualSafe(Buffer().from(a), Buffer().from(b));
   }
 }
 
@@ -415,6 +455,118 @@ function timingSafeEqualSafe(a, b) {
 
 function createSecretKey(key, encoding) {
   return new KeyObject("secret", Buffer().from(toBytes(key, encoding, "key")));
+}
+
+// `key` as Node takes it: PEM text or bytes, { key, format, type }, a JWK
+// ({ key, format: 'jwk' }), or a KeyObject.
+function parseKey(want, input) {
+  if (input instanceof KeyObject) {
+    if (input.type === want) return input;
+    if (input.type === "private" && want === "public") {
+      throw unavailableError("deriving a public key from a private key");
+    }
+    throw new TypeErrorCtor(`Invalid key object type ${input.type}, expected ${want}.`);
+  }
+  let key = input;
+  let format = "pem";
+  let type = "";
+  if (input !== null && typeof input === "object" && !ArrayBufferIsView(input) && !(input instanceof ArrayBufferCtor)) {
+    if (input.key instanceof KeyObject) return parseKey(want, input.key);
+    key = input.key;
+    format = input.format ?? "pem";
+    type = input.type ?? "";
+    if (input.passphrase !== undefined) throw unavailableError("encrypted private keys");
+  }
+  if (format === "jwk") {
+    if (want === "private") throw unavailableError("private keys as JWK");
+    return new KeyObject("public", op_wt_key_from_jwk(key));
+  }
+  const bytes = typeof key === "string" ? Buffer().from(key, "utf8") : toBytes(key, undefined, "key");
+  return new KeyObject(want, op_wt_key_import(want, format, type, bytes));
+}
+
+function createPublicKey(key) {
+  return parseKey("public", key);
+}
+
+function createPrivateKey(key) {
+  return parseKey("private", key);
+}
+
+const RSA_PKCS1_PADDING = 1;
+const RSA_PKCS1_PSS_PADDING = 6;
+
+// [KeyObject, pss, p1363] of a sign/verify key argument.
+function signingKey(want, key) {
+  const options = key !== null && typeof key === "object" && !(key instanceof KeyObject) && !ArrayBufferIsView(key) ? key : {};
+  const k = parseKey(want, key);
+  if (k.type === "secret") throw new TypeErrorCtor("Invalid key object type secret, expected " + want + ".");
+  return [k, options.padding === RSA_PKCS1_PSS_PADDING, options.dsaEncoding === "ieee-p1363"];
+}
+
+function signWith(digest, data, key) {
+  const [k, pss, p1363] = signingKey("private", key);
+  return Buffer().from(op_wt_sign(k[KEY].material, digest, pss, p1363, data));
+}
+
+function verifyWith(digest, data, key, signature) {
+  const [k, pss, p1363] = signingKey("public", key);
+  return op_wt_verify(k[KEY].material, digest, pss, p1363, data, signature);
+}
+
+// Sign and Verify collect their input, like Hash.
+class Sign {
+  #digest;
+  #chunks = [];
+  constructor(algorithm) {
+    this.#digest = checkDigest(algorithm);
+  }
+  update(data, encoding) {
+    ArrayPrototypePush(this.#chunks, toBytes(data, encoding));
+    return this;
+  }
+  sign(key, encoding) {
+    const sig = signWith(this.#digest, concat(this.#chunks), key);
+    return encoding === undefined || encoding === "buffer" ? sig : sig.toString(encoding);
+  }
+}
+
+class Verify {
+  #digest;
+  #chunks = [];
+  constructor(algorithm) {
+    this.#digest = checkDigest(algorithm);
+  }
+  update(data, encoding) {
+    ArrayPrototypePush(this.#chunks, toBytes(data, encoding));
+    return this;
+  }
+  verify(key, signature, encoding) {
+    return verifyWith(this.#digest, concat(this.#chunks), key, toBytes(signature, encoding === "buffer" ? undefined : encoding, "signature"));
+  }
+}
+
+function oneShot(algorithm) {
+  // Node accepts null/undefined for EC keys (the key decides); SHA-256 then.
+  return algorithm === null || algorithm === undefined ? "sha256" : checkDigest(algorithm);
+}
+
+function cryptoSign(algorithm, data, key, callback) {
+  const sig = signWith(oneShot(algorithm), toBytes(data), key);
+  if (typeof callback === "function") {
+    nativeQueueMicrotask(() => callback(null, sig));
+    return;
+  }
+  return sig;
+}
+
+function cryptoVerify(algorithm, data, key, signature, callback) {
+  const ok = verifyWith(oneShot(algorithm), toBytes(data), key, toBytes(signature, undefined, "signature"));
+  if (typeof callback === "function") {
+    nativeQueueMicrotask(() => callback(null, ok));
+    return;
+  }
+  return ok;
 }
 
 // ---------------------------------------------------------------------------
@@ -459,18 +611,20 @@ function arrayBufferOf(bytes) {
   return out;
 }
 
+// A WebCrypto key: the secret bytes (HMAC) or the parsed key (RSA, EC) stay
+// in a private field.
 class CryptoKey {
-  #secret;
-  constructor(secret, algorithm, extractable, usages) {
-    this.#secret = secret;
-    this.type = "secret";
+  #material;
+  constructor(type, material, algorithm, extractable, usages) {
+    this.#material = material;
+    this.type = type;
     this.algorithm = algorithm;
     this.extractable = extractable;
     this.usages = usages;
     ObjectFreeze(this);
   }
-  static secretOf(key) {
-    return key.#secret;
+  static materialOf(key) {
+    return key.#material;
   }
 }
 
@@ -484,9 +638,9 @@ function asyncly(fn) {
   };
 }
 
-function hmacKey(key, usage) {
-  if (!(key instanceof CryptoKey) || key.algorithm.name !== "HMAC") {
-    throw domError("The key is not an HMAC key", "InvalidAccessError");
+function usableKey(key, name, usage) {
+  if (!(key instanceof CryptoKey) || key.algorithm.name !== name) {
+    throw domError(`The key is not a ${name} key`, "InvalidAccessError");
   }
   if (!key.usages.includes(usage)) {
     throw domError(`The key does not support the '${usage}' operation`, "InvalidAccessError");
@@ -498,6 +652,51 @@ function base64UrlDecode(s) {
   return Buffer().from(String(s), "base64");
 }
 
+const ASYMMETRIC = { __proto__: null, "RSASSA-PKCS1-V1_5": "RSASSA-PKCS1-v1_5", "RSA-PSS": "RSA-PSS", ECDSA: "ECDSA" };
+const CURVES = { __proto__: null, prime256v1: "P-256", secp384r1: "P-384" };
+
+function importAsymmetric(format, keyData, algorithm, name, extractable, usages) {
+  let material;
+  if (format === "spki") material = op_wt_key_import("public", "der", "spki", toBytes(keyData));
+  else if (format === "pkcs8") material = op_wt_key_import("private", "der", "pkcs8", toBytes(keyData));
+  else if (format === "jwk") {
+    if (keyData === null || typeof keyData !== "object") throw domError("JWK must be an object", "DataError");
+    if (keyData.d !== undefined) throw domError("private JWKs are not supported by webtask yet", "NotSupportedError");
+    material = op_wt_key_from_jwk(keyData);
+  } else if (format === "raw" && name === "ECDSA") {
+    material = op_wt_key_from_ec_point(algorithm.namedCurve, toBytes(keyData));
+  } else throw domError(`Unsupported key format: ${format}`, "NotSupportedError");
+  const isEc = name === "ECDSA";
+  if (isEc !== (material.keyType === "ec")) throw domError("The key does not match the algorithm", "DataError");
+  const alg = { name };
+  if (isEc) {
+    alg.namedCurve = CURVES[material.curve];
+    if (algorithm.namedCurve !== undefined && algorithm.namedCurve !== alg.namedCurve) {
+      throw domError("The key's curve does not match namedCurve", "DataError");
+    }
+  } else {
+    alg.hash = { name: subtleHash(algorithm.hash) };
+    alg.modulusLength = material.bits;
+    alg.publicExponent = new Uint8ArrayCtor([1, 0, 1]);
+  }
+  return new CryptoKey(material.kind, material, alg, !!extractable, [...usages]);
+}
+
+// [digest, pss, p1363] of a sign/verify algorithm for `key`.
+function asymmetricParams(algorithm, key) {
+  const name = ASYMMETRIC[algorithmName(algorithm)];
+  if (name === "ECDSA") return [subtleHash(algorithm.hash), false, true];
+  if (name === "RSA-PSS") {
+    const saltLength = algorithm.saltLength;
+    const hashBytes = { "SHA-256": 32, "SHA-384": 48, "SHA-512": 64 }[key.algorithm.hash.name];
+    if (saltLength !== hashBytes) {
+      throw domError("webtask supports RSA-PSS with a salt as long as the hash only", "NotSupportedError");
+    }
+    return [key.algorithm.hash.name, true, false];
+  }
+  return [key.algorithm.hash.name, false, false];
+}
+
 const subtle = {
   digest: asyncly((algorithm, data) => {
     const name = subtleHash(algorithm);
@@ -505,8 +704,11 @@ const subtle = {
   }),
   importKey: asyncly((format, keyData, algorithm, extractable, usages) => {
     const name = algorithmName(algorithm);
+    if (ASYMMETRIC[name] !== undefined) {
+      return importAsymmetric(format, keyData, algorithm, ASYMMETRIC[name], extractable, usages);
+    }
     if (name !== "HMAC") {
-      throw domError(`importKey: ${name} keys are not supported by webtask yet`, "NotSupportedError");
+      throw domError(`importKey: ${name} keys are not supported by webtask`, "NotSupportedError");
     }
     const hash = subtleHash(algorithm.hash);
     let bytes;
@@ -517,34 +719,48 @@ const subtle = {
       }
       bytes = base64UrlDecode(keyData.k);
     } else throw domError(`Unsupported key format: ${format}`, "NotSupportedError");
-    return new CryptoKey(bytes, { name: "HMAC", hash: { name: hash }, length: bytes.length * 8 }, !!extractable, [
+    return new CryptoKey("secret", bytes, { name: "HMAC", hash: { name: hash }, length: bytes.length * 8 }, !!extractable, [
       ...usages,
     ]);
   }),
   exportKey: asyncly((format, key) => {
     if (!(key instanceof CryptoKey)) throw new TypeErrorCtor("key is not a CryptoKey");
     if (!key.extractable) throw domError("key is not extractable", "InvalidAccessError");
-    const bytes = CryptoKey.secretOf(key);
-    if (format === "raw") return arrayBufferOf(bytes);
+    const material = CryptoKey.materialOf(key);
+    if (key.type !== "secret") {
+      if ((format === "spki" && key.type === "public") || (format === "pkcs8" && material.encoding === "pkcs8")) {
+        return arrayBufferOf(material.der);
+      }
+      throw domError(`Unsupported key format: ${format}`, "NotSupportedError");
+    }
+    if (format === "raw") return arrayBufferOf(material);
     if (format === "jwk") {
-      const k = bytes.toString("base64").replace(/=+$/, "").replace(/\+/g, "-").replace(/\//g, "_");
+      const k = material.toString("base64").replace(/=+$/, "").replace(/\+/g, "-").replace(/\//g, "_");
       return { kty: "oct", k, alg: "HS" + key.algorithm.hash.name.slice(4), ext: true, key_ops: [...key.usages] };
     }
     throw domError(`Unsupported key format: ${format}`, "NotSupportedError");
   }),
   sign: asyncly((algorithm, key, data) => {
-    if (algorithmName(algorithm) !== "HMAC") {
-      throw domError(`sign: ${algorithmName(algorithm)} is not supported by webtask yet`, "NotSupportedError");
+    const name = algorithmName(algorithm);
+    if (ASYMMETRIC[name] !== undefined) {
+      const k = usableKey(key, ASYMMETRIC[name], "sign");
+      const [digest, pss, p1363] = asymmetricParams(algorithm, k);
+      return arrayBufferOf(op_wt_sign(CryptoKey.materialOf(k), digest, pss, p1363, toBytes(data)));
     }
-    const k = hmacKey(key, "sign");
-    return arrayBufferOf(op_wt_hmac(k.algorithm.hash.name, CryptoKey.secretOf(k), toBytes(data)));
+    if (name !== "HMAC") throw domError(`sign: ${name} is not supported by webtask`, "NotSupportedError");
+    const k = usableKey(key, "HMAC", "sign");
+    return arrayBufferOf(op_wt_hmac(k.algorithm.hash.name, CryptoKey.materialOf(k), toBytes(data)));
   }),
   verify: asyncly((algorithm, key, signature, data) => {
-    if (algorithmName(algorithm) !== "HMAC") {
-      throw domError(`verify: ${algorithmName(algorithm)} is not supported by webtask yet`, "NotSupportedError");
+    const name = algorithmName(algorithm);
+    if (ASYMMETRIC[name] !== undefined) {
+      const k = usableKey(key, ASYMMETRIC[name], "verify");
+      const [digest, pss, p1363] = asymmetricParams(algorithm, k);
+      return op_wt_verify(CryptoKey.materialOf(k), digest, pss, p1363, toBytes(data), toBytes(signature));
     }
-    const k = hmacKey(key, "verify");
-    const mac = op_wt_hmac(k.algorithm.hash.name, CryptoKey.secretOf(k), toBytes(data));
+    if (name !== "HMAC") throw domError(`verify: ${name} is not supported by webtask`, "NotSupportedError");
+    const k = usableKey(key, "HMAC", "verify");
+    const mac = op_wt_hmac(k.algorithm.hash.name, CryptoKey.materialOf(k), toBytes(data));
     return timingSafeEqualSafe(mac, toBytes(signature));
   }),
 };
@@ -561,7 +777,7 @@ export const webcrypto = {
 const ABSENT = [
   "createDiffieHellman", "createDiffieHellmanGroup", "createECDH", "diffieHellman", "generateKey", "generateKeyPair",
   "generateKeyPairSync", "generateKeySync", "generatePrime", "generatePrimeSync", "getDiffieHellman", "hkdf", "hkdfSync",
-  "privateDecrypt", "privateEncrypt", "publicDecrypt", "publicEncrypt", "scrypt", "scryptSync", "sign", "verify",
+  "privateDecrypt", "privateEncrypt", "publicDecrypt", "publicEncrypt", "scrypt", "scryptSync",
   "X509Certificate", "checkPrime", "checkPrimeSync",
 ];
 
@@ -598,27 +814,21 @@ function createCrypto() {
       throw unavailableError("crypto.createDecipher (deprecated, insecure key derivation; use createDecipheriv)");
     },
     createSecretKey,
-    // Asymmetric keys (RSA, ECDSA) are not in webtask's crypto yet: the
-    // error says so instead of a half-working key.
-    createPrivateKey() {
-      throw unavailableError("crypto.createPrivateKey (asymmetric keys)");
-    },
-    createPublicKey() {
-      throw unavailableError("crypto.createPublicKey (asymmetric keys)");
-    },
-    createSign() {
-      throw unavailableError("crypto.createSign (asymmetric keys)");
-    },
-    createVerify() {
-      throw unavailableError("crypto.createVerify (asymmetric keys)");
-    },
+    createPrivateKey,
+    createPublicKey,
+    createSign: (algorithm) => new Sign(algorithm),
+    createVerify: (algorithm) => new Verify(algorithm),
+    Sign,
+    Verify,
+    sign: cryptoSign,
+    verify: cryptoVerify,
     KeyObject,
     getHashes: () => [...HASHES],
     getCiphers: () => ["aes-128-cbc", "aes-128-gcm", "aes-192-cbc", "aes-256-cbc", "aes-256-gcm"],
     getCurves: () => [],
     webcrypto,
     subtle,
-    constants: {},
+    constants: { RSA_PKCS1_PADDING, RSA_PKCS1_PSS_PADDING, RSA_PSS_SALTLEN_DIGEST: -1 },
   };
 }
 

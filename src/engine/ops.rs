@@ -14,6 +14,7 @@ use super::console::{self, ConsoleLine, ConsoleSink};
 use super::fetch::{FetchRequest, FetchResponse, Fetcher};
 use super::inflight::Inflight;
 use super::node::crypto::{op_wt_aes_cbc, op_wt_aes_gcm, op_wt_hash, op_wt_hmac, op_wt_pbkdf2, op_wt_random};
+use super::node::keys::{op_wt_key_from_ec_point, op_wt_key_from_jwk, op_wt_key_import, op_wt_sign, op_wt_verify};
 use super::node::modules::{op_wt_module_compile, op_wt_module_resolve, op_wt_module_text, op_wt_module_version};
 use super::node::zlib::op_wt_zlib;
 use super::{Error, ScriptError};
@@ -43,6 +44,7 @@ deno_core::extension!(
     ops = [
         op_wt_complete, op_wt_fail, op_wt_head, op_wt_write, op_wt_end, op_wt_console, op_wt_fetch,
         op_wt_hash, op_wt_hmac, op_wt_pbkdf2, op_wt_random, op_wt_aes_cbc, op_wt_aes_gcm,
+        op_wt_key_import, op_wt_key_from_jwk, op_wt_key_from_ec_point, op_wt_sign, op_wt_verify,
         op_wt_zlib, op_wt_module_resolve, op_wt_module_version, op_wt_module_compile, op_wt_module_text,
     ],
     esm_entry_point = "ext:webtask_runtime/bootstrap.js",

@@ -170,6 +170,30 @@ async fn jsonwebtoken_signs_and_verifies() {
 }
 
 #[tokio::test]
+async fn jsonwebtoken_rs256_matches_node() {
+    let expect: Value = serde_json::from_str(include_str!("fixtures/expect.json")).unwrap();
+    let engine = webtask::Engine::new(modules_config().engine);
+    let ctx = webtask::Context::new()
+        .data("rsa", include_str!("fixtures/rsa.pem"))
+        .data("rsaPub", include_str!("fixtures/rsa.pub"))
+        .data("jwt", expect["jwt"].clone());
+    let code = r#"return function (context, cb) {
+        const jwt = require('jsonwebtoken');
+        const { rsa, rsaPub } = context.data;
+        const token = jwt.sign({ sub: 'rs' }, rsa, { algorithm: 'RS256', noTimestamp: true });
+        let forged;
+        try { jwt.verify(context.data.jwt.slice(0, -4) + 'AAAA', rsaPub); } catch (e) { forged = e.message; }
+        cb(null, { token, claims: jwt.verify(context.data.jwt, rsaPub, { algorithms: ['RS256'] }), forged });
+    }"#;
+    let out = engine.run(code, ctx).await.unwrap();
+    let v = out.json().unwrap();
+    // RS256 is deterministic: the token is byte for byte the one Node signs.
+    assert_eq!(v["token"], expect["jwt"]);
+    assert_eq!(v["claims"], json!({"sub": "rs"}));
+    assert_eq!(v["forged"], "invalid signature");
+}
+
+#[tokio::test]
 async fn request_axios_and_http_reach_an_allowed_server_through_egress() {
     let server = echo_server().await;
     let mut config = allowing(server, None);

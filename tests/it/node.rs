@@ -392,7 +392,7 @@ async fn buffer_timers_os_and_process() {
             process.nextTick(() => order.push('tick'));
             require('timers').setTimeout(() => {
                 const os = require('node:os');
-                cb(null, { b64: b.toString('base64'), hex: b.toString('hex'), len: b.length, json: Buffer.from('ab').toJSON(),
+                cb(null, { b64: b.toString('base64'), b64url: [b.toString('base64url'), Buffer.from('aMOp_w', 'base64url').equals(b)], hex: b.toString('hex'), len: b.length, json: Buffer.from('ab').toJSON(),
                            global: Buffer === require('buffer').Buffer, order,
                            proc: [process.platform, typeof process.version, Object.keys(process.env).length, process.cwd(), Array.isArray(process.hrtime(t0))],
                            os: [os.EOL, os.platform(), typeof os.cpus().length], builtinsEqual: require('events') === require('node:events') });
@@ -402,7 +402,7 @@ async fn buffer_timers_os_and_process() {
     .await;
     assert_eq!(
         v,
-        json!({"b64": "aMOp/w==", "hex": "68c3a9ff", "len": 4, "json": {"type": "Buffer", "data": [97, 98]}, "global": true,
+        json!({"b64": "aMOp/w==", "b64url": ["aMOp_w", true], "hex": "68c3a9ff", "len": 4, "json": {"type": "Buffer", "data": [97, 98]}, "global": true,
                "order": ["tick", "immediate"], "proc": ["linux", "string", 0, "/", true], "os": ["\n", "linux", "number"], "builtinsEqual": true})
     );
 }
@@ -488,4 +488,93 @@ async fn global_and_modules_persist_per_container_only() {
     assert_eq!(node.run("tenant-a", "", code).await.json(), json!([1, 1, true]));
     assert_eq!(node.run("tenant-a", "", code).await.json(), json!([2, 2, true]));
     assert_eq!(node.run("tenant-b", "", code).await.json(), json!([1, 1, true]));
+}
+
+/// Keys made with `openssl genpkey` (RSA 2048, EC P-256; PKCS#8 and SPKI),
+/// and what Node 20 computed with them (`fixtures/expect.json`).
+fn key_context() -> (Context, Value) {
+    let expect: Value = serde_json::from_str(include_str!("fixtures/expect.json")).unwrap();
+    let ctx = Context::new()
+        .data("rsa", include_str!("fixtures/rsa.pem"))
+        .data("rsaPub", include_str!("fixtures/rsa.pub"))
+        .data("ec", include_str!("fixtures/ec.pem"))
+        .data("ecPub", include_str!("fixtures/ec.pub"))
+        .data("expect", expect.clone());
+    (ctx, expect)
+}
+
+#[tokio::test]
+async fn rsa_and_ecdsa_keys_sign_and_verify_as_node() {
+    let (ctx, expect) = key_context();
+    let v = eval_with(
+        r#"return function (context, cb) {
+            const c = require('crypto');
+            const { rsa, rsaPub, ec, ecPub, expect } = context.data;
+            const data = Buffer.from('webtask');
+            const pub = c.createPublicKey(rsaPub);
+            const priv = c.createPrivateKey(rsa);
+            const ecSig = c.sign('sha256', data, { key: ec, dsaEncoding: 'ieee-p1363' });
+            const fromJwk = c.createPublicKey({ key: expect.jwk, format: 'jwk' });
+            let bad;
+            try { c.createPublicKey('-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----'); } catch (e) { bad = e.constructor.name; }
+            cb(null, {
+                // PKCS#1 v1.5 signatures are deterministic: byte for byte Node's.
+                rsaSig: c.createSign('RSA-SHA256').update('web').update('task').sign(priv, 'base64'),
+                rsaVerify: c.createVerify('RSA-SHA256').update('webtask').verify(rsaPub, expect.rsaSig, 'base64'),
+                rsaTampered: c.verify('sha256', Buffer.from('webtasK'), pub, Buffer.from(expect.rsaSig, 'base64')),
+                ecOwn: c.verify('sha256', data, { key: ecPub, dsaEncoding: 'ieee-p1363' }, ecSig),
+                ecNode: c.verify('sha256', data, { key: ecPub, dsaEncoding: 'ieee-p1363' }, Buffer.from(expect.ecSig, 'base64')),
+                ecDer: c.verify('sha256', data, ecPub, c.sign('sha256', data, ec)),
+                details: [pub.type, pub.asymmetricKeyType, pub.asymmetricKeyDetails.modulusLength, priv.type,
+                          c.createPublicKey(ecPub).asymmetricKeyDetails.namedCurve],
+                jwkSpki: fromJwk.export({ type: 'spki', format: 'pem' }) === pub.export({ type: 'spki', format: 'pem' }),
+                pemRoundTrip: pub.export({ type: 'spki', format: 'pem' }).trim() === rsaPub.trim(),
+                bad,
+            });
+        }"#,
+        ctx,
+    )
+    .await;
+    assert_eq!(v["rsaSig"], expect["rsaSig"]);
+    assert_eq!(
+        v,
+        json!({"rsaSig": expect["rsaSig"], "rsaVerify": true, "rsaTampered": false, "ecOwn": true, "ecNode": true, "ecDer": true,
+               "details": ["public", "rsa", 2048, "private", "prime256v1"], "jwkSpki": true, "pemRoundTrip": true, "bad": "TypeError"})
+    );
+}
+
+#[tokio::test]
+async fn subtle_rsa_and_ecdsa() {
+    let (ctx, expect) = key_context();
+    let v = eval_with(
+        r#"module.exports = async function (context) {
+            const { rsa, rsaPub, ecPub, expect } = context.data;
+            const der = (pem) => Buffer.from(pem.replace(/-----[^-]+-----|\s/g, ''), 'base64');
+            const data = new TextEncoder().encode('webtask');
+            const alg = { name: 'RSASSA-PKCS1-v1_5', hash: 'SHA-256' };
+            const spki = await crypto.subtle.importKey('spki', der(rsaPub), alg, false, ['verify']);
+            const jwk = await crypto.subtle.importKey('jwk', expect.jwk, alg, false, ['verify']);
+            const pkcs8 = await crypto.subtle.importKey('pkcs8', der(rsa), alg, false, ['sign']);
+            const sig = Buffer.from(await crypto.subtle.sign(alg, pkcs8, data)).toString('base64');
+            const rsaOk = await crypto.subtle.verify(alg, jwk, Buffer.from(expect.rsaSig, 'base64'), data);
+            const rsaBad = await crypto.subtle.verify(alg, spki, Buffer.from(expect.rsaSig, 'base64'), new Uint8Array(3));
+            const ecAlg = { name: 'ECDSA', namedCurve: 'P-256' };
+            const ecKey = await crypto.subtle.importKey('spki', der(ecPub), ecAlg, false, ['verify']);
+            const ecJwk = await crypto.subtle.importKey('jwk', expect.ecjwk, ecAlg, false, ['verify']);
+            const ecRaw = await crypto.subtle.importKey('raw', Buffer.concat([Buffer.from([4]), Buffer.from(expect.ecjwk.x, 'base64url'), Buffer.from(expect.ecjwk.y, 'base64url')]), ecAlg, false, ['verify']);
+            const ecSig = Buffer.from(expect.ecSig, 'base64');
+            const v = (k) => crypto.subtle.verify({ name: 'ECDSA', hash: 'SHA-256' }, k, ecSig, data);
+            let wrongUse;
+            try { await crypto.subtle.sign(alg, spki, data); } catch (e) { wrongUse = e.name; }
+            return { sig: sig === expect.rsaSig, rsaOk, rsaBad, ec: [await v(ecKey), await v(ecJwk), await v(ecRaw)],
+                     alg: [spki.type, spki.algorithm.modulusLength, ecKey.algorithm.namedCurve], wrongUse };
+        }"#,
+        ctx,
+    )
+    .await;
+    let _ = expect;
+    assert_eq!(
+        v,
+        json!({"sig": true, "rsaOk": true, "rsaBad": false, "ec": [true, true, true], "alg": ["public", 2048, "P-256"], "wrongUse": "InvalidAccessError"})
+    );
 }

@@ -5,6 +5,7 @@
 //! a guest error, never a panic.
 
 pub mod crypto;
+pub mod keys;
 pub mod modules;
 pub mod zlib;
 
