@@ -391,7 +391,7 @@ pub fn op_wt_sign(
                 "pkcs1" => signature::RsaKeyPair::from_der(&key.der),
                 _ => signature::RsaKeyPair::from_pkcs8(&key.der),
             }
-            .map_err(|e| bad_key(e))?;
+            .map_err(bad_key)?;
             let padding: &'static dyn signature::RsaEncoding = match (bits, pss) {
                 (256, false) => &signature::RSA_PKCS1_SHA256,
                 (384, false) => &signature::RSA_PKCS1_SHA384,
@@ -413,7 +413,7 @@ pub fn op_wt_sign(
                 ("secp384r1", 384, true) => &signature::ECDSA_P384_SHA384_FIXED_SIGNING,
                 _ => return Err(type_error(format!("ECDSA on {} with {digest} is not supported", key.curve))),
             };
-            let pair = signature::EcdsaKeyPair::from_pkcs8(alg, &key.der, &rng).map_err(|e| bad_key(e))?;
+            let pair = signature::EcdsaKeyPair::from_pkcs8(alg, &key.der, &rng).map_err(bad_key)?;
             Ok(pair.sign(&rng, data).map_err(|_| range_error("ECDSA signing failed"))?.as_ref().to_vec())
         }
         other => Err(bad_key(format!("cannot sign with a {other} key"))),
