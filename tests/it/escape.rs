@@ -205,3 +205,20 @@ async fn atomics_wait_cannot_block_a_container() {
         assert_eq!(res.json(), json!("next"));
     }
 }
+
+#[tokio::test]
+async fn runtime_modules_cannot_be_imported() {
+    for node in every_target().await {
+        // The Node shim's modules hold the ops in their closures; deno_core
+        // refuses `ext:` imports from anything but another `ext:` module.
+        let code = r#"module.exports = async function () {
+            const out = [];
+            for (const s of ['ext:webtask_runtime/node/require.js', 'ext:webtask_runtime/node/crypto.js', 'ext:webtask_runtime/bootstrap.js',
+                             'ext:webtask_runtime/node/dist/builtins.js', 'ext:core/mod.js', 'node:fs', '/node_modules/lodash/lodash.js']) {
+                try { await import(s); out.push('imported ' + s); } catch (e) { out.push(e.constructor === Error || e instanceof TypeError); }
+            }
+            return out;
+        };"#;
+        assert_eq!(node.run("esc", "", code).await.json(), json!([true, true, true, true, true, true, true]));
+    }
+}
