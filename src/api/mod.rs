@@ -123,7 +123,9 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Result<Response<Body
     let response = if let Some(container) = path.strip_prefix("/api/run/") {
         match *req.method() {
             Method::POST => {
-                let container = container.to_owned();
+                // `/api/run/{container}/{path...}`: the path is the webtask's
+                // own (Express routes), the container its first segment.
+                let container = container.split('/').next().unwrap_or_default().to_owned();
                 run::handle(&node, container, req).await
             }
             _ => reply::method_not_allowed("POST"),
@@ -137,6 +139,7 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Result<Response<Body
         match path {
             "/healthz" => only_get(&req, || reply::health(node.draining.load(Ordering::Relaxed))),
             "/metrics" => only_get(&req, || node.metrics.render(&node.runner, &node.logs)),
+            "/api/env/node/modules" => only_get(&req, reply::node_modules),
             _ => reply::not_found(path),
         }
     };

@@ -66,6 +66,14 @@ pub fn health(draining: bool) -> Response<Body> {
     }
 }
 
+/// `GET /api/env/node/modules`: `[{"name", "version"}]` of the fixed module
+/// set every webtask can require, sorted by name.
+pub fn node_modules() -> Response<Body> {
+    let list: Vec<Value> =
+        crate::engine::node::modules::list().into_iter().map(|(name, version)| json!({"name": name, "version": version})).collect();
+    json(200, &Value::Array(list))
+}
+
 const HOP_BY_HOP: [&str; 6] = ["content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te"];
 
 /// An engine reply as an HTTP response; a streamed body stays streamed.

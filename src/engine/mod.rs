@@ -16,6 +16,7 @@ pub mod fetch;
 pub(crate) mod host;
 mod inflight;
 mod isolate;
+pub mod node;
 mod ops;
 mod request;
 mod snapshot;
@@ -245,6 +246,7 @@ impl Engine {
     pub fn with_io(config: EngineConfig, fetcher: Arc<dyn fetch::Fetcher>, console: Arc<dyn console::ConsoleSink>) -> Self {
         snapshot::init_v8(config.limits.stack_kb, config.limits.array_buffer_mb);
         snapshot::get();
+        node::modules::preload();
         Engine {
             inner: Arc::new(Inner {
                 config,

@@ -13,6 +13,10 @@ use deno_core::{op2, OpState};
 use super::console::{self, ConsoleLine, ConsoleSink};
 use super::fetch::{FetchRequest, FetchResponse, Fetcher};
 use super::inflight::Inflight;
+use super::node::crypto::{op_wt_aes_cbc, op_wt_aes_gcm, op_wt_hash, op_wt_hmac, op_wt_pbkdf2, op_wt_random};
+use super::node::keys::{op_wt_key_from_ec_point, op_wt_key_from_jwk, op_wt_key_import, op_wt_sign, op_wt_verify};
+use super::node::modules::{op_wt_module_compile, op_wt_module_resolve, op_wt_module_text, op_wt_module_version};
+use super::node::zlib::op_wt_zlib;
 use super::{Error, ScriptError};
 
 /// Console output one request may produce (each line counted with
@@ -37,10 +41,33 @@ pub struct Console(pub Arc<dyn ConsoleSink>);
 
 deno_core::extension!(
     webtask_runtime,
-    ops = [op_wt_complete, op_wt_fail, op_wt_head, op_wt_write, op_wt_end, op_wt_console, op_wt_fetch],
+    ops = [
+        op_wt_complete, op_wt_fail, op_wt_head, op_wt_write, op_wt_end, op_wt_console, op_wt_fetch,
+        op_wt_hash, op_wt_hmac, op_wt_pbkdf2, op_wt_random, op_wt_aes_cbc, op_wt_aes_gcm,
+        op_wt_key_import, op_wt_key_from_jwk, op_wt_key_from_ec_point, op_wt_sign, op_wt_verify,
+        op_wt_zlib, op_wt_module_resolve, op_wt_module_version, op_wt_module_compile, op_wt_module_text,
+    ],
     esm_entry_point = "ext:webtask_runtime/bootstrap.js",
-    esm = [dir "js_runtime", "bootstrap.js"],
+    esm = [
+        dir "js_runtime",
+        "bootstrap.js",
+        "node/require.js",
+        "node/process.js",
+        "node/crypto.js",
+        "node/zlib.js",
+        "node/http.js",
+        "node/web.js",
+    ],
 );
+
+/// ES modules of the runtime left out of the snapshot, `(specifier,
+/// source)`, loaded on demand: the npm polyfills behind the Node built-ins,
+/// compiled on an isolate's first require rather than carried in the
+/// snapshot, where they cost every isolate most of a millisecond to
+/// deserialise (pooled workers load them during warm-up, before they are
+/// assigned).
+pub static LAZY_ESM: &[(&str, &str)] =
+    &[("ext:webtask_runtime/node/dist/builtins.js", include_str!("../../js_runtime/node/dist/builtins.js"))];
 
 fn inflight(state: &OpState) -> std::cell::RefMut<'_, Inflight> {
     state.borrow::<Rc<RefCell<Inflight>>>().borrow_mut()

@@ -1,5 +1,7 @@
 //! Stack traces as the guest sees them: only frames of its own code
-//! (`webtask.js`) and of V8 builtins. Runtime frames would name internal
+//! (`webtask.js`), of the fixed module set (`/node_modules/...`, public
+//! code that runs with the guest's privilege, and whose own call-site
+//! tricks, such as depd's, need their frames) and of V8 builtins. Runtime frames would name internal
 //! scripts and functions; dropping them before anything formats the trace
 //! means no error a guest catches, prints or returns says anything about the
 //! host, and a guest `Error.prepareStackTrace` gets guest call sites only.
@@ -8,6 +10,9 @@ use deno_core::v8;
 
 /// The script name every webtask is compiled under.
 pub const GUEST_SCRIPT: &str = "webtask.js";
+
+/// Where the module set's files live in the module table.
+pub const MODULE_SET_PREFIX: &str = "/node_modules/";
 
 /// V8's prepare-stack-trace hook: filters the call sites, then lets
 /// deno_core format them (or call a guest `Error.prepareStackTrace`).
@@ -43,6 +48,9 @@ fn is_guest_frame(scope: &mut v8::PinScope, site: v8::Local<v8::Value>, key: v8:
     match file {
         // Builtins (`Array.map`, `new Promise`) have no script.
         None => true,
-        Some(name) => name.to_rust_string_lossy(scope) == GUEST_SCRIPT,
+        Some(name) => {
+            let name = name.to_rust_string_lossy(scope);
+            name == GUEST_SCRIPT || name.starts_with(MODULE_SET_PREFIX)
+        }
     }
 }

@@ -51,6 +51,7 @@ pub fn main(node_pid: i32) -> anyhow::Result<()> {
     let (control, snapshot) = super::take_channels()?;
     // Computed once here, inherited by every worker forked after.
     crate::jail::precompute();
+    crate::engine::node::modules::preload();
     loop {
         let Some((request, fds)) = receive(&control)? else { return Ok(()) };
         let answer = match <[OwnedFd; 2]>::try_from(fds) {

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::support::{every_target_with, test_config, TestNode};
 
 /// A loopback server that echoes method, path, a header and the body.
-async fn echo_server() -> SocketAddr {
+pub(crate) async fn echo_server() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -72,7 +72,7 @@ async fn echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + '
 }
 
 /// The test config with `server` allowlisted and, for https, `ca` trusted.
-fn allowing(server: SocketAddr, ca: Option<std::path::PathBuf>) -> webtask::config::Config {
+pub(crate) fn allowing(server: SocketAddr, ca: Option<std::path::PathBuf>) -> webtask::config::Config {
     let mut config = test_config();
     config.egress.allow = vec![server.to_string()];
     config.egress.ca_file = ca;

@@ -82,12 +82,28 @@ async fn runtime_errors_are_plain_guest_errors() {
 #[tokio::test]
 async fn require_and_process_are_not_host_objects() {
     for node in every_target().await {
+        // `fs` and friends exist only to throw; `process` is the guest's own
+        // sanitised object: no environment, no exit, no bindings.
         let code = r#"module.exports = function (cb) {
-            let msg;
-            try { require('fs'); } catch (e) { msg = e.message; }
-            cb(null, [msg, typeof process]);
+            const errors = [];
+            for (const f of [() => require('fs').readFileSync('/etc/passwd'), () => require('child_process').execSync('id'),
+                             () => process.exit(1), () => process.binding('fs'), () => require('vm').runInNewContext('this')]) {
+                try { f(); errors.push('no error'); } catch (e) { errors.push(e.message); }
+            }
+            const own = [require, process.nextTick, process.hrtime].flatMap(f => Reflect.ownKeys(f).map(String))
+                .filter(k => /deno|core|op_|bootstrap/i.test(k));
+            cb(null, [errors, Object.keys(process.env), own]);
         };"#;
-        assert_eq!(node.run("esc", "", code).await.json(), json!(["Cannot find module 'fs'", "undefined"]));
+        assert_eq!(
+            node.run("esc", "", code).await.json(),
+            json!([[
+                "fs.readFileSync is not available in webtask",
+                "child_process.execSync is not available in webtask",
+                "process.exit is not available in webtask",
+                "process.binding is not available in webtask",
+                "vm.runInNewContext is not available in webtask"
+            ], [], []])
+        );
     }
 }
 
@@ -201,5 +217,22 @@ async fn math_random_is_neither_shared_nor_predictable_across_containers() {
         let b = node.run("random-b", "", draw).await.json();
         assert_ne!(a, b, "two containers drew the same sequence");
         assert_ne!(a, json!([0.22876995452731475, 0.6698482001303465]), "V8's fixed snapshot seed");
+    }
+}
+
+#[tokio::test]
+async fn runtime_modules_cannot_be_imported() {
+    for node in every_target().await {
+        // The Node shim's modules hold the ops in their closures; deno_core
+        // refuses `ext:` imports from anything but another `ext:` module.
+        let code = r#"module.exports = async function () {
+            const out = [];
+            for (const s of ['ext:webtask_runtime/node/require.js', 'ext:webtask_runtime/node/crypto.js', 'ext:webtask_runtime/bootstrap.js',
+                             'ext:webtask_runtime/node/dist/builtins.js', 'ext:core/mod.js', 'node:fs', '/node_modules/lodash/lodash.js']) {
+                try { await import(s); out.push('imported ' + s); } catch (e) { out.push(e.constructor === Error || e instanceof TypeError); }
+            }
+            return out;
+        };"#;
+        assert_eq!(node.run("esc", "", code).await.json(), json!([true, true, true, true, true, true, true]));
     }
 }

@@ -11,5 +11,7 @@ mod limits;
 mod logs;
 mod logs_kafka;
 mod models;
+mod modules;
+mod node;
 mod workers;
 mod support;

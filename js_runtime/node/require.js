@@ -1,0 +1,389 @@
+// CommonJS `require` for guest code: Node's built-ins and the fixed module
+// set, resolved as Node resolves (relative paths, node_modules lookup,
+// package.json `main` and `exports`, `node:` prefix) over the in-memory file
+// table of src/engine/node/modules.rs (which resolves and compiles; the
+// index stays out of the snapshot), and `require('name@range')` checked
+// against the installed version.
+//
+// The module cache lives in this module's scope, which is part of the
+// startup snapshot: every isolate starts with an empty cache, and an isolate
+// serves one container, so module instances are shared by the requests of
+// one container and never across containers.
+//
+// Guest code can reach every function here (through `require`), and module
+// code runs with guest privilege only; what it must not reach are the ops,
+// which stay in this strict-mode module's closure.
+
+const core = globalThis.Deno.core;
+// The polyfill bundle (a lazily loaded module of the extension): compiled
+// and evaluated on an isolate's first require of a built-in backed by it.
+const loadPolyfills = core.createLazyLoader("ext:webtask_runtime/node/dist/builtins.js");
+
+/// The exports of polyfill `name` of the bundle (src/builtins-entry.js).
+export function polyfill(name) {
+  return loadPolyfills().polyfills[name]();
+}
+const { op_wt_module_resolve, op_wt_module_version, op_wt_module_compile, op_wt_module_text } = core.ops;
+const {
+  ArrayIsArray,
+  SafeMapIterator,
+  ArrayPrototypeJoin,
+  ArrayPrototypePop,
+  ArrayPrototypePush,
+  Error: ErrorCtor,
+  JSONParse,
+  NumberParseInt,
+  ObjectCreate,
+  ObjectFreeze,
+  ObjectKeys,
+  ObjectPrototypeHasOwnProperty,
+  Proxy: ProxyCtor,
+  ReflectApply,
+  SafeMap,
+  String: StringCtor,
+  StringPrototypeEndsWith,
+  StringPrototypeIndexOf,
+  StringPrototypeLastIndexOf,
+  StringPrototypeSlice,
+  StringPrototypeSplit,
+  StringPrototypeStartsWith,
+  StringPrototypeTrim,
+  TypeError: TypeErrorCtor,
+} = globalThis.__bootstrap.primordials;
+
+// ---------------------------------------------------------------------------
+// Built-ins.
+// ---------------------------------------------------------------------------
+
+const builtinFactories = new SafeMap();
+const builtinCache = new SafeMap();
+
+/// Registers built-in `name`; `factory()` runs once per isolate, on first require.
+export function registerBuiltin(name, factory) {
+  builtinFactories.set(name, factory);
+}
+
+for (const name of ["assert", "buffer", "events", "path", "punycode", "querystring", "stream", "string_decoder", "url", "util"]) {
+  registerBuiltin(name, () => polyfill(name));
+}
+registerBuiltin("assert/strict", () => builtin("assert").strict);
+registerBuiltin("path/posix", () => builtin("path"));
+registerBuiltin("util/types", () => builtin("util").types);
+registerBuiltin("stream/promises", () => {
+  const { pipeline, finished } = builtin("stream");
+  const promisify = builtin("util").promisify;
+  return { pipeline: promisify(pipeline), finished: promisify(finished) };
+});
+
+// Modules that would reach the host (files, processes, sockets, other
+// isolates, code compilation outside the guest's own eval): present, so
+// that modules requiring them at load time still load, but every use
+// throws. No partial escape hatches.
+const UNAVAILABLE = [
+  "child_process", "cluster", "dgram", "dns", "dns/promises", "fs", "fs/promises", "http2", "inspector", "module",
+  "net", "perf_hooks", "readline", "repl", "tls", "trace_events", "v8", "vm", "wasi", "worker_threads",
+];
+
+export function unavailableError(what, why) {
+  const err = new ErrorCtor(`${what} is not available in webtask${why ? ": " + why : ""}`);
+  err.code = "ERR_WEBTASK_UNAVAILABLE";
+  return err;
+}
+
+function unavailableModule(name) {
+  const fns = new SafeMap();
+  return new ProxyCtor(ObjectCreate(null), {
+    __proto__: null,
+    get(_target, key) {
+      if (typeof key !== "string" || key === "then" || key === "__esModule") return undefined;
+      let fn = fns.get(key);
+      if (fn === undefined) {
+        const what = `${name}.${key}`;
+        fn = function () {
+          throw unavailableError(what);
+        };
+        fns.set(key, fn);
+      }
+      return fn;
+    },
+    set() {
+      return false;
+    },
+    has() {
+      return false;
+    },
+    ownKeys() {
+      return [];
+    },
+    defineProperty() {
+      return false;
+    },
+  });
+}
+for (let i = 0; i < UNAVAILABLE.length; i++) {
+  const name = UNAVAILABLE[i];
+  registerBuiltin(name, () => unavailableModule(name));
+}
+
+// `tty`: nothing is a terminal (debug and colour libraries ask at load).
+registerBuiltin("tty", () => ({
+  isatty: () => false,
+  ReadStream: function ReadStream() {
+    throw unavailableError("tty.ReadStream");
+  },
+  WriteStream: function WriteStream() {
+    throw unavailableError("tty.WriteStream");
+  },
+}));
+
+/// The exports of built-in `name` (undefined if there is none).
+export function builtin(name) {
+  let exports = builtinCache.get(name);
+  if (exports !== undefined) return exports;
+  const factory = builtinFactories.get(name);
+  if (factory === undefined) return undefined;
+  exports = factory();
+  builtinCache.set(name, exports);
+  return exports;
+}
+
+export function isBuiltin(name) {
+  if (StringPrototypeStartsWith(name, "node:")) name = StringPrototypeSlice(name, 5);
+  return builtinFactories.has(name);
+}
+
+export function builtinNames() {
+  const out = [];
+  for (const name of new SafeMapIterator(builtinFactories)) {
+    ArrayPrototypePush(out, name[0]);
+  }
+  return out;
+}
+
+function dirname(path) {
+  const at = StringPrototypeLastIndexOf(path, "/");
+  return at <= 0 ? "/" : StringPrototypeSlice(path, 0, at);
+}
+
+function notFound(id, why) {
+  const err = new ErrorCtor(`Cannot find module '${id}'${why ? ": " + why : ""}`);
+  err.code = "MODULE_NOT_FOUND";
+  return err;
+}
+
+// ---------------------------------------------------------------------------
+// `name@range`: the set holds one version of each module; asking for a
+// range it does not satisfy is an error naming what is installed.
+// ---------------------------------------------------------------------------
+
+function parseVersion(text) {
+  const t = StringPrototypeTrim(text);
+  const v = t[0] === "v" || t[0] === "=" ? StringPrototypeSlice(t, 1) : t;
+  const core = StringPrototypeSplit(StringPrototypeSplit(v, "-")[0], "+")[0];
+  const parts = StringPrototypeSplit(core, ".");
+  if (parts.length > 3) return null;
+  const out = [];
+  for (let i = 0; i < parts.length; i++) {
+    const p = parts[i];
+    if (p === "x" || p === "X" || p === "*") break;
+    if (p === "" || !isDigits(p)) return null;
+    ArrayPrototypePush(out, NumberParseInt(p, 10));
+  }
+  return out;
+}
+
+function isDigits(s) {
+  for (let i = 0; i < s.length; i++) if (s[i] < "0" || s[i] > "9") return false;
+  return s.length > 0;
+}
+
+function cmp(a, b) {
+  for (let i = 0; i < 3; i++) {
+    const x = a[i] ?? 0;
+    const y = b[i] ?? 0;
+    if (x !== y) return x < y ? -1 : 1;
+  }
+  return 0;
+}
+
+// The version after every version matching partial `p` (1.2 -> 1.3.0).
+function bumpPartial(p) {
+  if (p.length === 0) return null;
+  const out = [p[0], p[1] ?? 0, p[2] ?? 0];
+  const at = p.length - 1;
+  out[at]++;
+  for (let i = at + 1; i < 3; i++) out[i] = 0;
+  return out;
+}
+
+function satisfiesComparator(v, comp) {
+  let op = "";
+  let i = 0;
+  while (i < comp.length && (comp[i] === "<" || comp[i] === ">" || comp[i] === "=" || comp[i] === "^" || comp[i] === "~")) i++;
+  op = StringPrototypeSlice(comp, 0, i);
+  const p = parseVersion(StringPrototypeSlice(comp, i));
+  if (p === null) throw new TypeErrorCtor(`Invalid version range: ${comp}`);
+  const full = [p[0] ?? 0, p[1] ?? 0, p[2] ?? 0];
+  switch (op) {
+    case "":
+    case "=": {
+      if (p.length === 0) return true;
+      const hi = bumpPartial(p);
+      return cmp(v, full) >= 0 && cmp(v, hi) < 0;
+    }
+    case ">=":
+      return cmp(v, full) >= 0;
+    case ">":
+      return p.length === 3 ? cmp(v, full) > 0 : p.length === 0 ? false : cmp(v, bumpPartial(p)) >= 0;
+    case "<":
+      return cmp(v, full) < 0;
+    case "<=":
+      return p.length === 3 ? cmp(v, full) <= 0 : p.length === 0 ? true : cmp(v, bumpPartial(p)) < 0;
+    case "~":
+    case "~>": {
+      if (p.length === 0) return true;
+      const hi = p.length === 1 ? [p[0] + 1, 0, 0] : [p[0], p[1] + 1, 0];
+      return cmp(v, full) >= 0 && cmp(v, hi) < 0;
+    }
+    case "^": {
+      if (p.length === 0) return true;
+      let hi;
+      if (full[0] > 0 || p.length === 1) hi = [full[0] + 1, 0, 0];
+      else if (full[1] > 0 || p.length === 2) hi = [0, full[1] + 1, 0];
+      else hi = [0, 0, full[2] + 1];
+      return cmp(v, full) >= 0 && cmp(v, hi) < 0;
+    }
+  }
+  throw new TypeErrorCtor(`Invalid version range: ${comp}`);
+}
+
+/// Whether version `version` ("4.17.21") is in npm range `range`.
+export function satisfies(version, range) {
+  const v = parseVersion(version);
+  const alternatives = StringPrototypeSplit(range, "||");
+  for (let a = 0; a < alternatives.length; a++) {
+    const comps = StringPrototypeSplit(StringPrototypeTrim(alternatives[a]), " ");
+    let ok = true;
+    for (let c = 0; c < comps.length && ok; c++) {
+      if (comps[c] === "") continue;
+      ok = satisfiesComparator(v, comps[c]);
+    }
+    if (ok) return true;
+  }
+  return false;
+}
+
+// "lodash@4" -> ["lodash", "4"]; "@scope/pkg@^1" -> ["@scope/pkg", "^1"].
+function splitVersion(id) {
+  const at = StringPrototypeIndexOf(id, "@", 1);
+  if (at === -1 || StringPrototypeIndexOf(id, "/", at) !== -1) return null;
+  return [StringPrototypeSlice(id, 0, at), StringPrototypeSlice(id, at + 1)];
+}
+
+// ---------------------------------------------------------------------------
+// Loading.
+// ---------------------------------------------------------------------------
+
+// Module objects by file name; exposed as `require.cache`, as in Node.
+const cache = ObjectCreate(null);
+
+function Module(id, parent) {
+  this.id = id;
+  this.path = dirname(id);
+  this.filename = id;
+  this.exports = {};
+  this.parent = parent;
+  this.loaded = false;
+  this.children = [];
+  this.paths = [];
+}
+
+function load(n, filename, parent) {
+  const cached = cache[filename];
+  if (cached !== undefined) return cached.exports;
+  const module = new Module(filename, parent);
+  if (parent && parent.children) ArrayPrototypePush(parent.children, module);
+  cache[filename] = module;
+  let ok = false;
+  try {
+    if (StringPrototypeEndsWith(filename, ".json")) {
+      module.exports = JSONParse(op_wt_module_text(n));
+    } else {
+      const fn = op_wt_module_compile(n, filename);
+      const require = makeRequire(module);
+      module.require = require;
+      ReflectApply(fn, module.exports, [module.exports, require, module, filename, module.path]);
+    }
+    module.loaded = true;
+    ok = true;
+  } finally {
+    if (!ok) delete cache[filename];
+  }
+  return module.exports;
+}
+
+function requireFrom(id, parent) {
+  if (typeof id !== "string") {
+    throw new TypeErrorCtor(`The "id" argument must be of type string. Received ${typeof id}`);
+  }
+  if (id === "") throw new TypeErrorCtor("The argument 'id' must be a non-empty string. Received ''");
+  if (StringPrototypeStartsWith(id, "node:")) {
+    const exports = builtin(StringPrototypeSlice(id, 5));
+    if (exports === undefined) {
+      const err = new ErrorCtor(`No such built-in module: ${id}`);
+      err.code = "ERR_UNKNOWN_BUILTIN_MODULE";
+      throw err;
+    }
+    return exports;
+  }
+  const b = builtin(id);
+  if (b !== undefined) return b;
+  const versioned = splitVersion(id);
+  if (versioned !== null) {
+    const { 0: name, 1: range } = versioned;
+    const installed = op_wt_module_version(name);
+    if (installed === null) {
+      throw notFound(id, `${name} is not in webtask's module set`);
+    }
+    let ok;
+    try {
+      ok = satisfies(installed, range);
+    } catch (e) {
+      throw notFound(id, e.message);
+    }
+    if (!ok) {
+      throw notFound(id, `webtask's module set has ${name}@${installed}, which does not satisfy '${range}'`);
+    }
+    id = name;
+  }
+  const found = op_wt_module_resolve(id, parent ? parent.path : "/");
+  if (found === null) throw notFound(id, "");
+  return load(found[0], found[1], parent);
+}
+
+function makeRequire(module) {
+  const require = function require(id) {
+    return requireFrom(id, module);
+  };
+  require.resolve = function resolve(id) {
+    if (typeof id !== "string") throw new TypeErrorCtor(`The "request" argument must be of type string`);
+    if (isBuiltin(id)) return id;
+    const versioned = splitVersion(id);
+    const found = op_wt_module_resolve(versioned ? versioned[0] : id, module ? module.path : "/");
+    if (found === null) throw notFound(id, "");
+    return found[1];
+  };
+  require.cache = cache;
+  require.main = undefined;
+  return require;
+}
+
+/// The `module` and `require` a webtask's own code gets: it is `/webtask.js`,
+/// so bare names resolve in `/node_modules`, where the set is.
+export function webtaskModule() {
+  const module = new Module("/webtask.js", null);
+  module.loaded = true;
+  const require = makeRequire(module);
+  module.require = require;
+  return { module, require };
+}

@@ -1,0 +1,256 @@
+//! The fixed module set (`modules/`): every module loads and does one real
+//! thing in a webtask, `require('name@range')` is checked against the
+//! installed version, `/api/env/node/modules` lists the set, and the HTTP
+//! clients (`request`, `axios`, Node's `http`) leave through the egress.
+
+use serde_json::{json, Value};
+
+use crate::egress::{allowing, echo_server};
+use crate::support::{every_target_with, test_config, workers_config_from, TestNode};
+
+/// The test config with room for a container's first requires: loading a
+/// module compiles and runs it inside the request's CPU limit, and the test
+/// build's limit (100 ms) is meant for tripping.
+fn modules_config() -> webtask::config::Config {
+    let mut config = test_config();
+    config.engine.limits.cpu_ms = 5_000;
+    config.engine.limits.wall_ms = 10_000;
+    config
+}
+
+async fn workers_node() -> TestNode {
+    TestNode::with_config(workers_config_from(modules_config())).await
+}
+
+/// Every module of modules/package.json.
+const SET: [&str; 26] = [
+    "async", "axios", "bluebird", "body-parser", "ejs", "express", "ipaddr.js", "jsonwebtoken", "jwks-rsa", "lodash", "moment",
+    "moment-timezone", "node-fetch", "oauth-sign", "q", "qs", "request", "request-promise", "slack-notify", "superagent", "uuid",
+    "validator", "webtask-tools", "xml2js", "xmldom", "xpath",
+];
+
+#[tokio::test]
+async fn the_module_list_names_every_module_with_its_version() {
+    let node = TestNode::start().await;
+    let res = node.get("/api/env/node/modules").await;
+    assert_eq!(res.status, 200);
+    let list: Vec<Value> = serde_json::from_slice(&res.body).unwrap();
+    let names: Vec<&str> = list.iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, SET, "run `make modules` if the set is empty");
+    let lodash = list.iter().find(|m| m["name"] == "lodash").unwrap();
+    assert_eq!(lodash["version"], "4.17.21");
+    assert_eq!(node.request("POST", "/api/env/node/modules", None, "").await.status, 405);
+}
+
+#[tokio::test]
+async fn every_module_loads_and_does_one_real_thing() {
+    let node = workers_node().await;
+    let code = r#"module.exports = async function () {
+        const out = {};
+        const t = (name, f) => { try { out[name] = f(require(name)); } catch (e) { out[name] = 'FAILED: ' + e.stack; } };
+        t('async', (m) => typeof m.waterfall);
+        t('axios', (m) => typeof m.create().get);
+        t('bluebird', (m) => typeof m.promisifyAll);
+        t('body-parser', (m) => typeof m.json());
+        t('ejs', (m) => m.render('<%= a %>!', { a: 'x&y' }));
+        t('express', (m) => typeof m().get);
+        t('ipaddr.js', (m) => m.parse('10.1.2.3').range());
+        t('jsonwebtoken', (m) => m.decode(m.sign({ sub: 'a' }, 'k', { noTimestamp: true })).sub);
+        t('jwks-rsa', (m) => typeof m);
+        t('lodash', (m) => m.chunk([1, 2, 3], 2));
+        t('moment', (m) => m.utc('2020-02-29T12:00:00Z').add(1, 'year').format('YYYY-MM-DD'));
+        t('moment-timezone', (m) => m.tz('2020-06-01T12:00:00Z', 'America/New_York').format('HH:mm Z'));
+        t('node-fetch', (m) => typeof m);
+        t('oauth-sign', (m) => m.hmacsign('GET', 'http://e.com/', { a: '1' }, 'cs', 'ts'));
+        t('q', (m) => typeof m.defer().promise.then);
+        t('qs', (m) => m.parse('a[b]=c'));
+        t('request', (m) => typeof m.get);
+        t('request-promise', (m) => typeof m.get);
+        t('slack-notify', (m) => typeof m('https://hooks.slack.com/x').send);
+        t('superagent', (m) => typeof m.get);
+        t('uuid', (m) => m.validate(m.v4()) && m.v5('hello', m.v5.DNS));
+        t('validator', (m) => [m.isEmail('a@b.co'), m.isEmail('nope')]);
+        t('webtask-tools', (m) => typeof m.fromExpress);
+        t('xml2js', (m) => { let r; m.parseString('<a><b>1</b></a>', (e, v) => { r = v; }); return r; });
+        t('xmldom', (m) => new m.DOMParser().parseFromString('<a><b>hi</b></a>', 'text/xml').getElementsByTagName('b')[0].textContent);
+        t('xpath', (m) => m.select('string(//b)', new (require('xmldom').DOMParser)().parseFromString('<a><b>hi</b></a>')));
+        return out;
+    };"#;
+    let res = node.run("modules", "", code).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let v = res.json();
+    for name in SET {
+        assert!(!v[name].is_null() && !v[name].as_str().is_some_and(|s| s.starts_with("FAILED")), "{name}: {}", v[name]);
+    }
+    assert_eq!(v["ejs"], "x&amp;y!");
+    assert_eq!(v["ipaddr.js"], "private");
+    assert_eq!(v["jsonwebtoken"], "a");
+    assert_eq!(v["lodash"], json!([[1, 2], [3]]));
+    assert_eq!(v["moment"], "2021-02-28");
+    assert_eq!(v["moment-timezone"], "08:00 -04:00");
+    // What oauth-sign computes for the same call under Node 20.
+    assert_eq!(v["oauth-sign"], "jwgiRacr+bxszJVnk+9H0qMRHFw=");
+    assert_eq!(v["qs"], json!({"a": {"b": "c"}}));
+    assert_eq!(v["uuid"], "9342d47a-1bab-5709-9869-c840b2eac501");
+    assert_eq!(v["validator"], json!([true, false]));
+    assert_eq!(v["xml2js"], json!({"a": {"b": ["1"]}}));
+    assert_eq!(v["xmldom"], "hi");
+    assert_eq!(v["xpath"], "hi");
+}
+
+#[tokio::test]
+async fn versioned_require_checks_the_installed_version() {
+    let node = TestNode::with_config(modules_config()).await;
+    let code = r#"return function (cb) {
+        const out = { v4: require('lodash@4').VERSION, caret: require('lodash@^4.17.0') === require('lodash'),
+                      range: typeof require('moment@>=2.0.0 <3'), tilde: typeof require('express@~4.21') };
+        try { require('lodash@3'); } catch (e) { out.v3 = [e.message, e.code]; }
+        try { require('left-pad@1'); } catch (e) { out.absent = e.message; }
+        cb(null, out);
+    }"#;
+    let v = node.run("versions", "", code).await.json();
+    assert_eq!(v["v4"], "4.17.21");
+    assert_eq!(v["caret"], true);
+    assert_eq!(v["range"], "function");
+    assert_eq!(v["tilde"], "function");
+    assert_eq!(
+        v["v3"],
+        json!(["Cannot find module 'lodash@3': webtask's module set has lodash@4.17.21, which does not satisfy '3'", "MODULE_NOT_FOUND"])
+    );
+    assert_eq!(v["absent"], "Cannot find module 'left-pad@1': left-pad is not in webtask's module set");
+}
+
+#[tokio::test]
+async fn an_express_app_with_two_routes_through_webtask_tools() {
+    let code = r#"
+        const express = require('express');
+        const bodyParser = require('body-parser');
+        const app = express();
+        app.use(bodyParser.json());
+        app.all('/', (req, res) => res.json({ route: 'root', method: req.method, q: req.query.q }));
+        app.post('/items/:id', (req, res) => res.status(201).set('X-Id', req.params.id).send({ id: req.params.id, body: req.body }));
+        module.exports = require('webtask-tools').fromExpress(app);
+    "#;
+    let node = workers_node().await;
+    // The code is stored per request here, so both routes are reached with
+    // the JSON form of /api/run, which carries code and body together.
+    let root = serde_json::json!({ "code": code });
+    let res = node.request("POST", "/api/run/exp?q=1", Some("application/json"), root.to_string()).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(res.json(), json!({"route": "root", "method": "POST", "q": "1"}));
+
+    let item = serde_json::json!({ "code": code, "body": { "name": "thing" } });
+    let res = node.request("POST", "/api/run/exp/items/42", Some("application/json"), item.to_string()).await;
+    assert_eq!(res.status, 201, "{}", res.text());
+    assert_eq!(res.headers["x-id"], "42");
+    assert_eq!(res.json(), json!({"id": "42", "body": {"name": "thing"}}));
+
+    let res = node.request("POST", "/api/run/exp/nowhere", Some("application/json"), root.to_string()).await;
+    assert_eq!(res.status, 404, "{}", res.text());
+}
+
+#[tokio::test]
+async fn jsonwebtoken_signs_and_verifies() {
+    let node = TestNode::with_config(modules_config()).await;
+    let code = r#"return function (cb) {
+        const jwt = require('jsonwebtoken');
+        const token = jwt.sign({ sub: 'user-1', scope: 'read' }, 'shh', { algorithm: 'HS256', expiresIn: '1h', issuer: 'webtask' });
+        const claims = jwt.verify(token, 'shh', { issuer: 'webtask' });
+        let wrong;
+        try { jwt.verify(token, 'other'); } catch (e) { wrong = [e.name, e.message]; }
+        const fixed = jwt.sign({ a: 1 }, 'secret', { noTimestamp: true });
+        cb(null, { sub: claims.sub, exp: claims.exp - claims.iat, wrong, fixed });
+    }"#;
+    let v = node.run("jwt", "", code).await.json();
+    assert_eq!(v["sub"], "user-1");
+    assert_eq!(v["exp"], 3600);
+    assert_eq!(v["wrong"], json!(["JsonWebTokenError", "invalid signature"]));
+    // HS256 over {"alg":"HS256","typ":"JWT"}.{"a":1} with "secret", as Node 20 signs it.
+    assert_eq!(v["fixed"], "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJhIjoxfQ.57TF7smP9XDhIexBqPC-F1toZReYZLWb_YRU5tv0sxM");
+}
+
+#[tokio::test]
+async fn jsonwebtoken_rs256_matches_node() {
+    let expect: Value = serde_json::from_str(include_str!("fixtures/expect.json")).unwrap();
+    let engine = webtask::Engine::new(modules_config().engine);
+    let ctx = webtask::Context::new()
+        .data("rsa", include_str!("fixtures/rsa.pem"))
+        .data("rsaPub", include_str!("fixtures/rsa.pub"))
+        .data("jwt", expect["jwt"].clone());
+    let code = r#"return function (context, cb) {
+        const jwt = require('jsonwebtoken');
+        const { rsa, rsaPub } = context.data;
+        const token = jwt.sign({ sub: 'rs' }, rsa, { algorithm: 'RS256', noTimestamp: true });
+        let forged;
+        try { jwt.verify(context.data.jwt.slice(0, -4) + 'AAAA', rsaPub); } catch (e) { forged = e.message; }
+        cb(null, { token, claims: jwt.verify(context.data.jwt, rsaPub, { algorithms: ['RS256'] }), forged });
+    }"#;
+    let out = engine.run(code, ctx).await.unwrap();
+    let v = out.json().unwrap();
+    // RS256 is deterministic: the token is byte for byte the one Node signs.
+    assert_eq!(v["token"], expect["jwt"]);
+    assert_eq!(v["claims"], json!({"sub": "rs"}));
+    assert_eq!(v["forged"], "invalid signature");
+}
+
+#[tokio::test]
+async fn request_axios_and_http_reach_an_allowed_server_through_egress() {
+    let server = echo_server().await;
+    let mut config = allowing(server, None);
+    config.engine.limits = modules_config().engine.limits;
+    let code = r#"module.exports = function (context, cb) {
+        const url = context.data.url;
+        const request = require('request');
+        const axios = require('axios');
+        const http = require('http');
+        request.post({ url: url + '/r?x=1', json: { hello: 'request' }, headers: { 'X-Test': 'req' } }, (err, res, body) => {
+            if (err) return cb(err);
+            const out = { request: [res.statusCode, res.headers['x-echo'], body.method, body.path, body['x-test'], JSON.parse(body.body)] };
+            axios.put(url + '/a', { hello: 'axios' }, { headers: { 'X-Test': 'ax' } }).then((r) => {
+                out.axios = [r.status, r.headers['x-echo'], r.data.method, r.data['x-test'], JSON.parse(r.data.body)];
+                const req = http.request(url + '/h', { method: 'PATCH', headers: { 'x-test': 'node' } }, (res) => {
+                    const chunks = [];
+                    res.on('data', (c) => chunks.push(c));
+                    res.on('end', () => {
+                        const b = JSON.parse(Buffer.concat(chunks).toString());
+                        out.http = [res.statusCode, res.statusMessage, b.method, b.path, b['x-test'], b.body];
+                        require('request-promise')({ uri: url + '/rp', json: true }).then((b2) => {
+                            out.rp = b2.path;
+                            cb(null, out);
+                        }, cb);
+                    });
+                });
+                req.on('error', cb);
+                req.write('part1,');
+                req.end('part2');
+            }, cb);
+        });
+    };"#;
+    for node in every_target_with(config.clone()).await {
+        let res = node.run("clients", &format!("?url=http://{server}"), code).await;
+        assert_eq!(res.status, 200, "{}", res.text());
+        let v = res.json();
+        assert_eq!(v["request"], json!([200, "yes", "POST", "/r?x=1", "req", {"hello": "request"}]));
+        assert_eq!(v["axios"], json!([200, "yes", "PUT", "ax", {"hello": "axios"}]));
+        assert_eq!(v["http"], json!([200, "OK", "PATCH", "/h", "node", "part1,part2"]));
+        assert_eq!(v["rp"], "/rp");
+    }
+}
+
+#[tokio::test]
+async fn node_http_clients_obey_the_egress_policy() {
+    let server = echo_server().await;
+    // Not allowlisted: loopback is refused, as for fetch.
+    let code = r#"module.exports = function (context, cb) {
+        require('http').get(context.data.url, () => cb(null, 'reached')).on('error', (e) => {
+            require('axios').get(context.data.url).then(() => cb(null, 'reached'), (e2) => cb(null, [e.code, e.message, e2.code]));
+        });
+    };"#;
+    for node in every_target_with(modules_config()).await {
+        let v = node.run("clients", &format!("?url=http://{server}/"), code).await.json();
+        assert_eq!(v[0], "egress_denied", "{v}");
+        assert!(v[1].as_str().unwrap().contains(&server.to_string()), "{v}");
+        assert_eq!(v[2], "egress_denied", "{v}");
+    }
+}
+

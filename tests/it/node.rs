@@ -1,0 +1,580 @@
+//! The Node-compatible environment: built-ins checked against published
+//! vectors (NIST, RFC) and Node 20's own output, the Web API globals, the
+//! modules that only throw, and `process`/`global` state per container.
+
+use serde_json::{json, Value};
+use webtask::{Context, Engine};
+
+use crate::support::TestNode;
+
+/// Runs `code` (a `return function (cb)` body) in the library engine and
+/// returns its JSON result, panicking with the error if it failed.
+async fn eval(code: &str) -> Value {
+    eval_with(code, Context::new()).await
+}
+
+async fn eval_with(code: &str, ctx: Context) -> Value {
+    let engine = Engine::new(Default::default());
+    match engine.run(code, ctx).await {
+        Ok(out) => out.json().unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", out.body)),
+        Err(e) => panic!("webtask failed: {e:?}"),
+    }
+}
+
+#[tokio::test]
+async fn hashes_match_published_vectors() {
+    let v = eval(
+        r#"return function (cb) {
+            const c = require('crypto');
+            const h = (alg, s) => c.createHash(alg).update(s).digest('hex');
+            // Two updates hash as one input.
+            const split = c.createHash('sha256').update('a').update(Buffer.from('bc')).digest('base64');
+            cb(null, { md5: h('md5', 'abc'), sha1: h('sha1', 'abc'), sha256: h('sha256', 'abc'), sha512: h('sha512', 'abc'),
+                       empty: h('sha256', ''), split, hashes: c.getHashes() });
+        }"#,
+    )
+    .await;
+    // FIPS 180-2 appendix examples and RFC 1321.
+    assert_eq!(v["md5"], "900150983cd24fb0d6963f7d28e17f72");
+    assert_eq!(v["sha1"], "a9993e364706816aba3e25717850c26c9cd0d89d");
+    assert_eq!(v["sha256"], "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    assert_eq!(
+        v["sha512"],
+        "ddaf35a193617abacc417349ae20413112e6fa4e89a97ea20a9eeee64b55d39a2192992a274fc1a836ba3c23a3feebbd454d4423643ce80e2a9ac94fa54ca49f"
+    );
+    assert_eq!(v["empty"], "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    assert_eq!(v["split"], "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=");
+    for alg in ["md5", "sha1", "sha256", "sha512"] {
+        assert!(v["hashes"].as_array().unwrap().contains(&json!(alg)), "{v}");
+    }
+}
+
+#[tokio::test]
+async fn hmac_and_pbkdf2_match_rfc_vectors() {
+    let v = eval(
+        r#"return function (cb) {
+            const c = require('crypto');
+            const m = (alg) => c.createHmac(alg, 'Jefe').update('what do ya want for nothing?').digest('hex');
+            c.pbkdf2('password', 'salt', 4096, 20, 'sha1', (err, key) => {
+                cb(err, { md5: m('md5'), sha1: m('sha1'), sha256: m('sha256'), sha512: m('sha512'),
+                          p1: c.pbkdf2Sync('password', 'salt', 1, 20, 'sha1').toString('hex'),
+                          p4096: key.toString('hex'),
+                          p256: c.pbkdf2Sync('passwd', 'salt', 1, 64, 'sha256').toString('hex') });
+            });
+        }"#,
+    )
+    .await;
+    // RFC 2104 / 2202 / 4231 test case 2; RFC 6070; RFC 7914 section 11.
+    assert_eq!(v["md5"], "750c783e6ab0b503eaa86e310a5db738");
+    assert_eq!(v["sha1"], "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79");
+    assert_eq!(v["sha256"], "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+    assert_eq!(
+        v["sha512"],
+        "164b7a7bfcf819e2e395fbe73b56e0a387bd64222e831fd610270cd7ea2505549758bf75c05a994a6d034f65f8f0e6fdcaeab1a34d4a6b4b636e070a38bce737"
+    );
+    assert_eq!(v["p1"], "0c60c80f961f0e71f3a9b524af6012062fe037a6");
+    assert_eq!(v["p4096"], "4b007901b765489abead49d926f721d065a429c1");
+    assert_eq!(
+        v["p256"],
+        "55ac046e56e3089fec1691c22544b605f94185216dde0465e68b9d57c20dacbc49ca9cccf179b645991664b39d77ef317c71b845b1e30bd509112041d3a19783"
+    );
+}
+
+#[tokio::test]
+async fn aes_cbc_matches_nist_sp800_38a() {
+    let v = eval(
+        r#"return function (cb) {
+            const c = require('crypto');
+            const iv = Buffer.from('000102030405060708090a0b0c0d0e0f', 'hex');
+            const pt = '6bc1bee22e409f96e93d7e117393172aae2d8a571e03ac9c9eb76fac45af8e5130c81c46a35ce411e5fbc1191a0a52eff69f2445df4f9b17ad2b417be66c3710';
+            const run = (alg, key) => {
+                const e = c.createCipheriv(alg, Buffer.from(key, 'hex'), iv).setAutoPadding(false);
+                // Fed in odd pieces: update() emits whole blocks, chained.
+                const p = Buffer.from(pt, 'hex');
+                return e.update(p.subarray(0, 7), null, 'hex') + e.update(p.subarray(7, 40), null, 'hex') + e.update(p.subarray(40), null, 'hex') + e.final('hex');
+            };
+            const k128 = '2b7e151628aed2a6abf7158809cf4f3c';
+            const k256 = '603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4';
+            // PKCS#7 round trip with a key and IV as strings, and a wrong key.
+            const e = c.createCipheriv('aes-256-cbc', 'k'.repeat(32), 'i'.repeat(16));
+            const ct = e.update('attack at dawn, attack at dusk', 'utf8', 'base64') + e.final('base64');
+            const d = c.createDecipheriv('aes-256-cbc', 'k'.repeat(32), 'i'.repeat(16));
+            const back = d.update(ct, 'base64', 'utf8') + d.final('utf8');
+            let bad;
+            try { const w = c.createDecipheriv('aes-256-cbc', 'x'.repeat(32), 'i'.repeat(16)); w.update(ct, 'base64'); w.final(); } catch (err) { bad = err.message; }
+            let badKey;
+            try { c.createCipheriv('aes-128-cbc', 'short', 'i'.repeat(16)); } catch (err) { badKey = err.message; }
+            cb(null, { aes128: run('aes-128-cbc', k128), aes256: run('aes-256-cbc', k256), ctLen: Buffer.from(ct, 'base64').length, back, bad, badKey });
+        }"#,
+    )
+    .await;
+    assert_eq!(
+        v["aes128"],
+        "7649abac8119b246cee98e9b12e9197d5086cb9b507219ee95db113a917678b273bed6b8e3c1743b7116e69e222295163ff1caa1681fac09120eca307586e1a7"
+    );
+    assert_eq!(
+        v["aes256"],
+        "f58c4c04d6e5f1ba779eabfb5f7bfbd69cfc4e967edb808d679f777bc6702c7d39f23369a9d9bacfa530e26304231461b2eb05e2c39be9fcda6c19078c6a9d1b"
+    );
+    assert_eq!(v["ctLen"], 32);
+    assert_eq!(v["back"], "attack at dawn, attack at dusk");
+    assert!(v["bad"].as_str().unwrap().contains("bad decrypt"), "{v}");
+    assert_eq!(v["badKey"], "Invalid key length");
+}
+
+#[tokio::test]
+async fn aes_256_gcm_matches_the_gcm_spec_vector() {
+    let v = eval(
+        r#"return function (cb) {
+            const c = require('crypto');
+            const key = Buffer.from('feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308', 'hex');
+            const iv = Buffer.from('cafebabefacedbaddecaf888', 'hex');
+            const aad = Buffer.from('feedfacedeadbeeffeedfacedeadbeefabaddad2', 'hex');
+            const pt = Buffer.from('d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a721c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b39', 'hex');
+            const e = c.createCipheriv('aes-256-gcm', key, iv);
+            e.setAAD(aad);
+            const ct = Buffer.concat([e.update(pt), e.final()]);
+            const tag = e.getAuthTag();
+            const d = c.createDecipheriv('aes-256-gcm', key, iv);
+            d.setAAD(aad);
+            d.setAuthTag(tag);
+            const back = Buffer.concat([d.update(ct), d.final()]).equals(pt);
+            let forged;
+            try {
+                const f = c.createDecipheriv('aes-256-gcm', key, iv);
+                f.setAAD(aad);
+                f.setAuthTag(Buffer.alloc(16));
+                f.update(ct);
+                f.final();
+            } catch (err) { forged = err.message; }
+            cb(null, { ct: ct.toString('hex'), tag: tag.toString('hex'), back, forged });
+        }"#,
+    )
+    .await;
+    // McGrew & Viega, "The Galois/Counter Mode of Operation", test case 16.
+    assert_eq!(
+        v["ct"],
+        "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662"
+    );
+    assert_eq!(v["tag"], "76fc6ece0f4e1768cddf8853bb2d551b");
+    assert_eq!(v["back"], true);
+    assert_eq!(v["forged"], "Unsupported state or unable to authenticate data");
+}
+
+#[tokio::test]
+async fn random_uuid_and_timing_safe_equal() {
+    let v = eval(
+        r#"return function (cb) {
+            const c = require('crypto');
+            const a = c.randomBytes(32), b = c.randomBytes(32);
+            const big = c.randomBytes(200000);
+            const u = c.randomUUID();
+            const g = crypto.getRandomValues(new Uint32Array(4));
+            let quota;
+            try { crypto.getRandomValues(new Uint8Array(65537)); } catch (e) { quota = e.name; }
+            let lengths;
+            try { c.timingSafeEqual(Buffer.from('a'), Buffer.from('ab')); } catch (e) { lengths = e.code; }
+            cb(null, { len: a.length, differ: !a.equals(b), bigNonZero: big.some(x => x !== 0), bigLen: big.length,
+                       uuid: /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/.test(u) && u !== crypto.randomUUID(),
+                       g: g.length, quota, same: c.timingSafeEqual(Buffer.from('abc'), Buffer.from('abc')),
+                       notSame: c.timingSafeEqual(Buffer.from('abc'), Buffer.from('abd')), lengths,
+                       int: [0, 1, 2, 3].map(() => c.randomInt(5, 7)).every(n => n === 5 || n === 6) });
+        }"#,
+    )
+    .await;
+    assert_eq!(
+        v,
+        json!({"len": 32, "differ": true, "bigNonZero": true, "bigLen": 200000, "uuid": true, "g": 4, "quota": "QuotaExceededError",
+               "same": true, "notSame": false, "lengths": "ERR_CRYPTO_TIMING_SAFE_EQUAL_LENGTH", "int": true})
+    );
+}
+
+#[tokio::test]
+async fn crypto_bad_input_is_a_guest_error() {
+    let v = eval(
+        r#"return function (cb) {
+            const c = require('crypto');
+            const out = [];
+            for (const f of [() => c.createHash('whirlpool'), () => c.pbkdf2Sync('p', 's', 1e9, 64, 'sha512'),
+                             () => c.pbkdf2Sync('p', 's', -1, 64, 'sha1'), () => c.createCipheriv('aes-256-gcm', Buffer.alloc(32), Buffer.alloc(7)),
+                             () => c.randomBytes(-1), () => c.createHash('sha256').update({})]) {
+                try { f(); out.push('no error'); } catch (e) { out.push(e.constructor.name); }
+            }
+            cb(null, out);
+        }"#,
+    )
+    .await;
+    assert_eq!(v, json!(["Error", "RangeError", "RangeError", "TypeError", "RangeError", "TypeError"]));
+}
+
+#[tokio::test]
+async fn subtle_digest_and_hmac() {
+    let v = eval(
+        r#"module.exports = async function () {
+            const hex = (b) => Buffer.from(b).toString('hex');
+            const d = await crypto.subtle.digest('SHA-256', new TextEncoder().encode('abc'));
+            const key = await crypto.subtle.importKey('raw', new TextEncoder().encode('Jefe'), { name: 'HMAC', hash: 'SHA-256' }, true, ['sign', 'verify']);
+            const data = new TextEncoder().encode('what do ya want for nothing?');
+            const sig = await crypto.subtle.sign('HMAC', key, data);
+            const ok = await crypto.subtle.verify('HMAC', key, sig, data);
+            const bad = await crypto.subtle.verify('HMAC', key, new Uint8Array(32), data);
+            const jwk = await crypto.subtle.exportKey('jwk', key);
+            return { d: hex(d), sig: hex(sig), ok, bad, k: jwk.k };
+        }"#,
+    )
+    .await;
+    assert_eq!(v["d"], "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    assert_eq!(v["sig"], "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["bad"], false);
+    assert_eq!(v["k"], "SmVmZQ");
+}
+
+#[tokio::test]
+async fn url_parse_format_and_resolve_as_node() {
+    let v = eval(
+        r#"return function (cb) {
+            const url = require('url');
+            const u = url.parse('http://user:pass@host.com:8080/p/a/t/h?query=string#hash', true);
+            const w = new URL('https://example.org:8443/a/../b?x=1&y=%20#f');
+            cb(null, { u: { protocol: u.protocol, slashes: u.slashes, auth: u.auth, host: u.host, port: u.port, hostname: u.hostname,
+                            hash: u.hash, search: u.search, query: u.query, pathname: u.pathname, path: u.path, href: u.href },
+                       r: [url.resolve('/one/two/three', 'four'), url.resolve('http://example.com/', '/one'), url.resolve('http://example.com/a/b', '../c')],
+                       f: url.format({ protocol: 'https', hostname: 'example.com', pathname: '/x', query: { a: 1, b: 'c d' } }),
+                       w: [w.href, w.host, w.pathname, w.searchParams.get('y')], same: url.URL === URL });
+        }"#,
+    )
+    .await;
+    assert_eq!(
+        v["u"],
+        json!({"protocol": "http:", "slashes": true, "auth": "user:pass", "host": "host.com:8080", "port": "8080",
+               "hostname": "host.com", "hash": "#hash", "search": "?query=string", "query": {"query": "string"},
+               "pathname": "/p/a/t/h", "path": "/p/a/t/h?query=string",
+               "href": "http://user:pass@host.com:8080/p/a/t/h?query=string#hash"})
+    );
+    assert_eq!(v["r"], json!(["/one/two/four", "http://example.com/one", "http://example.com/c"]));
+    assert_eq!(v["f"], "https://example.com/x?a=1&b=c%20d");
+    assert_eq!(v["w"], json!(["https://example.org:8443/b?x=1&y=%20#f", "example.org:8443", "/b", " "]));
+}
+
+#[tokio::test]
+async fn util_events_path_querystring_string_decoder() {
+    let v = eval(
+        r#"return function (cb) {
+            const util = require('util'), EventEmitter = require('events'), path = require('path'), qs = require('querystring');
+            const { StringDecoder } = require('string_decoder');
+            const seen = [];
+            const e = new EventEmitter();
+            e.on('x', (a) => seen.push('on' + a));
+            e.once('x', (a) => seen.push('once' + a));
+            e.emit('x', 1); e.emit('x', 2);
+            function A() {} function B() {} util.inherits(B, A);
+            const dec = new StringDecoder('utf8');
+            const euro = Buffer.from('€');
+            const decoded = dec.write(euro.subarray(0, 1)) + dec.write(euro.subarray(1)) + dec.end();
+            util.promisify((x, cb) => cb(null, x * 2))(21).then((n) => cb(null, {
+                format: util.format('%s:%d:%j %s', 'a', 42, { b: 1 }, 'extra'),
+                inspect: util.inspect({ a: { b: { c: { d: 1 } } } }),
+                types: [util.types.isDate(new Date()), util.types.isRegExp(/x/), util.isArray([])],
+                inherits: new B() instanceof A,
+                seen, n,
+                path: [path.join('/a/b', '../c', 'd.js'), path.resolve('/x', 'y', '..', 'z'), path.extname('f.tar.gz'), path.basename('/p/q.txt', '.txt'), path.sep],
+                qs: [qs.stringify({ a: [1, 2], b: 'x y' }), qs.parse('a=1&a=2&b=x%20y')],
+                decoded,
+                deprecated: typeof util.deprecate(() => 1, 'old')
+            }));
+        }"#,
+    )
+    .await;
+    assert_eq!(v["format"], r#"a:42:{"b":1} extra"#);
+    assert_eq!(v["inspect"], "{ a: { b: { c: [Object] } } }");
+    assert_eq!(v["types"], json!([true, true, true]));
+    assert_eq!(v["inherits"], true);
+    assert_eq!(v["seen"], json!(["on1", "once1", "on2"]));
+    assert_eq!(v["n"], 42);
+    assert_eq!(v["path"], json!(["/a/c/d.js", "/x/z", ".gz", "q", "/"]));
+    assert_eq!(v["qs"], json!(["a=1&a=2&b=x%20y", {"a": ["1", "2"], "b": "x y"}]));
+    assert_eq!(v["decoded"], "€");
+    assert_eq!(v["deprecated"], "function");
+}
+
+#[tokio::test]
+async fn streams_pipe_through_transforms() {
+    let v = eval(
+        r#"return function (cb) {
+            const { Readable, Writable, Transform, PassThrough, pipeline } = require('stream');
+            const out = [];
+            const upper = new Transform({ transform(chunk, enc, next) { next(null, chunk.toString().toUpperCase()); } });
+            const sink = new Writable({ write(chunk, enc, next) { out.push(chunk.toString()); next(); } });
+            pipeline(Readable.from(['a', 'b', 'c']), upper, new PassThrough(), sink, (err) => {
+                cb(err, { out, assertOk: (() => { require('assert').deepStrictEqual({ a: [1] }, { a: [1] }); return true; })() });
+            });
+        }"#,
+    )
+    .await;
+    assert_eq!(v, json!({"out": ["A", "B", "C"], "assertOk": true}));
+}
+
+#[tokio::test]
+async fn zlib_round_trips_and_reads_the_gzip_tool() {
+    // A gzip member written by the system's gzip, not by us.
+    let mut child = std::process::Command::new("gzip")
+        .arg("-c")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the gzip tool");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"written by gzip(1)\n").unwrap();
+    let gz = child.wait_with_output().unwrap().stdout;
+    let b64 = base64_engine::encode(&gz);
+    let code = r#"return function (context, cb) {
+        const zlib = require('zlib');
+        const text = 'hello '.repeat(1000);
+        const out = {
+            tool: zlib.gunzipSync(Buffer.from(context.data.gz, 'base64')).toString(),
+            unzip: zlib.unzipSync(Buffer.from(context.data.gz, 'base64')).toString(),
+            gzip: zlib.gunzipSync(zlib.gzipSync(text)).toString() === text,
+            magic: zlib.gzipSync('x').subarray(0, 2).toString('hex'),
+            deflate: zlib.inflateSync(zlib.deflateSync(text, { level: 9 })).toString() === text,
+            raw: zlib.inflateRawSync(zlib.deflateRawSync(text)).toString() === text,
+            small: zlib.deflateSync(text).length < 100,
+        };
+        try { zlib.gunzipSync(Buffer.from('not gzip')); } catch (e) { out.corrupt = e.code; }
+        try { zlib.gunzipSync(zlib.gzipSync(Buffer.alloc(100000)), { maxOutputLength: 1000 }); } catch (e) { out.capped = e.name; }
+        zlib.gzip(text, (err, buf) => {
+            zlib.gunzip(buf, (err2, back) => {
+                out.async = !err && !err2 && back.toString() === text;
+                const chunks = [];
+                const gz = zlib.createGzip();
+                const gunzip = zlib.createGunzip();
+                gz.pipe(gunzip).on('data', (c) => chunks.push(c)).on('end', () => {
+                    out.stream = Buffer.concat(chunks).toString();
+                    cb(null, out);
+                });
+                gz.write('stream ');
+                gz.end('data');
+            });
+        });
+    }"#;
+    let v = eval_with(code, Context::new().query("gz", &b64)).await;
+    assert_eq!(
+        v,
+        json!({"tool": "written by gzip(1)\n", "unzip": "written by gzip(1)\n", "gzip": true, "magic": "1f8b", "deflate": true,
+               "raw": true, "small": true, "corrupt": "Z_DATA_ERROR", "capped": "RangeError", "async": true, "stream": "stream data"})
+    );
+}
+
+/// Standard base64, for handing binary test data to a webtask.
+mod base64_engine {
+    pub fn encode(bytes: &[u8]) -> String {
+        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for c in bytes.chunks(3) {
+            let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+            out.push(T[(n >> 18) as usize & 63] as char);
+            out.push(T[(n >> 12) as usize & 63] as char);
+            out.push(if c.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
+            out.push(if c.len() > 2 { T[n as usize & 63] as char } else { '=' });
+        }
+        out
+    }
+}
+
+#[tokio::test]
+async fn buffer_timers_os_and_process() {
+    let v = eval(
+        r#"return function (cb) {
+            const b = Buffer.concat([Buffer.from('hé'), Buffer.from([0xff])]);
+            const t0 = process.hrtime();
+            const order = [];
+            setImmediate(() => order.push('immediate'));
+            process.nextTick(() => order.push('tick'));
+            require('timers').setTimeout(() => {
+                const os = require('node:os');
+                cb(null, { b64: b.toString('base64'), b64url: [b.toString('base64url'), Buffer.from('aMOp_w', 'base64url').equals(b)], hex: b.toString('hex'), len: b.length, json: Buffer.from('ab').toJSON(),
+                           global: Buffer === require('buffer').Buffer, order,
+                           proc: [process.platform, typeof process.version, Object.keys(process.env).length, process.cwd(), Array.isArray(process.hrtime(t0))],
+                           os: [os.EOL, os.platform(), typeof os.cpus().length], builtinsEqual: require('events') === require('node:events') });
+            }, 5);
+        }"#,
+    )
+    .await;
+    assert_eq!(
+        v,
+        json!({"b64": "aMOp/w==", "b64url": ["aMOp_w", true], "hex": "68c3a9ff", "len": 4, "json": {"type": "Buffer", "data": [97, 98]}, "global": true,
+               "order": ["tick", "immediate"], "proc": ["linux", "string", 0, "/", true], "os": ["\n", "linux", "number"], "builtinsEqual": true})
+    );
+}
+
+#[tokio::test]
+async fn web_globals() {
+    let v = eval(
+        r#"module.exports = async function () {
+            const enc = new TextEncoder().encode('h€');
+            let fatal;
+            try { new TextDecoder('utf-8', { fatal: true }).decode(new Uint8Array([0xc3])); } catch (e) { fatal = e.name; }
+            const ac = new AbortController();
+            let aborted = false;
+            ac.signal.addEventListener('abort', () => { aborted = true; });
+            ac.abort();
+            const clone = structuredClone({ d: new Date(0), m: new Map([[1, 2]]) });
+            const res = new Response('{"a":1}', { status: 201, headers: { 'X-A': 'b' } });
+            const h = new Headers([['a', '1']]);
+            h.append('A', '2');
+            const sp = new URLSearchParams('a=1&b=2');
+            sp.append('c', '3 4');
+            let queued = await new Promise((r) => queueMicrotask(() => r('queued')));
+            return { enc: Array.from(enc), dec: new TextDecoder().decode(enc), fatal, btoa: btoa('hello'), atob: atob('aGVsbG8='),
+                     aborted, reason: ac.signal.reason.name, clone: [clone.d instanceof Date, clone.m.get(1)],
+                     res: [res.status, res.headers.get('x-a'), await res.json()], h: h.get('a'), sp: sp.toString(), queued,
+                     types: [typeof fetch, typeof Request, typeof crypto.subtle.digest, typeof setImmediate] };
+        }"#,
+    )
+    .await;
+    assert_eq!(
+        v,
+        json!({"enc": [104, 226, 130, 172], "dec": "h€", "fatal": "TypeError", "btoa": "aGVsbG8=", "atob": "hello",
+               "aborted": true, "reason": "AbortError", "clone": [true, 2], "res": [201, "b", {"a": 1}], "h": "1, 2",
+               "sp": "a=1&b=2&c=3+4", "queued": "queued", "types": ["function", "function", "function", "function"]})
+    );
+}
+
+#[tokio::test]
+async fn host_reaching_modules_only_throw() {
+    // Room for loading express on a container's first request.
+    let mut config = crate::support::test_config();
+    config.engine.limits.cpu_ms = 5_000;
+    for node in crate::support::every_target_with(config).await {
+        let code = r#"return function (cb) {
+            const out = {};
+            const uses = { fs: ['readFileSync', '/etc/passwd'], 'node:fs': ['readFileSync', '/etc/passwd'],
+                           child_process: ['execSync', 'id'], net: ['connect', 80], dgram: ['createSocket', 'udp4'],
+                           cluster: ['fork'], worker_threads: ['Worker', 'x.js'], vm: ['runInNewContext', 'this'] };
+            for (const m of Object.keys(uses)) {
+                const [fn, ...args] = uses[m];
+                try { require(m)[fn](...args); out[m] = 'escaped'; }
+                catch (e) { out[m] = [e.message, e.code]; }
+            }
+            try { require('http').createServer(() => {}); } catch (e) { out.server = e.message; }
+            try { require('express')().listen(8080); } catch (e) { out.listen = e.message; }
+            try { require('node:nope'); } catch (e) { out.nope = e.code; }
+            try { require('left-pad'); } catch (e) { out.missing = [e.message, e.code]; }
+            cb(null, out);
+        }"#;
+        let v = node.run("node-env", "", code).await.json();
+        assert_eq!(v["fs"], json!(["fs.readFileSync is not available in webtask", "ERR_WEBTASK_UNAVAILABLE"]), "{v}");
+        assert_eq!(v["node:fs"], v["fs"]);
+        for (m, f) in [("child_process", "execSync"), ("net", "connect"), ("dgram", "createSocket"), ("cluster", "fork"),
+                       ("worker_threads", "Worker"), ("vm", "runInNewContext")] {
+            assert_eq!(v[m], json!([format!("{m}.{f} is not available in webtask"), "ERR_WEBTASK_UNAVAILABLE"]), "{v}");
+        }
+        assert!(v["server"].as_str().unwrap().starts_with("http.createServer is not available in webtask"), "{v}");
+        assert!(v["listen"].as_str().unwrap().starts_with("http.createServer is not available in webtask"), "{v}");
+        assert_eq!(v["nope"], "ERR_UNKNOWN_BUILTIN_MODULE");
+        assert_eq!(v["missing"], json!(["Cannot find module 'left-pad'", "MODULE_NOT_FOUND"]));
+    }
+}
+
+#[tokio::test]
+async fn global_and_modules_persist_per_container_only() {
+    let node = TestNode::workers().await;
+    let code = r#"return function (cb) {
+        global.hits = (global.hits || 0) + 1;
+        const _ = require('lodash');
+        _.__seen = (_.__seen || 0) + 1;
+        cb(null, [global.hits, _.__seen, require('lodash') === _]);
+    }"#;
+    assert_eq!(node.run("tenant-a", "", code).await.json(), json!([1, 1, true]));
+    assert_eq!(node.run("tenant-a", "", code).await.json(), json!([2, 2, true]));
+    assert_eq!(node.run("tenant-b", "", code).await.json(), json!([1, 1, true]));
+}
+
+/// Keys made with `openssl genpkey` (RSA 2048, EC P-256; PKCS#8 and SPKI),
+/// and what Node 20 computed with them (`fixtures/expect.json`).
+fn key_context() -> (Context, Value) {
+    let expect: Value = serde_json::from_str(include_str!("fixtures/expect.json")).unwrap();
+    let ctx = Context::new()
+        .data("rsa", include_str!("fixtures/rsa.pem"))
+        .data("rsaPub", include_str!("fixtures/rsa.pub"))
+        .data("ec", include_str!("fixtures/ec.pem"))
+        .data("ecPub", include_str!("fixtures/ec.pub"))
+        .data("expect", expect.clone());
+    (ctx, expect)
+}
+
+#[tokio::test]
+async fn rsa_and_ecdsa_keys_sign_and_verify_as_node() {
+    let (ctx, expect) = key_context();
+    let v = eval_with(
+        r#"return function (context, cb) {
+            const c = require('crypto');
+            const { rsa, rsaPub, ec, ecPub, expect } = context.data;
+            const data = Buffer.from('webtask');
+            const pub = c.createPublicKey(rsaPub);
+            const priv = c.createPrivateKey(rsa);
+            const ecSig = c.sign('sha256', data, { key: ec, dsaEncoding: 'ieee-p1363' });
+            const fromJwk = c.createPublicKey({ key: expect.jwk, format: 'jwk' });
+            let bad;
+            try { c.createPublicKey('-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----'); } catch (e) { bad = e.constructor.name; }
+            cb(null, {
+                // PKCS#1 v1.5 signatures are deterministic: byte for byte Node's.
+                rsaSig: c.createSign('RSA-SHA256').update('web').update('task').sign(priv, 'base64'),
+                rsaVerify: c.createVerify('RSA-SHA256').update('webtask').verify(rsaPub, expect.rsaSig, 'base64'),
+                rsaTampered: c.verify('sha256', Buffer.from('webtasK'), pub, Buffer.from(expect.rsaSig, 'base64')),
+                ecOwn: c.verify('sha256', data, { key: ecPub, dsaEncoding: 'ieee-p1363' }, ecSig),
+                ecNode: c.verify('sha256', data, { key: ecPub, dsaEncoding: 'ieee-p1363' }, Buffer.from(expect.ecSig, 'base64')),
+                ecDer: c.verify('sha256', data, ecPub, c.sign('sha256', data, ec)),
+                details: [pub.type, pub.asymmetricKeyType, pub.asymmetricKeyDetails.modulusLength, priv.type,
+                          c.createPublicKey(ecPub).asymmetricKeyDetails.namedCurve],
+                jwkSpki: fromJwk.export({ type: 'spki', format: 'pem' }) === pub.export({ type: 'spki', format: 'pem' }),
+                pemRoundTrip: pub.export({ type: 'spki', format: 'pem' }).trim() === rsaPub.trim(),
+                bad,
+            });
+        }"#,
+        ctx,
+    )
+    .await;
+    assert_eq!(v["rsaSig"], expect["rsaSig"]);
+    assert_eq!(
+        v,
+        json!({"rsaSig": expect["rsaSig"], "rsaVerify": true, "rsaTampered": false, "ecOwn": true, "ecNode": true, "ecDer": true,
+               "details": ["public", "rsa", 2048, "private", "prime256v1"], "jwkSpki": true, "pemRoundTrip": true, "bad": "TypeError"})
+    );
+}
+
+#[tokio::test]
+async fn subtle_rsa_and_ecdsa() {
+    let (ctx, expect) = key_context();
+    let v = eval_with(
+        r#"module.exports = async function (context) {
+            const { rsa, rsaPub, ecPub, expect } = context.data;
+            const der = (pem) => Buffer.from(pem.replace(/-----[^-]+-----|\s/g, ''), 'base64');
+            const data = new TextEncoder().encode('webtask');
+            const alg = { name: 'RSASSA-PKCS1-v1_5', hash: 'SHA-256' };
+            const spki = await crypto.subtle.importKey('spki', der(rsaPub), alg, false, ['verify']);
+            const jwk = await crypto.subtle.importKey('jwk', expect.jwk, alg, false, ['verify']);
+            const pkcs8 = await crypto.subtle.importKey('pkcs8', der(rsa), alg, false, ['sign']);
+            const sig = Buffer.from(await crypto.subtle.sign(alg, pkcs8, data)).toString('base64');
+            const rsaOk = await crypto.subtle.verify(alg, jwk, Buffer.from(expect.rsaSig, 'base64'), data);
+            const rsaBad = await crypto.subtle.verify(alg, spki, Buffer.from(expect.rsaSig, 'base64'), new Uint8Array(3));
+            const ecAlg = { name: 'ECDSA', namedCurve: 'P-256' };
+            const ecKey = await crypto.subtle.importKey('spki', der(ecPub), ecAlg, false, ['verify']);
+            const ecJwk = await crypto.subtle.importKey('jwk', expect.ecjwk, ecAlg, false, ['verify']);
+            const ecRaw = await crypto.subtle.importKey('raw', Buffer.concat([Buffer.from([4]), Buffer.from(expect.ecjwk.x, 'base64url'), Buffer.from(expect.ecjwk.y, 'base64url')]), ecAlg, false, ['verify']);
+            const ecSig = Buffer.from(expect.ecSig, 'base64');
+            const v = (k) => crypto.subtle.verify({ name: 'ECDSA', hash: 'SHA-256' }, k, ecSig, data);
+            let wrongUse;
+            try { await crypto.subtle.sign(alg, spki, data); } catch (e) { wrongUse = e.name; }
+            return { sig: sig === expect.rsaSig, rsaOk, rsaBad, ec: [await v(ecKey), await v(ecJwk), await v(ecRaw)],
+                     alg: [spki.type, spki.algorithm.modulusLength, ecKey.algorithm.namedCurve], wrongUse };
+        }"#,
+        ctx,
+    )
+    .await;
+    let _ = expect;
+    assert_eq!(
+        v,
+        json!({"sig": true, "rsaOk": true, "rsaBad": false, "ec": [true, true, true], "alg": ["public", 2048, "P-256"], "wrongUse": "InvalidAccessError"})
+    );
+}
