@@ -23,7 +23,12 @@ const {
   SafeMap,
   JSONParse,
 } = globalThis.__bootstrap.primordials;
-const { encode, decode, structuredClone: coreClone } = core;
+const { encode, decode } = core;
+// The op itself, with no deserializers: core.structuredClone hands it
+// deno_core's registry, and an object carrying deno_core's host-object
+// brand (guest code can make one) would then reach a deserializer lookup
+// that panics the process instead of throwing.
+const { op_structured_clone } = core.ops;
 
 // ---------------------------------------------------------------------------
 // Encoding.
@@ -468,7 +473,7 @@ export function install(g) {
   define("Request", Request);
   define("Response", Response);
   define("structuredClone", function structuredClone(value) {
-    return coreClone(value);
+    return op_structured_clone(value);
   });
   define("crypto", webcrypto);
   // URL and URLSearchParams load whatwg-url on first use.

@@ -32,6 +32,8 @@ pub struct Spec {
     pub jail: crate::jail::JailSpec,
     /// Longest console line sent to the node; longer ones are cut and marked.
     pub log_line_bytes: usize,
+    /// Load the Node built-ins while pooled and idle (`workers.warm_node_builtins`).
+    pub warm_node: bool,
 }
 
 /// The worker's main, in a child just forked by the zygote. The unix
@@ -107,6 +109,7 @@ async fn serve(socket: OwnedFd, spec: Spec, jail: Vec<crate::jail::LayerReport>)
         fetcher: fetcher.clone(),
         console: Arc::new(NodeConsole { out: out.clone(), line_bytes: spec.log_line_bytes }),
     };
+    let spec_warm_node = spec.warm_node;
     let host = host::serve(isolate_spec, jobs_rx, Some(ready_tx));
     let node = async move {
         ready_rx.await.context("isolate host ended")?.context("creating the isolate")?;
@@ -117,7 +120,7 @@ async fn serve(socket: OwnedFd, spec: Spec, jail: Vec<crate::jail::LayerReport>)
         // requires. Not before Ready, where a pool miss would wait for it.
         let node_warm_up = tokio::time::sleep(NODE_WARM_UP_AFTER);
         tokio::pin!(node_warm_up);
-        let mut warmed = false;
+        let mut warmed = !spec_warm_node;
         loop {
             let msg = tokio::select! {
                 msg = frames.next() => match msg {

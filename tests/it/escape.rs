@@ -236,3 +236,17 @@ async fn runtime_modules_cannot_be_imported() {
         assert_eq!(node.run("esc", "", code).await.json(), json!([true, true, true, true, true, true, true]));
     }
 }
+
+#[tokio::test]
+async fn structured_clone_and_require_misuse_are_guest_errors_not_crashes() {
+    for node in every_target().await {
+        // deno_core's host-object brand on a guest object must not reach a
+        // deserializer lookup that panics the process.
+        let brand = "return function (cb) { try { structuredClone({ [Symbol.for('Deno.core.hostObject')]() { return { type: 'x' }; } }); cb(null, 'cloned'); } catch (e) { cb(null, 'threw'); } }";
+        assert_eq!(node.run("clone", "", brand).await.json(), json!("threw"));
+        // A huge, deep module.path must not keep the resolver busy for long.
+        let deep = "return function (cb) { module.path = '/a'.repeat(200000); try { require('x'); } catch (e) {} cb(null, 'done'); }";
+        assert_eq!(node.run("clone", "", deep).await.json(), json!("done"));
+        assert_eq!(node.run("clone", "", "return function (cb) { cb(null, 'alive'); }").await.json(), json!("alive"));
+    }
+}

@@ -209,11 +209,21 @@ fn export_target(target: &Value, star: Option<&str>) -> Option<String> {
     }
 }
 
+/// Longest `id` or directory, and deepest directory, a resolve looks at.
+const MAX_PATH: usize = 4096;
+const MAX_DEPTH: usize = 128;
+
 /// Resolves `id` required from a module in `from_dir` to `[file number,
 /// path]` in the table, or null when the table has no such file.
 #[op2]
 #[serde]
 pub fn op_wt_module_resolve(#[string] id: &str, #[string] from_dir: &str) -> Option<(u32, String)> {
+    // Guest code can pass anything (`module.path` is writable), and the CPU
+    // limit cannot stop an op: bound the walk up `from_dir`. Every path in
+    // the table is far shorter than this.
+    if id.len() > MAX_PATH || from_dir.len() > MAX_PATH || from_dir.matches('/').count() > MAX_DEPTH {
+        return None;
+    }
     let table = table();
     let path = table.resolve(id, from_dir)?;
     Some((table.ids[&path], path))
