@@ -15,15 +15,19 @@
 // which stay in this strict-mode module's closure.
 
 const core = globalThis.Deno.core;
-// The polyfill bundle (a lazily loaded module of the extension): compiled
-// and evaluated on an isolate's first require of a built-in backed by it.
-const loadPolyfills = core.createLazyLoader("ext:webtask_runtime/node/dist/builtins.js");
+const { op_wt_module_resolve, op_wt_module_version, op_wt_module_compile, op_wt_module_text, op_wt_load_builtins } =
+  core.ops;
+// The polyfill bundle: compiled and evaluated on an isolate's first require
+// of a built-in backed by it (see op_wt_load_builtins).
+let polyfills;
 
 /// The exports of polyfill `name` of the bundle (src/builtins-entry.js).
 export function polyfill(name) {
-  return loadPolyfills().polyfills[name]();
+  if (!polyfills) {
+    polyfills = op_wt_load_builtins();
+  }
+  return polyfills[name]();
 }
-const { op_wt_module_resolve, op_wt_module_version, op_wt_module_compile, op_wt_module_text } = core.ops;
 const {
   ArrayIsArray,
   SafeMapIterator,

@@ -15,7 +15,7 @@ use lru::LruCache;
 use sha2::{Digest, Sha256};
 
 use super::inflight::Inflight;
-use super::ops::{webtask_runtime, Console, Egress, HostInfo, LAZY_ESM};
+use super::ops::{webtask_runtime, Console, Egress, HostInfo};
 use super::request::Context;
 use super::watchdog::{CpuGuard, Kill};
 
@@ -45,7 +45,6 @@ impl Isolate {
             .array_buffer_allocator(alloc::capped(limits.array_buffer_mb as usize * 1024 * 1024));
         let mut rt = JsRuntime::try_new(RuntimeOptions {
             startup_snapshot: Some(snapshot::get()),
-            residual_lazy_esm_sources: LAZY_ESM,
             extensions: vec![webtask_runtime::init()],
             create_params: Some(params),
             ..Default::default()

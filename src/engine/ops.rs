@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use deno_core::{op2, OpState};
+use deno_core::{op2, v8, OpState};
 
 use super::console::{self, ConsoleLine, ConsoleSink};
 use super::fetch::{FetchRequest, FetchResponse, Fetcher};
@@ -46,6 +46,7 @@ deno_core::extension!(
         op_wt_hash, op_wt_hmac, op_wt_pbkdf2, op_wt_random, op_wt_aes_cbc, op_wt_aes_gcm,
         op_wt_key_import, op_wt_key_from_jwk, op_wt_key_from_ec_point, op_wt_sign, op_wt_verify,
         op_wt_zlib, op_wt_module_resolve, op_wt_module_version, op_wt_module_compile, op_wt_module_text,
+        op_wt_load_builtins,
     ],
     esm_entry_point = "ext:webtask_runtime/bootstrap.js",
     esm = [
@@ -60,14 +61,47 @@ deno_core::extension!(
     ],
 );
 
-/// ES modules of the runtime left out of the snapshot, `(specifier,
-/// source)`, loaded on demand: the npm polyfills behind the Node built-ins,
-/// compiled on an isolate's first require rather than carried in the
-/// snapshot, where they cost every isolate most of a millisecond to
-/// deserialise (pooled workers load them during warm-up, before they are
-/// assigned).
-pub static LAZY_ESM: &[(&str, &str)] =
-    &[("ext:webtask_runtime/node/dist/builtins.js", include_str!("../../js_runtime/node/dist/builtins.js"))];
+/// The npm polyfills behind the Node built-ins (`js_runtime/node/dist/`),
+/// left out of the snapshot, where they cost every isolate most of a
+/// millisecond to deserialise; compiled on an isolate's first require of a
+/// built-in backed by them.
+const BUILTINS: &str = include_str!("../../js_runtime/node/dist/builtins.js");
+const BUILTINS_NAME: &str = "ext:webtask_runtime/node/dist/builtins.js";
+
+/// The bundle as a classic script that evaluates to its `polyfills`
+/// export (it is built as an ES module ending in `export{polyfills};`).
+fn builtins_script() -> &'static str {
+    static SCRIPT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| {
+        let body = BUILTINS.trim_end().strip_suffix("export{polyfills};").expect("the bundle ends with export{polyfills}");
+        format!("(function () {{ {body}\nreturn polyfills; }})()")
+    })
+}
+
+/// Evaluates the polyfill bundle and returns its `polyfills` object.
+/// Not deno_core's lazy ES module loader: that one unwraps the result of
+/// evaluating, so a CPU-limit termination landing mid-load (the load runs
+/// inside a guest request's budget) would panic the process. Here it is an
+/// exception like any other, and the request fails with its limit.
+#[op2(reentrant)]
+fn op_wt_load_builtins<'s>(scope: &mut v8::PinScope<'s, '_>) -> Result<v8::Local<'s, v8::Value>, deno_error::JsErrorBox> {
+    let failed = || deno_error::JsErrorBox::generic("the Node built-ins could not be loaded");
+    let name = v8::String::new(scope, BUILTINS_NAME).ok_or_else(failed)?;
+    let source = v8::String::new(scope, builtins_script()).ok_or_else(failed)?;
+    let origin = v8::ScriptOrigin::new(scope, name.into(), 0, 0, false, 0, None, false, false, false, None);
+    v8::tc_scope!(let tc, scope);
+    let value = v8::Script::compile(tc, source, Some(&origin)).and_then(|script| script.run(tc));
+    match value {
+        Some(value) => Ok(value),
+        None => {
+            if tc.has_caught() && !tc.has_terminated() {
+                tc.rethrow();
+            }
+            // Terminating: V8 unwinds to the host whatever this returns.
+            Ok(v8::undefined(tc).into())
+        }
+    }
+}
 
 fn inflight(state: &OpState) -> std::cell::RefMut<'_, Inflight> {
     state.borrow::<Rc<RefCell<Inflight>>>().borrow_mut()

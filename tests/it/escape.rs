@@ -250,3 +250,24 @@ async fn structured_clone_and_require_misuse_are_guest_errors_not_crashes() {
         assert_eq!(node.run("clone", "", "return function (cb) { cb(null, 'alive'); }").await.json(), json!("alive"));
     }
 }
+
+#[tokio::test]
+async fn a_cpu_limit_landing_while_the_node_builtins_load_is_only_that_requests_error() {
+    // The polyfill bundle behind require('util') compiles inside the first
+    // requiring request's CPU budget. Spin for a growing share of the budget
+    // first, so the limit fires at every point of the load: each request
+    // answers (done or cpu_limit), and the host lives on.
+    let mut config = crate::support::test_config();
+    config.engine.limits.cpu_ms = 40;
+    for node in crate::support::every_target_with(config).await {
+        for spin in (0..40).step_by(4) {
+            let code = format!(
+                "return function (cb) {{ const end = Date.now() + {spin}; while (Date.now() < end); require('util'); cb(null, 'done'); }}"
+            );
+            let res = node.run(&format!("load-{spin}"), "", &code).await;
+            let v = res.json();
+            assert!(v == json!("done") || v["code"] == json!("cpu_limit"), "spin {spin}: {} {v}", res.status);
+        }
+        assert_eq!(node.run("load-after", "", "return function (cb) { cb(null, typeof require('util').inspect); }").await.json(), json!("function"));
+    }
+}
