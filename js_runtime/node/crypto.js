@@ -47,6 +47,12 @@ function Buffer() {
   return BufferCtor ??= builtin("buffer").Buffer;
 }
 
+// A copy of toBytes(data): what update() keeps must not change when the
+// caller reuses its buffer before digest(), as in Node.
+function copyBytes(data, encoding) {
+  return new Uint8ArrayCtor(toBytes(data, encoding));
+}
+
 // Bytes of a string (in `encoding`), Buffer, TypedArray, DataView or ArrayBuffer.
 function toBytes(data, encoding, what = "data") {
   if (typeof data === "string") return Buffer().from(data, encoding ?? "utf8");
@@ -99,7 +105,7 @@ class Hash {
       err.code = "ERR_CRYPTO_HASH_FINALIZED";
       throw err;
     }
-    ArrayPrototypePush(this.#chunks, toBytes(data, encoding));
+    ArrayPrototypePush(this.#chunks, copyBytes(data, encoding));
     return this;
   }
   digest(encoding) {
@@ -129,7 +135,7 @@ class Hmac {
   }
   update(data, encoding) {
     if (this.#done) throw new ErrorCtor("Digest already called");
-    ArrayPrototypePush(this.#chunks, toBytes(data, encoding));
+    ArrayPrototypePush(this.#chunks, copyBytes(data, encoding));
     return this;
   }
   digest(encoding) {
@@ -205,6 +211,11 @@ function randomInt(min, max, callback) {
     throw new RangeErrorCtor(`The value of "max" is out of range. It must be greater than the value of "min" (${min}). Received ${max}`);
   }
   const range = max - min;
+  if (range > 2 ** 48 - 1) {
+    const err = new RangeErrorCtor(`The value of "max - min" is out of range. It must be <= 281474976710655. Received ${range}`);
+    err.code = "ERR_OUT_OF_RANGE";
+    throw err;
+  }
   // Rejection sampling over 48 bits, as Node does.
   const limit = 2 ** 48 - (2 ** 48 % range);
   let x;
@@ -221,7 +232,10 @@ function randomInt(min, max, callback) {
 }
 
 function timingSafeEqual(a, b) {
-  if (!ArrayBufferIsView(a) && !(a instanceof ArrayBufferCtor)) toBytes(a, undefined, "buf1");
+  // Buffers only: Node refuses strings here.
+  for (const [v, what] of [[a, "buf1"], [b, "buf2"]]) {
+    if (!ArrayBufferIsView(v) && !(v instanceof ArrayBufferCtor)) toBytes({}, undefined, what);
+  }
   const x = toBytes(a, undefined, "buf1");
   const y = toBytes(b, undefined, "buf2");
   if (x.byteLength !== y.byteLength) {
@@ -522,7 +536,7 @@ class Sign {
     this.#digest = checkDigest(algorithm);
   }
   update(data, encoding) {
-    ArrayPrototypePush(this.#chunks, toBytes(data, encoding));
+    ArrayPrototypePush(this.#chunks, copyBytes(data, encoding));
     return this;
   }
   sign(key, encoding) {
@@ -538,7 +552,7 @@ class Verify {
     this.#digest = checkDigest(algorithm);
   }
   update(data, encoding) {
-    ArrayPrototypePush(this.#chunks, toBytes(data, encoding));
+    ArrayPrototypePush(this.#chunks, copyBytes(data, encoding));
     return this;
   }
   verify(key, signature, encoding) {

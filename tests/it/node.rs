@@ -578,3 +578,31 @@ async fn subtle_rsa_and_ecdsa() {
         json!({"sig": true, "rsaOk": true, "rsaBad": false, "ec": [true, true, true], "alg": ["public", 2048, "P-256"], "wrongUse": "InvalidAccessError"})
     );
 }
+
+#[tokio::test]
+async fn crypto_inputs_are_taken_as_node_takes_them() {
+    let code = r#"return function (cb) {
+        const crypto = require('crypto');
+        // update() keeps the bytes, not a view of the caller's buffer.
+        const b = Buffer.from('abc');
+        const h = crypto.createHash('sha256').update(b);
+        const m = crypto.createHmac('sha256', 'k').update(b);
+        b.fill(0);
+        const out = [h.digest('hex'), m.digest('hex') === crypto.createHmac('sha256', 'k').update('abc').digest('hex')];
+        const code = (f) => { try { f(); return 'ok'; } catch (e) { return e.code; } };
+        out.push(code(() => crypto.randomInt(0, 2 ** 49)));
+        out.push(code(() => crypto.timingSafeEqual('ab', 'ab')));
+        out.push(crypto.timingSafeEqual(Buffer.from('ab'), Buffer.from('ab')));
+        cb(null, out);
+    }"#;
+    assert_eq!(
+        eval(code).await,
+        json!([
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+            true,
+            "ERR_OUT_OF_RANGE",
+            "ERR_INVALID_ARG_TYPE",
+            true
+        ])
+    );
+}
