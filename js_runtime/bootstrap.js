@@ -16,7 +16,7 @@
 // Everything here is strict mode (an ES module), so V8 hides these functions
 // and their receivers from guest `Error.prepareStackTrace` call sites.
 
-import { builtin, registerBuiltin, webtaskModule } from "ext:webtask_runtime/node/require.js";
+import { builtin, polyfill, registerBuiltin, webtaskModule } from "ext:webtask_runtime/node/require.js";
 import { process as guestProcess } from "ext:webtask_runtime/node/process.js";
 import "ext:webtask_runtime/node/crypto.js";
 import "ext:webtask_runtime/node/zlib.js";
@@ -902,6 +902,18 @@ registerBuiltin("timers", () => {
   };
 });
 registerBuiltin("timers/promises", () => builtin("timers").promises);
+
+// util, with format and inspect as console prints them (Node 20's `%i`,
+// `%o`, `%s` of objects, `Map(1) {...}`), not the polyfill's older ones.
+registerBuiltin("util", () => {
+  const util = polyfill("util");
+  // Strings alone come back quoted, as util.inspect('a') does in Node.
+  const inspectValue = (value) => inspect(value, typeof value === "string" ? 1 : 0, []);
+  ObjectAssign(inspectValue, util.inspect);
+  util.inspect = inspectValue;
+  util.format = (...args) => format(args);
+  return util;
+});
 
 provideServerResponse(ServerResponse, emitterPrototype);
 

@@ -606,3 +606,20 @@ async fn crypto_inputs_are_taken_as_node_takes_them() {
         ])
     );
 }
+
+#[tokio::test]
+async fn util_format_and_inspect_match_node_20() {
+    let code = r#"return function (cb) {
+        const util = require('util');
+        cb(null, [
+            util.format('%i %o', 4.7, { a: 1 }),
+            util.format('%s', { a: 1 }),
+            util.format('%d%%', 5),
+            util.inspect(new Map([[1, 2]])),
+            util.inspect('a'),
+            util.format('x', 1, 'y'),
+        ]);
+    }"#;
+    // Node 20's own output for the same calls.
+    assert_eq!(eval(code).await, json!(["4 { a: 1 }", "{ a: 1 }", "5%", "Map(1) { 1 => 2 }", "'a'", "x 1 y"]));
+}
