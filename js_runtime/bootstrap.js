@@ -2,7 +2,9 @@
 //
 // It owns the programming model (how a webtask function is called and how
 // its result reaches the host) and the globals guest code sees (console,
-// timers). It is the only code that holds `Deno.core`: `lockdown()` is called
+// timers). With the Node shim's modules (js_runtime/node/, which keep what
+// they need of `Deno.core` in their own closures) it is the only code that
+// holds `Deno.core`: `lockdown()` is called
 // once per isolate by the host, captures what the runner needs in this
 // module's closure and deletes every host object from the global, so guest
 // code can reach nothing but its own global.

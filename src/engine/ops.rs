@@ -1,7 +1,9 @@
-//! The host surface guest code reaches, through the runner in
-//! `js_runtime/bootstrap.js` only: settling a request, streaming a response,
-//! and console output. Ops take plain values and never hand a host object
-//! back to JavaScript.
+//! The host surface guest code reaches, only through the runtime's own
+//! modules (`js_runtime/bootstrap.js` and `js_runtime/node/`, which keep the
+//! ops in their closures): settling a request, streaming a response,
+//! console output, egress, and the Node environment's crypto, zlib and
+//! module table (`engine::node`). Ops take plain values, check every
+//! argument, and never hand a host object back to JavaScript.
 
 use std::cell::RefCell;
 use std::rc::Rc;
