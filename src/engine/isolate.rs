@@ -355,7 +355,10 @@ fn query_object<'s>(scope: &mut v8::PinScope<'s, '_>, pairs: &[(String, String)]
     obj
 }
 
-/// `context.body` (parsed for JSON and urlencoded) and the raw body string.
+/// `context.body` (parsed for JSON and urlencoded) and the raw body that
+/// the `req` stream of `(context, req, res)` carries: the body's text, or,
+/// when it is not UTF-8 (an image, a signed binary payload), its exact
+/// bytes, so a webhook's signature still checks out over them.
 fn body_values<'s>(
     scope: &mut v8::PinScope<'s, '_>,
     ctx: &Context,
@@ -381,6 +384,12 @@ fn body_values<'s>(
         }
         _ => raw.into(),
     };
+    if std::str::from_utf8(bytes).is_err() {
+        let store = v8::ArrayBuffer::new_backing_store_from_vec(bytes.to_vec()).make_shared();
+        let buffer = v8::ArrayBuffer::with_backing_store(scope, &store);
+        let view = v8::Uint8Array::new(scope, buffer, 0, bytes.len()).ok_or_else(|| Error::internal("request body view"))?;
+        return Ok((body, view.into()));
+    }
     Ok((body, raw.into()))
 }
 

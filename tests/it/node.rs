@@ -623,3 +623,24 @@ async fn util_format_and_inspect_match_node_20() {
     // Node 20's own output for the same calls.
     assert_eq!(eval(code).await, json!(["4 { a: 1 }", "{ a: 1 }", "5%", "Map(1) { 1 => 2 }", "'a'", "x 1 y"]));
 }
+
+#[tokio::test]
+async fn req_streams_a_binary_body_byte_for_byte() {
+    // A webhook signature is checked over the exact bytes: a body that is
+    // not UTF-8 must reach `req` unchanged, not as replacement characters.
+    let code = r#"module.exports = function (context, req, res) {
+        const chunks = [];
+        req.on('data', (c) => chunks.push(Buffer.from(c)));
+        req.on('end', () => {
+            const all = Buffer.concat(chunks);
+            res.end(JSON.stringify([all.length, require('crypto').createHash('sha256').update(all).digest('hex')]));
+        });
+    };"#;
+    let body: Vec<u8> = vec![0xff, 0x00, 0x80, 0x41, 0xc3];
+    let engine = Engine::new(Default::default());
+    let out = engine.run(code, Context::new().body("application/octet-stream", body)).await.unwrap();
+    assert_eq!(
+        out.json().unwrap(),
+        json!([5, "08f31204af9d63f9b4fc818aeaf454e9071b14dd53b891a9287edd57903dd990"])
+    );
+}
