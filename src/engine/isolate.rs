@@ -19,7 +19,7 @@ use super::ops::{webtask_runtime, Console, Egress, HostInfo};
 use super::request::Context;
 use super::watchdog::{CpuGuard, Kill};
 
-use super::{alloc, snapshot, stack, Code, Error, IsolateSpec, Limits, ScriptError, Stats};
+use super::{alloc, script, snapshot, stack, Code, Error, IsolateSpec, Limits, ScriptError, Stats};
 
 /// Compiled webtask functions kept per isolate.
 const COMPILE_CACHE_ENTRIES: usize = 128;
@@ -231,30 +231,9 @@ fn compile(
 ) -> Result<v8::Global<v8::Function>, Error> {
     let src = v8::String::new(scope, code).ok_or_else(|| Error::bad_request("code is too large"))?;
     let name = v8::String::new(scope, stack::GUEST_SCRIPT).unwrap();
-    let origin = v8::ScriptOrigin::new(scope, name.into(), 0, 0, false, 0, None, false, false, false, None);
-    let mut source = v8::script_compiler::Source::new(src, Some(&origin));
-    let params = ["module", "exports", "require"].map(|p| v8::String::new(scope, p).unwrap());
+    let factory = script::compile_function(scope, name, src, &["module", "exports", "require"])
+        .map_err(|e| Error::SyntaxError { message: e.message, line: e.line, column: e.column })?;
     v8::tc_scope!(let tc, scope);
-    let factory = v8::script_compiler::compile_function(
-        tc,
-        &mut source,
-        &params,
-        &[],
-        v8::script_compiler::CompileOptions::NoCompileOptions,
-        v8::script_compiler::NoCacheReason::NoReason,
-    );
-    let Some(factory) = factory else {
-        let (message, line, column) = match tc.message() {
-            Some(msg) => (
-                msg.get(tc).to_rust_string_lossy(tc),
-                msg.get_line_number(tc).unwrap_or(0) as u32,
-                msg.get_start_column() as u32 + 1,
-            ),
-            None => ("SyntaxError".to_owned(), 0, 0),
-        };
-        let message = message.strip_prefix("Uncaught ").unwrap_or(&message).to_owned();
-        return Err(Error::SyntaxError { message, line, column });
-    };
     let instantiate = v8::Local::new(tc, instantiate);
     let undefined = v8::undefined(tc).into();
     let Some(result) = instantiate.call(tc, undefined, &[factory.into()]) else {
@@ -384,7 +363,8 @@ fn body_values<'s>(
         }
         _ => raw.into(),
     };
-    if std::str::from_utf8(bytes).is_err() {
+    // Lossy made a copy only if the body was not UTF-8.
+    if matches!(text, std::borrow::Cow::Owned(_)) {
         let store = v8::ArrayBuffer::new_backing_store_from_vec(bytes.to_vec()).make_shared();
         let buffer = v8::ArrayBuffer::with_backing_store(scope, &store);
         let view = v8::Uint8Array::new(scope, buffer, 0, bytes.len()).ok_or_else(|| Error::internal("request body view"))?;

@@ -19,6 +19,7 @@ mod isolate;
 pub mod node;
 mod ops;
 mod request;
+mod script;
 mod snapshot;
 mod stack;
 mod watchdog;

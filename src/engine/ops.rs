@@ -90,7 +90,7 @@ fn op_wt_load_builtins<'s>(scope: &mut v8::PinScope<'s, '_>) -> Result<v8::Local
     let failed = || deno_error::JsErrorBox::generic("the Node built-ins could not be loaded");
     let name = v8::String::new(scope, BUILTINS_NAME).ok_or_else(failed)?;
     let source = v8::String::new(scope, builtins_script()).ok_or_else(failed)?;
-    let origin = v8::ScriptOrigin::new(scope, name.into(), 0, 0, false, 0, None, false, false, false, None);
+    let origin = super::script::origin(scope, name);
     v8::tc_scope!(let tc, scope);
     let value = v8::Script::compile(tc, source, Some(&origin)).and_then(|script| script.run(tc));
     match value {

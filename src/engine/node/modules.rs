@@ -267,25 +267,9 @@ pub fn op_wt_module_compile<'s>(
     }
     .ok_or_else(|| super::range_error("module source too large"))?;
     let name = v8::String::new(scope, path).ok_or_else(|| super::range_error("path too long"))?;
-    let origin = v8::ScriptOrigin::new(scope, name.into(), 0, 0, false, 0, None, false, false, false, None);
-    let mut source = v8::script_compiler::Source::new(src, Some(&origin));
-    let params = ["exports", "require", "module", "__filename", "__dirname"].map(|p| v8::String::new(scope, p).unwrap());
-    v8::tc_scope!(let tc, scope);
-    let f = v8::script_compiler::compile_function(
-        tc,
-        &mut source,
-        &params,
-        &[],
-        v8::script_compiler::CompileOptions::NoCompileOptions,
-        v8::script_compiler::NoCacheReason::NoReason,
-    );
-    match f {
-        Some(f) => Ok(f),
-        None => {
-            let msg = tc.message().map(|m| m.get(tc).to_rust_string_lossy(tc)).unwrap_or_else(|| "compile error".into());
-            Err(JsErrorBox::generic(format!("{path}: {msg}")))
-        }
-    }
+    let params = ["exports", "require", "module", "__filename", "__dirname"];
+    crate::engine::script::compile_function(scope, name, src, &params)
+        .map_err(|e| JsErrorBox::generic(format!("{path}: Uncaught {}", e.message)))
 }
 
 /// The text of file `n` (package.json and other JSON files), as a string.
