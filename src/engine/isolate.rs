@@ -175,7 +175,13 @@ impl Isolate {
     }
 
     pub fn poll_event_loop(&mut self, cx: &mut TaskContext) -> Poll<Result<(), deno_core::error::CoreError>> {
-        self.rt.poll_event_loop(cx, PollEventLoopOptions::default())
+        let poll = self.rt.poll_event_loop(cx, PollEventLoopOptions::default());
+        // V8 posts its tasks while JS runs, on this thread, so right after a
+        // turn is when they appear; one that ran may have settled a promise.
+        if poll.is_pending() && snapshot::run_platform_tasks(self.rt.v8_isolate()) {
+            cx.waker().wake_by_ref();
+        }
+        poll
     }
 }
 

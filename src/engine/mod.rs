@@ -179,6 +179,8 @@ pub fn snapshot_blob(limits: &Limits) -> &'static [u8] {
     snapshot::get()
 }
 
+pub use snapshot::start_v8_for_forking;
+
 /// In a worker process: use the snapshot the node built.
 pub fn install_snapshot(blob: &'static [u8], limits: &Limits) {
     snapshot::init_v8(limits.stack_kb, limits.array_buffer_mb);

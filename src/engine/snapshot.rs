@@ -5,28 +5,68 @@
 
 use std::sync::OnceLock;
 
-use deno_core::{JsRuntimeForSnapshot, RuntimeOptions};
+use deno_core::{v8, JsRuntimeForSnapshot, RuntimeOptions};
 
 use super::ops::webtask_runtime;
 
 static SNAPSHOT: OnceLock<&'static [u8]> = OnceLock::new();
 static V8_FLAGS: OnceLock<u32> = OnceLock::new();
+static FORKABLE_PLATFORM: OnceLock<v8::SharedRef<v8::Platform>> = OnceLock::new();
 
 /// Sets process-wide V8 flags; only the first call takes effect, since V8
 /// reads them once when its platform starts.
 pub fn init_v8(stack_kb: u32, array_buffer_mb: u64) {
+    set_flags(stack_kb, array_buffer_mb, &[]);
+}
+
+/// Starts V8 now, in a process that will fork after this (the zygote), so
+/// every child inherits a started V8 instead of starting its own.
+///
+/// A fork keeps only the calling thread, so the platform has no worker
+/// threads at all, and `--single-threaded` keeps V8 from asking for any:
+/// GC and compilation run on the isolate's thread, where the CPU limit
+/// sees them. Nobody else drains this platform's foreground queue (deno_core
+/// drains only its own platform's): [`run_platform_tasks`] does.
+pub fn start_v8_for_forking(stack_kb: u32, array_buffer_mb: u64) {
+    set_flags(stack_kb, array_buffer_mb, &["--single-threaded"]);
+    let platform = FORKABLE_PLATFORM.get_or_init(|| v8::new_single_threaded_default_platform(false).make_shared());
+    deno_core::JsRuntime::init_platform(Some(platform.clone()));
+}
+
+/// Runs the foreground tasks V8 has posted for `isolate` (WebAssembly's
+/// async compilation, FinalizationRegistry callbacks, GC steps) when this
+/// process runs the single-threaded platform; whether any ran.
+pub fn run_platform_tasks(isolate: &v8::Isolate) -> bool {
+    let Some(platform) = FORKABLE_PLATFORM.get() else { return false };
+    let mut ran = false;
+    while v8::Platform::pump_message_loop(platform, isolate, false) {
+        ran = true;
+    }
+    ran
+}
+
+fn set_flags(stack_kb: u32, array_buffer_mb: u64, extra: &[&str]) {
     let applied = *V8_FLAGS.get_or_init(|| {
         // Wasm memories are reserved by V8 itself, not through the capped
         // ArrayBuffer allocator: bound each one to the same cap.
         let wasm_pages = array_buffer_mb.saturating_mul(16).max(1);
-        let flags = vec![String::new(), format!("--stack-size={stack_kb}"), format!("--wasm-max-mem-pages={wasm_pages}")];
+        let mut flags = vec![String::new(), format!("--stack-size={stack_kb}"), format!("--wasm-max-mem-pages={wasm_pages}")];
+        flags.extend(extra.iter().map(|f| f.to_string()));
         let rest = deno_core::v8_set_flags(flags);
         debug_assert!(rest.len() <= 1, "unknown V8 flags: {rest:?}");
+        // V8 seeds Math.random and its hash tables from /dev/urandom,
+        // which a jailed worker cannot open; without a source it falls
+        // back to the clock.
+        v8::V8::set_entropy_source(system_entropy);
         stack_kb
     });
     if applied != stack_kb {
         tracing::warn!(applied, requested = stack_kb, "V8 stack size is process-wide; keeping the first value");
     }
+}
+
+fn system_entropy(buf: &mut [u8]) -> bool {
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), buf).is_ok()
 }
 
 /// Uses `blob` (built by another process of this binary) instead of

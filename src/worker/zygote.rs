@@ -9,11 +9,12 @@
 //! of a pool-empty request. Forked from a process that already did all of
 //! that once, it pays for copying a small process's page tables instead.
 //!
-//! What the zygote holds: nothing of any tenant. It never runs V8 (V8
-//! starts threads, and a fork copies only the calling thread, so V8 is
-//! initialised in each worker after the fork, with its own heap layout),
-//! never reads a request, and stays single-threaded so the fork is safe.
-//! It is not jailed — each child jails itself, exactly as an exec'd worker
+//! What the zygote holds: nothing of any tenant. It starts V8 before its
+//! first fork (flags and platform, about 1.2 ms a worker no longer pays)
+//! but never creates an isolate; V8 runs single-threaded, with a platform
+//! that has no threads (see `engine::start_v8_for_forking`), so the zygote
+//! stays one thread and the fork is safe. It never reads a request. It is
+//! not jailed — each child jails itself, exactly as an exec'd worker
 //! does, before it reads anything from the node — and it dies with the
 //! node. Its children share its address-space layout (libc, stack and heap
 //! bases), the usual cost of a zygote; V8's heap, where guest objects
@@ -46,12 +47,14 @@ pub enum Forked {
 }
 
 /// The zygote's main: the node's socket on stdin, the snapshot on stdout.
-pub fn main(node_pid: i32) -> anyhow::Result<()> {
+pub fn main(node_pid: i32, stack_kb: u32, array_buffer_mb: u64) -> anyhow::Result<()> {
     super::bind_to_node(node_pid)?;
     let (control, snapshot) = super::take_channels()?;
     // Computed once here, inherited by every worker forked after.
     crate::jail::precompute();
     crate::engine::node::modules::preload();
+    crate::engine::start_v8_for_forking(stack_kb, array_buffer_mb);
+    ensure_single_threaded()?;
     loop {
         let Some((request, fds)) = receive(&control)? else { return Ok(()) };
         let answer = match <[OwnedFd; 2]>::try_from(fds) {
@@ -62,6 +65,13 @@ pub fn main(node_pid: i32) -> anyhow::Result<()> {
         sendmsg::<()>(control.as_raw_fd(), &[IoSlice::new(&answer)], &[], MsgFlags::empty(), None)
             .context("answering the node")?;
     }
+}
+
+/// Forking is sound only while this is the process's one thread.
+fn ensure_single_threaded() -> anyhow::Result<()> {
+    let threads = std::fs::read_dir("/proc/self/task").context("/proc/self/task")?.count();
+    anyhow::ensure!(threads == 1, "the zygote must have one thread, it has {threads}");
+    Ok(())
 }
 
 /// One request: payload and attached descriptors; None when the node is gone.
@@ -96,8 +106,8 @@ fn fork_worker(node_pid: i32, request: &[u8], snapshot: &OwnedFd, fds: [OwnedFd;
         Err(e) => return Forked::Failed(format!("worker spec: {e}")),
     };
     // SAFETY: a raw clone with no new stack is a fork; this process is
-    // single-threaded, so the child may run anything. CLONE_PARENT makes
-    // the node its parent (and the receiver of its SIGCHLD).
+    // single-threaded (checked at start), so the child may run anything.
+    // CLONE_PARENT makes the node its parent (and the receiver of its SIGCHLD).
     let pid = unsafe { libc::syscall(libc::SYS_clone, libc::CLONE_PARENT | libc::SIGCHLD, 0, 0, 0, 0) };
     match pid {
         -1 => Forked::Failed(format!("clone: {}", std::io::Error::last_os_error())),

@@ -148,6 +148,43 @@ async fn workers_are_the_nodes_children_forked_by_a_zygote_that_is_replaced_when
     }
 }
 
+/// Names of the threads of `pid`.
+fn thread_names(pid: u32) -> Vec<String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default();
+    tasks.iter().filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok()).map(|c| c.trim().to_owned()).collect()
+}
+
+#[tokio::test]
+async fn workers_run_v8_without_platform_threads_and_still_run_its_queued_tasks() {
+    // Room for the garbage that makes V8 collect the registered objects.
+    let mut config = workers_config();
+    config.engine.limits.cpu_ms = 2000;
+    let node = TestNode::with_config(config).await;
+    // Async WebAssembly compilation and FinalizationRegistry callbacks reach
+    // guest code only through V8's foreground task queue.
+    let code = r#"return async function () {
+        const add = new Uint8Array([0,97,115,109,1,0,0,0,1,7,1,96,2,127,127,1,127,3,2,1,0,7,7,1,3,97,100,100,0,0,10,9,1,7,0,32,0,32,1,106,11]);
+        const { instance } = await WebAssembly.instantiate(add);
+        let finalized = 0;
+        const registry = new FinalizationRegistry(() => finalized++);
+        (() => { for (let i = 0; i < 1000; i++) registry.register({ pad: new Array(1000) }, i); })();
+        for (let round = 0; round < 20; round++) { const junk = []; for (let i = 0; i < 200; i++) junk.push(new Array(10000).fill(i)); }
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        return { sum: instance.exports.add(2, 40), finalized: finalized > 0 };
+    }"#;
+    assert_eq!(node.run("v8-tasks", "", code).await.json(), json!({ "sum": 42, "finalized": true }));
+    let supervisor = worker_pid(&node, "v8-tasks").await.unwrap();
+    let children = std::fs::read_to_string(format!("/proc/{supervisor}/task/{supervisor}/children")).unwrap();
+    let engine: u32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    let zygote = zygote_of(engine).expect("the zygote");
+    // The zygote forks: it must be one thread. A worker's V8 has no
+    // background threads (GC and compilation are charged to its own thread).
+    assert_eq!(thread_names(zygote).len(), 1, "zygote threads: {:?}", thread_names(zygote));
+    let names = thread_names(engine);
+    assert!(!names.is_empty());
+    assert!(!names.iter().any(|n| n.starts_with("V8 ")), "worker threads: {names:?}");
+}
+
 #[tokio::test]
 async fn a_node_makes_cgroup_moves_cheap_where_the_host_has_cgroup2() {
     let _node = TestNode::workers().await;
