@@ -9,7 +9,9 @@
 //!   overhead of a new container is read against the paced warm request,
 //!   not against the back-to-back one;
 //! - new container, pool empty (`pool_size = 0`): spawn + jail + snapshot +
-//!   isolate on the request path;
+//!   isolate on the request path, back to back. Measured first, once the
+//!   machine is quiet (`common::settle`), so it is not charged with the
+//!   teardown of other rows' workers;
 //! - requests/s at 32 connections over 1 and over 50 containers;
 //! - RSS and PSS of an idle assigned worker.
 //!
@@ -35,6 +37,16 @@ fn main() {
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let report = rt.block_on(async {
+        // First, on a quiet machine: the later rows leave hundreds of
+        // workers whose teardown (memory, cgroups, network namespaces)
+        // the kernel finishes in the background for seconds after.
+        common::settle(Duration::from_secs(20)).await;
+        let node = Node::start(WORKERS_NO_POOL);
+        let cold = sequential(node.addr, 40, |i| format!("cold{i}"), Duration::ZERO).await;
+        print_row("new container, pool empty", &cold);
+        drop(node);
+        common::settle(Duration::from_secs(20)).await;
+
         let node = Node::start(WORKERS);
         let warm = sequential(node.addr, 2000, |_| "warm".to_owned(), Duration::ZERO).await;
         print_row("warm request", &warm);
@@ -67,14 +79,6 @@ fn main() {
         };
         println!("workers / in-process requests/s (1 container, wrk when installed): {ratio:.2}");
 
-        // The nodes above leave a few hundred workers exiting (each one
-        // frees its memory on the way out): let that finish first, or this
-        // row measures their teardown.
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let node = Node::start(WORKERS_NO_POOL);
-        let cold = sequential(node.addr, 40, |i| format!("cold{i}"), Duration::ZERO).await;
-        print_row("new container, pool empty", &cold);
-        drop(node);
 
         let above = |q: &str| new_warm[q].as_u64().unwrap_or(0) as i64 - paced[q].as_u64().unwrap_or(0) as i64;
         let (extra_p50, extra_p99) = (above("p50"), above("p99"));

@@ -262,6 +262,8 @@ async fn pool_miss(system: System) -> Result<Run, String> {
     if system != System::Webtask {
         return Err("no pool: its new-container figure is already a full start".into());
     }
+    // Not while the kernel still tears down the workers of earlier rows.
+    common::settle(Duration::from_secs(20)).await;
     let node = Node::start(NO_POOL);
     let mut client = Client::connect(node.addr).await;
     let mut samples = Vec::new();

@@ -305,6 +305,30 @@ fn wrk_micros(v: &str) -> u64 {
     (num.parse::<f64>().unwrap_or(0.0) * scale).round() as u64
 }
 
+/// Waits (at most `within`) until the machine is quiet: at least 90% of
+/// CPU time idle over a 300 ms window. Workers of an earlier scenario keep
+/// the kernel busy after they exit (their memory, cgroups and network
+/// namespaces are torn down in the background); a row measured during
+/// that would charge their teardown to itself.
+pub async fn settle(within: Duration) {
+    fn idle_and_total() -> (u64, u64) {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let cpu: Vec<u64> = stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+        // idle + iowait against everything.
+        (cpu.get(3).copied().unwrap_or(0) + cpu.get(4).copied().unwrap_or(0), cpu.iter().sum())
+    }
+    let deadline = Instant::now() + within;
+    loop {
+        let (idle0, total0) = idle_and_total();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (idle1, total1) = idle_and_total();
+        let quiet = total1 > total0 && (idle1 - idle0) * 10 >= (total1 - total0) * 9;
+        if quiet || Instant::now() >= deadline {
+            return;
+        }
+    }
+}
+
 pub fn machine() -> Value {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let model = std::fs::read_to_string("/proc/cpuinfo")
