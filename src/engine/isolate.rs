@@ -94,6 +94,7 @@ impl Isolate {
             state.put(Egress { fetcher: spec.fetcher.clone(), max_subrequests: limits.subrequests });
             state.put(Console(spec.console.clone()));
             state.put(inflight.clone());
+            state.put(super::exchange::Exchanges::default());
         }
 
         let (run_fn, instantiate_fn) = lockdown(&mut rt, limits)?;

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
 
 use crate::egress::Egress;
-use crate::engine::fetch::FetchError;
+use crate::engine::fetch::{AbortOnDrop, FetchError, FetchRequest, RequestHead};
 use crate::engine::{Code, Context, Error, Reply, ReplyBody};
 use crate::logs::Logs;
 use crate::worker::protocol::{self, FromWorker, NodeCodec, ToWorker};
@@ -257,28 +257,31 @@ async fn io(
     let (sink, mut frames) = framed.split();
     let writer = protocol::write_batched(out_rx, sink);
     let fetches = Arc::new(tokio::sync::Semaphore::new(MAX_FETCHES));
+    let upstreams: Arc<Mutex<Upstreams>> = Arc::default();
     let reader = async {
         loop {
             match frames.next().await {
-                Some(Ok(FromWorker::Fetch { fid, request })) => {
+                Some(Ok(FromWorker::FetchStart { fid, head, body })) => {
                     // Policy applies here, in the node, whatever the worker
                     // says; and only for a worker with requests running, a
                     // bounded number at a time.
                     let idle = shared.pending.lock().unwrap().is_empty();
-                    let Ok(permit) = fetches.clone().try_acquire_owned() else {
-                        let result = Err(FetchError::new("egress_limit", format!("more than {MAX_FETCHES} fetches in flight")));
-                        let _ = out.send(ToWorker::FetchResult { fid, result });
-                        continue;
-                    };
                     if idle {
                         return "fetch with no request running".to_owned();
                     }
-                    let (egress, out) = (egress.clone(), out.clone());
-                    tokio::spawn(async move {
-                        let result = egress.fetch(request).await;
-                        drop(permit);
-                        let _ = out.send(ToWorker::FetchResult { fid, result });
-                    });
+                    if let Err(violation) = start_fetch(&upstreams, &fetches, &egress, &out, fid, head, body) {
+                        return violation;
+                    }
+                }
+                Some(Ok(
+                    msg @ (FromWorker::FetchBody { .. }
+                    | FromWorker::FetchEnd { .. }
+                    | FromWorker::FetchCredit { .. }
+                    | FromWorker::FetchAbort { .. }),
+                )) => {
+                    if let Err(violation) = fetch_frame(&upstreams, msg) {
+                        return violation;
+                    }
                 }
                 Some(Ok(msg)) => {
                     if let Err(violation) = deliver(&shared, msg) {
@@ -294,6 +297,9 @@ async fn io(
         reason = reader => reason,
         () = writer => "node side closed".to_owned(),
     };
+    // Its exchanges end with it, upstream connections included.
+    let exchanges = std::mem::take(&mut upstreams.lock().unwrap().map);
+    drop(exchanges);
     shared.alive.store(false, Ordering::Release);
     // Exited, or broke the protocol: either way it is gone for good.
     shared.kill();
@@ -377,9 +383,209 @@ fn deliver(shared: &Shared, msg: FromWorker) -> Result<(), String> {
             shared.logs.worker_line(container.clone(), req_id, shared.pid, level, &msg);
         }
         FromWorker::Ready { .. } => return Err("second Ready".to_owned()),
-        FromWorker::Fetch { .. } => unreachable!("handled by io"),
+        FromWorker::FetchStart { .. }
+        | FromWorker::FetchBody { .. }
+        | FromWorker::FetchEnd { .. }
+        | FromWorker::FetchCredit { .. }
+        | FromWorker::FetchAbort { .. } => unreachable!("handled by io"),
     }
     Ok(())
+}
+
+/// A worker's egress exchanges running at the node.
+#[derive(Default)]
+struct Upstreams {
+    map: HashMap<u64, Upstream>,
+    /// The highest exchange id seen: ids only increase, so a frame about a
+    /// lower one that is gone crossed its end, and a higher one is a lie.
+    last: Option<u64>,
+}
+
+struct Upstream {
+    /// The request body on its way upstream, until its end.
+    upload: Option<mpsc::UnboundedSender<Option<Bytes>>>,
+    /// Request body bytes received and not yet taken by the connection.
+    unacked: Arc<AtomicUsize>,
+    uploaded: usize,
+    /// Response body bytes the worker will take now (its credit).
+    credit: Arc<tokio::sync::Semaphore>,
+    /// Response body bytes sent and not yet credited.
+    outstanding: Arc<AtomicUsize>,
+    /// The task streaming the response; aborted with this entry.
+    task: AbortOnDrop,
+}
+
+impl Upstreams {
+    /// Whether a frame about `fid`, which is not running, crossed its end.
+    fn ended(&self, fid: u64) -> Result<(), String> {
+        match self.last {
+            Some(last) if fid <= last => Ok(()),
+            _ => Err(format!("fetch frame for exchange {fid} it never started")),
+        }
+    }
+}
+
+/// `FetchStart`: the exchange goes to the egress; a task streams its
+/// response back within the worker's credit.
+fn start_fetch(
+    upstreams: &Arc<Mutex<Upstreams>>,
+    fetches: &Arc<tokio::sync::Semaphore>,
+    egress: &Egress,
+    out: &mpsc::UnboundedSender<ToWorker>,
+    fid: u64,
+    head: RequestHead,
+    body: bool,
+) -> Result<(), String> {
+    let mut table = upstreams.lock().unwrap();
+    if table.last.is_some_and(|last| fid <= last) {
+        return Err(format!("reused exchange id {fid}"));
+    }
+    table.last = Some(fid);
+    let Ok(permit) = fetches.clone().try_acquire_owned() else {
+        let result = Err(FetchError::new("egress_limit", format!("more than {MAX_FETCHES} fetches in flight")));
+        let _ = out.send(ToWorker::FetchHead { fid, result });
+        return Ok(());
+    };
+    let unacked = Arc::new(AtomicUsize::new(0));
+    let (upload, body) = if body {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stream = WorkerUpload { rx, fid, out: out.clone(), unacked: unacked.clone(), done: false };
+        (Some(tx), Some(Box::pin(stream) as crate::engine::fetch::BodyStream))
+    } else {
+        (None, None)
+    };
+    let exchange = egress.start(FetchRequest { head, body });
+    let credit = Arc::new(tokio::sync::Semaphore::new(protocol::FETCH_WINDOW));
+    let outstanding = Arc::new(AtomicUsize::new(0));
+    let task = tokio::spawn(respond(fid, exchange, out.clone(), credit.clone(), outstanding.clone(), upstreams.clone(), permit));
+    let task = AbortOnDrop::new(task.abort_handle());
+    table.map.insert(fid, Upstream { upload, unacked, uploaded: 0, credit, outstanding, task });
+    Ok(())
+}
+
+/// Streams one exchange's response to the worker: the head, then body
+/// chunks as the worker's credit allows, then how it ended.
+async fn respond(
+    fid: u64,
+    exchange: crate::egress::Exchange,
+    out: mpsc::UnboundedSender<ToWorker>,
+    credit: Arc<tokio::sync::Semaphore>,
+    outstanding: Arc<AtomicUsize>,
+    upstreams: Arc<Mutex<Upstreams>>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let last = match exchange.response().await {
+        Ok(response) => {
+            let _ = out.send(ToWorker::FetchHead { fid, result: Ok(response.head) });
+            let mut body = response.body;
+            let mut result = Ok(());
+            'body: while let Some(chunk) = body.next().await {
+                let chunk = match chunk {
+                    Ok(chunk) => chunk,
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                };
+                for piece in chunk.chunks(protocol::FETCH_CHUNK) {
+                    let Ok(permit) = credit.acquire_many(piece.len() as u32).await else { break 'body };
+                    permit.forget();
+                    outstanding.fetch_add(piece.len(), Ordering::AcqRel);
+                    let data = ByteBuf::from(piece.to_vec());
+                    if out.send(ToWorker::FetchChunk { fid, data }).is_err() {
+                        break 'body;
+                    }
+                }
+            }
+            ToWorker::FetchDone { fid, result }
+        }
+        Err(e) => ToWorker::FetchHead { fid, result: Err(e) },
+    };
+    // Over: forgotten first (without aborting this very task), then told.
+    if let Some(mut up) = upstreams.lock().unwrap().map.remove(&fid) {
+        up.task.disarm();
+    }
+    let _ = out.send(last);
+}
+
+/// A request body frame, an end, a credit or an abort from the worker.
+fn fetch_frame(upstreams: &Mutex<Upstreams>, msg: FromWorker) -> Result<(), String> {
+    let mut table = upstreams.lock().unwrap();
+    match msg {
+        FromWorker::FetchBody { fid, data } => {
+            let Some(up) = table.map.get_mut(&fid) else { return table.ended(fid) };
+            let Some(upload) = &up.upload else { return Err(format!("request body of exchange {fid} past its end")) };
+            let unacked = up.unacked.fetch_add(data.len(), Ordering::AcqRel) + data.len();
+            if unacked > protocol::FETCH_WINDOW {
+                return Err(format!("sent {unacked} request body bytes of exchange {fid} past its window"));
+            }
+            up.uploaded += data.len();
+            if up.uploaded > crate::engine::fetch::MAX_REQUEST_BODY {
+                return Err(format!("request body of exchange {fid} past the limit"));
+            }
+            // Gone when the connection no longer reads it: the exchange failed.
+            let _ = upload.send(Some(Bytes::from(data.into_vec())));
+        }
+        FromWorker::FetchEnd { fid } => {
+            let Some(up) = table.map.get_mut(&fid) else { return table.ended(fid) };
+            let Some(upload) = up.upload.take() else { return Err(format!("second end of exchange {fid}'s request body")) };
+            let _ = upload.send(None);
+        }
+        FromWorker::FetchCredit { fid, bytes } => {
+            let Some(up) = table.map.get_mut(&fid) else { return table.ended(fid) };
+            let bytes = bytes as usize;
+            let credited = up.outstanding.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(bytes));
+            if credited.is_err() {
+                return Err(format!("credit for {bytes} bytes of exchange {fid} it was never sent"));
+            }
+            up.credit.add_permits(bytes);
+        }
+        FromWorker::FetchAbort { fid } => {
+            // Its task and the upstream connection go with the entry.
+            if table.map.remove(&fid).is_none() {
+                return table.ended(fid);
+            }
+        }
+        _ => unreachable!("not an exchange frame"),
+    }
+    Ok(())
+}
+
+/// A request body arriving from a worker, as the egress takes it: every
+/// chunk taken is credited back to the worker.
+struct WorkerUpload {
+    rx: mpsc::UnboundedReceiver<Option<Bytes>>,
+    fid: u64,
+    out: mpsc::UnboundedSender<ToWorker>,
+    unacked: Arc<AtomicUsize>,
+    done: bool,
+}
+
+impl futures::Stream for WorkerUpload {
+    type Item = Result<Bytes, FetchError>;
+    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Some(data))) => {
+                self.unacked.fetch_sub(data.len(), Ordering::AcqRel);
+                let _ = self.out.send(ToWorker::FetchCredit { fid: self.fid, bytes: data.len() as u32 });
+                Poll::Ready(Some(Ok(data)))
+            }
+            Poll::Ready(Some(None)) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(None) => {
+                // The worker aborted or is gone: never a short body sent as whole.
+                self.done = true;
+                Poll::Ready(Some(Err(FetchError::new("aborted", "the request body was abandoned"))))
+            }
+        }
+    }
 }
 
 fn describe_exit(status: std::process::ExitStatus) -> String {
