@@ -329,7 +329,7 @@ pub(crate) async fn until_closed(stream: &mut tokio::net::TcpStream) -> bool {
 
 /// `/stream` sends "first", then holds "rest" back until `/release` is
 /// requested (or 5 s pass); the log says in which order things happened.
-async fn gated_server() -> (SocketAddr, Arc<Mutex<Vec<&'static str>>>) {
+pub(crate) async fn gated_server() -> (SocketAddr, Arc<Mutex<Vec<&'static str>>>) {
     let log: Arc<Mutex<Vec<&'static str>>> = Arc::default();
     let gate = Arc::new(tokio::sync::Notify::new());
     let server_log = log.clone();
