@@ -15,7 +15,9 @@
 //!
 //! An exchange belongs to the request that started it and lives at most
 //! until that request's wall-clock deadline, even if the request answered
-//! earlier; then it fails with `egress_timeout` and is dropped. Errors reach
+//! earlier; then it fails with `egress_timeout` and is dropped (the isolate
+//! host sweeps at that deadline, so an exchange nobody reads does not hold
+//! its upstream, or the node's count of fetches in flight, any longer). Errors reach
 //! the guest as `"<code>[/<syscode>]: <message>"` (see `FetchError::to_guest`).
 
 use std::cell::RefCell;
@@ -84,8 +86,13 @@ impl Exchanges {
     }
 
     /// Drops the exchanges that outlived their request's deadline.
-    fn sweep(&mut self, now: Instant) {
+    pub fn sweep(&mut self, now: Instant) {
         self.map.retain(|_, e| e.deadline > now);
+    }
+
+    /// When the next exchange outlives its request's deadline.
+    pub fn earliest_deadline(&self) -> Option<Instant> {
+        self.map.values().map(|e| e.deadline).min()
     }
 }
 

@@ -812,3 +812,22 @@ async fn every_redirect_hop_is_checked_and_counted() {
         assert_eq!(node.run("hops", &query, counted).await.json(), json!("egress_limit"));
     }
 }
+
+#[tokio::test]
+async fn an_unread_exchange_ends_with_its_requests_wall_clock_limit() {
+    // The request answers at once and never reads the body: the exchange
+    // is dropped at the request's deadline (1 s here), not left to hold the
+    // upstream until the egress timeout (10 s).
+    let (server, closed) = hanging_server().await;
+    let fetch = r#"module.exports = async (ctx) => { await fetch(ctx.data.url + '/half'); return 'answered'; };"#;
+    let node_http = r#"module.exports = function (ctx, cb) { require('http').get(ctx.data.url + '/half', () => cb(null, 'answered')); };"#;
+    for node in every_target_with(allowing(server, None)).await {
+        for code in [fetch, node_http] {
+            let started = std::time::Instant::now();
+            assert_eq!(node.run("unread", &format!("?url=http://{server}"), code).await.json(), json!("answered"));
+            let permit = tokio::time::timeout(Duration::from_secs(4), closed.acquire()).await;
+            permit.expect("the upstream connection was not cut").unwrap().forget();
+            assert!(started.elapsed() < Duration::from_secs(4));
+        }
+    }
+}
