@@ -413,6 +413,8 @@ struct Upstream {
     outstanding: Arc<AtomicUsize>,
     /// The task streaming the response; aborted with this entry.
     task: AbortOnDrop,
+    /// One of the worker's fetches in flight, returned with this entry.
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Upstreams {
@@ -457,9 +459,9 @@ fn start_fetch(
     let exchange = egress.start(FetchRequest { head, body });
     let credit = Arc::new(tokio::sync::Semaphore::new(protocol::FETCH_WINDOW));
     let outstanding = Arc::new(AtomicUsize::new(0));
-    let task = tokio::spawn(respond(fid, exchange, out.clone(), credit.clone(), outstanding.clone(), upstreams.clone(), permit));
+    let task = tokio::spawn(respond(fid, exchange, out.clone(), credit.clone(), outstanding.clone(), upstreams.clone()));
     let task = AbortOnDrop::new(task.abort_handle());
-    table.map.insert(fid, Upstream { upload, unacked, uploaded: 0, credit, outstanding, task });
+    table.map.insert(fid, Upstream { upload, unacked, uploaded: 0, credit, outstanding, task, _permit: permit });
     Ok(())
 }
 
@@ -472,7 +474,6 @@ async fn respond(
     credit: Arc<tokio::sync::Semaphore>,
     outstanding: Arc<AtomicUsize>,
     upstreams: Arc<Mutex<Upstreams>>,
-    _permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let last = match exchange.response().await {
         Ok(response) => {
@@ -605,5 +606,100 @@ pub(super) async fn relay_stderr(stderr: impl tokio::io::AsyncRead + Unpin) {
     let mut lines = tokio::io::BufReader::new(stderr).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let _ = writeln!(std::io::stderr().lock(), "{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(upload: bool) -> (Upstream, mpsc::UnboundedReceiver<Option<Bytes>>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = AbortOnDrop::new(tokio::spawn(std::future::pending::<()>()).abort_handle());
+        let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().unwrap();
+        let up = Upstream {
+            upload: upload.then_some(tx),
+            unacked: Arc::default(),
+            uploaded: 0,
+            credit: Arc::new(tokio::sync::Semaphore::new(0)),
+            outstanding: Arc::default(),
+            task,
+            _permit: permit,
+        };
+        (up, rx)
+    }
+
+    fn body(fid: u64, n: usize) -> FromWorker {
+        FromWorker::FetchBody { fid, data: ByteBuf::from(vec![b'x'; n]) }
+    }
+
+    #[tokio::test]
+    async fn request_bodies_stay_within_their_window_limit_and_end() {
+        let table = Mutex::new(Upstreams::default());
+        let (up, mut rx) = upstream(true);
+        let unacked = up.unacked.clone();
+        table.lock().unwrap().map.insert(1, up);
+        table.lock().unwrap().last = Some(1);
+        assert!(fetch_frame(&table, body(1, protocol::FETCH_WINDOW)).is_ok());
+        assert_eq!(rx.recv().await.unwrap().unwrap().len(), protocol::FETCH_WINDOW);
+        // Not yet taken upstream, so not yet credited: one byte more is a lie.
+        assert!(fetch_frame(&table, body(1, 1)).unwrap_err().contains("window"));
+        // Taken: the window is open again, up to the body limit.
+        unacked.store(0, Ordering::Release);
+        let mut sent = protocol::FETCH_WINDOW;
+        while sent + protocol::FETCH_WINDOW <= crate::engine::fetch::MAX_REQUEST_BODY {
+            assert!(fetch_frame(&table, body(1, protocol::FETCH_WINDOW)).is_ok());
+            unacked.store(0, Ordering::Release);
+            sent += protocol::FETCH_WINDOW;
+        }
+        assert!(fetch_frame(&table, body(1, protocol::FETCH_WINDOW)).unwrap_err().contains("limit"));
+
+        let (up, mut rx) = upstream(true);
+        table.lock().unwrap().map.insert(2, up);
+        table.lock().unwrap().last = Some(2);
+        assert!(fetch_frame(&table, FromWorker::FetchEnd { fid: 2 }).is_ok());
+        assert_eq!(rx.recv().await.unwrap(), None);
+        assert!(fetch_frame(&table, FromWorker::FetchEnd { fid: 2 }).is_err());
+        assert!(fetch_frame(&table, body(2, 1)).unwrap_err().contains("past its end"));
+    }
+
+    #[tokio::test]
+    async fn credit_is_only_for_bytes_sent() {
+        let table = Mutex::new(Upstreams::default());
+        let (up, _rx) = upstream(false);
+        let (outstanding, credit) = (up.outstanding.clone(), up.credit.clone());
+        table.lock().unwrap().map.insert(1, up);
+        table.lock().unwrap().last = Some(1);
+        assert!(fetch_frame(&table, FromWorker::FetchCredit { fid: 1, bytes: 1 }).is_err());
+        outstanding.store(100, Ordering::Release);
+        assert!(fetch_frame(&table, FromWorker::FetchCredit { fid: 1, bytes: 60 }).is_ok());
+        assert_eq!(credit.available_permits(), 60);
+        assert!(fetch_frame(&table, FromWorker::FetchCredit { fid: 1, bytes: 41 }).is_err());
+        // A request without a body takes none.
+        assert!(fetch_frame(&table, body(1, 1)).is_err());
+    }
+
+    #[tokio::test]
+    async fn frames_of_ended_exchanges_are_dropped_and_of_unknown_ones_refused() {
+        let table = Mutex::new(Upstreams::default());
+        let (up, _rx) = upstream(true);
+        table.lock().unwrap().map.insert(3, up);
+        table.lock().unwrap().last = Some(3);
+        assert!(fetch_frame(&table, FromWorker::FetchAbort { fid: 3 }).is_ok());
+        assert!(table.lock().unwrap().map.is_empty());
+        // Crossed the abort (or the end) on the wire: ignored.
+        for msg in [body(3, 1), FromWorker::FetchEnd { fid: 2 }, FromWorker::FetchCredit { fid: 1, bytes: 9 }, FromWorker::FetchAbort { fid: 3 }] {
+            assert!(fetch_frame(&table, msg).is_ok());
+        }
+        // Never started: a worker making things up.
+        assert!(fetch_frame(&table, body(4, 1)).is_err());
+        assert!(fetch_frame(&table, FromWorker::FetchAbort { fid: 4 }).is_err());
+        let (out, _out_rx) = mpsc::unbounded_channel();
+        let egress = Egress::new(&Default::default(), vec![]).unwrap();
+        let fetches = Arc::new(tokio::sync::Semaphore::new(1));
+        let upstreams = Arc::new(table);
+        let head = crate::engine::fetch::RequestHead { url: "http://127.0.0.1:9/".into(), method: "GET".into(), headers: vec![] };
+        let reused = start_fetch(&upstreams, &fetches, &egress, &out, 3, head, false);
+        assert!(reused.unwrap_err().contains("reused"));
     }
 }
