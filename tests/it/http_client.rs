@@ -222,3 +222,45 @@ async fn https_clients_see_a_verified_peer() {
         assert_eq!(res.json(), json!({"https": [200, true, "/plain"], "request": [200, "/lib"]}));
     }
 }
+
+#[tokio::test]
+async fn client_libraries_time_out_cancel_and_fail_as_under_node() {
+    let server = scripted_server().await;
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let mut config = config(server);
+    config.egress.allow.push(closed.to_string());
+    config.engine.limits.cpu_ms = 5_000;
+    let code = r#"module.exports = async (ctx) => {
+        const { url, closed } = ctx.data;
+        const axios = require('axios');
+        const nodeFetch = require('node-fetch');
+        const out = {};
+        try { await axios.get(url + '/hang', { timeout: 200 }); } catch (e) { out.axiosTimeout = [e.code, e.message]; }
+        const r = await axios.get(url + '/slow', { responseType: 'stream' });
+        out.axiosStream = await new Promise((resolve) => { const c = []; r.data.on('data', (d) => c.push(d.toString())); r.data.on('end', () => resolve(c)); });
+        out.request = await new Promise((resolve) => require('request')({ url: url + '/hang', timeout: 200 }, (err) => resolve([err && err.code, err && err.connect])));
+        const ac = new AbortController();
+        setTimeout(() => ac.abort(), 100);
+        try { await axios.get(url + '/hang', { signal: ac.signal }); } catch (e) { out.axiosAbort = [e.code, e.name]; }
+        try { await nodeFetch(url + '/hang', { timeout: 150 }); } catch (e) { out.nodeFetchTimeout = [e.name, e.type]; }
+        try { await require('superagent').get(url + '/hang').timeout(150); } catch (e) { out.superagentTimeout = [e.code, e.timeout]; }
+        try { await nodeFetch(closed); } catch (e) { out.nodeFetchRefused = [e.name, e.code, e.errno]; }
+        try { await axios.get(closed); } catch (e) { out.axiosRefused = e.code; }
+        return out;
+    };"#;
+    // What the same code gives under Node 20.
+    let expected = json!({
+        "axiosTimeout": ["ECONNABORTED", "timeout of 200ms exceeded"], "axiosStream": ["first", "rest"],
+        "request": ["ESOCKETTIMEDOUT", false], "axiosAbort": ["ERR_CANCELED", "CanceledError"],
+        "nodeFetchTimeout": ["FetchError", "request-timeout"], "superagentTimeout": ["ECONNABORTED", 150],
+        "nodeFetchRefused": ["FetchError", "ECONNREFUSED", "ECONNREFUSED"], "axiosRefused": "ECONNREFUSED",
+    });
+    for node in every_target_with(config.clone()).await {
+        let res = node.run("libraries", &format!("?url=http://{server}&closed=http://{closed}/"), code).await;
+        assert_eq!(res.status, 200, "{}", res.text());
+        assert_eq!(res.json(), expected);
+    }
+}
