@@ -305,7 +305,8 @@ function createHttp(defaultProtocol) {
         this.emit("aborted");
       }
     }
-    cb(err);
+    // As Node's: an unfinished response's error goes only to listeners.
+    cb(this.listenerCount("error") === 0 ? null : err);
     nextTick(() => {
       this._emitClose();
       if (this.req) this.req._emitClose();
