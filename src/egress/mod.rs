@@ -101,6 +101,11 @@ impl Egress {
         })
     }
 
+    /// How long one exchange may take, all of it.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Whether a tenant may connect to `addr`.
     pub fn permits(&self, addr: SocketAddr) -> bool {
         if self.node.iter().any(|n| n.port() == addr.port() && (n.ip() == addr.ip() || n.ip().is_unspecified())) {

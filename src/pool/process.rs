@@ -459,7 +459,7 @@ fn start_fetch(
     let exchange = egress.start(FetchRequest { head, body });
     let credit = Arc::new(tokio::sync::Semaphore::new(protocol::FETCH_WINDOW));
     let outstanding = Arc::new(AtomicUsize::new(0));
-    let task = tokio::spawn(respond(fid, exchange, out.clone(), credit.clone(), outstanding.clone(), upstreams.clone()));
+    let task = tokio::spawn(respond(fid, exchange, out.clone(), credit.clone(), outstanding.clone(), upstreams.clone(), egress.timeout()));
     let task = AbortOnDrop::new(task.abort_handle());
     table.map.insert(fid, Upstream { upload, unacked, uploaded: 0, credit, outstanding, task, _permit: permit });
     Ok(())
@@ -474,30 +474,33 @@ async fn respond(
     credit: Arc<tokio::sync::Semaphore>,
     outstanding: Arc<AtomicUsize>,
     upstreams: Arc<Mutex<Upstreams>>,
+    timeout: Duration,
 ) {
+    // The egress ends the exchange at its timeout; a worker that stops
+    // crediting (and so reading) does not hold this task past it either.
+    let deadline = tokio::time::Instant::now() + timeout;
     let last = match exchange.response().await {
         Ok(response) => {
             let _ = out.send(ToWorker::FetchHead { fid, result: Ok(response.head) });
             let mut body = response.body;
-            let mut result = Ok(());
-            'body: while let Some(chunk) = body.next().await {
-                let chunk = match chunk {
-                    Ok(chunk) => chunk,
-                    Err(e) => {
-                        result = Err(e);
-                        break;
-                    }
-                };
-                for piece in chunk.chunks(protocol::FETCH_CHUNK) {
-                    let Ok(permit) = credit.acquire_many(piece.len() as u32).await else { break 'body };
-                    permit.forget();
-                    outstanding.fetch_add(piece.len(), Ordering::AcqRel);
-                    let data = ByteBuf::from(piece.to_vec());
-                    if out.send(ToWorker::FetchChunk { fid, data }).is_err() {
-                        break 'body;
+            let forward = async {
+                while let Some(chunk) = body.next().await {
+                    for piece in chunk?.chunks(protocol::FETCH_CHUNK) {
+                        let Ok(permit) = credit.acquire_many(piece.len() as u32).await else { return Ok(()) };
+                        permit.forget();
+                        outstanding.fetch_add(piece.len(), Ordering::AcqRel);
+                        let data = ByteBuf::from(piece.to_vec());
+                        if out.send(ToWorker::FetchChunk { fid, data }).is_err() {
+                            return Ok(());
+                        }
                     }
                 }
-            }
+                Ok(())
+            };
+            let result = tokio::time::timeout_at(deadline, forward).await.unwrap_or_else(|_| {
+                let ms = timeout.as_millis();
+                Err(FetchError::new("egress_timeout", format!("the response was not read within {ms} ms")).with_syscode("ETIMEDOUT"))
+            });
             ToWorker::FetchDone { fid, result }
         }
         Err(e) => ToWorker::FetchHead { fid, result: Err(e) },
