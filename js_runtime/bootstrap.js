@@ -23,7 +23,7 @@ import { process as guestProcess } from "ext:webtask_runtime/node/process.js";
 import "ext:webtask_runtime/node/crypto.js";
 import "ext:webtask_runtime/node/zlib.js";
 import { incomingMessage, provideServerResponse } from "ext:webtask_runtime/node/http.js";
-import { install as installWebGlobals, Response as GuestResponse, Request as GuestRequest } from "ext:webtask_runtime/node/web.js";
+import { install as installWebGlobals } from "ext:webtask_runtime/node/web.js";
 
 const core = globalThis.Deno.core;
 const primordials = globalThis.__bootstrap.primordials;
@@ -34,7 +34,6 @@ const {
   op_wt_write,
   op_wt_end,
   op_wt_console,
-  op_wt_fetch,
 } = core.ops;
 const { getAsyncContext, setAsyncContext, createTimer, cancelTimer } = core;
 const {
@@ -505,64 +504,6 @@ function clearGuestTimer(id) {
   }
 }
 
-// `fetch`, through the host's egress (policy, resolution and the connection
-// all live outside the isolate); answers with a guest `Response`.
-function requestHeaders(headers) {
-  const out = [];
-  if (headers === undefined || headers === null) return out;
-  if (typeof headers.forEach === "function" && typeof headers.get === "function") {
-    headers.forEach((v, k) => ArrayPrototypePush(out, [StringCtor(k), StringCtor(v)]));
-    return out;
-  }
-  if (ArrayIsArray(headers)) {
-    for (let i = 0; i < headers.length; i++) {
-      ArrayPrototypePush(out, [StringCtor(headers[i][0]), StringCtor(headers[i][1])]);
-    }
-    return out;
-  }
-  const keys = ObjectKeys(headers);
-  for (let i = 0; i < keys.length; i++) {
-    ArrayPrototypePush(out, [StringPrototypeToLowerCase(keys[i]), StringCtor(headers[keys[i]])]);
-  }
-  return out;
-}
-
-function requestBody(body) {
-  if (body === undefined || body === null) return new Uint8ArrayCtor(0);
-  if (typeof body === "string") return core.encode(body);
-  if (ArrayBufferIsView(body)) return new Uint8ArrayCtor(body.buffer, body.byteOffset, body.byteLength);
-  if (body instanceof ArrayBufferCtor) return new Uint8ArrayCtor(body);
-  return core.encode(StringCtor(body));
-}
-
-async function fetch(input, init) {
-  if (input instanceof GuestRequest) {
-    const from = input;
-    input = from.url;
-    init = { method: from.method, headers: from.headers, body: from._bytes(), ...init };
-  }
-  const options = init ?? {};
-  const request = {
-    url: StringCtor(typeof input === "object" && input !== null && "url" in input ? input.url : input),
-    method: StringPrototypeToUpperCase(StringCtor(options.method ?? "GET")),
-    headers: requestHeaders(options.headers),
-    body: requestBody(options.body),
-  };
-  let res;
-  try {
-    res = await op_wt_fetch(currentRequest(), request);
-  } catch (e) {
-    // Host errors arrive as "<code>: <message>"; the guest gets a plain
-    // TypeError (as a failed fetch is) carrying the code.
-    const text = field(e, "message", "fetch failed");
-    const at = StringPrototypeIndexOf(text, ": ");
-    const err = new TypeErrorCtor(at < 0 ? text : StringPrototypeSlice(text, at + 2));
-    err.code = at < 0 ? "egress_failed" : StringPrototypeSlice(text, 0, at);
-    throw err;
-  }
-  return new GuestResponse(res.body, { status: res.status, headers: res.headers, url: request.url });
-}
-
 // ---------------------------------------------------------------------------
 // Programming models.
 // ---------------------------------------------------------------------------
@@ -938,7 +879,6 @@ globalThis.__webtask_lockdown = function lockdown(limitBytes) {
   g.clearTimeout = clearGuestTimer;
   g.clearInterval = clearGuestTimer;
   g.global = g;
-  g.fetch = fetch;
   g.setImmediate = (cb, ...args) => createGuestTimer(cb, 0, args, false);
   g.clearImmediate = clearGuestTimer;
   g.process = guestProcess;

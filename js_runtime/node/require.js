@@ -41,6 +41,7 @@ const {
   ObjectFreeze,
   ObjectKeys,
   ObjectPrototypeHasOwnProperty,
+  ObjectSetPrototypeOf,
   Proxy: ProxyCtor,
   ReflectApply,
   SafeMap,
@@ -67,9 +68,18 @@ export function registerBuiltin(name, factory) {
   builtinFactories.set(name, factory);
 }
 
-for (const name of ["assert", "buffer", "events", "path", "punycode", "querystring", "stream", "string_decoder", "url", "util"]) {
+for (const name of ["assert", "buffer", "events", "path", "punycode", "querystring", "string_decoder", "url", "util"]) {
   registerBuiltin(name, () => polyfill(name));
 }
+registerBuiltin("stream", () => {
+  const stream = polyfill("stream");
+  // As in Node, every stream is a `Stream` (node-fetch, form-data and
+  // others test `instanceof Stream`); the polyfill's readable-stream
+  // derives from EventEmitter directly.
+  ObjectSetPrototypeOf(stream.Readable.prototype, stream.prototype);
+  ObjectSetPrototypeOf(stream.Writable.prototype, stream.prototype);
+  return stream;
+});
 registerBuiltin("assert/strict", () => builtin("assert").strict);
 registerBuiltin("path/posix", () => builtin("path"));
 registerBuiltin("util/types", () => builtin("util").types);

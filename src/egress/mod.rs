@@ -5,23 +5,36 @@
 //! checked, so a DNS answer cannot change between the check and the
 //! connection. Timeouts and a response size cap apply to every fetch.
 //!
+//! An exchange streams: the request body goes upstream as the guest writes
+//! it (chunked unless the guest declared its length), the response head
+//! comes back as soon as the upstream sends it, and the body follows in
+//! chunks, read from the connection no faster than the guest consumes them
+//! (a few chunks are buffered here, never the whole body). The timeout
+//! covers the whole exchange, body included, and the size cap counts the
+//! body as it streams (a declared `content-length` over it is refused
+//! before the guest sees the head).
+//!
 //! `https:` is verified with rustls against the host's trust store
 //! (`/etc/ssl/certs`, as curl uses) plus `egress.ca_file`, if set. The
 //! certificate must name the URL's host; the TCP connection still goes to
 //! the one address the policy checked.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use futures::StreamExt;
+use http_body_util::{BodyExt, Empty, StreamBody};
+use hyper::body::{Frame, Incoming};
 use ipnet::IpNet;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde::Deserialize;
+use tokio::sync::oneshot;
 
-use crate::engine::fetch::{FetchError, FetchFuture, FetchRequest, FetchResponse, Fetcher};
+use crate::engine::fetch::{body_channel, AbortOnDrop, BodyReceiver, BodySender, FetchError, FetchFuture, FetchRequest, FetchResponse, Fetcher, ResponseHead};
 
 /// `[egress]` in webtask.toml.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -88,6 +101,11 @@ impl Egress {
         })
     }
 
+    /// How long one exchange may take, all of it.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Whether a tenant may connect to `addr`.
     pub fn permits(&self, addr: SocketAddr) -> bool {
         if self.node.iter().any(|n| n.port() == addr.port() && (n.ip() == addr.ip() || n.ip().is_unspecified())) {
@@ -101,21 +119,107 @@ impl Egress {
         allowed || is_public(ip)
     }
 
-    pub async fn fetch(&self, req: FetchRequest) -> Result<FetchResponse, FetchError> {
-        let url = deno_core::url::Url::parse(&req.url).map_err(|e| FetchError::new("egress_failed", format!("invalid URL {:?}: {e}", req.url)))?;
+    /// Starts one exchange on the node's runtime: connects, sends the head
+    /// and streams the request body as it comes, and hands back the
+    /// response head and then its body as the upstream sends it. Dropping
+    /// the [`Exchange`] (or, once answered, the response body) cancels it,
+    /// connection and all.
+    pub fn start(&self, req: FetchRequest) -> Exchange {
+        let (head_tx, head) = oneshot::channel();
+        let (body_tx, body) = body_channel(BODY_CHUNKS);
+        let Some(runtime) = self.runtime.clone() else {
+            let _ = head_tx.send(Err(FetchError::new("egress_failed", "egress was created outside a tokio runtime")));
+            return Exchange { head, body };
+        };
+        let egress = self.clone();
+        let task = runtime.spawn(async move { egress.run(req, head_tx, body_tx).await });
+        Exchange { head, body: body.keeping(AbortOnDrop::new(task.abort_handle())) }
+    }
+
+    /// One exchange, all of it (connect, upload, head and body) within the
+    /// egress timeout: past it the guest gets `egress_timeout` and the
+    /// connection is closed, whether or not anyone reads the body.
+    async fn run(self, req: FetchRequest, head_tx: oneshot::Sender<Result<ResponseHead, FetchError>>, body_tx: BodySender) {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let timed_out = {
+            let (url, ms) = (req.head.url.clone(), self.timeout.as_millis());
+            move || FetchError::new("egress_timeout", format!("{url} took longer than {ms} ms")).with_syscode("ETIMEDOUT")
+        };
+        let url = match self.check(&req.head.url) {
+            Ok(url) => url,
+            Err(e) => return drop(head_tx.send(Err(e))),
+        };
+        let (sender, conn) = match tokio::time::timeout_at(deadline, self.connect(&url)).await {
+            Ok(Ok(opened)) => opened,
+            Ok(Err(e)) => return drop(head_tx.send(Err(e))),
+            Err(_) => return drop(head_tx.send(Err(timed_out()))),
+        };
+        let exchange = async {
+            let response = match tokio::time::timeout_at(deadline, self.send(sender, &url, req)).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(e)) => return drop(head_tx.send(Err(e))),
+                Err(_) => return drop(head_tx.send(Err(timed_out()))),
+            };
+            let (parts, mut incoming) = response.into_parts();
+            let too_large = || FetchError::new("egress_limit", format!("{url}: response larger than {} bytes", self.max_response));
+            // Refused before the guest sees a byte when the upstream says so.
+            let declared = parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > self.max_response) {
+                return drop(head_tx.send(Err(too_large())));
+            }
+            let headers = parts.headers.iter().filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned()))).collect();
+            if head_tx.send(Ok(ResponseHead { status: parts.status.as_u16(), headers })).is_err() {
+                return;
+            }
+            let mut received: u64 = 0;
+            loop {
+                let frame = match tokio::time::timeout_at(deadline, incoming.frame()).await {
+                    Ok(Some(Ok(frame))) => frame,
+                    Ok(None) => return body_tx.finish(Ok(())),
+                    Ok(Some(Err(e))) => return body_tx.finish(Err(failure(&url, &e))),
+                    Err(_) => return body_tx.finish(Err(timed_out())),
+                };
+                let Ok(data) = frame.into_data() else { continue };
+                if data.is_empty() {
+                    continue;
+                }
+                received += data.len() as u64;
+                if received > self.max_response {
+                    return body_tx.finish(Err(too_large()));
+                }
+                // Waits while the guest has BODY_CHUNKS unread: the
+                // connection is read no faster than the guest reads.
+                match tokio::time::timeout_at(deadline, body_tx.send(data)).await {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(_) => return body_tx.finish(Err(timed_out())),
+                }
+            }
+        };
+        // The connection is driven only while the exchange runs: when it
+        // ends (or is cancelled) the socket closes with it.
+        let mut conn = std::pin::pin!(conn);
+        let mut exchange = std::pin::pin!(exchange);
+        let mut conn_done = false;
+        std::future::poll_fn(|cx| {
+            if !conn_done && conn.as_mut().poll(cx).is_ready() {
+                conn_done = true;
+            }
+            exchange.as_mut().poll(cx)
+        })
+        .await;
+    }
+
+    /// The URL, if the scheme may leave at all.
+    fn check(&self, url: &str) -> Result<deno_core::url::Url, FetchError> {
+        let url = deno_core::url::Url::parse(url).map_err(|e| FetchError::new("egress_failed", format!("invalid URL {url:?}: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(FetchError::new("egress_denied", format!("scheme {}: is not allowed", url.scheme())));
         }
-        let host = url.host_str().ok_or_else(|| FetchError::new("egress_failed", "URL has no host"))?.to_owned();
-        let port = url.port_or_known_default().unwrap_or(80);
-        let timeout = self.timeout;
-        let work = async {
-            let addr = self.resolve(host.trim_matches(['[', ']']), port).await?;
-            self.send(addr, &url, req).await
-        };
-        tokio::time::timeout(timeout, work)
-            .await
-            .unwrap_or_else(|_| Err(FetchError::new("egress_timeout", format!("{} took longer than {} ms", url, timeout.as_millis()))))
+        if url.host_str().is_none() {
+            return Err(FetchError::new("egress_failed", "URL has no host"));
+        }
+        Ok(url)
     }
 
     /// The first address of `host` the policy permits; refused naming the
@@ -123,7 +227,7 @@ impl Egress {
     async fn resolve(&self, host: &str, port: u16) -> Result<SocketAddr, FetchError> {
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
             .await
-            .map_err(|e| FetchError::new("egress_failed", format!("cannot resolve {host}: {e}")))?
+            .map_err(|e| FetchError::new("egress_failed", format!("cannot resolve {host}: {e}")).with_syscode("ENOTFOUND"))?
             .collect();
         if let Some(ok) = addrs.iter().find(|a| self.permits(**a)) {
             return Ok(*ok);
@@ -132,48 +236,124 @@ impl Egress {
         Err(FetchError::new("egress_denied", format!("egress to {named} is not allowed")))
     }
 
-    async fn send(&self, addr: SocketAddr, url: &deno_core::url::Url, req: FetchRequest) -> Result<FetchResponse, FetchError> {
+    /// Resolves, checks the policy, connects to exactly the address
+    /// checked (TLS for `https:`) and hands back an HTTP/1.1 connection.
+    async fn connect(&self, url: &deno_core::url::Url) -> Result<(SendRequest, Connection), FetchError> {
+        let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']);
+        let addr = self.resolve(host, url.port_or_known_default().unwrap_or(80)).await?;
         let failed = |e: &dyn std::fmt::Display| FetchError::new("egress_failed", format!("{url}: {e}"));
-        let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| failed(&e))?;
+        let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| {
+            let err = failed(&e);
+            match io_syscode(&e) {
+                Some(code) => err.with_syscode(code),
+                None => err,
+            }
+        })?;
         if url.scheme() == "https" {
-            let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']);
             let name = ServerName::try_from(host.to_owned()).map_err(|e| failed(&e))?;
             let tls = tokio_rustls::TlsConnector::from(self.tls.clone()).connect(name, stream).await.map_err(|e| failed(&e))?;
-            return self.exchange(tls, url, req).await;
+            return handshake(tls, url).await;
         }
-        self.exchange(stream, url, req).await
+        handshake(stream, url).await
     }
 
-    /// One HTTP/1.1 request and its whole (capped) response over `io`.
-    async fn exchange<S>(&self, io: S, url: &deno_core::url::Url, req: FetchRequest) -> Result<FetchResponse, FetchError>
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
+    /// Sends the request over `sender`; resolves with the response head
+    /// while the body keeps streaming.
+    async fn send(&self, mut sender: SendRequest, url: &deno_core::url::Url, req: FetchRequest) -> Result<http::Response<Incoming>, FetchError> {
         let failed = |e: &dyn std::fmt::Display| FetchError::new("egress_failed", format!("{url}: {e}"));
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await.map_err(|e| failed(&e))?;
-        tokio::spawn(conn);
         let path = &url[url::Position::BeforePath..];
-        let mut builder = http::Request::builder().method(req.method.as_str()).uri(path);
+        let mut builder = http::Request::builder().method(req.head.method.as_str()).uri(path);
         let host_header = match url.port() {
             Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
             None => url.host_str().unwrap_or_default().to_owned(),
         };
         builder = builder.header(http::header::HOST, host_header);
-        for (k, v) in &req.headers {
+        for (k, v) in &req.head.headers {
             if !k.eq_ignore_ascii_case("host") {
                 builder = builder.header(k.as_str(), v.as_str());
             }
         }
-        let request = builder.body(Full::new(Bytes::from(req.body))).map_err(|e| failed(&e))?;
-        let response = sender.send_request(request).await.map_err(|e| failed(&e))?;
-        let (parts, body) = response.into_parts();
-        let body = Limited::new(body, self.max_response as usize)
-            .collect()
-            .await
-            .map_err(|_| FetchError::new("egress_limit", format!("{url}: response larger than {} bytes", self.max_response)))?;
-        let headers = parts.headers.iter().filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned()))).collect();
-        Ok(FetchResponse { status: parts.status.as_u16(), headers, body: body.to_bytes().to_vec() })
+        let body: RequestBody = match req.body {
+            Some(body) => StreamBody::new(body.map(|chunk| chunk.map(Frame::data))).boxed_unsync(),
+            None => Empty::new().map_err(|never| match never {}).boxed_unsync(),
+        };
+        let request = builder.body(body).map_err(|e| failed(&e))?;
+        sender.send_request(request).await.map_err(|e| failure(url, &e))
     }
+}
+
+/// Response chunks buffered between the upstream and whoever reads them.
+const BODY_CHUNKS: usize = 4;
+
+type RequestBody = http_body_util::combinators::UnsyncBoxBody<Bytes, FetchError>;
+type SendRequest = hyper::client::conn::http1::SendRequest<RequestBody>;
+type Connection = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+async fn handshake<S>(io: S, url: &deno_core::url::Url) -> Result<(SendRequest, Connection), FetchError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await.map_err(|e| failure(url, &e))?;
+    // Its errors reach the exchange through the request and the body.
+    Ok((sender, Box::pin(async move { drop(conn.await) })))
+}
+
+/// One exchange in flight: its response head, then its body.
+pub struct Exchange {
+    head: oneshot::Receiver<Result<ResponseHead, FetchError>>,
+    body: BodyReceiver,
+}
+
+impl Exchange {
+    /// The response, once its head arrived.
+    pub async fn response(self) -> Result<FetchResponse, FetchError> {
+        match self.head.await {
+            Ok(Ok(head)) => Ok(FetchResponse { head, body: Box::pin(self.body) }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(FetchError::new("egress_failed", "the exchange ended without a response")),
+        }
+    }
+}
+
+/// A hyper error as the guest sees it, with Node's name for it if any.
+fn failure(url: &deno_core::url::Url, e: &hyper::Error) -> FetchError {
+    use std::error::Error as _;
+    let mut message = format!("{url}: {e}");
+    let mut source = e.source();
+    let mut syscode = None;
+    while let Some(s) = source {
+        message.push_str(&format!(": {s}"));
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            syscode = syscode.or(io_syscode(io));
+        }
+        // The guest's own body failing (it aborted) says so itself.
+        if let Some(fe) = s.downcast_ref::<FetchError>() {
+            return fe.clone();
+        }
+        source = s.source();
+    }
+    if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
+        syscode = syscode.or(Some("ECONNRESET"));
+    }
+    let err = FetchError::new("egress_failed", message);
+    match syscode {
+        Some(code) => err.with_syscode(code),
+        None => err,
+    }
+}
+
+fn io_syscode(e: &std::io::Error) -> Option<&'static str> {
+    use std::io::ErrorKind::*;
+    Some(match e.kind() {
+        ConnectionRefused => "ECONNREFUSED",
+        ConnectionReset | ConnectionAborted | UnexpectedEof => "ECONNRESET",
+        BrokenPipe => "EPIPE",
+        TimedOut => "ETIMEDOUT",
+        HostUnreachable => "EHOSTUNREACH",
+        NetworkUnreachable => "ENETUNREACH",
+        AddrNotAvailable => "EADDRNOTAVAIL",
+        _ => return None,
+    })
 }
 
 /// The TLS client: the host's trust store plus `ca_file`; HTTP/1.1 only.
@@ -205,12 +385,7 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientCon
 
 impl Fetcher for Egress {
     fn fetch(&self, request: FetchRequest) -> FetchFuture {
-        let egress = self.clone();
-        let Some(runtime) = self.runtime.clone() else {
-            return Box::pin(async { Err(FetchError::new("egress_failed", "egress was created outside a tokio runtime")) });
-        };
-        let task = runtime.spawn(async move { egress.fetch(request).await });
-        Box::pin(async move { task.await.unwrap_or_else(|e| Err(FetchError::new("egress_failed", e.to_string()))) })
+        Box::pin(self.start(request).response())
     }
 }
 

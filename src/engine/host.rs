@@ -219,6 +219,7 @@ impl Host {
 
     fn expire(&mut self, now: Instant) {
         let Some(isolate) = self.isolate.as_mut() else { return };
+        isolate.sweep_exchanges(now);
         let expired = isolate.inflight().expired(now);
         for id in expired {
             isolate.inflight().fail(id, Error::WallLimit { limit_ms: self.limits.wall_ms });
@@ -314,9 +315,9 @@ impl Host {
     fn next_deadline(&mut self) -> Option<Instant> {
         let background = self.background.map(|(_, since)| since + self.wall());
         let requests = self.isolate.as_mut().and_then(|i| i.inflight().earliest_deadline());
-        match (requests, background) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        // Egress exchanges die with their request's deadline, even when the
+        // request answered long before.
+        let exchanges = self.isolate.as_mut().and_then(|i| i.exchange_deadline());
+        [requests, background, exchanges].into_iter().flatten().min()
     }
 }

@@ -76,6 +76,11 @@ impl Inflight {
         self.slots.get(&id).map(|s| &s.req_id)
     }
 
+    /// The wall-clock deadline of request `id`, if it is live.
+    pub fn deadline(&self, id: u32) -> Option<Instant> {
+        self.slots.get(&id).map(|s| s.deadline)
+    }
+
     /// Counts one fetch of request `id`; `Err(limit)` past `limit`. Fetches
     /// with no live request (left-over timers) are refused.
     pub fn count_subrequest(&mut self, id: u32, limit: u32) -> Result<(), u32> {

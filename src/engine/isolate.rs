@@ -14,6 +14,7 @@ use deno_core::{v8, JsRuntime, PollEventLoopOptions, RuntimeOptions};
 use lru::LruCache;
 use sha2::{Digest, Sha256};
 
+use super::exchange::Exchanges;
 use super::inflight::Inflight;
 use super::ops::{webtask_runtime, Console, Egress, HostInfo};
 use super::request::Context;
@@ -94,6 +95,7 @@ impl Isolate {
             state.put(Egress { fetcher: spec.fetcher.clone(), max_subrequests: limits.subrequests });
             state.put(Console(spec.console.clone()));
             state.put(inflight.clone());
+            state.put(Exchanges::default());
         }
 
         let (run_fn, instantiate_fn) = lockdown(&mut rt, limits)?;
@@ -112,6 +114,16 @@ impl Isolate {
 
     pub fn inflight(&mut self) -> RefMut<'_, Inflight> {
         self.inflight.borrow_mut()
+    }
+
+    /// Drops the egress exchanges that outlived their request's deadline.
+    pub fn sweep_exchanges(&mut self, now: tokio::time::Instant) {
+        self.rt.op_state().borrow_mut().borrow_mut::<Exchanges>().sweep(now);
+    }
+
+    /// When the next egress exchange outlives its request's deadline.
+    pub fn exchange_deadline(&mut self) -> Option<tokio::time::Instant> {
+        self.rt.op_state().borrow().borrow::<Exchanges>().earliest_deadline()
     }
 
     /// The request whose code was running when V8 was stopped. The runtime

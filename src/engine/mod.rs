@@ -12,6 +12,7 @@
 mod alloc;
 pub mod console;
 mod error;
+mod exchange;
 pub mod fetch;
 pub(crate) mod host;
 mod inflight;

@@ -1,8 +1,8 @@
 //! The host surface guest code reaches, only through the runtime's own
 //! modules (`js_runtime/bootstrap.js` and `js_runtime/node/`, which keep the
 //! ops in their closures): settling a request, streaming a response,
-//! console output, egress, and the Node environment's crypto, zlib and
-//! module table (`engine::node`). Ops take plain values, check every
+//! console output, egress exchanges (`engine::exchange`), and the Node
+//! environment's crypto, zlib and module table (`engine::node`). Ops take plain values, check every
 //! argument, and never hand a host object back to JavaScript.
 
 use std::cell::RefCell;
@@ -13,7 +13,8 @@ use bytes::Bytes;
 use deno_core::{op2, v8, OpState};
 
 use super::console::{self, ConsoleLine, ConsoleSink};
-use super::fetch::{FetchRequest, FetchResponse, Fetcher};
+use super::exchange::{op_wt_fetch_abort, op_wt_fetch_finish, op_wt_fetch_head, op_wt_fetch_read, op_wt_fetch_start, op_wt_fetch_write};
+use super::fetch::Fetcher;
 use super::inflight::Inflight;
 use super::node::crypto::{op_wt_aes_cbc, op_wt_aes_gcm, op_wt_hash, op_wt_hmac, op_wt_pbkdf2, op_wt_random};
 use super::node::keys::{op_wt_key_from_ec_point, op_wt_key_from_jwk, op_wt_key_import, op_wt_sign, op_wt_verify};
@@ -44,7 +45,8 @@ pub struct Console(pub Arc<dyn ConsoleSink>);
 deno_core::extension!(
     webtask_runtime,
     ops = [
-        op_wt_complete, op_wt_fail, op_wt_head, op_wt_write, op_wt_end, op_wt_console, op_wt_fetch,
+        op_wt_complete, op_wt_fail, op_wt_head, op_wt_write, op_wt_end, op_wt_console,
+        op_wt_fetch_start, op_wt_fetch_write, op_wt_fetch_finish, op_wt_fetch_head, op_wt_fetch_read, op_wt_fetch_abort,
         op_wt_hash, op_wt_hmac, op_wt_pbkdf2, op_wt_random, op_wt_aes_cbc, op_wt_aes_gcm,
         op_wt_key_import, op_wt_key_from_jwk, op_wt_key_from_ec_point, op_wt_sign, op_wt_verify,
         op_wt_zlib, op_wt_module_resolve, op_wt_module_version, op_wt_module_compile, op_wt_module_text,
@@ -58,6 +60,7 @@ deno_core::extension!(
         "node/process.js",
         "node/crypto.js",
         "node/zlib.js",
+        "node/egress.js",
         "node/http.js",
         "node/web.js",
     ],
@@ -187,30 +190,4 @@ fn op_wt_console(state: &mut OpState, #[smi] id: u32, #[smi] level: u32, #[strin
     let sink = &state.borrow::<Console>().0;
     let msg = console::truncate(msg, sink.line_bytes()).into_owned();
     sink.log(ConsoleLine { container, req_id, level: console::level::clamp(level), msg });
-}
-
-/// `fetch`: counted against the request's subrequest budget, then handed
-/// to the host's egress. Errors reach the guest as `"<code>: <message>"`,
-/// which the runtime turns into an `Error` with `.code`.
-#[op2]
-#[serde]
-async fn op_wt_fetch(
-    state: Rc<RefCell<OpState>>,
-    #[smi] id: u32,
-    #[serde] request: FetchRequest,
-) -> Result<FetchResponse, deno_error::JsErrorBox> {
-    if request.body.len() > super::fetch::MAX_REQUEST_BODY {
-        let msg = format!("egress_limit: request body larger than {} bytes", super::fetch::MAX_REQUEST_BODY);
-        return Err(deno_error::JsErrorBox::generic(msg));
-    }
-    let fetcher = {
-        let state = state.borrow();
-        let egress = state.borrow::<Egress>();
-        if let Err(limit) = inflight(&state).count_subrequest(id, egress.max_subrequests) {
-            let msg = format!("egress_limit: more than {limit} subrequests in one request");
-            return Err(deno_error::JsErrorBox::generic(msg));
-        }
-        egress.fetcher.clone()
-    };
-    fetcher.fetch(request).await.map_err(|e| deno_error::JsErrorBox::generic(format!("{}: {}", e.code, e.message)))
 }

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
 
 use crate::egress::Egress;
-use crate::engine::fetch::FetchError;
+use crate::engine::fetch::{AbortOnDrop, FetchError, FetchRequest, RequestHead};
 use crate::engine::{Code, Context, Error, Reply, ReplyBody};
 use crate::logs::Logs;
 use crate::worker::protocol::{self, FromWorker, NodeCodec, ToWorker};
@@ -257,28 +257,31 @@ async fn io(
     let (sink, mut frames) = framed.split();
     let writer = protocol::write_batched(out_rx, sink);
     let fetches = Arc::new(tokio::sync::Semaphore::new(MAX_FETCHES));
+    let upstreams: Arc<Mutex<Upstreams>> = Arc::default();
     let reader = async {
         loop {
             match frames.next().await {
-                Some(Ok(FromWorker::Fetch { fid, request })) => {
+                Some(Ok(FromWorker::FetchStart { fid, head, body })) => {
                     // Policy applies here, in the node, whatever the worker
                     // says; and only for a worker with requests running, a
                     // bounded number at a time.
                     let idle = shared.pending.lock().unwrap().is_empty();
-                    let Ok(permit) = fetches.clone().try_acquire_owned() else {
-                        let result = Err(FetchError::new("egress_limit", format!("more than {MAX_FETCHES} fetches in flight")));
-                        let _ = out.send(ToWorker::FetchResult { fid, result });
-                        continue;
-                    };
                     if idle {
                         return "fetch with no request running".to_owned();
                     }
-                    let (egress, out) = (egress.clone(), out.clone());
-                    tokio::spawn(async move {
-                        let result = egress.fetch(request).await;
-                        drop(permit);
-                        let _ = out.send(ToWorker::FetchResult { fid, result });
-                    });
+                    if let Err(violation) = start_fetch(&upstreams, &fetches, &egress, &out, fid, head, body) {
+                        return violation;
+                    }
+                }
+                Some(Ok(
+                    msg @ (FromWorker::FetchBody { .. }
+                    | FromWorker::FetchEnd { .. }
+                    | FromWorker::FetchCredit { .. }
+                    | FromWorker::FetchAbort { .. }),
+                )) => {
+                    if let Err(violation) = fetch_frame(&upstreams, msg) {
+                        return violation;
+                    }
                 }
                 Some(Ok(msg)) => {
                     if let Err(violation) = deliver(&shared, msg) {
@@ -294,6 +297,9 @@ async fn io(
         reason = reader => reason,
         () = writer => "node side closed".to_owned(),
     };
+    // Its exchanges end with it, upstream connections included.
+    let exchanges = std::mem::take(&mut upstreams.lock().unwrap().map);
+    drop(exchanges);
     shared.alive.store(false, Ordering::Release);
     // Exited, or broke the protocol: either way it is gone for good.
     shared.kill();
@@ -377,9 +383,213 @@ fn deliver(shared: &Shared, msg: FromWorker) -> Result<(), String> {
             shared.logs.worker_line(container.clone(), req_id, shared.pid, level, &msg);
         }
         FromWorker::Ready { .. } => return Err("second Ready".to_owned()),
-        FromWorker::Fetch { .. } => unreachable!("handled by io"),
+        FromWorker::FetchStart { .. }
+        | FromWorker::FetchBody { .. }
+        | FromWorker::FetchEnd { .. }
+        | FromWorker::FetchCredit { .. }
+        | FromWorker::FetchAbort { .. } => unreachable!("handled by io"),
     }
     Ok(())
+}
+
+/// A worker's egress exchanges running at the node.
+#[derive(Default)]
+struct Upstreams {
+    map: HashMap<u64, Upstream>,
+    /// The highest exchange id seen: ids only increase, so a frame about a
+    /// lower one that is gone crossed its end, and a higher one is a lie.
+    last: Option<u64>,
+}
+
+struct Upstream {
+    /// The request body on its way upstream, until its end.
+    upload: Option<mpsc::UnboundedSender<Option<Bytes>>>,
+    /// Request body bytes received and not yet taken by the connection.
+    unacked: Arc<AtomicUsize>,
+    uploaded: usize,
+    /// Response body bytes the worker will take now (its credit).
+    credit: Arc<tokio::sync::Semaphore>,
+    /// Response body bytes sent and not yet credited.
+    outstanding: Arc<AtomicUsize>,
+    /// The task streaming the response; aborted with this entry.
+    task: AbortOnDrop,
+    /// One of the worker's fetches in flight, returned with this entry.
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Upstreams {
+    /// Whether a frame about `fid`, which is not running, crossed its end.
+    fn ended(&self, fid: u64) -> Result<(), String> {
+        match self.last {
+            Some(last) if fid <= last => Ok(()),
+            _ => Err(format!("fetch frame for exchange {fid} it never started")),
+        }
+    }
+}
+
+/// `FetchStart`: the exchange goes to the egress; a task streams its
+/// response back within the worker's credit.
+fn start_fetch(
+    upstreams: &Arc<Mutex<Upstreams>>,
+    fetches: &Arc<tokio::sync::Semaphore>,
+    egress: &Egress,
+    out: &mpsc::UnboundedSender<ToWorker>,
+    fid: u64,
+    head: RequestHead,
+    body: bool,
+) -> Result<(), String> {
+    let mut table = upstreams.lock().unwrap();
+    if table.last.is_some_and(|last| fid <= last) {
+        return Err(format!("reused exchange id {fid}"));
+    }
+    table.last = Some(fid);
+    let Ok(permit) = fetches.clone().try_acquire_owned() else {
+        let result = Err(FetchError::new("egress_limit", format!("more than {MAX_FETCHES} fetches in flight")));
+        let _ = out.send(ToWorker::FetchHead { fid, result });
+        return Ok(());
+    };
+    let unacked = Arc::new(AtomicUsize::new(0));
+    let (upload, body) = if body {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stream = WorkerUpload { rx, fid, out: out.clone(), unacked: unacked.clone(), done: false };
+        (Some(tx), Some(Box::pin(stream) as crate::engine::fetch::BodyStream))
+    } else {
+        (None, None)
+    };
+    let exchange = egress.start(FetchRequest { head, body });
+    let credit = Arc::new(tokio::sync::Semaphore::new(protocol::FETCH_WINDOW));
+    let outstanding = Arc::new(AtomicUsize::new(0));
+    let task = tokio::spawn(respond(fid, exchange, out.clone(), credit.clone(), outstanding.clone(), upstreams.clone(), egress.timeout()));
+    let task = AbortOnDrop::new(task.abort_handle());
+    table.map.insert(fid, Upstream { upload, unacked, uploaded: 0, credit, outstanding, task, _permit: permit });
+    Ok(())
+}
+
+/// Streams one exchange's response to the worker: the head, then body
+/// chunks as the worker's credit allows, then how it ended.
+async fn respond(
+    fid: u64,
+    exchange: crate::egress::Exchange,
+    out: mpsc::UnboundedSender<ToWorker>,
+    credit: Arc<tokio::sync::Semaphore>,
+    outstanding: Arc<AtomicUsize>,
+    upstreams: Arc<Mutex<Upstreams>>,
+    timeout: Duration,
+) {
+    // The egress ends the exchange at its timeout; a worker that stops
+    // crediting (and so reading) does not hold this task past it either.
+    let deadline = tokio::time::Instant::now() + timeout;
+    let last = match exchange.response().await {
+        Ok(response) => {
+            let _ = out.send(ToWorker::FetchHead { fid, result: Ok(response.head) });
+            let mut body = response.body;
+            let forward = async {
+                while let Some(chunk) = body.next().await {
+                    for piece in chunk?.chunks(protocol::FETCH_CHUNK) {
+                        let Ok(permit) = credit.acquire_many(piece.len() as u32).await else { return Ok(()) };
+                        permit.forget();
+                        outstanding.fetch_add(piece.len(), Ordering::AcqRel);
+                        let data = ByteBuf::from(piece.to_vec());
+                        if out.send(ToWorker::FetchChunk { fid, data }).is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+                Ok(())
+            };
+            let result = tokio::time::timeout_at(deadline, forward).await.unwrap_or_else(|_| {
+                let ms = timeout.as_millis();
+                Err(FetchError::new("egress_timeout", format!("the response was not read within {ms} ms")).with_syscode("ETIMEDOUT"))
+            });
+            ToWorker::FetchDone { fid, result }
+        }
+        Err(e) => ToWorker::FetchHead { fid, result: Err(e) },
+    };
+    // Over: forgotten first (without aborting this very task), then told.
+    if let Some(mut up) = upstreams.lock().unwrap().map.remove(&fid) {
+        up.task.disarm();
+    }
+    let _ = out.send(last);
+}
+
+/// A request body frame, an end, a credit or an abort from the worker.
+fn fetch_frame(upstreams: &Mutex<Upstreams>, msg: FromWorker) -> Result<(), String> {
+    let mut table = upstreams.lock().unwrap();
+    match msg {
+        FromWorker::FetchBody { fid, data } => {
+            let Some(up) = table.map.get_mut(&fid) else { return table.ended(fid) };
+            let Some(upload) = &up.upload else { return Err(format!("request body of exchange {fid} past its end")) };
+            let unacked = up.unacked.fetch_add(data.len(), Ordering::AcqRel) + data.len();
+            if unacked > protocol::FETCH_WINDOW {
+                return Err(format!("sent {unacked} request body bytes of exchange {fid} past its window"));
+            }
+            up.uploaded += data.len();
+            if up.uploaded > crate::engine::fetch::MAX_REQUEST_BODY {
+                return Err(format!("request body of exchange {fid} past the limit"));
+            }
+            // Gone when the connection no longer reads it: the exchange failed.
+            let _ = upload.send(Some(Bytes::from(data.into_vec())));
+        }
+        FromWorker::FetchEnd { fid } => {
+            let Some(up) = table.map.get_mut(&fid) else { return table.ended(fid) };
+            let Some(upload) = up.upload.take() else { return Err(format!("second end of exchange {fid}'s request body")) };
+            let _ = upload.send(None);
+        }
+        FromWorker::FetchCredit { fid, bytes } => {
+            let Some(up) = table.map.get_mut(&fid) else { return table.ended(fid) };
+            let bytes = bytes as usize;
+            let credited = up.outstanding.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(bytes));
+            if credited.is_err() {
+                return Err(format!("credit for {bytes} bytes of exchange {fid} it was never sent"));
+            }
+            up.credit.add_permits(bytes);
+        }
+        FromWorker::FetchAbort { fid } => {
+            // Its task and the upstream connection go with the entry.
+            if table.map.remove(&fid).is_none() {
+                return table.ended(fid);
+            }
+        }
+        _ => unreachable!("not an exchange frame"),
+    }
+    Ok(())
+}
+
+/// A request body arriving from a worker, as the egress takes it: every
+/// chunk taken is credited back to the worker.
+struct WorkerUpload {
+    rx: mpsc::UnboundedReceiver<Option<Bytes>>,
+    fid: u64,
+    out: mpsc::UnboundedSender<ToWorker>,
+    unacked: Arc<AtomicUsize>,
+    done: bool,
+}
+
+impl futures::Stream for WorkerUpload {
+    type Item = Result<Bytes, FetchError>;
+    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Some(data))) => {
+                self.unacked.fetch_sub(data.len(), Ordering::AcqRel);
+                let _ = self.out.send(ToWorker::FetchCredit { fid: self.fid, bytes: data.len() as u32 });
+                Poll::Ready(Some(Ok(data)))
+            }
+            Poll::Ready(Some(None)) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(None) => {
+                // The worker aborted or is gone: never a short body sent as whole.
+                self.done = true;
+                Poll::Ready(Some(Err(FetchError::new("aborted", "the request body was abandoned"))))
+            }
+        }
+    }
 }
 
 fn describe_exit(status: std::process::ExitStatus) -> String {
@@ -399,5 +609,100 @@ pub(super) async fn relay_stderr(stderr: impl tokio::io::AsyncRead + Unpin) {
     let mut lines = tokio::io::BufReader::new(stderr).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let _ = writeln!(std::io::stderr().lock(), "{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(upload: bool) -> (Upstream, mpsc::UnboundedReceiver<Option<Bytes>>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = AbortOnDrop::new(tokio::spawn(std::future::pending::<()>()).abort_handle());
+        let permit = Arc::new(tokio::sync::Semaphore::new(1)).try_acquire_owned().unwrap();
+        let up = Upstream {
+            upload: upload.then_some(tx),
+            unacked: Arc::default(),
+            uploaded: 0,
+            credit: Arc::new(tokio::sync::Semaphore::new(0)),
+            outstanding: Arc::default(),
+            task,
+            _permit: permit,
+        };
+        (up, rx)
+    }
+
+    fn body(fid: u64, n: usize) -> FromWorker {
+        FromWorker::FetchBody { fid, data: ByteBuf::from(vec![b'x'; n]) }
+    }
+
+    #[tokio::test]
+    async fn request_bodies_stay_within_their_window_limit_and_end() {
+        let table = Mutex::new(Upstreams::default());
+        let (up, mut rx) = upstream(true);
+        let unacked = up.unacked.clone();
+        table.lock().unwrap().map.insert(1, up);
+        table.lock().unwrap().last = Some(1);
+        assert!(fetch_frame(&table, body(1, protocol::FETCH_WINDOW)).is_ok());
+        assert_eq!(rx.recv().await.unwrap().unwrap().len(), protocol::FETCH_WINDOW);
+        // Not yet taken upstream, so not yet credited: one byte more is a lie.
+        assert!(fetch_frame(&table, body(1, 1)).unwrap_err().contains("window"));
+        // Taken: the window is open again, up to the body limit.
+        unacked.store(0, Ordering::Release);
+        let mut sent = protocol::FETCH_WINDOW;
+        while sent + protocol::FETCH_WINDOW <= crate::engine::fetch::MAX_REQUEST_BODY {
+            assert!(fetch_frame(&table, body(1, protocol::FETCH_WINDOW)).is_ok());
+            unacked.store(0, Ordering::Release);
+            sent += protocol::FETCH_WINDOW;
+        }
+        assert!(fetch_frame(&table, body(1, protocol::FETCH_WINDOW)).unwrap_err().contains("limit"));
+
+        let (up, mut rx) = upstream(true);
+        table.lock().unwrap().map.insert(2, up);
+        table.lock().unwrap().last = Some(2);
+        assert!(fetch_frame(&table, FromWorker::FetchEnd { fid: 2 }).is_ok());
+        assert_eq!(rx.recv().await.unwrap(), None);
+        assert!(fetch_frame(&table, FromWorker::FetchEnd { fid: 2 }).is_err());
+        assert!(fetch_frame(&table, body(2, 1)).unwrap_err().contains("past its end"));
+    }
+
+    #[tokio::test]
+    async fn credit_is_only_for_bytes_sent() {
+        let table = Mutex::new(Upstreams::default());
+        let (up, _rx) = upstream(false);
+        let (outstanding, credit) = (up.outstanding.clone(), up.credit.clone());
+        table.lock().unwrap().map.insert(1, up);
+        table.lock().unwrap().last = Some(1);
+        assert!(fetch_frame(&table, FromWorker::FetchCredit { fid: 1, bytes: 1 }).is_err());
+        outstanding.store(100, Ordering::Release);
+        assert!(fetch_frame(&table, FromWorker::FetchCredit { fid: 1, bytes: 60 }).is_ok());
+        assert_eq!(credit.available_permits(), 60);
+        assert!(fetch_frame(&table, FromWorker::FetchCredit { fid: 1, bytes: 41 }).is_err());
+        // A request without a body takes none.
+        assert!(fetch_frame(&table, body(1, 1)).is_err());
+    }
+
+    #[tokio::test]
+    async fn frames_of_ended_exchanges_are_dropped_and_of_unknown_ones_refused() {
+        let table = Mutex::new(Upstreams::default());
+        let (up, _rx) = upstream(true);
+        table.lock().unwrap().map.insert(3, up);
+        table.lock().unwrap().last = Some(3);
+        assert!(fetch_frame(&table, FromWorker::FetchAbort { fid: 3 }).is_ok());
+        assert!(table.lock().unwrap().map.is_empty());
+        // Crossed the abort (or the end) on the wire: ignored.
+        for msg in [body(3, 1), FromWorker::FetchEnd { fid: 2 }, FromWorker::FetchCredit { fid: 1, bytes: 9 }, FromWorker::FetchAbort { fid: 3 }] {
+            assert!(fetch_frame(&table, msg).is_ok());
+        }
+        // Never started: a worker making things up.
+        assert!(fetch_frame(&table, body(4, 1)).is_err());
+        assert!(fetch_frame(&table, FromWorker::FetchAbort { fid: 4 }).is_err());
+        let (out, _out_rx) = mpsc::unbounded_channel();
+        let egress = Egress::new(&Default::default(), vec![]).unwrap();
+        let fetches = Arc::new(tokio::sync::Semaphore::new(1));
+        let upstreams = Arc::new(table);
+        let head = crate::engine::fetch::RequestHead { url: "http://127.0.0.1:9/".into(), method: "GET".into(), headers: vec![] };
+        let reused = start_fetch(&upstreams, &fetches, &egress, &out, 3, head, false);
+        assert!(reused.unwrap_err().contains("reused"));
     }
 }

@@ -14,13 +14,14 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use bytes::Bytes;
 use futures::StreamExt;
 use serde_bytes::ByteBuf;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
 
 use crate::engine::console::{ConsoleLine, ConsoleSink};
-use crate::engine::fetch::{FetchError, FetchFuture, FetchRequest, FetchResponse, Fetcher};
+use crate::engine::fetch::{FetchError, FetchFuture, FetchRequest, FetchResponse, Fetcher, ResponseHead};
 use crate::engine::host::{self, Job, Permit};
 use crate::engine::{self, Code, Context, Error, Limits, Reply, ReplyBody};
 use protocol::{FromWorker, ToWorker, WorkerCodec};
@@ -101,7 +102,8 @@ async fn serve(socket: OwnedFd, spec: Spec, jail: Vec<crate::jail::LayerReport>)
 
     let (jobs, jobs_rx) = mpsc::unbounded_channel::<Job>();
     let (ready_tx, ready_rx) = oneshot::channel();
-    let fetcher = Arc::new(NodeFetcher { out: out.clone(), pending: Default::default(), next: Default::default() });
+    let table = FetchTable { out: out.clone(), pending: Default::default(), next: Default::default() };
+    let fetcher = Arc::new(NodeFetcher { inner: Arc::new(table) });
     let isolate_spec = engine::IsolateSpec {
         limits: spec.limits,
         idle_wait: Default::default(),
@@ -143,7 +145,10 @@ async fn serve(socket: OwnedFd, spec: Spec, jail: Vec<crate::jail::LayerReport>)
                     run(&jobs, &out, container, id, req_id, code, context)?;
                 }
                 ToWorker::Shutdown => break,
-                ToWorker::FetchResult { fid, result } => fetcher.settle(fid, result),
+                msg @ (ToWorker::FetchHead { .. }
+                | ToWorker::FetchChunk { .. }
+                | ToWorker::FetchDone { .. }
+                | ToWorker::FetchCredit { .. }) => fetcher.deliver(msg),
             }
         }
         // Node gone or shutdown: let the host finish what runs, then exit.
@@ -155,31 +160,193 @@ async fn serve(socket: OwnedFd, spec: Spec, jail: Vec<crate::jail::LayerReport>)
     node
 }
 
-/// Guest `fetch` in a worker: a frame to the node, whose egress decides.
+/// Guest egress in a worker: frames to the node, whose egress decides and
+/// connects. The request body goes out as the node grants credit; response
+/// chunks are acknowledged as the guest reads them (see `protocol`).
 struct NodeFetcher {
+    inner: Arc<FetchTable>,
+}
+
+struct FetchTable {
     out: mpsc::UnboundedSender<FromWorker>,
-    pending: std::sync::Mutex<std::collections::HashMap<u64, oneshot::Sender<Result<FetchResponse, FetchError>>>>,
+    pending: std::sync::Mutex<std::collections::HashMap<u64, PendingFetch>>,
     next: std::sync::atomic::AtomicU64,
 }
 
+/// An exchange the node has not finished.
+struct PendingFetch {
+    head: Option<oneshot::Sender<Result<ResponseHead, FetchError>>>,
+    /// Response chunks for the guest: bounded by the credit this worker
+    /// grants, not by the channel.
+    body: mpsc::UnboundedSender<Piece>,
+    /// Request body bytes the node will take now.
+    credit: Arc<tokio::sync::Semaphore>,
+}
+
+enum Piece {
+    Data(Bytes),
+    Done(Result<(), FetchError>),
+}
+
+fn node_gone() -> FetchError {
+    FetchError::new("egress_failed", "node connection closed")
+}
+
+impl FetchTable {
+    /// Forgets exchange `fid`; true if it was still pending.
+    fn remove(&self, fid: u64) -> bool {
+        let Some(p) = self.pending.lock().unwrap().remove(&fid) else { return false };
+        // An upload waiting for credit stops.
+        p.credit.close();
+        true
+    }
+
+    /// Cancels exchange `fid` at the node, unless it is over already.
+    fn abort(&self, fid: u64) {
+        if self.remove(fid) {
+            let _ = self.out.send(FromWorker::FetchAbort { fid });
+        }
+    }
+
+    fn is_pending(&self, fid: u64) -> bool {
+        self.pending.lock().unwrap().contains_key(&fid)
+    }
+}
+
 impl NodeFetcher {
-    fn settle(&self, fid: u64, result: Result<FetchResponse, FetchError>) {
-        if let Some(tx) = self.pending.lock().unwrap().remove(&fid) {
-            let _ = tx.send(result);
+    /// A frame from the node about an exchange; frames about exchanges
+    /// that are over (they crossed an abort) are dropped.
+    fn deliver(&self, msg: ToWorker) {
+        let table = &self.inner;
+        match msg {
+            ToWorker::FetchHead { fid, result } => {
+                let failed = result.is_err();
+                if failed {
+                    let Some(mut p) = table.pending.lock().unwrap().remove(&fid) else { return };
+                    p.credit.close();
+                    if let Some(tx) = p.head.take() {
+                        let _ = tx.send(result);
+                    }
+                    return;
+                }
+                if let Some(tx) = table.pending.lock().unwrap().get_mut(&fid).and_then(|p| p.head.take()) {
+                    let _ = tx.send(result);
+                }
+            }
+            ToWorker::FetchChunk { fid, data } => {
+                if let Some(p) = table.pending.lock().unwrap().get(&fid) {
+                    let _ = p.body.send(Piece::Data(Bytes::from(data.into_vec())));
+                }
+            }
+            ToWorker::FetchDone { fid, result } => {
+                if let Some(p) = table.pending.lock().unwrap().remove(&fid) {
+                    p.credit.close();
+                    let _ = p.body.send(Piece::Done(result));
+                }
+            }
+            ToWorker::FetchCredit { fid, bytes } => {
+                if let Some(p) = table.pending.lock().unwrap().get(&fid) {
+                    p.credit.add_permits(bytes as usize);
+                }
+            }
+            _ => {}
         }
     }
 }
 
 impl Fetcher for NodeFetcher {
     fn fetch(&self, request: FetchRequest) -> FetchFuture {
-        let fid = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap().insert(fid, tx);
-        let sent = self.out.send(FromWorker::Fetch { fid, request });
+        let table = self.inner.clone();
+        let fid = table.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (head_tx, head_rx) = oneshot::channel();
+        let (body_tx, body_rx) = mpsc::unbounded_channel();
+        let credit = Arc::new(tokio::sync::Semaphore::new(protocol::FETCH_WINDOW));
+        let pending = PendingFetch { head: Some(head_tx), body: body_tx, credit: credit.clone() };
+        table.pending.lock().unwrap().insert(fid, pending);
+        let start = FromWorker::FetchStart { fid, head: request.head, body: request.body.is_some() };
+        if table.out.send(start).is_err() {
+            table.remove(fid);
+            return Box::pin(async { Err(node_gone()) });
+        }
+        if let Some(body) = request.body {
+            tokio::spawn(upload(table.clone(), fid, body, credit));
+        }
+        // Dropped before the head arrives, or with the body unread: aborted.
+        let guard = AbortGuard { table, fid };
         Box::pin(async move {
-            sent.map_err(|_| FetchError::new("egress_failed", "node connection closed"))?;
-            rx.await.unwrap_or_else(|_| Err(FetchError::new("egress_failed", "node connection closed")))
+            let head = head_rx.await.unwrap_or_else(|_| Err(node_gone()))?;
+            Ok(FetchResponse { head, body: Box::pin(NodeBody { rx: body_rx, guard, done: false }) })
         })
+    }
+}
+
+/// Sends a request body to the node, a chunk at a time, as credit allows.
+async fn upload(table: Arc<FetchTable>, fid: u64, mut body: crate::engine::fetch::BodyStream, credit: Arc<tokio::sync::Semaphore>) {
+    while let Some(chunk) = body.next().await {
+        let Ok(chunk) = chunk else {
+            // The guest failed its own body: the exchange is abandoned.
+            return table.abort(fid);
+        };
+        for piece in chunk.chunks(protocol::FETCH_CHUNK) {
+            // Closed when the exchange is over.
+            let Ok(permit) = credit.acquire_many(piece.len() as u32).await else { return };
+            permit.forget();
+            let data = ByteBuf::from(piece.to_vec());
+            if !table.is_pending(fid) || table.out.send(FromWorker::FetchBody { fid, data }).is_err() {
+                return;
+            }
+        }
+    }
+    if table.is_pending(fid) {
+        let _ = table.out.send(FromWorker::FetchEnd { fid });
+    }
+}
+
+struct AbortGuard {
+    table: Arc<FetchTable>,
+    fid: u64,
+}
+
+impl Drop for AbortGuard {
+    fn drop(&mut self) {
+        self.table.abort(self.fid);
+    }
+}
+
+/// A response body arriving from the node; each chunk the guest takes is
+/// credited back, so the node sends more.
+struct NodeBody {
+    rx: mpsc::UnboundedReceiver<Piece>,
+    guard: AbortGuard,
+    done: bool,
+}
+
+impl futures::Stream for NodeBody {
+    type Item = Result<Bytes, FetchError>;
+    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let piece = match self.rx.poll_recv(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(piece) => piece,
+        };
+        match piece {
+            Some(Piece::Data(data)) => {
+                let fid = self.guard.fid;
+                let _ = self.guard.table.out.send(FromWorker::FetchCredit { fid, bytes: data.len() as u32 });
+                Poll::Ready(Some(Ok(data)))
+            }
+            Some(Piece::Done(result)) => {
+                self.done = true;
+                Poll::Ready(result.err().map(Err))
+            }
+            None => {
+                self.done = true;
+                Poll::Ready(Some(Err(node_gone())))
+            }
+        }
     }
 }
 

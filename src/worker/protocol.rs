@@ -5,16 +5,41 @@
 //!
 //! JSON appears only where the value is JSON anyway (`context.data`,
 //! secrets, meta, error details); code, bodies and chunks travel as bytes.
+//!
+//! A guest egress exchange (`fetch`, Node `http`) streams both ways under
+//! a worker-chosen `fid`, ids only ever increasing:
+//!
+//! ```text
+//! worker: FetchStart{head, body} [FetchBody]* [FetchEnd]     FetchCredit*   [FetchAbort]
+//! node:   FetchCredit*        FetchHead{Ok} [FetchChunk]* FetchDone  |  FetchHead{Err}
+//! ```
+//!
+//! Either direction is flow-controlled by credit: at most [`FETCH_WINDOW`]
+//! bytes of body may be unacknowledged per exchange and direction, each
+//! chunk at most [`FETCH_CHUNK`] bytes. The node acknowledges request body
+//! bytes as the upstream connection takes them, the worker response bytes
+//! as the guest reads them; so neither side buffers more than a window for
+//! a slow peer. A worker that sends past its window, past the request body
+//! limit, a body after its end, or credit for bytes it was never sent is
+//! killed. `FetchAbort` cancels an exchange at the node, connection
+//! included; frames about an exchange that already ended (they cross its
+//! end on the wire) are ignored.
 
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
-use crate::engine::fetch::{FetchError, FetchRequest, FetchResponse};
+use crate::engine::fetch::{FetchError, RequestHead, ResponseHead};
 use crate::engine::{Context, Error};
 
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
+
+/// Body bytes one exchange may have unacknowledged, per direction.
+pub const FETCH_WINDOW: usize = 128 * 1024;
+
+/// Largest body chunk of one `FetchBody` or `FetchChunk` frame.
+pub const FETCH_CHUNK: usize = 32 * 1024;
 
 /// Largest frame either side accepts: a run carries code and body (each
 /// bounded by the node's HTTP limits) and a reply chunk at most a response.
@@ -27,8 +52,16 @@ pub enum ToWorker {
     Run { id: u64, req_id: String, code: ByteBuf, context: WireContext },
     /// Finish what runs, then exit.
     Shutdown,
-    /// The answer to the worker's `Fetch` with the same id.
-    FetchResult { fid: u64, result: Result<FetchResponse, FetchError> },
+    /// The response head of exchange `fid`, or why there is none (then
+    /// the exchange is over).
+    FetchHead { fid: u64, result: Result<ResponseHead, FetchError> },
+    /// Response body bytes, within the credit the worker granted.
+    FetchChunk { fid: u64, data: ByteBuf },
+    /// The response body is complete (`Ok`) or failed; the exchange is over.
+    FetchDone { fid: u64, result: Result<(), FetchError> },
+    /// The upstream took `bytes` more of the request body: the worker may
+    /// send that many more.
+    FetchCredit { fid: u64, bytes: u32 },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -41,9 +74,17 @@ pub enum FromWorker {
     End { id: u64 },
     /// The run failed; `error` is the JSON of an [`Error`].
     Failed { id: u64, error: ByteBuf },
-    /// Guest `fetch`: the node applies its egress policy and answers with
-    /// `FetchResult`.
-    Fetch { fid: u64, request: FetchRequest },
+    /// Guest egress: the node applies its policy and answers with
+    /// `FetchHead`. With `body`, `FetchBody` chunks and `FetchEnd` follow.
+    FetchStart { fid: u64, head: RequestHead, body: bool },
+    FetchBody { fid: u64, data: ByteBuf },
+    /// The request body is complete.
+    FetchEnd { fid: u64 },
+    /// The guest read `bytes` more of the response body: the node may
+    /// send that many more.
+    FetchCredit { fid: u64, bytes: u32 },
+    /// The guest gave up on the exchange (or failed its request body).
+    FetchAbort { fid: u64 },
     /// A guest console line. The node attributes it to the container this
     /// worker is assigned to, and keeps `req_id` only if it names a request
     /// the node gave this worker.

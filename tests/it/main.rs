@@ -6,6 +6,7 @@ mod egress;
 mod embed;
 mod errors;
 mod escape;
+mod http_client;
 mod jail;
 mod limits;
 mod logs;

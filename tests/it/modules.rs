@@ -1,11 +1,12 @@
 //! The fixed module set (`modules/`): every module loads and does one real
 //! thing in a webtask, `require('name@range')` is checked against the
 //! installed version, `/api/env/node/modules` lists the set, and the HTTP
-//! clients (`request`, `axios`, Node's `http`) leave through the egress.
+//! clients (`request`, `axios`, `superagent`, `node-fetch`, Node's `http`)
+//! leave through the egress.
 
 use serde_json::{json, Value};
 
-use crate::egress::{allowing, echo_server};
+use crate::egress::{allowing, echo_server, gated_server};
 use crate::support::{every_target_with, test_config, workers_config_from, TestNode};
 
 /// The test config with room for a container's first requires: loading a
@@ -254,3 +255,45 @@ async fn node_http_clients_obey_the_egress_policy() {
     }
 }
 
+
+#[tokio::test]
+async fn superagent_and_node_fetch_reach_an_allowed_server_and_stream() {
+    let server = echo_server().await;
+    let (gated, log) = gated_server().await;
+    let mut config = allowing(server, None);
+    config.egress.allow.push(gated.to_string());
+    config.engine.limits = modules_config().engine.limits;
+    let code = r#"module.exports = async (context) => {
+        const { url, gated } = context.data;
+        const superagent = require('superagent');
+        const fetch = require('node-fetch');
+        const out = {};
+        const sa = await superagent.post(url + '/sa').set('X-Test', 'sa').send({ hello: 'superagent' });
+        const sb = JSON.parse(sa.text);
+        out.superagent = [sa.status, sb.method, sb['x-test'], sb['content-type'], JSON.parse(sb.body)];
+        const nf = await fetch(url + '/nf', { method: 'POST', body: JSON.stringify({ hello: 'node-fetch' }), headers: { 'Content-Type': 'application/json', 'X-Test': 'nf' } });
+        const b = await nf.json();
+        out.nodeFetch = [nf.status, nf.headers.get('x-echo'), b.method, b['x-test'], b['content-type'], JSON.parse(b.body)];
+        // node-fetch's body is a Node stream fed as the upstream sends.
+        const streamed = await fetch(gated + '/stream');
+        out.chunks = await new Promise((resolve, reject) => {
+            const chunks = [];
+            streamed.body.on('data', (c) => {
+                chunks.push(c.toString());
+                if (chunks.length === 1) fetch(gated + '/release').then((r) => r.text(), reject);
+            });
+            streamed.body.on('end', () => resolve(chunks));
+            streamed.body.on('error', reject);
+        });
+        return out;
+    };"#;
+    for node in every_target_with(config.clone()).await {
+        let res = node.run("clients", &format!("?url=http://{server}&gated=http://{gated}"), code).await;
+        assert_eq!(res.status, 200, "{}", res.text());
+        let v = res.json();
+        assert_eq!(v["superagent"], json!([200, "POST", "sa", "application/json", {"hello": "superagent"}]));
+        assert_eq!(v["nodeFetch"], json!([200, "yes", "POST", "nf", "application/json", {"hello": "node-fetch"}]));
+        assert_eq!(v["chunks"], json!(["first", "rest"]));
+        assert_eq!(std::mem::take(&mut *log.lock().unwrap()), ["first sent", "release requested", "released"]);
+    }
+}

@@ -441,6 +441,91 @@ async fn web_globals() {
 }
 
 #[tokio::test]
+async fn streams_blobs_forms_and_fetch_types_behave_as_node_20s() {
+    // The expected value is what Node 20 prints for the same code.
+    let v = eval(
+        r#"module.exports = async () => {
+          const out = {};
+          const enc = (s) => new TextEncoder().encode(s);
+          // ReadableStream: pull on demand, queue, close, error, cancel.
+          let pulls = 0;
+          const s = new ReadableStream({ pull(c) { pulls++; if (pulls <= 2) c.enqueue('p' + pulls); else c.close(); } }, { highWaterMark: 0 });
+          const got = [];
+          for await (const x of s) got.push(x);
+          out.pulled = [got, pulls, s.locked];
+          const errored = new ReadableStream({ start(c) { c.enqueue('a'); c.error(new Error('boom')); } });
+          const r = errored.getReader();
+          try { await r.read(); out.errored = 'read'; } catch (e) { out.errored = e.message; }
+          let cancelled;
+          const c = new ReadableStream({ start(ctl) { ctl.enqueue('x'); }, cancel(reason) { cancelled = reason; } });
+          const cr = c.getReader();
+          await cr.cancel('why');
+          out.cancel = [cancelled, (await cr.read()).done];
+          try { c.getReader(); } catch (e) { out.locked = [e.name, e.code]; }
+          cr.releaseLock();
+          out.released = c.locked;
+          const [t1, t2] = ReadableStream.from(['a', 'b']).tee();
+          const all = async (st) => { const v = []; for await (const x of st) v.push(x); return v; };
+          out.tee = [await all(t1), await all(t2)];
+          // Response bodies.
+          const res = new Response('hello');
+          const copy = res.clone();
+          out.clone = [await res.text(), await copy.text(), res.bodyUsed];
+          try { await res.text(); } catch (e) { out.reused = [e.name, e.message]; }
+          const streamed = new Response(new ReadableStream({ start(ctl) { ctl.enqueue(enc('str')); ctl.enqueue(enc('eam')); ctl.close(); } }));
+          out.streamed = [await streamed.text(), streamed.headers.get('content-type')];
+          out.nullBody = [new Response(null, { status: 204 }).body, new Response().body];
+          try { new Response('x', { status: 204 }); } catch (e) { out.nullStatus = e.name; }
+          const blobRes = await new Response('b', { headers: { 'content-type': 'text/x' } }).blob();
+          out.blob = [blobRes.type, blobRes.size, await blobRes.text()];
+          out.json = await Response.json({ a: 1 }).json();
+          // Blob, File, FormData.
+          const blob = new Blob(['ab', new Uint8Array([99]), new Blob(['d'])], { type: 'Text/Plain' });
+          out.blobParts = [blob.size, blob.type, await blob.slice(1, 3).text(), await blob.slice(-2).text(), [...new Uint8Array(await blob.arrayBuffer())]];
+          const file = new File(['f'], 'name.txt', { type: 'text/plain', lastModified: 42 });
+          out.file = [file.name, file.lastModified, file.size, file instanceof Blob];
+          const fd = new FormData();
+          fd.append('a', '1'); fd.append('a', '2'); fd.set('b', 'x'); fd.append('f', new Blob(['z']));
+          out.form = [fd.getAll('a'), fd.get('b'), fd.has('c'), fd.get('f').name, fd.get('f') instanceof File, [...fd.keys()]];
+          fd.set('a', '3');
+          out.formSet = [...fd.entries()].map(([k, v]) => [k, typeof v === 'string' ? v : 'file']);
+          const parsed = await new Response(new URLSearchParams('x=1&y=%20')).formData();
+          out.urlencoded = [...parsed.entries()];
+          // DOMException, AbortSignal.
+          const de = new DOMException('m', 'AbortError');
+          out.dom = [de.name, de.message, de.code, de instanceof Error, DOMException.ABORT_ERR, Object.prototype.toString.call(de)];
+          const ac = new AbortController();
+          ac.abort();
+          out.reason = [ac.signal.reason.name, ac.signal.reason instanceof DOMException, ac.signal.reason.code];
+          const a1 = new AbortController(), a2 = new AbortController();
+          const any = AbortSignal.any([a1.signal, a2.signal]);
+          a2.abort('second');
+          out.any = [any.aborted, any.reason];
+          // Headers.
+          const h = new Headers([['Set-Cookie', 'a=1'], ['set-cookie', 'b=2'], ['X', '1']]);
+          h.append('x', '2');
+          out.headers = [h.get('set-cookie'), h.getSetCookie(), h.get('x'), [...h]];
+          try { new Headers({ 'bad name': 'x' }); } catch (e) { out.badHeader = e.name; }
+          // Request.
+          const req = new Request('http://example.com/a', { method: 'patch', body: 'x' });
+          out.request = [req.method, req.headers.get('content-type'), await req.clone().text(), req.redirect, req.signal.aborted];
+          try { new Request('http://u:p@example.com/'); } catch (e) { out.credentials = e.name; }
+          try { new Request('http://example.com/', { method: 'TRACE' }); } catch (e) { out.trace = e.name; }
+          try { new Request('http://example.com/', { redirect: 'nope' }); } catch (e) { out.badRedirect = e.name; }
+          return out;
+        };"#,
+    )
+    .await;
+    let expected: serde_json::Value = serde_json::from_str(
+        r#"{"pulled": [["p1", "p2"], 3, false], "errored": "boom", "cancel": ["why", true], "locked": ["TypeError", "ERR_INVALID_STATE"], "released": false, "tee": [["a", "b"], ["a", "b"]], "clone": ["hello", "hello", true], "reused": ["TypeError", "Body is unusable: Body has already been read"], "streamed": ["stream", null], "nullBody": [null, null], "nullStatus": "TypeError", "blob": ["text/x", 1, "b"], "json": {"a": 1}, "blobParts": [4, "text/plain", "bc", "cd", [97, 98, 99, 100]], "file": ["name.txt", 42, 1, true], "form": [["1", "2"], "x", false, "blob", true, ["a", "a", "b", "f"]], "formSet": [["a", "3"], ["b", "x"], ["f", "file"]], "urlencoded": [["x", "1"], ["y", " "]], "dom": ["AbortError", "m", 20, true, 20, "[object DOMException]"], "reason": ["AbortError", true, 20], "any": [true, "second"], "headers": ["a=1, b=2", ["a=1", "b=2"], "1, 2", [["set-cookie", "a=1"], ["set-cookie", "b=2"], ["x", "1, 2"]]], "badHeader": "TypeError", "request": ["patch", "text/plain;charset=UTF-8", "x", "follow", false], "credentials": "TypeError", "trace": "TypeError", "badRedirect": "TypeError"}"#,
+    )
+    .unwrap();
+    for (key, want) in expected.as_object().unwrap() {
+        assert_eq!(&v[key], want, "{key}");
+    }
+}
+
+#[tokio::test]
 async fn host_reaching_modules_only_throw() {
     // Room for loading express on a container's first request.
     let mut config = crate::support::test_config();
