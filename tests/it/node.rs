@@ -195,8 +195,8 @@ async fn crypto_bad_input_is_a_guest_error() {
         r#"return function (cb) {
             const c = require('crypto');
             const out = [];
-            for (const f of [() => c.createHash('whirlpool'), () => c.pbkdf2Sync('p', 's', 1e9, 64, 'sha512'),
-                             () => c.pbkdf2Sync('p', 's', -1, 64, 'sha1'), () => c.createCipheriv('aes-256-gcm', Buffer.alloc(32), Buffer.alloc(7)),
+            for (const f of [() => c.createHash('whirlpool'), () => c.pbkdf2Sync('p', 's', 2 ** 31, 64, 'sha512'),
+                             () => c.pbkdf2Sync('p', 's', -1, 64, 'sha1'), () => c.createCipheriv('aes-256-gcm', Buffer.alloc(32), Buffer.alloc(0)),
                              () => c.randomBytes(-1), () => c.createHash('sha256').update({})]) {
                 try { f(); out.push('no error'); } catch (e) { out.push(e.constructor.name); }
             }
