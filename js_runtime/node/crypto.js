@@ -392,8 +392,8 @@ class Cipheriv {
     const keyBytes = toBytes(key, "utf8", "key");
     if (keyBytes.length !== spec.key) throw cipherError(RangeErrorCtor, "Invalid key length", "ERR_CRYPTO_INVALID_KEYLEN");
     const ivBytes = toBytes(iv, "utf8", "iv");
-    // GCM takes IVs of any length (12 bytes is the direct case).
-    if (spec.mode === "cbc" ? ivBytes.length !== 16 : ivBytes.length === 0) {
+    // GCM takes IVs of 1 to 128 bytes, as Node (12 is the direct case).
+    if (spec.mode === "cbc" ? ivBytes.length !== 16 : ivBytes.length === 0 || ivBytes.length > 128) {
       throw cipherError(TypeErrorCtor, "Invalid initialization vector", "ERR_CRYPTO_INVALID_IV");
     }
     if (spec.mode === "gcm") {
@@ -627,7 +627,7 @@ function signingKey(want, key) {
   const k = parseKey(want, key);
   if (k.type === "secret") throw new TypeErrorCtor("Invalid key object type secret, expected " + want + ".");
   const saltLength = options.saltLength ?? RSA_PSS_SALTLEN_AUTO;
-  if (typeof saltLength !== "number" || MathFloor(saltLength) !== saltLength || saltLength < -2) {
+  if (typeof saltLength !== "number" || MathFloor(saltLength) !== saltLength || saltLength < -3) {
     const err = new TypeErrorCtor(`The property 'options.saltLength' is invalid. Received ${saltLength}`);
     err.code = "ERR_INVALID_ARG_VALUE";
     throw err;

@@ -937,6 +937,9 @@ pub fn op_wt_verify_start(
 /// (a new guest buffer) or the verdict.
 #[op2]
 pub fn op_wt_job_run<'s>(scope: &mut v8::PinScope<'s, '_>, #[cppgc] job: &Job) -> Result<v8::Local<'s, v8::Value>, JsErrorBox> {
+    if super::stopping() {
+        return Ok(v8::null(scope).into());
+    }
     let deadline = Deadline::start();
     let mut slot = job.0.borrow_mut();
     let state = slot.take().ok_or_else(|| JsErrorBox::generic("signature job already finished"))?;

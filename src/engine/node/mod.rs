@@ -39,6 +39,13 @@ pub(crate) fn range_error(msg: impl Into<String>) -> JsErrorBox {
 /// How long one op call may work before it returns to JavaScript.
 pub(crate) const SLICE: Duration = Duration::from_millis(2);
 
+/// Whether a sliced op should return at once, without progress: the
+/// isolate is being stopped (see `watchdog`), and the shim's loop must reach
+/// V8's termination check quickly.
+pub(crate) fn stopping() -> bool {
+    super::watchdog::stop_requested()
+}
+
 /// The end of one call's slice of work.
 pub(crate) struct Deadline(Instant);
 

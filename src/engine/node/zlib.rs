@@ -150,6 +150,11 @@ fn run_stream(z: &ZStream, input: &[u8], offset: f64, finish: bool, out: &mut [u
         return Err(type_error("info needs two slots"));
     }
     let offset = index(offset, input.len(), "offset")?;
+    if super::stopping() {
+        info[0] = offset as u32;
+        info[1] = 0;
+        return Ok(0);
+    }
     let mut slot = z.0.borrow_mut();
     let Some(run) = slot.as_mut() else {
         info[0] = offset as u32;
