@@ -25,6 +25,7 @@ use base64::Engine as _;
 use deno_core::{op2, v8, GarbageCollected, OpState};
 use deno_error::JsErrorBox;
 use num_bigint_dig::{BigUint, ModInverse};
+use num_integer::Integer;
 use num_traits::{One, Zero};
 use rsa::traits::{PrivateKeyParts, PublicKeyParts};
 use serde::{Deserialize, Serialize};
@@ -242,9 +243,22 @@ fn spki_key_bytes(der_bytes: &[u8]) -> Result<&[u8], JsErrorBox> {
     bits.get(1..).ok_or_else(|| bad_key("empty key"))
 }
 
+/// Largest key input taken (PEM, DER, a JWK field): a 16384-bit private
+/// key is 13 KB of PEM, a certificate chain a few more. Decoding is one
+/// call's work.
+const MAX_KEY_INPUT: usize = 1024 * 1024;
+
+fn check_input_size(len: usize) -> Result<(), JsErrorBox> {
+    if len > MAX_KEY_INPUT {
+        return Err(bad_key(format!("key data of {len} bytes is over webtask's limit of {MAX_KEY_INPUT}")));
+    }
+    Ok(())
+}
+
 /// A key given as PEM text or DER bytes (`format` "pem" or "der",
 /// `der_type` "spki", "pkcs1", "pkcs8" or "sec1" for DER).
 fn import(want: &str, format: &str, der_type: &str, data: &[u8]) -> Result<Key, JsErrorBox> {
+    check_input_size(data.len())?;
     let key = match format {
         "pem" => {
             let text = std::str::from_utf8(data).map_err(|_| bad_key("PEM is not text"))?;
@@ -393,6 +407,7 @@ pub struct Jwk {
 
 fn b64url(field: Option<&String>, name: &str) -> Result<Vec<u8>, JsErrorBox> {
     let s = field.ok_or_else(|| bad_key(format!("JWK lacks {name}")))?;
+    check_input_size(s.len())?;
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(s.trim_end_matches('='))
         .map_err(|e| bad_key(format!("JWK {name}: {e}")))
@@ -503,43 +518,152 @@ pub fn op_wt_key_der<'s>(
 // Modular exponentiation in slices.
 // ---------------------------------------------------------------------------
 
-/// `base^exp mod m`, left to right over windows of the exponent, a few
-/// multiplications per call of [`ModPow::run`].
+/// Arithmetic modulo an odd `n` in Montgomery form (R = 2^(64·limbs)),
+/// on 64-bit limbs, least significant first.
+struct Mont {
+    n: Vec<u64>,
+    /// -n^-1 mod 2^64.
+    n0: u64,
+    /// R^2 mod n, to enter Montgomery form.
+    r2: Vec<u64>,
+}
+
+fn limbs(value: &BigUint, len: usize) -> Vec<u64> {
+    let bytes = value.to_bytes_le();
+    let mut out = vec![0u64; len.max(bytes.len().div_ceil(8))];
+    for (i, chunk) in bytes.chunks(8).enumerate() {
+        let mut b = [0u8; 8];
+        b[..chunk.len()].copy_from_slice(chunk);
+        out[i] = u64::from_le_bytes(b);
+    }
+    out
+}
+
+fn from_limbs(limbs: &[u64]) -> BigUint {
+    let bytes: Vec<u8> = limbs.iter().flat_map(|l| l.to_le_bytes()).collect();
+    BigUint::from_bytes_le(&bytes)
+}
+
+impl Mont {
+    fn new(m: &BigUint) -> Result<Self, JsErrorBox> {
+        if m.is_even() || m.is_one() {
+            return Err(bad_key("RSA modulus or prime is even"));
+        }
+        let n = limbs(m, 0);
+        // Newton's iteration for n[0]^-1 mod 2^64: each step doubles the bits.
+        let mut inv: u64 = 1;
+        for _ in 0..6 {
+            inv = inv.wrapping_mul(2u64.wrapping_sub(n[0].wrapping_mul(inv)));
+        }
+        let r2 = limbs(&((BigUint::one() << (128 * n.len())) % m), n.len());
+        Ok(Mont { n0: inv.wrapping_neg(), r2, n })
+    }
+
+    /// a·b·R^-1 mod n (CIOS, Koç et al. 1996) into `out`; `t` is scratch
+    /// of `n.len() + 2` limbs.
+    fn mul(&self, a: &[u64], b: &[u64], t: &mut [u64], out: &mut [u64]) {
+        let s = self.n.len();
+        let (n, a) = (&self.n[..s], &a[..s]);
+        t.fill(0);
+        for &bi in &b[..s] {
+            let mut c: u64 = 0;
+            for (tj, &aj) in t[..s].iter_mut().zip(a) {
+                let v = (*tj as u128).wrapping_add((aj as u128).wrapping_mul(bi as u128)).wrapping_add(c as u128);
+                *tj = v as u64;
+                c = (v >> 64) as u64;
+            }
+            let v = (t[s] as u128).wrapping_add(c as u128);
+            t[s] = v as u64;
+            t[s + 1] = (v >> 64) as u64;
+            let m = t[0].wrapping_mul(self.n0);
+            let mut c = ((t[0] as u128).wrapping_add((m as u128).wrapping_mul(n[0] as u128)) >> 64) as u64;
+            for j in 1..s {
+                let v = (t[j] as u128).wrapping_add((m as u128).wrapping_mul(n[j] as u128)).wrapping_add(c as u128);
+                t[j - 1] = v as u64;
+                c = (v >> 64) as u64;
+            }
+            let v = (t[s] as u128).wrapping_add(c as u128);
+            t[s - 1] = v as u64;
+            t[s] = t[s + 1].wrapping_add((v >> 64) as u64);
+        }
+        // t < 2n: one subtraction at most.
+        let ge = t[s] != 0 || t[..s].iter().rev().cmp(n.iter().rev()) != std::cmp::Ordering::Less;
+        if ge {
+            let mut borrow = false;
+            for (tj, &nj) in t[..s].iter_mut().zip(n) {
+                let (d, b1) = tj.overflowing_sub(nj);
+                let (d, b2) = d.overflowing_sub(borrow as u64);
+                *tj = d;
+                borrow = b1 || b2;
+            }
+        }
+        out[..s].copy_from_slice(&t[..s]);
+    }
+
+    fn to_mont(&self, x: &BigUint) -> Vec<u64> {
+        let reduced = limbs(&(x % from_limbs(&self.n)), self.n.len());
+        let mut out = vec![0u64; self.n.len()];
+        self.mul(&reduced, &self.r2, &mut vec![0; self.n.len() + 2], &mut out);
+        out
+    }
+
+    fn out_of_mont(&self, x: &[u64]) -> BigUint {
+        let mut one = vec![0u64; self.n.len()];
+        one[0] = 1;
+        let mut out = vec![0u64; self.n.len()];
+        self.mul(x, &one, &mut vec![0; self.n.len() + 2], &mut out);
+        from_limbs(&out)
+    }
+}
+
+/// `base^exp mod m` (m odd), left to right over windows of the exponent in
+/// Montgomery form, a few multiplications per call of [`ModPow::run`].
 struct ModPow {
-    m: BigUint,
+    mont: Mont,
     /// The exponent, little-endian.
     exp: Vec<u8>,
     window: usize,
     /// base^0 .. base^(2^window - 1), built as it runs.
-    table: Vec<BigUint>,
+    table: Vec<Vec<u64>>,
     /// Exponent bits still to do (from the top).
     bits_left: usize,
-    acc: BigUint,
+    acc: Vec<u64>,
+    scratch: Vec<u64>,
+    t: Vec<u64>,
     /// Squarings done within the current window.
     squared: usize,
+    /// No multiplication done yet: squaring the 1 in `acc` is skipped.
+    started: bool,
 }
 
 impl ModPow {
-    fn new(base: &BigUint, exp: &BigUint, m: &BigUint) -> Self {
+    fn new(base: &BigUint, exp: &BigUint, m: &BigUint) -> Result<Self, JsErrorBox> {
+        let mont = Mont::new(m)?;
         let bits = exp.bits();
         // Long (private) exponents: 4-bit windows; short ones bit by bit.
         let window = if bits > 64 { 4 } else { 1 };
-        let bits_left = bits.div_ceil(window) * window;
-        ModPow {
-            m: m.clone(),
+        let one = mont.to_mont(&BigUint::one());
+        let table = vec![one.clone(), mont.to_mont(base)];
+        let len = mont.n.len();
+        Ok(ModPow {
+            mont,
             exp: exp.to_bytes_le(),
             window,
-            table: vec![BigUint::one(), base % m],
-            bits_left,
-            acc: BigUint::one(),
+            table,
+            bits_left: bits.div_ceil(window) * window,
+            acc: one,
+            scratch: vec![0; len],
+            t: vec![0; len + 2],
             squared: 0,
-        }
+            started: false,
+        })
     }
 
     /// Works until the deadline; the result once done.
     fn run(&mut self, deadline: &Deadline) -> Option<BigUint> {
         while self.table.len() < 1 << self.window {
-            let next = (self.table.last().unwrap() * &self.table[1]) % &self.m;
+            let mut next = vec![0u64; self.mont.n.len()];
+            self.mont.mul(self.table.last().unwrap(), &self.table[1], &mut self.t, &mut next);
             self.table.push(next);
             if deadline.passed() {
                 return None;
@@ -547,8 +671,9 @@ impl ModPow {
         }
         while self.bits_left > 0 {
             while self.squared < self.window {
-                if !self.acc.is_one() {
-                    self.acc = (&self.acc * &self.acc) % &self.m;
+                if self.started {
+                    self.mont.mul(&self.acc, &self.acc, &mut self.t, &mut self.scratch);
+                    std::mem::swap(&mut self.acc, &mut self.scratch);
                 }
                 self.squared += 1;
                 if deadline.passed() {
@@ -564,13 +689,15 @@ impl ModPow {
                 digit = digit << 1 | set as usize;
             }
             if digit != 0 {
-                self.acc = (&self.acc * &self.table[digit]) % &self.m;
+                self.mont.mul(&self.acc, &self.table[digit], &mut self.t, &mut self.scratch);
+                std::mem::swap(&mut self.acc, &mut self.scratch);
+                self.started = true;
                 if deadline.passed() && self.bits_left > 0 {
                     return None;
                 }
             }
         }
-        Some(std::mem::take(&mut self.acc) % &self.m)
+        Some(self.mont.out_of_mont(&self.acc))
     }
 }
 
@@ -714,9 +841,14 @@ fn to_len(value: &BigUint, len: usize) -> Option<Vec<u8>> {
 // ---------------------------------------------------------------------------
 
 /// The steps of an RSA private-key operation: blinded (`c·r^e`), with the
-/// CRT (`mod p`, `mod q`), unblinded, and checked (`m^e = c`).
+/// CRT (`mod p`, `mod q`), unblinded, and checked (`m^e = c`). The
+/// blinding inverse is found mod p and mod q, a call each (half the
+/// work of one inversion mod n, which for the largest keys is more than a
+/// slice).
 enum RsaStep {
     Blind(ModPow),
+    InverseP,
+    InverseQ,
     ModP(ModPow),
     ModQ(ModPow),
     Check(ModPow),
@@ -726,6 +858,8 @@ struct RsaSign {
     key: Box<rsa::RsaPrivateKey>,
     /// The encoded message as a number.
     c: BigUint,
+    r: BigUint,
+    r_inv_p: BigUint,
     r_inv: BigUint,
     blinded: BigUint,
     m1: BigUint,
@@ -733,51 +867,79 @@ struct RsaSign {
     step: RsaStep,
 }
 
+/// Garner's recombination: the x mod pq with x = xp mod p, x = xq mod q.
+fn crt(xp: &BigUint, xq: &BigUint, p: &BigUint, q: &BigUint, qinv: &BigUint) -> BigUint {
+    let diff = (xp + p - (xq % p)) % p;
+    let h = (qinv * diff) % p;
+    xq + h * q
+}
+
+fn inverse(x: &BigUint, m: &BigUint) -> Result<BigUint, JsErrorBox> {
+    (x % m)
+        .mod_inverse(m)
+        .and_then(|i| i.to_biguint())
+        .ok_or_else(|| JsErrorBox::generic("RSA blinding failed (a random factor shared a prime with the key); sign again"))
+}
+
 impl RsaSign {
     fn new(key: &rsa::RsaPrivateKey, em: &[u8]) -> Result<Self, JsErrorBox> {
         let n = key.n();
         let c = BigUint::from_bytes_be(em);
-        // r: random, invertible mod n (all but a negligible few are).
-        let (r, r_inv) = loop {
+        // r: random below n (invertible but for a negligible few).
+        let r = loop {
             let mut bytes = vec![0u8; key.size()];
             rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
             let r = BigUint::from_bytes_be(&bytes) % n;
-            if r.is_zero() || r.is_one() {
-                continue;
-            }
-            if let Some(inv) = r.clone().mod_inverse(n).and_then(|i| i.to_biguint()) {
-                break (r, inv);
+            if !r.is_zero() && !r.is_one() {
+                break r;
             }
         };
-        let step = RsaStep::Blind(ModPow::new(&r, key.e(), n));
-        Ok(RsaSign { key: Box::new(key.clone()), c, r_inv, blinded: BigUint::zero(), m1: BigUint::zero(), sig: BigUint::zero(), step })
+        let step = RsaStep::Blind(ModPow::new(&r, key.e(), n)?);
+        let zero = BigUint::zero;
+        Ok(RsaSign {
+            key: Box::new(key.clone()),
+            c,
+            r,
+            r_inv_p: zero(),
+            r_inv: zero(),
+            blinded: zero(),
+            m1: zero(),
+            sig: zero(),
+            step,
+        })
     }
 
     /// Works until the deadline; the signature once done.
     fn run(&mut self, deadline: &Deadline) -> Result<Option<Vec<u8>>, JsErrorBox> {
         let key = &self.key;
         let (p, q) = (&key.primes()[0], &key.primes()[1]);
+        let qinv = || key.qinv().and_then(|v| v.to_biguint()).expect("checked at parse");
         loop {
             match &mut self.step {
                 RsaStep::Blind(pow) => {
                     let Some(re) = pow.run(deadline) else { return Ok(None) };
                     self.blinded = (&self.c * re) % key.n();
-                    self.step = RsaStep::ModP(ModPow::new(&self.blinded, key.dp().expect("checked at parse"), p));
+                    self.step = RsaStep::InverseP;
+                }
+                RsaStep::InverseP => {
+                    self.r_inv_p = inverse(&self.r, p)?;
+                    self.step = RsaStep::InverseQ;
+                }
+                RsaStep::InverseQ => {
+                    let r_inv_q = inverse(&self.r, q)?;
+                    self.r_inv = crt(&self.r_inv_p, &r_inv_q, p, q, &qinv());
+                    self.step = RsaStep::ModP(ModPow::new(&self.blinded, key.dp().expect("checked at parse"), p)?);
                 }
                 RsaStep::ModP(pow) => {
                     let Some(m1) = pow.run(deadline) else { return Ok(None) };
                     self.m1 = m1;
-                    self.step = RsaStep::ModQ(ModPow::new(&self.blinded, key.dq().expect("checked at parse"), q));
+                    self.step = RsaStep::ModQ(ModPow::new(&self.blinded, key.dq().expect("checked at parse"), q)?);
                 }
                 RsaStep::ModQ(pow) => {
                     let Some(m2) = pow.run(deadline) else { return Ok(None) };
-                    // Garner: m = m2 + q·(qinv·(m1 − m2) mod p).
-                    let qinv = key.qinv().and_then(|v| v.to_biguint()).expect("checked at parse");
-                    let diff = (&self.m1 + p - (&m2 % p)) % p;
-                    let h = (qinv * diff) % p;
-                    let blinded_sig = m2 + h * q;
+                    let blinded_sig = crt(&self.m1, &m2, p, q, &qinv());
                     self.sig = (blinded_sig * &self.r_inv) % key.n();
-                    self.step = RsaStep::Check(ModPow::new(&self.sig, key.e(), key.n()));
+                    self.step = RsaStep::Check(ModPow::new(&self.sig, key.e(), key.n())?);
                 }
                 RsaStep::Check(pow) => {
                     let Some(back) = pow.run(deadline) else { return Ok(None) };
@@ -913,7 +1075,7 @@ pub fn op_wt_verify_start(
             if sig.len() != key.size() || &s >= key.n() {
                 JobState::Verified(false)
             } else {
-                let pow = ModPow::new(&s, key.e(), key.n());
+                let pow = ModPow::new(&s, key.e(), key.n())?;
                 let (mod_bits, k) = (key.n().bits(), key.size());
                 JobState::Verify(Box::new(RsaVerify { pow, alg, hashed: hashed.to_vec(), pss, salt_len: salt_len as i64, mod_bits, k }))
             }
@@ -978,6 +1140,29 @@ pub fn op_wt_job_run<'s>(scope: &mut v8::PinScope<'s, '_>, #[cppgc] job: &Job) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn modpow_in_slices_matches_one_piece_arithmetic() {
+        for bits in [64usize, 512, 1024] {
+            let mut bytes = vec![0xa5u8; bits / 8];
+            bytes[bits / 8 - 1] |= 1;
+            let m = BigUint::from_bytes_be(&bytes);
+            for e in [BigUint::from(65537u32), BigUint::from_bytes_be(&vec![0x5au8; bits / 8]), BigUint::one(), BigUint::zero()] {
+                let b = BigUint::from_bytes_be(&vec![0x33u8; bits / 8 + 3]);
+                let mut pow = ModPow::new(&b, &e, &m).unwrap();
+                // A deadline already passed: one step a call.
+                let past = Deadline::start();
+                std::thread::sleep(super::super::SLICE);
+                let got = loop {
+                    if let Some(v) = pow.run(&past) {
+                        break v;
+                    }
+                };
+                assert_eq!(got, b.modpow(&e, &m), "{bits} bits");
+            }
+        }
+        assert!(ModPow::new(&BigUint::one(), &BigUint::one(), &BigUint::from(10u32)).is_err());
+    }
 
     #[test]
     fn der_lengths_round_trip() {
