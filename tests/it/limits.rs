@@ -517,3 +517,20 @@ async fn op_results_past_the_array_buffer_limit_are_range_errors() {
         assert_eq!(node.run("abfull", "", HELLO).await.json(), json!("alive"));
     }
 }
+
+#[tokio::test]
+async fn cpu_limit_stops_a_16384_bit_rsa_signature() {
+    // A 16384-bit signature is most of a second of arithmetic, run a few
+    // multiplications per op call. (Library engine: the key is larger than
+    // the test node's request body limit.)
+    let engine = webtask::Engine::new(test_config().engine);
+    let ctx = webtask::Context::new().data("pem", include_str!("fixtures/rsa/rsa16384.pem"));
+    let code = "return function (context, cb) { cb(null, require('crypto').sign('sha256', Buffer.from('x'), context.data.pem).length); }";
+    match engine.run(code, ctx).await {
+        Err(webtask::Error::CpuLimit { limit_ms, used_ms }) => {
+            assert_eq!(limit_ms, 100);
+            assert!(used_ms > 100 && used_ms < 200, "{used_ms} ms");
+        }
+        other => panic!("expected cpu_limit: {other:?}"),
+    }
+}

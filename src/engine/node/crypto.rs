@@ -142,11 +142,11 @@ impl Digester {
         each_digester!(self, d => Update::update(d, data))
     }
 
-    pub fn len(&self) -> usize {
+    pub fn output_len(&self) -> usize {
         each_digester!(self, d => FixedOutput::finalize_fixed(d.clone()).len())
     }
 
-    /// Finishes into `out`, which is exactly [`Self::len`] bytes.
+    /// Finishes into `out`, which is exactly [`Self::output_len`] bytes.
     pub fn finalize_into(self, out: &mut [u8]) {
         each_digester!(self, d => out.copy_from_slice(&FixedOutput::finalize_fixed(d)))
     }
@@ -286,7 +286,7 @@ pub fn op_wt_pbkdf2_new(#[cppgc] prf: &Digest, #[cppgc] salted: &Digest, iterati
     }
     let prf = prf.state()?;
     let salted = salted.state()?;
-    let hlen = prf.len();
+    let hlen = prf.output_len();
     Ok(Pbkdf2(RefCell::new(Some(Pbkdf2Run {
         prf,
         salted,
@@ -449,7 +449,8 @@ impl GcmRun {
             c.encrypt_block(&mut h);
             (h.into(), c)
         }
-        let (h, tag_mask_of): ([u8; 16], Box<dyn Fn(&[u8; 16]) -> [u8; 16]>) = match key.len() {
+        type Block = Box<dyn Fn(&[u8; 16]) -> [u8; 16]>;
+        let (h, tag_mask_of): ([u8; 16], Block) = match key.len() {
             16 => {
                 let (h, c) = hash_key::<aes::Aes128>(key);
                 (h, Box::new(move |b| encrypt_one(&c, b)))

@@ -326,7 +326,7 @@ fn zlib_error(e: flate2::DecompressError) -> JsErrorBox {
 /// Length of a complete gzip header at the start of `h`, or None if more
 /// bytes are needed (RFC 1952 section 2.3).
 fn gzip_header_len(h: &[u8]) -> Result<Option<usize>, JsErrorBox> {
-    if h.len() >= 2 && h[..2] != [0x1f, 0x8b] || h.len() >= 1 && h[0] != 0x1f {
+    if h.len() >= 2 && h[..2] != [0x1f, 0x8b] || !h.is_empty() && h[0] != 0x1f {
         return Err(data_error("incorrect header check"));
     }
     if h.len() < 10 {
