@@ -10,7 +10,7 @@ import { builtin, registerBuiltin } from "ext:webtask_runtime/node/require.js";
 
 const core = globalThis.Deno.core;
 const { op_wt_zlib_new, op_wt_zlib_run } = core.ops;
-const { ArrayBufferIsView, ArrayBuffer: ArrayBufferCtor, ArrayPrototypePush, TypeError: TypeErrorCtor } =
+const { ArrayBufferIsView, ArrayBuffer: ArrayBufferCtor, ArrayPrototypePush, SafeWeakMap, TypeError: TypeErrorCtor } =
   globalThis.__bootstrap.primordials;
 const nativeQueueMicrotask = globalThis.queueMicrotask;
 
@@ -33,6 +33,8 @@ function createZlib() {
   // Output buffer per op call (Node's default chunk is 16 KiB).
   const CHUNK = 64 * 1024;
   const info = new Uint32Array(2);
+  // Stream object to its host stream, out of the guest's reach.
+  const streams = new SafeWeakMap();
 
   function zlibError(e) {
     if (e instanceof RangeError) {
@@ -115,14 +117,14 @@ function createZlib() {
     const Class = function (opts) {
       if (!(this instanceof Class)) return new Class(opts);
       Transform.call(this, opts);
-      this._handle = options(mode, opts, false);
+      streams.set(this, options(mode, opts, false));
       this._ended = false;
     };
     inherits(Class, Transform);
     Class.prototype._run = function (bytes, finish, cb) {
       if (this._ended) return cb();
       try {
-        this._ended = drive(this._handle, bytes, finish, (chunk) => this.push(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength)));
+        this._ended = drive(streams.get(this), bytes, finish, (chunk) => this.push(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength)));
       } catch (e) {
         return cb(e);
       }

@@ -2,8 +2,11 @@
 //! modules (`js_runtime/bootstrap.js` and `js_runtime/node/`, which keep the
 //! ops in their closures): settling a request, streaming a response,
 //! console output, egress, and the Node environment's crypto, zlib and
-//! module table (`engine::node`). Ops take plain values, check every
-//! argument, and never hand a host object back to JavaScript.
+//! module table (`engine::node`). Ops take plain values and check every
+//! argument. The only host objects handed back are the Node ops' resumable
+//! states (a digest, a zlib stream, a key, a signature job): cppgc objects
+//! with no properties or methods, that only these ops accept, kept by the
+//! shim where guest code does not look (private fields, a WeakMap).
 
 use std::cell::RefCell;
 use std::rc::Rc;
