@@ -231,7 +231,7 @@ impl ZRun {
         let budget = self.charge.budget();
         if self.one_shot && self.total_out > budget.remaining() as u64 {
             return Err(range_error(format!(
-                "zlib output passed {} bytes, more than this container's ArrayBuffer memory limit of {} MiB leaves room for ({} bytes left)",
+                "Array buffer allocation failed: zlib output of {} bytes cannot be joined within this container's ArrayBuffer memory limit of {} MiB ({} bytes left)",
                 self.total_out,
                 budget.cap() >> 20,
                 budget.remaining()
