@@ -3,25 +3,44 @@
 // and results (encodings, Buffers, callbacks, promises); every byte of
 // cryptography happens in the ops, which check what they are given.
 //
-// Hash and Hmac keep their input until digest() and hash it in one op call;
+// Work that grows with the guest's input runs in slices, each op call
+// short enough for the CPU limit to stop what a guest asks (ops cannot be
+// interrupted): Hash, Hmac, Sign and Verify feed a host digest as update()
+// is called, and loops below call an op again until it says it is done
+// (digestFeed, runJob, the PBKDF2 and AAD loops). Bulk ciphers go PIECE
+// bytes a call. Outputs are buffers allocated here or by the ops through
+// the isolate's allocator, so they count against its ArrayBuffer limit.
 // CBC ciphers emit whole blocks from update() as Node does, chaining by
-// passing the last ciphertext block on; GCM ciphers buffer until final().
+// passing the last ciphertext block on; GCM streams as in Node (update()
+// returns text at once, final() checks the tag).
 
 import { builtin, registerBuiltin, unavailableError } from "ext:webtask_runtime/node/require.js";
 
 const core = globalThis.Deno.core;
 const {
-  op_wt_hash,
-  op_wt_hmac,
-  op_wt_pbkdf2,
+  op_wt_hash_new,
+  op_wt_hmac_new,
+  op_wt_digest_copy,
+  op_wt_digest_update,
+  op_wt_digest_final,
+  op_wt_pbkdf2_new,
+  op_wt_pbkdf2_run,
   op_wt_random,
   op_wt_aes_cbc,
-  op_wt_aes_gcm,
+  op_wt_gcm_new,
+  op_wt_gcm_aad,
+  op_wt_gcm_update,
+  op_wt_gcm_tag,
+  op_wt_gcm_check,
   op_wt_key_import,
   op_wt_key_from_jwk,
   op_wt_key_from_ec_point,
-  op_wt_sign,
-  op_wt_verify,
+  op_wt_key_public,
+  op_wt_key_info,
+  op_wt_key_der,
+  op_wt_sign_start,
+  op_wt_verify_start,
+  op_wt_job_run,
 } = core.ops;
 const {
   ArrayBufferIsView,
@@ -47,12 +66,6 @@ function Buffer() {
   return BufferCtor ??= builtin("buffer").Buffer;
 }
 
-// A copy of toBytes(data): what update() keeps must not change when the
-// caller reuses its buffer before digest(), as in Node.
-function copyBytes(data, encoding) {
-  return new Uint8ArrayCtor(toBytes(data, encoding));
-}
-
 // Bytes of a string (in `encoding`), Buffer, TypedArray, DataView or ArrayBuffer.
 function toBytes(data, encoding, what = "data") {
   if (typeof data === "string") return Buffer().from(data, encoding ?? "utf8");
@@ -71,9 +84,44 @@ function output(bytes, encoding) {
   return encoding === undefined || encoding === "buffer" ? buf : buf.toString(encoding);
 }
 
-function concat(chunks) {
-  if (chunks.length === 1) return chunks[0];
-  return Buffer().concat(chunks);
+// Bytes a bulk cipher op takes a call (src/engine/node/crypto.rs PIECE).
+const PIECE = 256 * 1024;
+
+// Feeds all of `bytes` to a host digest, a slice per call.
+function digestFeed(state, bytes) {
+  let at = 0;
+  while (at < bytes.length) at = op_wt_digest_update(state, bytes, at);
+}
+
+function hashBytes(alg, bytes) {
+  const h = op_wt_hash_new(alg);
+  digestFeed(h, bytes);
+  return op_wt_digest_final(h);
+}
+
+// An HMAC state. A key longer than any hash block is hashed first (what
+// HMAC does with it anyway), here, in slices.
+function hmacState(alg, key) {
+  return op_wt_hmac_new(alg, key.length > 128 ? hashBytes(alg, key) : key);
+}
+
+function hmacBytes(alg, key, bytes) {
+  const m = hmacState(alg, key);
+  digestFeed(m, bytes);
+  return op_wt_digest_final(m);
+}
+
+// Runs a signature job to its end: the signature bytes or the verdict.
+function runJob(job) {
+  let result;
+  while ((result = op_wt_job_run(job)) === null);
+  return result;
+}
+
+function finalized() {
+  const err = new ErrorCtor("Digest already called");
+  err.code = "ERR_CRYPTO_HASH_FINALIZED";
+  return err;
 }
 
 const HASHES = ["md5", "sha1", "sha224", "sha256", "sha384", "sha512"];
@@ -92,56 +140,52 @@ function checkDigest(name) {
   throw err;
 }
 
+// A host digest state Hash's constructor takes over (for copy()).
+let adopted = null;
+
+// Hash, Hmac, Sign and Verify: update() hashes at once (so later changes
+// to the caller's buffer do not matter, as in Node, and nothing piles up).
 class Hash {
   #alg;
-  #chunks = [];
-  #done = false;
+  #state;
   constructor(algorithm) {
     this.#alg = checkDigest(algorithm);
+    this.#state = adopted ?? op_wt_hash_new(this.#alg);
+    adopted = null;
   }
   update(data, encoding) {
-    if (this.#done) {
-      const err = new ErrorCtor("Digest already called");
-      err.code = "ERR_CRYPTO_HASH_FINALIZED";
-      throw err;
-    }
-    ArrayPrototypePush(this.#chunks, copyBytes(data, encoding));
+    if (this.#state === null) throw finalized();
+    digestFeed(this.#state, toBytes(data, encoding));
     return this;
   }
   digest(encoding) {
-    if (this.#done) {
-      const err = new ErrorCtor("Digest already called");
-      err.code = "ERR_CRYPTO_HASH_FINALIZED";
-      throw err;
-    }
-    this.#done = true;
-    return output(op_wt_hash(this.#alg, concat(this.#chunks)), encoding);
+    if (this.#state === null) throw finalized();
+    const state = this.#state;
+    this.#state = null;
+    return output(op_wt_digest_final(state), encoding);
   }
   copy() {
-    const h = new Hash(this.#alg);
-    for (let i = 0; i < this.#chunks.length; i++) h.update(this.#chunks[i]);
-    return h;
+    if (this.#state === null) throw finalized();
+    adopted = op_wt_digest_copy(this.#state);
+    return new Hash(this.#alg);
   }
 }
 
 class Hmac {
-  #alg;
-  #key;
-  #chunks = [];
-  #done = false;
+  #state;
   constructor(algorithm, key) {
-    this.#alg = checkDigest(algorithm);
-    this.#key = Buffer().from(toBytes(key, "utf8", "key"));
+    this.#state = hmacState(checkDigest(algorithm), toBytes(key, "utf8", "key"));
   }
   update(data, encoding) {
-    if (this.#done) throw new ErrorCtor("Digest already called");
-    ArrayPrototypePush(this.#chunks, copyBytes(data, encoding));
+    if (this.#state === null) throw finalized();
+    digestFeed(this.#state, toBytes(data, encoding));
     return this;
   }
   digest(encoding) {
-    if (this.#done) throw new ErrorCtor("Digest already called");
-    this.#done = true;
-    return output(op_wt_hmac(this.#alg, this.#key, concat(this.#chunks)), encoding);
+    if (this.#state === null) throw finalized();
+    const state = this.#state;
+    this.#state = null;
+    return output(op_wt_digest_final(state), encoding);
   }
 }
 
@@ -252,9 +296,34 @@ function timingSafeEqual(a, b) {
 // PBKDF2.
 // ---------------------------------------------------------------------------
 
+function checkInt32(value, name, min) {
+  if (typeof value !== "number") {
+    const err = new TypeErrorCtor(`The "${name}" argument must be of type number. Received ${typeof value}`);
+    err.code = "ERR_INVALID_ARG_TYPE";
+    throw err;
+  }
+  if (!(value >= min && value <= 2147483647) || MathFloor(value) !== value) {
+    const err = new RangeErrorCtor(`The value of "${name}" is out of range. It must be >= ${min} && <= 2147483647. Received ${value}`);
+    err.code = "ERR_OUT_OF_RANGE";
+    throw err;
+  }
+}
+
+// The password keys an HMAC, which then absorbs the salt; the op runs the
+// iterations a slice at a time, writing the key into a buffer made here.
 function pbkdf2Sync(password, salt, iterations, keylen, digest) {
+  const pw = toBytes(password, "utf8", "password");
+  const saltBytes = toBytes(salt, "utf8", "salt");
+  checkInt32(iterations, "iterations", 1);
+  checkInt32(keylen, "keylen", 0);
   const alg = checkDigest(digest);
-  return output(op_wt_pbkdf2(alg, toBytes(password, "utf8", "password"), toBytes(salt, "utf8", "salt"), iterations, keylen));
+  const prf = hmacState(alg, pw);
+  const salted = op_wt_digest_copy(prf);
+  digestFeed(salted, saltBytes);
+  const run = op_wt_pbkdf2_new(prf, salted, iterations);
+  const key = Buffer().alloc(keylen);
+  while (!op_wt_pbkdf2_run(run, key));
+  return key;
 }
 
 function pbkdf2(password, salt, iterations, keylen, digest, callback) {
@@ -269,7 +338,7 @@ function pbkdf2(password, salt, iterations, keylen, digest, callback) {
 }
 
 // ---------------------------------------------------------------------------
-// Ciphers: aes-{128,192,256}-cbc and aes-{128,256}-gcm.
+// Ciphers: aes-{128,192,256}-cbc and aes-{128,192,256}-gcm.
 // ---------------------------------------------------------------------------
 
 const CIPHERS = {
@@ -278,8 +347,28 @@ const CIPHERS = {
   "aes-192-cbc": { mode: "cbc", key: 24 },
   "aes-256-cbc": { mode: "cbc", key: 32 },
   "aes-128-gcm": { mode: "gcm", key: 16 },
+  "aes-192-gcm": { mode: "gcm", key: 24 },
   "aes-256-gcm": { mode: "gcm", key: 32 },
 };
+
+function cipherError(Ctor, message, code) {
+  const err = new Ctor(message);
+  if (code !== undefined) err.code = code;
+  return err;
+}
+
+// GCM tag lengths Node (OpenSSL) takes.
+function checkTagLength(n) {
+  if (n !== 4 && n !== 8 && !(n >= 12 && n <= 16 && MathFloor(n) === n)) {
+    throw cipherError(TypeErrorCtor, `Invalid authentication tag length: ${n}`, "ERR_CRYPTO_INVALID_AUTH_TAG");
+  }
+}
+
+function invalidState(op) {
+  return cipherError(ErrorCtor, `Invalid state for operation ${op}`, "ERR_CRYPTO_INVALID_STATE");
+}
+
+const EMPTY = new Uint8ArrayCtor(0);
 
 class Cipheriv {
   #decoder;
@@ -290,57 +379,65 @@ class Cipheriv {
   #pending;
   #pad = true;
   #done = false;
-  #aad;
+  // GCM: the host state, the tag length asked for, the tag, text seen.
+  #gcm;
+  #tagLength;
   #tag;
-  constructor(encrypt, algorithm, key, iv) {
+  #started = false;
+  constructor(encrypt, algorithm, key, iv, options) {
     const spec = typeof algorithm === "string" ? CIPHERS[StringPrototypeToLowerCase(algorithm)] : undefined;
-    if (spec === undefined) {
-      const err = new ErrorCtor("Unknown cipher");
-      err.code = "ERR_CRYPTO_UNKNOWN_CIPHER";
-      throw err;
-    }
+    if (spec === undefined) throw cipherError(ErrorCtor, "Unknown cipher", "ERR_CRYPTO_UNKNOWN_CIPHER");
     this.#encrypt = encrypt;
     this.#mode = spec.mode;
-    this.#key = Buffer().from(toBytes(key, "utf8", "key"));
-    if (this.#key.length !== spec.key) {
-      const err = new RangeErrorCtor("Invalid key length");
-      err.code = "ERR_CRYPTO_INVALID_KEYLEN";
-      throw err;
+    const keyBytes = toBytes(key, "utf8", "key");
+    if (keyBytes.length !== spec.key) throw cipherError(RangeErrorCtor, "Invalid key length", "ERR_CRYPTO_INVALID_KEYLEN");
+    const ivBytes = toBytes(iv, "utf8", "iv");
+    // GCM takes IVs of 1 to 128 bytes, as Node (12 is the direct case).
+    if (spec.mode === "cbc" ? ivBytes.length !== 16 : ivBytes.length === 0 || ivBytes.length > 128) {
+      throw cipherError(TypeErrorCtor, "Invalid initialization vector", "ERR_CRYPTO_INVALID_IV");
     }
-    this.#iv = Buffer().from(toBytes(iv, "utf8", "iv"));
-    if (spec.mode === "cbc" ? this.#iv.length !== 16 : this.#iv.length !== 12) {
-      const err = new TypeErrorCtor("Invalid initialization vector");
-      err.code = "ERR_CRYPTO_INVALID_IV";
-      throw err;
+    if (spec.mode === "gcm") {
+      const tagLength = options?.authTagLength;
+      if (tagLength !== undefined) checkTagLength(tagLength);
+      this.#tagLength = tagLength;
+      this.#gcm = op_wt_gcm_new(keyBytes, ivBytes, encrypt);
+    } else {
+      this.#key = Buffer().from(keyBytes);
+      this.#iv = Buffer().from(ivBytes);
+      this.#pending = EMPTY;
     }
-    this.#pending = Buffer().alloc(0);
-    this.#aad = Buffer().alloc(0);
   }
   #check() {
-    if (this.#done) {
-      const err = new ErrorCtor("Unsupported state");
-      err.code = "ERR_CRYPTO_INVALID_STATE";
-      throw err;
-    }
+    if (this.#done) throw cipherError(ErrorCtor, "Unsupported state", "ERR_CRYPTO_INVALID_STATE");
   }
   update(data, inputEncoding, outputEncoding) {
     this.#check();
     const input = toBytes(data, inputEncoding);
-    const all = Buffer().concat([this.#pending, input]);
     if (this.#mode === "gcm") {
-      this.#pending = all;
-      return this.#output(new Uint8ArrayCtor(0), outputEncoding);
+      this.#started = true;
+      const out = Buffer().allocUnsafe(input.length);
+      for (let at = 0; at < input.length; at += PIECE) {
+        const end = at + PIECE < input.length ? at + PIECE : input.length;
+        op_wt_gcm_update(this.#gcm, input.subarray(at, end), out.subarray(at, end));
+      }
+      return this.#output(out, outputEncoding);
     }
+    const all = this.#pending.length === 0 ? input : Buffer().concat([this.#pending, input]);
     // Whole blocks now; a decipher keeps its last block for final()'s unpadding.
     let n = all.length - (all.length % 16);
     if (!this.#encrypt && n === all.length && n > 0 && this.#pad) n -= 16;
     if (n === 0) {
-      this.#pending = all;
-      return this.#output(new Uint8ArrayCtor(0), outputEncoding);
+      this.#pending = Buffer().from(all);
+      return this.#output(EMPTY, outputEncoding);
     }
-    const blocks = all.subarray(0, n);
-    const out = op_wt_aes_cbc(this.#key, this.#iv, blocks, this.#encrypt, false);
-    this.#iv = Buffer().from(this.#encrypt ? out.subarray(n - 16) : blocks.subarray(n - 16));
+    const out = Buffer().allocUnsafe(n);
+    let iv = this.#iv;
+    for (let at = 0; at < n; at += PIECE) {
+      const end = at + PIECE < n ? at + PIECE : n;
+      op_wt_aes_cbc(this.#key, iv, all.subarray(at, end), out.subarray(at, end), this.#encrypt, false);
+      iv = this.#encrypt ? out.subarray(end - 16, end) : all.subarray(end - 16, end);
+    }
+    this.#iv = Buffer().from(iv);
     this.#pending = Buffer().from(all.subarray(n));
     return this.#output(out, outputEncoding);
   }
@@ -361,49 +458,49 @@ class Cipheriv {
     this.#done = true;
     if (this.#mode === "gcm") {
       if (this.#encrypt) {
-        const out = op_wt_aes_gcm(this.#key, this.#iv, this.#pending, this.#aad, new Uint8ArrayCtor(0), true);
-        this.#tag = Buffer().from(out.subarray(out.length - 16));
-        return this.#final(out.subarray(0, out.length - 16), outputEncoding);
+        const tag = Buffer().alloc(this.#tagLength ?? 16);
+        op_wt_gcm_tag(this.#gcm, tag);
+        this.#tag = tag;
+      } else if (this.#tag === undefined || !op_wt_gcm_check(this.#gcm, this.#tag)) {
+        throw new ErrorCtor("Unsupported state or unable to authenticate data");
       }
-      if (this.#tag === undefined) throw new ErrorCtor("Unsupported state or unable to authenticate data");
-      return this.#final(op_wt_aes_gcm(this.#key, this.#iv, this.#pending, this.#aad, this.#tag, false), outputEncoding);
+      this.#gcm = undefined;
+      return this.#final(EMPTY, outputEncoding);
     }
     if (!this.#pad && this.#pending.length % 16 !== 0) {
-      const err = new ErrorCtor("wrong final block length");
-      err.code = "ERR_OSSL_WRONG_FINAL_BLOCK_LENGTH";
-      throw err;
+      throw cipherError(ErrorCtor, "wrong final block length", "ERR_OSSL_WRONG_FINAL_BLOCK_LENGTH");
     }
     if (!this.#encrypt && this.#pad && this.#pending.length !== 16) {
-      const err = new ErrorCtor("wrong final block length");
-      err.code = "ERR_OSSL_WRONG_FINAL_BLOCK_LENGTH";
-      throw err;
+      throw cipherError(ErrorCtor, "wrong final block length", "ERR_OSSL_WRONG_FINAL_BLOCK_LENGTH");
     }
-    return this.#final(op_wt_aes_cbc(this.#key, this.#iv, this.#pending, this.#encrypt, this.#pad), outputEncoding);
+    const out = Buffer().allocUnsafe(this.#pending.length + (this.#encrypt && this.#pad ? 16 : 0));
+    const n = op_wt_aes_cbc(this.#key, this.#iv, this.#pending, out, this.#encrypt, this.#pad);
+    return this.#final(out.subarray(0, n), outputEncoding);
   }
   setAutoPadding(pad = true) {
     this.#pad = !!pad;
     return this;
   }
   setAAD(aad) {
-    if (this.#mode !== "gcm") throw new ErrorCtor("Unsupported state");
-    this.#aad = Buffer().from(toBytes(aad, "utf8", "buffer"));
+    if (this.#mode !== "gcm" || this.#started || this.#done) throw invalidState("setAAD");
+    const bytes = toBytes(aad, "utf8", "buffer");
+    let at = 0;
+    do at = op_wt_gcm_aad(this.#gcm, bytes, at);
+    while (at < bytes.length);
     return this;
   }
   getAuthTag() {
-    if (this.#mode !== "gcm" || !this.#encrypt || this.#tag === undefined) {
-      const err = new ErrorCtor("Invalid state for operation getAuthTag");
-      err.code = "ERR_CRYPTO_INVALID_STATE";
-      throw err;
-    }
+    if (this.#mode !== "gcm" || !this.#encrypt || this.#tag === undefined) throw invalidState("getAuthTag");
     return this.#tag;
   }
   setAuthTag(tag) {
-    if (this.#mode !== "gcm" || this.#encrypt) {
-      const err = new ErrorCtor("Invalid state for operation setAuthTag");
-      err.code = "ERR_CRYPTO_INVALID_STATE";
-      throw err;
+    if (this.#mode !== "gcm" || this.#encrypt || this.#done) throw invalidState("setAuthTag");
+    const bytes = Buffer().from(toBytes(tag, "utf8", "buffer"));
+    checkTagLength(bytes.length);
+    if (this.#tagLength !== undefined && bytes.length !== this.#tagLength) {
+      throw cipherError(TypeErrorCtor, `Invalid authentication tag length: ${bytes.length}`, "ERR_CRYPTO_INVALID_AUTH_TAG");
     }
-    this.#tag = Buffer().from(toBytes(tag, "utf8", "buffer"));
+    this.#tag = bytes;
     return this;
   }
 }
@@ -414,6 +511,12 @@ class Cipheriv {
 // ---------------------------------------------------------------------------
 
 const KEY = Symbol("key");
+
+// An asymmetric key: the host's parsed key and what the shim shows of it.
+function keyMaterial(handle) {
+  const info = op_wt_key_info(handle);
+  return { handle, kind: info.kind, keyType: info.keyType, encoding: info.encoding, curve: info.curve, bits: info.bits, exponent: info.exponent };
+}
 
 class KeyObject {
   constructor(type, material) {
@@ -434,7 +537,7 @@ class KeyObject {
   get asymmetricKeyDetails() {
     const m = this[KEY].material;
     if (this[KEY].type === "secret") return undefined;
-    return m.keyType === "rsa" ? { modulusLength: m.bits, publicExponent: 65537n } : { namedCurve: m.curve };
+    return m.keyType === "rsa" ? { modulusLength: m.bits, publicExponent: BigInt(m.exponent) } : { namedCurve: m.curve };
   }
   export(options) {
     const { type, material } = this[KEY];
@@ -447,7 +550,7 @@ class KeyObject {
     if (type === "private" && options?.type && options.type !== material.encoding) {
       throw unavailableError(`exporting this private key as ${options.type} (${material.encoding} is)`);
     }
-    const der = Buffer().from(material.der);
+    const der = output(op_wt_key_der(material.handle));
     if (format === "der") return der;
     const label = type === "public" ? "PUBLIC KEY" : material.encoding === "pkcs1" ? "RSA PRIVATE KEY" : "PRIVATE KEY";
     const b64 = der.toString("base64");
@@ -457,8 +560,8 @@ class KeyObject {
   }
   equals(other) {
     if (!(other instanceof KeyObject) || other.type !== this.type) return false;
-    const a = this.type === "secret" ? this[KEY].material : this[KEY].material.der;
-    const b = other.type === "secret" ? other[KEY].material : other[KEY].material.der;
+    const a = this.type === "secret" ? this[KEY].material : op_wt_key_der(this[KEY].material.handle);
+    const b = other.type === "secret" ? other[KEY].material : op_wt_key_der(other[KEY].material.handle);
     return timingSafeEqualSafe(Buffer().from(a), Buffer().from(b));
   }
 }
@@ -471,14 +574,17 @@ function createSecretKey(key, encoding) {
   return new KeyObject("secret", Buffer().from(toBytes(key, encoding, "key")));
 }
 
+function publicOf(material) {
+  return keyMaterial(op_wt_key_public(material.handle));
+}
+
 // `key` as Node takes it: PEM text or bytes, { key, format, type }, a JWK
-// ({ key, format: 'jwk' }), or a KeyObject.
+// ({ key, format: 'jwk' }), or a KeyObject. A private key where a public
+// one is wanted gives its public half, as in Node.
 function parseKey(want, input) {
   if (input instanceof KeyObject) {
     if (input.type === want) return input;
-    if (input.type === "private" && want === "public") {
-      throw unavailableError("deriving a public key from a private key");
-    }
+    if (input.type === "private" && want === "public") return new KeyObject("public", publicOf(input[KEY].material));
     throw new TypeErrorCtor(`Invalid key object type ${input.type}, expected ${want}.`);
   }
   let key = input;
@@ -493,10 +599,11 @@ function parseKey(want, input) {
   }
   if (format === "jwk") {
     if (want === "private") throw unavailableError("private keys as JWK");
-    return new KeyObject("public", op_wt_key_from_jwk(key));
+    return new KeyObject("public", keyMaterial(op_wt_key_from_jwk(key)));
   }
   const bytes = typeof key === "string" ? Buffer().from(key, "utf8") : toBytes(key, undefined, "key");
-  return new KeyObject(want, op_wt_key_import(want, format, type, bytes));
+  const material = keyMaterial(op_wt_key_import(want, format, type, bytes));
+  return new KeyObject(want, want === "public" && material.kind === "private" ? publicOf(material) : material);
 }
 
 function createPublicKey(key) {
@@ -509,54 +616,71 @@ function createPrivateKey(key) {
 
 const RSA_PKCS1_PADDING = 1;
 const RSA_PKCS1_PSS_PADDING = 6;
+// PSS salt lengths: the digest's, the longest (signing) or any (verifying).
+const RSA_PSS_SALTLEN_DIGEST = -1;
+const RSA_PSS_SALTLEN_MAX_SIGN = -2;
+const RSA_PSS_SALTLEN_AUTO = -2;
 
-// [KeyObject, pss, p1363] of a sign/verify key argument.
+// [KeyObject, pss, saltLength, p1363] of a sign/verify key argument.
 function signingKey(want, key) {
   const options = key !== null && typeof key === "object" && !(key instanceof KeyObject) && !ArrayBufferIsView(key) ? key : {};
   const k = parseKey(want, key);
   if (k.type === "secret") throw new TypeErrorCtor("Invalid key object type secret, expected " + want + ".");
-  return [k, options.padding === RSA_PKCS1_PSS_PADDING, options.dsaEncoding === "ieee-p1363"];
+  const saltLength = options.saltLength ?? RSA_PSS_SALTLEN_AUTO;
+  if (typeof saltLength !== "number" || MathFloor(saltLength) !== saltLength || saltLength < -3) {
+    const err = new TypeErrorCtor(`The property 'options.saltLength' is invalid. Received ${saltLength}`);
+    err.code = "ERR_INVALID_ARG_VALUE";
+    throw err;
+  }
+  return [k, options.padding === RSA_PKCS1_PSS_PADDING, saltLength, options.dsaEncoding === "ieee-p1363"];
 }
 
-function signWith(digest, data, key) {
-  const [k, pss, p1363] = signingKey("private", key);
-  return Buffer().from(op_wt_sign(k[KEY].material, digest, pss, p1363, data));
+// Signs or verifies a digest the caller computed (`hashed`, of `digest`).
+function signDigest(digest, hashed, key) {
+  const [k, pss, salt, p1363] = signingKey("private", key);
+  return output(runJob(op_wt_sign_start(k[KEY].material.handle, digest, hashed, pss, salt, p1363)));
 }
 
-function verifyWith(digest, data, key, signature) {
-  const [k, pss, p1363] = signingKey("public", key);
-  return op_wt_verify(k[KEY].material, digest, pss, p1363, data, signature);
+function verifyDigest(digest, hashed, key, signature) {
+  const [k, pss, salt, p1363] = signingKey("public", key);
+  return runJob(op_wt_verify_start(k[KEY].material.handle, digest, hashed, signature, pss, salt, p1363));
 }
 
-// Sign and Verify collect their input, like Hash.
-class Sign {
+// What Sign and Verify share: the digest, fed as update() is called.
+class SignatureInput {
   #digest;
-  #chunks = [];
+  #state;
   constructor(algorithm) {
     this.#digest = checkDigest(algorithm);
+    this.#state = op_wt_hash_new(this.#digest);
   }
   update(data, encoding) {
-    ArrayPrototypePush(this.#chunks, copyBytes(data, encoding));
+    if (this.#state === null) throw finalized();
+    digestFeed(this.#state, toBytes(data, encoding));
     return this;
   }
+  // [digest name, digest] of everything given; once.
+  static finish(input) {
+    if (input.#state === null) throw finalized();
+    const state = input.#state;
+    input.#state = null;
+    return [input.#digest, op_wt_digest_final(state)];
+  }
+}
+
+class Sign extends SignatureInput {
   sign(key, encoding) {
-    const sig = signWith(this.#digest, concat(this.#chunks), key);
+    const [digest, hashed] = SignatureInput.finish(this);
+    const sig = signDigest(digest, hashed, key);
     return encoding === undefined || encoding === "buffer" ? sig : sig.toString(encoding);
   }
 }
 
-class Verify {
-  #digest;
-  #chunks = [];
-  constructor(algorithm) {
-    this.#digest = checkDigest(algorithm);
-  }
-  update(data, encoding) {
-    ArrayPrototypePush(this.#chunks, copyBytes(data, encoding));
-    return this;
-  }
+class Verify extends SignatureInput {
   verify(key, signature, encoding) {
-    return verifyWith(this.#digest, concat(this.#chunks), key, toBytes(signature, encoding === "buffer" ? undefined : encoding, "signature"));
+    const sig = toBytes(signature, encoding === "buffer" ? undefined : encoding, "signature");
+    const [digest, hashed] = SignatureInput.finish(this);
+    return verifyDigest(digest, hashed, key, sig);
   }
 }
 
@@ -566,7 +690,8 @@ function oneShot(algorithm) {
 }
 
 function cryptoSign(algorithm, data, key, callback) {
-  const sig = signWith(oneShot(algorithm), toBytes(data), key);
+  const digest = oneShot(algorithm);
+  const sig = signDigest(digest, hashBytes(digest, toBytes(data)), key);
   if (typeof callback === "function") {
     nativeQueueMicrotask(() => callback(null, sig));
     return;
@@ -575,7 +700,8 @@ function cryptoSign(algorithm, data, key, callback) {
 }
 
 function cryptoVerify(algorithm, data, key, signature, callback) {
-  const ok = verifyWith(oneShot(algorithm), toBytes(data), key, toBytes(signature, undefined, "signature"));
+  const digest = oneShot(algorithm);
+  const ok = verifyDigest(digest, hashBytes(digest, toBytes(data)), key, toBytes(signature, undefined, "signature"));
   if (typeof callback === "function") {
     nativeQueueMicrotask(() => callback(null, ok));
     return;
@@ -671,14 +797,14 @@ const CURVES = { __proto__: null, prime256v1: "P-256", secp384r1: "P-384" };
 
 function importAsymmetric(format, keyData, algorithm, name, extractable, usages) {
   let material;
-  if (format === "spki") material = op_wt_key_import("public", "der", "spki", toBytes(keyData));
-  else if (format === "pkcs8") material = op_wt_key_import("private", "der", "pkcs8", toBytes(keyData));
+  if (format === "spki") material = keyMaterial(op_wt_key_import("public", "der", "spki", toBytes(keyData)));
+  else if (format === "pkcs8") material = keyMaterial(op_wt_key_import("private", "der", "pkcs8", toBytes(keyData)));
   else if (format === "jwk") {
     if (keyData === null || typeof keyData !== "object") throw domError("JWK must be an object", "DataError");
     if (keyData.d !== undefined) throw domError("private JWKs are not supported by webtask yet", "NotSupportedError");
-    material = op_wt_key_from_jwk(keyData);
+    material = keyMaterial(op_wt_key_from_jwk(keyData));
   } else if (format === "raw" && name === "ECDSA") {
-    material = op_wt_key_from_ec_point(algorithm.namedCurve, toBytes(keyData));
+    material = keyMaterial(op_wt_key_from_ec_point(algorithm.namedCurve, toBytes(keyData)));
   } else throw domError(`Unsupported key format: ${format}`, "NotSupportedError");
   const isEc = name === "ECDSA";
   if (isEc !== (material.keyType === "ec")) throw domError("The key does not match the algorithm", "DataError");
@@ -691,30 +817,36 @@ function importAsymmetric(format, keyData, algorithm, name, extractable, usages)
   } else {
     alg.hash = { name: subtleHash(algorithm.hash) };
     alg.modulusLength = material.bits;
-    alg.publicExponent = new Uint8ArrayCtor([1, 0, 1]);
+    const e = [];
+    for (let x = material.exponent; x > 0; x = MathFloor(x / 256)) e.unshift(x % 256);
+    alg.publicExponent = new Uint8ArrayCtor(e);
   }
   return new CryptoKey(material.kind, material, alg, !!extractable, [...usages]);
 }
 
-// [digest, pss, p1363] of a sign/verify algorithm for `key`.
+// [digest, pss, saltLength, p1363] of a sign/verify algorithm for `key`.
 function asymmetricParams(algorithm, key) {
   const name = ASYMMETRIC[algorithmName(algorithm)];
-  if (name === "ECDSA") return [subtleHash(algorithm.hash), false, true];
+  if (name === "ECDSA") return [subtleHash(algorithm.hash), false, 0, true];
   if (name === "RSA-PSS") {
     const saltLength = algorithm.saltLength;
-    const hashBytes = { "SHA-256": 32, "SHA-384": 48, "SHA-512": 64 }[key.algorithm.hash.name];
-    if (saltLength !== hashBytes) {
-      throw domError("webtask supports RSA-PSS with a salt as long as the hash only", "NotSupportedError");
+    if (typeof saltLength !== "number" || !(saltLength >= 0) || MathFloor(saltLength) !== saltLength) {
+      throw new TypeErrorCtor("RsaPssParams: saltLength is required and must be a non-negative integer");
     }
-    return [key.algorithm.hash.name, true, false];
+    return [key.algorithm.hash.name, true, saltLength, false];
   }
-  return [key.algorithm.hash.name, false, false];
+  return [key.algorithm.hash.name, false, 0, false];
+}
+
+// The ArrayBuffer behind an op's fresh, exactly sized Uint8Array.
+function bufferOf(bytes) {
+  return bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength ? bytes.buffer : arrayBufferOf(bytes);
 }
 
 const subtle = {
   digest: asyncly((algorithm, data) => {
     const name = subtleHash(algorithm);
-    return arrayBufferOf(op_wt_hash(name, toBytes(data)));
+    return bufferOf(hashBytes(name, toBytes(data)));
   }),
   importKey: asyncly((format, keyData, algorithm, extractable, usages) => {
     const name = algorithmName(algorithm);
@@ -743,7 +875,7 @@ const subtle = {
     const material = CryptoKey.materialOf(key);
     if (key.type !== "secret") {
       if ((format === "spki" && key.type === "public") || (format === "pkcs8" && material.encoding === "pkcs8")) {
-        return arrayBufferOf(material.der);
+        return bufferOf(op_wt_key_der(material.handle));
       }
       throw domError(`Unsupported key format: ${format}`, "NotSupportedError");
     }
@@ -758,23 +890,25 @@ const subtle = {
     const name = algorithmName(algorithm);
     if (ASYMMETRIC[name] !== undefined) {
       const k = usableKey(key, ASYMMETRIC[name], "sign");
-      const [digest, pss, p1363] = asymmetricParams(algorithm, k);
-      return arrayBufferOf(op_wt_sign(CryptoKey.materialOf(k), digest, pss, p1363, toBytes(data)));
+      const [digest, pss, salt, p1363] = asymmetricParams(algorithm, k);
+      const hashed = hashBytes(digest, toBytes(data));
+      return bufferOf(runJob(op_wt_sign_start(CryptoKey.materialOf(k).handle, digest, hashed, pss, salt, p1363)));
     }
     if (name !== "HMAC") throw domError(`sign: ${name} is not supported by webtask`, "NotSupportedError");
     const k = usableKey(key, "HMAC", "sign");
-    return arrayBufferOf(op_wt_hmac(k.algorithm.hash.name, CryptoKey.materialOf(k), toBytes(data)));
+    return bufferOf(hmacBytes(k.algorithm.hash.name, CryptoKey.materialOf(k), toBytes(data)));
   }),
   verify: asyncly((algorithm, key, signature, data) => {
     const name = algorithmName(algorithm);
     if (ASYMMETRIC[name] !== undefined) {
       const k = usableKey(key, ASYMMETRIC[name], "verify");
-      const [digest, pss, p1363] = asymmetricParams(algorithm, k);
-      return op_wt_verify(CryptoKey.materialOf(k), digest, pss, p1363, toBytes(data), toBytes(signature));
+      const [digest, pss, salt, p1363] = asymmetricParams(algorithm, k);
+      const hashed = hashBytes(digest, toBytes(data));
+      return runJob(op_wt_verify_start(CryptoKey.materialOf(k).handle, digest, hashed, toBytes(signature), pss, salt, p1363));
     }
     if (name !== "HMAC") throw domError(`verify: ${name} is not supported by webtask`, "NotSupportedError");
     const k = usableKey(key, "HMAC", "verify");
-    const mac = op_wt_hmac(k.algorithm.hash.name, CryptoKey.materialOf(k), toBytes(data));
+    const mac = hmacBytes(k.algorithm.hash.name, CryptoKey.materialOf(k), toBytes(data));
     return timingSafeEqualSafe(mac, toBytes(signature));
   }),
 };
@@ -819,8 +953,8 @@ function createCrypto() {
     timingSafeEqual,
     pbkdf2,
     pbkdf2Sync,
-    createCipheriv: (algorithm, key, iv) => new Cipheriv(true, algorithm, key, iv),
-    createDecipheriv: (algorithm, key, iv) => new Cipheriv(false, algorithm, key, iv),
+    createCipheriv: (algorithm, key, iv, options) => new Cipheriv(true, algorithm, key, iv, options),
+    createDecipheriv: (algorithm, key, iv, options) => new Cipheriv(false, algorithm, key, iv, options),
     createCipher() {
       throw unavailableError("crypto.createCipher (deprecated, insecure key derivation; use createCipheriv)");
     },
@@ -838,11 +972,11 @@ function createCrypto() {
     verify: cryptoVerify,
     KeyObject,
     getHashes: () => [...HASHES],
-    getCiphers: () => ["aes-128-cbc", "aes-128-gcm", "aes-192-cbc", "aes-256-cbc", "aes-256-gcm"],
+    getCiphers: () => ["aes-128-cbc", "aes-128-gcm", "aes-192-cbc", "aes-192-gcm", "aes-256-cbc", "aes-256-gcm"],
     getCurves: () => [],
     webcrypto,
     subtle,
-    constants: { RSA_PKCS1_PADDING, RSA_PKCS1_PSS_PADDING, RSA_PSS_SALTLEN_DIGEST: -1 },
+    constants: { RSA_PKCS1_PADDING, RSA_PKCS1_PSS_PADDING, RSA_PSS_SALTLEN_DIGEST, RSA_PSS_SALTLEN_MAX_SIGN, RSA_PSS_SALTLEN_AUTO },
   };
 }
 

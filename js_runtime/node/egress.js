@@ -17,6 +17,7 @@ const {
   op_wt_fetch_finish,
   op_wt_fetch_head,
   op_wt_fetch_read,
+  op_wt_fetch_take,
   op_wt_fetch_abort,
 } = core.ops;
 const { getAsyncContext } = core;
@@ -90,9 +91,15 @@ export function head(rid) {
   return PromisePrototypeThen(op_wt_fetch_head(rid), undefined, rethrow);
 }
 
-/// Resolves with the next chunk (a Uint8Array), empty at the end.
+/// Resolves with the next chunk (a Uint8Array), empty at the end. Its
+/// buffer is allocated here, so it counts against the container's
+/// ArrayBuffer limit (a RangeError past it) like any other.
 export function read(rid) {
-  return PromisePrototypeThen(op_wt_fetch_read(rid), undefined, rethrow);
+  return PromisePrototypeThen(op_wt_fetch_read(rid), (len) => {
+    const chunk = new Uint8Array(len);
+    if (len > 0) op_wt_fetch_take(rid, chunk);
+    return chunk;
+  }, rethrow);
 }
 
 export function abort(rid) {

@@ -280,6 +280,13 @@ function createHttp(defaultProtocol) {
       if (this._rid !== rid) return;
       this._rid = 0;
       if (e.code === "aborted") return;
+      // The guest's side failed (a chunk past the ArrayBuffer limit): the
+      // exchange is given up, and the error is the guest's as it is.
+      if (e.code === undefined) {
+        egress.abort(rid);
+        this._abort(e);
+        return;
+      }
       // The upstream failed mid-body: as Node, 'aborted', then an error.
       const err = e.syscode !== undefined && e.code === "egress_failed" ? connReset("aborted") : exchangeError(e, this.req);
       this._abort(err);

@@ -1624,9 +1624,14 @@ function responseStream(rid, ctx) {
       }, (e) => {
         if (ctx.done) return;
         ctx.done = true;
+        // Not the exchange failing (it has a code) but the guest's side,
+        // a chunk past the ArrayBuffer limit: the error as it is, and the
+        // exchange is given up.
+        const own = e?.code === undefined;
+        if (own) abortExchange(ctx.rid);
         ctx.rid = 0;
         ctx.release();
-        c.error(fetchError(e));
+        c.error(own ? e : fetchError(e));
       });
     },
     cancel() {

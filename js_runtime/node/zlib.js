@@ -1,14 +1,16 @@
-// Node's `zlib` built-in over op_wt_zlib (flate2, in Rust): the one-shot
+// Node's `zlib` built-in over the zlib ops (flate2, in Rust): the one-shot
 // functions, sync and with callbacks (the callback runs on a later tick, as
-// in Node), and the stream classes. The streams buffer their input and
-// compress or expand it in one call at the end: the output bytes are
-// Node's, the chunking is not incremental.
+// in Node), and the stream classes, which compress or expand each chunk as
+// it is written. A host stream does a slice of work per op call into an
+// output buffer allocated here (so the output counts against the
+// isolate's ArrayBuffer limit, and the CPU limit can stop a long run
+// between calls); this file loops until the input is used up.
 
 import { builtin, registerBuiltin } from "ext:webtask_runtime/node/require.js";
 
 const core = globalThis.Deno.core;
-const { op_wt_zlib } = core.ops;
-const { ArrayBufferIsView, ArrayBuffer: ArrayBufferCtor, ArrayPrototypePush, TypeError: TypeErrorCtor } =
+const { op_wt_zlib_new, op_wt_zlib_run } = core.ops;
+const { ArrayBufferIsView, ArrayBuffer: ArrayBufferCtor, ArrayPrototypePush, SafeWeakMap, TypeError: TypeErrorCtor } =
   globalThis.__bootstrap.primordials;
 const nativeQueueMicrotask = globalThis.queueMicrotask;
 
@@ -28,20 +30,68 @@ function createZlib() {
     throw err;
   }
 
-  function run(mode, data, options) {
+  // Output buffer per op call (Node's default chunk is 16 KiB).
+  const CHUNK = 64 * 1024;
+  const info = new Uint32Array(2);
+  // Stream object to its host stream, out of the guest's reach.
+  const streams = new SafeWeakMap();
+
+  function zlibError(e) {
+    if (e instanceof RangeError) {
+      if (/^Cannot create a Buffer larger than/.test(e.message)) e.code = "ERR_BUFFER_TOO_LARGE";
+      return e;
+    }
+    const text = String(e.message);
+    const colon = text.indexOf(": ");
+    const code = colon > 0 ? text.slice(0, colon) : "Z_DATA_ERROR";
+    const err = new Error(colon > 0 ? text.slice(colon + 2) : text);
+    err.code = code;
+    err.errno = { Z_DATA_ERROR: -3, Z_BUF_ERROR: -5, Z_STREAM_ERROR: -2 }[code] ?? -3;
+    return err;
+  }
+
+  function options(mode, options, oneShot) {
     const level = options && typeof options.level === "number" ? options.level : -1;
     const max = options && typeof options.maxOutputLength === "number" ? options.maxOutputLength : Infinity;
-    let out;
     try {
-      out = op_wt_zlib(mode, input(data), level, max);
+      return op_wt_zlib_new(mode, level, max, oneShot);
     } catch (e) {
-      const err = e instanceof RangeError ? e : new Error(e.message);
-      if (!(e instanceof RangeError)) {
-        err.errno = -3;
-        err.code = "Z_DATA_ERROR";
-      }
-      throw err;
+      throw zlibError(e);
     }
+  }
+
+  // Runs `stream` over `bytes`, handing each piece of output to `emit`.
+  // Returns true once the stream has ended.
+  function drive(stream, bytes, finish, emit) {
+    let at = 0;
+    for (;;) {
+      const out = new Uint8Array(CHUNK);
+      let status;
+      try {
+        status = op_wt_zlib_run(stream, bytes, at, finish, out, info);
+      } catch (e) {
+        throw zlibError(e);
+      }
+      const before = at;
+      at = info[0];
+      const n = info[1];
+      if (n > 0) emit(n === CHUNK ? out : out.slice(0, n));
+      if (status === 1) return true;
+      // Out of input (a truncated stream at the end is the op's error); a
+      // call without progress otherwise means the isolate is being stopped.
+      if (n === 0 && at === before && !finish && at === bytes.length) return false;
+    }
+  }
+
+  function run(mode, data, opts) {
+    const stream = options(mode, opts, true);
+    const chunks = [];
+    let total = 0;
+    drive(stream, input(data), true, (chunk) => {
+      ArrayPrototypePush(chunks, chunk);
+      total += chunk.length;
+    });
+    const out = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, total);
     return Buffer.from(out.buffer, out.byteOffset, out.byteLength);
   }
 
@@ -64,26 +114,27 @@ function createZlib() {
       nativeQueueMicrotask(() => (error ? callback(error) : callback(null, result)));
     };
     const name = CLASSES[mode];
-    const Class = function (options) {
-      if (!(this instanceof Class)) return new Class(options);
-      Transform.call(this, options);
-      this._chunks = [];
-      this._options = options;
+    const Class = function (opts) {
+      if (!(this instanceof Class)) return new Class(opts);
+      Transform.call(this, opts);
+      streams.set(this, options(mode, opts, false));
+      this._ended = false;
     };
     inherits(Class, Transform);
-    Class.prototype._transform = function (chunk, encoding, cb) {
-      ArrayPrototypePush(this._chunks, typeof chunk === "string" ? Buffer.from(chunk, encoding) : chunk);
-      cb();
-    };
-    Class.prototype._flush = function (cb) {
-      let out;
+    Class.prototype._run = function (bytes, finish, cb) {
+      if (this._ended) return cb();
       try {
-        out = run(mode, Buffer.concat(this._chunks), this._options);
+        this._ended = drive(streams.get(this), bytes, finish, (chunk) => this.push(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength)));
       } catch (e) {
         return cb(e);
       }
-      this._chunks = [];
-      cb(null, out);
+      cb();
+    };
+    Class.prototype._transform = function (chunk, encoding, cb) {
+      this._run(typeof chunk === "string" ? Buffer.from(chunk, encoding) : input(chunk), false, cb);
+    };
+    Class.prototype._flush = function (cb) {
+      this._run(new Uint8Array(0), true, cb);
     };
     Class.prototype.close = function (cb) {
       if (cb) nativeQueueMicrotask(cb);

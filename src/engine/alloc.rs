@@ -3,19 +3,54 @@
 //! guest `RangeError`) once the isolate's buffers would exceed the cap. This
 //! memory lives outside the V8 heap, so the heap limit alone would not
 //! bound it.
+//!
+//! Ops answer through the same budget: bytes they hand the guest are
+//! allocated by this allocator ([`guest_bytes`], or a buffer the shim
+//! allocated and the op fills), and host memory an op keeps for the guest
+//! between calls (a zlib stream, a key) is charged to it ([`Charge`]). So
+//! nothing the guest can make pile up grows past the cap: past it the guest
+//! gets a `RangeError` naming the limit, never the worker an OOM kill.
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use deno_core::v8;
+use deno_error::JsErrorBox;
 
+/// The ArrayBuffer memory one isolate may hold; shared by its allocator and
+/// its ops (kept in the `OpState`).
 pub struct Budget {
     cap: usize,
     used: AtomicUsize,
 }
 
 impl Budget {
+    /// A budget no allocator draws from (unit tests of the ops).
+    #[cfg(test)]
+    pub fn detached(cap: usize) -> Arc<Self> {
+        Arc::new(Budget { cap, used: AtomicUsize::new(0) })
+    }
+
+    /// The cap, in bytes.
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// Bytes the isolate may still allocate.
+    pub fn remaining(&self) -> usize {
+        self.cap.saturating_sub(self.used.load(Ordering::Relaxed))
+    }
+
+    /// The guest error for `want` more bytes than the budget has left.
+    pub fn exhausted(&self, want: usize) -> JsErrorBox {
+        JsErrorBox::range_error(format!(
+            "Array buffer allocation failed: {want} more bytes would pass this container's ArrayBuffer memory limit of {} MiB ({} bytes left)",
+            self.cap >> 20,
+            self.remaining()
+        ))
+    }
+
     fn reserve(&self, len: usize) -> bool {
         let mut used = self.used.load(Ordering::Relaxed);
         loop {
@@ -76,10 +111,71 @@ static VTABLE: v8::RustAllocatorVtable<Budget> = v8::RustAllocatorVtable {
     drop: drop_budget,
 };
 
-/// An allocator that lets one isolate hold at most `cap` bytes of buffers.
-pub fn capped(cap: usize) -> v8::UniqueRef<v8::Allocator> {
+/// An allocator that lets one isolate hold at most `cap` bytes of buffers,
+/// and the budget it draws from.
+pub fn capped(cap: usize) -> (v8::UniqueRef<v8::Allocator>, Arc<Budget>) {
     let budget = Arc::new(Budget { cap, used: AtomicUsize::new(0) });
     // SAFETY: the handle is a leaked Arc<Budget> released by `drop_budget`,
     // matching the vtable's type.
-    unsafe { v8::new_rust_allocator(Arc::into_raw(budget), &VTABLE) }
+    let allocator = unsafe { v8::new_rust_allocator(Arc::into_raw(budget.clone()), &VTABLE) };
+    (allocator, budget)
+}
+
+/// Host memory an op keeps on the guest's behalf, counted against the
+/// isolate's budget until it is dropped.
+pub struct Charge {
+    budget: Arc<Budget>,
+    bytes: usize,
+}
+
+impl Charge {
+    pub fn new(budget: &Arc<Budget>, bytes: usize) -> Result<Charge, JsErrorBox> {
+        if !budget.reserve(bytes) {
+            return Err(budget.exhausted(bytes));
+        }
+        Ok(Charge { budget: budget.clone(), bytes })
+    }
+
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
+    }
+}
+
+/// Makes room for `len` more bytes, collecting garbage first if the budget
+/// is short (as V8 does before it refuses an ArrayBuffer).
+pub fn make_room(scope: &mut v8::Isolate, budget: &Budget, len: usize) -> Result<(), JsErrorBox> {
+    if budget.remaining() < len {
+        scope.low_memory_notification();
+        if budget.remaining() < len {
+            return Err(budget.exhausted(len));
+        }
+    }
+    Ok(())
+}
+
+/// A `Uint8Array` of `len` bytes allocated through the isolate's capped
+/// allocator, filled by `fill`. The budget is checked first: V8 aborts the
+/// process when this allocation fails, where guest code gets a RangeError.
+pub fn guest_bytes<'s>(
+    scope: &mut v8::PinScope<'s, '_>,
+    budget: &Budget,
+    len: usize,
+    fill: impl FnOnce(&mut [u8]),
+) -> Result<v8::Local<'s, v8::Uint8Array>, JsErrorBox> {
+    make_room(scope, budget, len)?;
+    let store = v8::ArrayBuffer::new_backing_store(scope, len);
+    if len > 0 {
+        let data = store.data().ok_or_else(|| budget.exhausted(len))?;
+        // SAFETY: the store was just allocated with `len` bytes and nothing
+        // else refers to it yet.
+        fill(unsafe { std::slice::from_raw_parts_mut(data.as_ptr() as *mut u8, len) });
+    }
+    let buffer = v8::ArrayBuffer::with_backing_store(scope, &store.make_shared());
+    v8::Uint8Array::new(scope, buffer, 0, len).ok_or_else(|| budget.exhausted(len))
 }

@@ -9,8 +9,10 @@
 //!   A write resolves once the chunk is queued; at most a few are, so a
 //!   guest writing faster than the upstream reads waits (back-pressure).
 //! - `op_wt_fetch_head`: the response status and headers.
-//! - `op_wt_fetch_read`: the next response chunk as the upstream sends it
-//!   (empty at the end).
+//! - `op_wt_fetch_read` / `op_wt_fetch_take`: the next response chunk as
+//!   the upstream sends it: its length (0 at the end), then its bytes into
+//!   a buffer the guest allocated, so they count against the isolate's
+//!   ArrayBuffer cap like any guest buffer.
 //! - `op_wt_fetch_abort`: cancels it, at the egress too.
 //!
 //! An exchange belongs to the request that started it and lives at most
@@ -63,6 +65,8 @@ struct Exchange {
     response: Option<FetchFuture>,
     /// From the head on, until read to its end.
     body: Option<BodyStream>,
+    /// A chunk read from `body` that the guest has not taken yet.
+    chunk: Option<Bytes>,
     /// Fired when the exchange goes: ops waiting on it stop waiting.
     cancel: CancellationToken,
 }
@@ -156,7 +160,7 @@ pub fn op_wt_fetch_start(
         _ => return Err(JsErrorBox::type_error("invalid body mode")),
     };
     let response = fetcher.fetch(FetchRequest { head, body: stream });
-    let exchange = Exchange { deadline, upload, uploaded, response: Some(response), body: None, cancel: CancellationToken::new() };
+    let exchange = Exchange { deadline, upload, uploaded, response: Some(response), body: None, chunk: None, cancel: CancellationToken::new() };
     Ok(table.insert(exchange))
 }
 
@@ -237,14 +241,17 @@ pub async fn op_wt_fetch_head(state: Rc<RefCell<OpState>>, #[smi] rid: u32) -> R
     }
 }
 
-/// The next chunk of the response body as the upstream sent it; empty at
-/// the end (chunks are never empty).
+/// Reads the next chunk of the response body as the upstream sent it and
+/// resolves with its length, 0 at the end (chunks are never empty); the
+/// bytes wait for [`op_wt_fetch_take`].
 #[op2]
-#[buffer]
-pub async fn op_wt_fetch_read(state: Rc<RefCell<OpState>>, #[smi] rid: u32) -> Result<Vec<u8>, JsErrorBox> {
+pub async fn op_wt_fetch_read(state: Rc<RefCell<OpState>>, #[smi] rid: u32) -> Result<u32, JsErrorBox> {
     let (mut body, cancel, deadline) = {
         let mut state = state.borrow_mut();
         let Some(exchange) = exchanges(&mut state).map.get_mut(&rid) else { return Err(aborted()) };
+        if exchange.chunk.is_some() {
+            return Err(JsErrorBox::type_error("the previous chunk was not taken"));
+        }
         let Some(body) = exchange.body.take() else { return Err(JsErrorBox::type_error("no response body to read")) };
         (body, exchange.cancel.clone(), exchange.deadline)
     };
@@ -262,16 +269,36 @@ pub async fn op_wt_fetch_read(state: Rc<RefCell<OpState>>, #[smi] rid: u32) -> R
         Some(Ok(chunk)) => {
             let Some(exchange) = table.map.get_mut(&rid) else { return Err(aborted()) };
             exchange.body = Some(body);
-            Ok(Vec::from(chunk))
+            let len = chunk.len() as u32;
+            exchange.chunk = Some(chunk);
+            Ok(len)
         }
         None => {
             table.map.remove(&rid);
-            Ok(Vec::new())
+            Ok(0)
         }
         Some(Err(e)) => {
             table.map.remove(&rid);
             Err(JsErrorBox::generic(e.to_guest()))
         }
+    }
+}
+
+/// Copies the chunk [`op_wt_fetch_read`] announced into `out`, which must
+/// be exactly its length.
+#[op2(fast)]
+pub fn op_wt_fetch_take(state: &mut OpState, #[smi] rid: u32, #[buffer] out: &mut [u8]) -> Result<(), JsErrorBox> {
+    let Some(exchange) = exchanges(state).map.get_mut(&rid) else { return Err(aborted()) };
+    match exchange.chunk.take() {
+        Some(chunk) if chunk.len() == out.len() => {
+            out.copy_from_slice(&chunk);
+            Ok(())
+        }
+        Some(chunk) => {
+            exchange.chunk = Some(chunk);
+            Err(JsErrorBox::range_error("the buffer is not the chunk's length"))
+        }
+        None => Err(JsErrorBox::type_error("no chunk was read")),
     }
 }
 

@@ -41,9 +41,8 @@ impl Isolate {
         let limits = &spec.limits;
         let stats = spec.stats.clone();
         let heap = limits.heap_mb as usize * 1024 * 1024;
-        let params = v8::CreateParams::default()
-            .heap_limits(0, heap)
-            .array_buffer_allocator(alloc::capped(limits.array_buffer_mb as usize * 1024 * 1024));
+        let (allocator, budget) = alloc::capped(limits.array_buffer_mb as usize * 1024 * 1024);
+        let params = v8::CreateParams::default().heap_limits(0, heap).array_buffer_allocator(allocator);
         let mut rt = JsRuntime::try_new(RuntimeOptions {
             startup_snapshot: Some(snapshot::get()),
             extensions: vec![webtask_runtime::init()],
@@ -96,6 +95,8 @@ impl Isolate {
             state.put(Console(spec.console.clone()));
             state.put(inflight.clone());
             state.put(Exchanges::default());
+            // What the ops allocate for the guest counts against the cap too.
+            state.put(budget);
         }
 
         let (run_fn, instantiate_fn) = lockdown(&mut rt, limits)?;

@@ -2,8 +2,12 @@
 //! modules (`js_runtime/bootstrap.js` and `js_runtime/node/`, which keep the
 //! ops in their closures): settling a request, streaming a response,
 //! console output, egress exchanges (`engine::exchange`), and the Node
-//! environment's crypto, zlib and module table (`engine::node`). Ops take plain values, check every
-//! argument, and never hand a host object back to JavaScript.
+//! environment's crypto, zlib and module table (`engine::node`). Ops take
+//! plain values and check every argument. The only host objects handed
+//! back are the Node ops' resumable states (a digest, a zlib stream, a key,
+//! a signature job): cppgc objects with no properties or methods, that only
+//! these ops accept, kept by the shim where guest code does not look
+//! (private fields, a WeakMap).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -13,13 +17,21 @@ use bytes::Bytes;
 use deno_core::{op2, v8, OpState};
 
 use super::console::{self, ConsoleLine, ConsoleSink};
-use super::exchange::{op_wt_fetch_abort, op_wt_fetch_finish, op_wt_fetch_head, op_wt_fetch_read, op_wt_fetch_start, op_wt_fetch_write};
+use super::exchange::{
+    op_wt_fetch_abort, op_wt_fetch_finish, op_wt_fetch_head, op_wt_fetch_read, op_wt_fetch_start, op_wt_fetch_take, op_wt_fetch_write,
+};
 use super::fetch::Fetcher;
 use super::inflight::Inflight;
-use super::node::crypto::{op_wt_aes_cbc, op_wt_aes_gcm, op_wt_hash, op_wt_hmac, op_wt_pbkdf2, op_wt_random};
-use super::node::keys::{op_wt_key_from_ec_point, op_wt_key_from_jwk, op_wt_key_import, op_wt_sign, op_wt_verify};
+use super::node::crypto::{
+    op_wt_aes_cbc, op_wt_digest_copy, op_wt_digest_final, op_wt_digest_update, op_wt_gcm_aad, op_wt_gcm_check, op_wt_gcm_new,
+    op_wt_gcm_tag, op_wt_gcm_update, op_wt_hash_new, op_wt_hmac_new, op_wt_pbkdf2_new, op_wt_pbkdf2_run, op_wt_random,
+};
+use super::node::keys::{
+    op_wt_job_run, op_wt_key_der, op_wt_key_from_ec_point, op_wt_key_from_jwk, op_wt_key_import, op_wt_key_info, op_wt_key_public,
+    op_wt_sign_start, op_wt_verify_start,
+};
 use super::node::modules::{op_wt_module_compile, op_wt_module_resolve, op_wt_module_text, op_wt_module_version};
-use super::node::zlib::op_wt_zlib;
+use super::node::zlib::{op_wt_zlib_new, op_wt_zlib_run};
 use super::{Error, ScriptError};
 
 /// Console output one request may produce (each line counted with
@@ -46,10 +58,13 @@ deno_core::extension!(
     webtask_runtime,
     ops = [
         op_wt_complete, op_wt_fail, op_wt_head, op_wt_write, op_wt_end, op_wt_console,
-        op_wt_fetch_start, op_wt_fetch_write, op_wt_fetch_finish, op_wt_fetch_head, op_wt_fetch_read, op_wt_fetch_abort,
-        op_wt_hash, op_wt_hmac, op_wt_pbkdf2, op_wt_random, op_wt_aes_cbc, op_wt_aes_gcm,
-        op_wt_key_import, op_wt_key_from_jwk, op_wt_key_from_ec_point, op_wt_sign, op_wt_verify,
-        op_wt_zlib, op_wt_module_resolve, op_wt_module_version, op_wt_module_compile, op_wt_module_text,
+        op_wt_fetch_start, op_wt_fetch_write, op_wt_fetch_finish, op_wt_fetch_head, op_wt_fetch_read, op_wt_fetch_take, op_wt_fetch_abort,
+        op_wt_hash_new, op_wt_hmac_new, op_wt_digest_copy, op_wt_digest_update, op_wt_digest_final,
+        op_wt_pbkdf2_new, op_wt_pbkdf2_run, op_wt_random, op_wt_aes_cbc, op_wt_gcm_new, op_wt_gcm_aad,
+        op_wt_gcm_update, op_wt_gcm_tag, op_wt_gcm_check, op_wt_key_import, op_wt_key_from_jwk,
+        op_wt_key_from_ec_point, op_wt_key_public, op_wt_key_info, op_wt_key_der, op_wt_sign_start,
+        op_wt_verify_start, op_wt_job_run, op_wt_zlib_new, op_wt_zlib_run, op_wt_module_resolve, op_wt_module_version,
+        op_wt_module_compile, op_wt_module_text,
         op_wt_load_builtins,
     ],
     esm_entry_point = "ext:webtask_runtime/bootstrap.js",

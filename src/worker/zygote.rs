@@ -54,6 +54,7 @@ pub fn main(node_pid: i32, stack_kb: u32, array_buffer_mb: u64) -> anyhow::Resul
     crate::jail::precompute();
     crate::engine::node::modules::preload();
     crate::engine::start_v8_for_forking(stack_kb, array_buffer_mb);
+    inherit_v8_memory()?;
     ensure_single_threaded()?;
     loop {
         let Some((request, fds)) = receive(&control)? else { return Ok(()) };
@@ -65,6 +66,33 @@ pub fn main(node_pid: i32, stack_kb: u32, array_buffer_mb: u64) -> anyhow::Resul
         sendmsg::<()>(control.as_raw_fd(), &[IoSlice::new(&answer)], &[], MsgFlags::empty(), None)
             .context("answering the node")?;
     }
+}
+
+/// V8 maps its memory `MADV_DONTFORK`, its process-wide tables too (cppgc's
+/// GCInfo table, which every cppgc object's type is registered in): a
+/// child would find them unmapped and crash at first use. Those mappings
+/// are what the zygote starts V8 for, so they are handed down as any
+/// other memory is (copy-on-write; this process creates no isolate, so
+/// there is no heap among them).
+fn inherit_v8_memory() -> anyhow::Result<()> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").context("/proc/self/smaps")?;
+    let mut range = None;
+    for line in smaps.lines() {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            if let (Some((start, end)), true) = (range.take(), flags.split_whitespace().any(|f| f == "dc")) {
+                // SAFETY: advice on a mapping of this process, changing only
+                // whether a fork copies it.
+                if unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DOFORK) } != 0 {
+                    anyhow::bail!("madvise(MADV_DOFORK): {}", std::io::Error::last_os_error());
+                }
+            }
+        } else if let Some((start, end)) = line.split_whitespace().next().and_then(|r| r.split_once('-')) {
+            if let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) {
+                range = Some((start, end));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Forking is sound only while this is the process's one thread.

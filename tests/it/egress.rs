@@ -588,6 +588,47 @@ async fn a_guest_that_stops_reading_holds_the_upstream_back_and_its_abort_cuts_i
     }
 }
 
+#[tokio::test]
+async fn response_chunks_a_guest_keeps_count_against_its_arraybuffer_limit() {
+    // Chunks land in buffers the guest allocates: keeping a flood of them
+    // ends in the same RangeError as any buffer past the cap (32 MiB in
+    // the test config), not in memory the limit does not see.
+    let keep = r#"module.exports = async (ctx) => {
+        const res = await fetch(ctx.data.url + '/flood');
+        const reader = res.body.getReader();
+        const kept = [];
+        let bytes = 0;
+        try {
+            for (;;) { const { value } = await reader.read(); kept.push(value); bytes += value.length; }
+        } catch (e) {
+            return { name: e.name, mib: Math.floor(bytes / 1048576), message: e.message };
+        }
+    };"#;
+    let keep_http = r#"module.exports = (ctx, cb) => {
+        let bytes = 0;
+        const kept = [];
+        require('http').get(ctx.data.url + '/flood', (res) => {
+            res.on('data', (c) => { kept.push(c); bytes += c.length; });
+            res.on('error', (e) => cb(null, { name: e.name, mib: Math.floor(bytes / 1048576), message: e.message }));
+        }).on('error', () => {});
+    };"#;
+    let (server, _, _) = flood_server().await;
+    let mut config = allowing(server, None);
+    config.egress.max_response_bytes = 1 << 40;
+    // A thousand reads in a debug build.
+    config.engine.limits.cpu_ms = 10_000;
+    for node in every_target_with(config).await {
+        for code in [keep, keep_http] {
+            let res = node.run("keep-chunks", &format!("?url=http://{server}"), code).await;
+            let v = res.json();
+            assert_eq!((v["name"].as_str(), v["message"].as_str()), (Some("RangeError"), Some("Array buffer allocation failed")), "{v}");
+            assert!((28..=32).contains(&v["mib"].as_u64().unwrap()), "{v}");
+            // The container goes on.
+            assert_eq!(node.run("keep-chunks", "", "module.exports = (ctx, cb) => cb(null, 1);").await.json(), json!(1));
+        }
+    }
+}
+
 /// `/hang` answers nothing and reports when its connection is closed;
 /// `/half` sends "first" and then nothing.
 async fn hanging_server() -> (SocketAddr, Arc<tokio::sync::Semaphore>) {

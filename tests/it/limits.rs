@@ -406,3 +406,132 @@ async fn cpu_kill_during_the_event_loop_blames_the_request_that_spun() {
         assert_eq!(waiting.json()["code"], json!("isolate_recycled"), "{}", waiting.text());
     }
 }
+
+/// The CPU limit of the test configuration, with room for buffers far
+/// beyond what one op call may work through before the limit bites.
+fn long_op_config() -> Config {
+    let mut config = test_config();
+    config.engine.limits.array_buffer_mb = 1024;
+    config
+}
+
+/// A request that spends its CPU inside ops ends at the limit, not once a
+/// long op call returns: each call works for a slice (a few ms) only.
+async fn assert_cpu_limit_in_time(node: &Target, code: &str) {
+    let res = node.run("cpu-ops", "", code).await;
+    assert_eq!(res.status, 500, "{}", res.text());
+    let v = res.json();
+    assert_eq!(v["code"], json!("cpu_limit"), "{v}");
+    assert_eq!(v["limit_ms"], json!(100));
+    let used = v["used_ms"].as_u64().unwrap();
+    assert!(used > 100 && used < 200, "{v}");
+    assert_eq!(node.run("cpu-ops", "", HELLO).await.json(), json!("alive"));
+}
+
+#[tokio::test]
+async fn cpu_limit_stops_pbkdf2_with_huge_iterations() {
+    for node in every_target_with(long_op_config()).await {
+        assert_cpu_limit_in_time(&node, "return function (cb) { require('crypto').pbkdf2Sync('p', 's', 2147483647, 64, 'sha512'); }").await;
+    }
+}
+
+#[tokio::test]
+async fn cpu_limit_stops_hashing_a_huge_buffer() {
+    for node in every_target_with(long_op_config()).await {
+        let code = "return function (cb) { require('crypto').createHash('sha512').update(Buffer.alloc(768 * 2 ** 20)).digest(); }";
+        assert_cpu_limit_in_time(&node, code).await;
+    }
+}
+
+#[tokio::test]
+async fn cpu_limit_stops_gzip_and_gunzip_of_a_bomb() {
+    for node in every_target_with(long_op_config()).await {
+        // 768 gzip members of 1 MiB of zeros each: 768 MiB from under 1 MiB.
+        let gunzip = r#"return function (cb) {
+            const zlib = require('zlib');
+            const member = zlib.gzipSync(Buffer.alloc(2 ** 20));
+            zlib.gunzipSync(Buffer.concat(new Array(768).fill(member)));
+        }"#;
+        assert_cpu_limit_in_time(&node, gunzip).await;
+        assert_cpu_limit_in_time(&node, "return function (cb) { require('zlib').gzipSync(Buffer.alloc(768 * 2 ** 20), { level: 9 }); }").await;
+    }
+}
+
+#[tokio::test]
+async fn zlib_output_kept_by_the_guest_is_held_to_the_array_buffer_limit() {
+    for node in every_target_with(memory_config()).await {
+        // Each result is 8 MiB: the fourth would pass the 32 MiB cap. The
+        // guest is told so; the worker is not OOM-killed.
+        let code = r#"return function (cb) {
+            const zlib = require('zlib');
+            const bomb = zlib.gzipSync(Buffer.alloc(8 * 2 ** 20));
+            const keep = [];
+            try { for (let i = 0; i < 20; i++) keep.push(zlib.gunzipSync(bomb)); } catch (e) { return cb(null, [e.name, e.message, keep.length]); }
+            cb(null, 'kept ' + keep.length);
+        }"#;
+        let res = node.run("zbomb", "", code).await;
+        assert_eq!(res.status, 200, "{}", res.text());
+        let v = res.json();
+        assert_eq!(v[0], "RangeError", "{v}");
+        let msg = v[1].as_str().unwrap();
+        assert!(msg.starts_with("Array buffer allocation failed") && msg.contains("ArrayBuffer memory limit of 32 MiB"), "{v}");
+        assert!(v[2].as_u64().unwrap() <= 3, "{v}");
+        assert_eq!(node.run("zbomb", "", HELLO).await.json(), json!("alive"));
+    }
+}
+
+#[tokio::test]
+async fn op_results_past_the_array_buffer_limit_are_range_errors() {
+    for node in every_target_with(memory_config()).await {
+        // With the cap used up, every op that hands bytes back is refused
+        // inside the guest (a digest, a key's DER, zlib's state, a signature),
+        // where V8 would abort the process for a failed allocation.
+        let code = format!(
+            r#"return function (cb) {{
+                const c = require('crypto'), zlib = require('zlib');
+                const ecPem = {ec:?}, ecPub = {pub:?};
+                const key = c.createPrivateKey(ecPem), pub = c.createPublicKey(ecPub);
+                const hash = c.createHash('sha256').update('x');
+                const hold = [];
+                for (const size of [2 ** 20, 2 ** 10, 16, 1]) {{
+                    try {{ for (;;) hold.push(new ArrayBuffer(size)); }} catch (e) {{}}
+                }}
+                const out = [];
+                for (const f of [() => hash.digest(), () => pub.export({{ type: 'spki', format: 'der' }}),
+                                 () => zlib.gzipSync('x'), () => c.sign('sha256', Buffer.from('x'), key), () => c.createPublicKey(ecPub).export({{ type: 'spki', format: 'der' }})]) {{
+                    try {{ f(); out.push('ok'); }} catch (e) {{ out.push(e.name + ': ' + e.message); }}
+                }}
+                hold.length = 0;
+                cb(null, out);
+            }}"#,
+            ec = include_str!("fixtures/ec.pem"),
+            pub = include_str!("fixtures/ec.pub"),
+        );
+        let res = node.run("abfull", "", &code).await;
+        assert_eq!(res.status, 200, "{}", res.text());
+        let v = res.json();
+        for r in v.as_array().unwrap() {
+            let r = r.as_str().unwrap();
+            assert!(r.starts_with("RangeError: Array buffer allocation failed"), "{v}");
+        }
+        assert!(v[0].as_str().unwrap().contains("ArrayBuffer memory limit of 32 MiB"), "{v}");
+        assert_eq!(node.run("abfull", "", HELLO).await.json(), json!("alive"));
+    }
+}
+
+#[tokio::test]
+async fn cpu_limit_stops_a_16384_bit_rsa_signature() {
+    // A 16384-bit signature is most of a second of arithmetic, run a few
+    // multiplications per op call. (Library engine: the key is larger than
+    // the test node's request body limit.)
+    let engine = webtask::Engine::new(test_config().engine);
+    let ctx = webtask::Context::new().data("pem", include_str!("fixtures/rsa/rsa16384.pem"));
+    let code = "return function (context, cb) { cb(null, require('crypto').sign('sha256', Buffer.from('x'), context.data.pem).length); }";
+    match engine.run(code, ctx).await {
+        Err(webtask::Error::CpuLimit { limit_ms, used_ms }) => {
+            assert_eq!(limit_ms, 100);
+            assert!(used_ms > 100 && used_ms < 200, "{used_ms} ms");
+        }
+        other => panic!("expected cpu_limit: {other:?}"),
+    }
+}

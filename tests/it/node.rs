@@ -195,8 +195,8 @@ async fn crypto_bad_input_is_a_guest_error() {
         r#"return function (cb) {
             const c = require('crypto');
             const out = [];
-            for (const f of [() => c.createHash('whirlpool'), () => c.pbkdf2Sync('p', 's', 1e9, 64, 'sha512'),
-                             () => c.pbkdf2Sync('p', 's', -1, 64, 'sha1'), () => c.createCipheriv('aes-256-gcm', Buffer.alloc(32), Buffer.alloc(7)),
+            for (const f of [() => c.createHash('whirlpool'), () => c.pbkdf2Sync('p', 's', 2 ** 31, 64, 'sha512'),
+                             () => c.pbkdf2Sync('p', 's', -1, 64, 'sha1'), () => c.createCipheriv('aes-256-gcm', Buffer.alloc(32), Buffer.alloc(0)),
                              () => c.randomBytes(-1), () => c.createHash('sha256').update({})]) {
                 try { f(); out.push('no error'); } catch (e) { out.push(e.constructor.name); }
             }
@@ -728,4 +728,241 @@ async fn req_streams_a_binary_body_byte_for_byte() {
         out.json().unwrap(),
         json!([5, "08f31204af9d63f9b4fc818aeaf454e9071b14dd53b891a9287edd57903dd990"])
     );
+}
+
+/// Runs `code` in a library engine whose CPU limit is `cpu_ms`.
+async fn eval_cpu(code: &str, ctx: Context, cpu_ms: u64) -> Value {
+    let mut config = webtask::EngineConfig::default();
+    config.limits.cpu_ms = cpu_ms;
+    let engine = Engine::new(config);
+    match engine.run(code, ctx).await {
+        Ok(out) => out.json().unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", out.body)),
+        Err(e) => panic!("webtask failed: {e:?}"),
+    }
+}
+
+/// RSA keys Node made (1024-bit PKCS#1, 4096- and 8192-bit PKCS#8) and
+/// what Node signed with them (`fixtures/rsa/`, written by its gen.js).
+fn rsa_context() -> (Context, Value) {
+    let expect: Value = serde_json::from_str(include_str!("fixtures/rsa/expect.json")).unwrap();
+    let keys = json!({
+        "1024": [include_str!("fixtures/rsa/rsa1024.pem"), include_str!("fixtures/rsa/rsa1024.pub")],
+        "4096": [include_str!("fixtures/rsa/rsa4096.pem"), include_str!("fixtures/rsa/rsa4096.pub")],
+        "8192": [include_str!("fixtures/rsa/rsa8192.pem"), include_str!("fixtures/rsa/rsa8192.pub")],
+    });
+    (Context::new().data("keys", keys).data("expect", expect.clone()), expect)
+}
+
+#[tokio::test]
+async fn rsa_1024_to_8192_bits_with_sha1_and_sha2_sign_and_verify_as_node() {
+    let (ctx, expect) = rsa_context();
+    let v = eval_cpu(
+        r#"return function (context, cb) {
+            const c = require('crypto');
+            const { keys, expect } = context.data;
+            const data = Buffer.from('webtask');
+            const PSS = c.constants.RSA_PKCS1_PSS_PADDING;
+            const out = {};
+            for (const bits of Object.keys(expect.rsa)) {
+                const e = expect.rsa[bits];
+                const [pem, pub] = keys[bits];
+                const r = out[bits] = { signed: {}, failed: [] };
+                for (const name of Object.keys(e)) {
+                    const [kind, alg] = name.split('_');
+                    const sig = Buffer.from(e[name], 'base64');
+                    // Signing with the largest key is slow in test builds: a sample.
+                    const sign = bits !== '8192' || name === 'pkcs1_sha256' || name === 'pss_sha512';
+                    if (kind === 'pkcs1') {
+                        // Deterministic: byte for byte Node's.
+                        if (sign) r.signed[name] = c.createSign('RSA-' + alg.toUpperCase()).update('web').update('task').sign(pem, 'base64');
+                        if (!c.createVerify(alg).update(data).verify(pub, sig)) r.failed.push(name);
+                        continue;
+                    }
+                    // Node's PSS signatures: salt length found (the default), or given.
+                    const opts = { key: pub, padding: PSS };
+                    if (!c.verify(alg, data, opts, sig)) r.failed.push(name);
+                    const saltLength = kind === 'pss' ? -3 /* OpenSSL's RSA_PSS_SALTLEN_MAX */ : c.constants.RSA_PSS_SALTLEN_DIGEST;
+                    if (!c.verify(alg, data, { ...opts, saltLength }, sig)) r.failed.push(name + ' with its salt length');
+                    if (c.verify(alg, data, { ...opts, saltLength: 5 }, sig)) r.failed.push(name + ' with a wrong salt length');
+                    if (!sign) continue;
+                    // Ours, with Node's default salt, verify and tell data apart.
+                    const own = c.sign(alg, data, { key: pem, padding: PSS });
+                    if (!c.verify(alg, data, opts, own) || c.verify(alg, Buffer.from('webtasK'), opts, own)) r.failed.push(name + ' (own)');
+                }
+                r.tampered = c.verify('sha256', Buffer.from('webtasK'), pub, Buffer.from(e.pkcs1_sha256, 'base64'));
+                r.bits = c.createPublicKey(pub).asymmetricKeyDetails.modulusLength;
+                r.exponent = String(c.createPrivateKey(pem).asymmetricKeyDetails.publicExponent);
+                // A private key where a public one is wanted gives its public half.
+                r.derived = c.createPublicKey(pem).export({ type: 'spki', format: 'pem' }) === pub;
+            }
+            cb(null, out);
+        }"#,
+        ctx,
+        60_000,
+    )
+    .await;
+    for bits in ["1024", "4096", "8192"] {
+        let r = &v[bits];
+        let e = &expect["rsa"][bits];
+        for (name, sig) in r["signed"].as_object().unwrap() {
+            assert_eq!(sig, &e[name], "{bits} {name}");
+        }
+        assert_eq!(r["failed"], json!([]), "{bits}");
+        assert_eq!(r["tampered"], false, "{bits}");
+        assert_eq!(r["bits"], json!(bits.parse::<u32>().unwrap()));
+        assert_eq!(r["exponent"], "65537");
+        assert_eq!(r["derived"], true, "{bits}");
+    }
+    assert!(v["1024"]["signed"]["pkcs1_sha1"].is_string(), "{v}");
+}
+
+#[tokio::test]
+async fn oauth_sign_rsa_sha1_with_a_1024_bit_key_is_nodes() {
+    let (ctx, expect) = rsa_context();
+    let v = eval_with(
+        r#"return function (context, cb) {
+            const { keys, expect } = context.data;
+            cb(null, require('oauth-sign').sign('RSA-SHA1', 'GET', 'https://api.example.com/things', expect.oauthParams, keys['1024'][0]));
+        }"#,
+        ctx,
+    )
+    .await;
+    assert_eq!(v, expect["oauth"]);
+}
+
+#[tokio::test]
+async fn subtle_rsa_takes_sha1_and_any_pss_salt_length() {
+    let (ctx, _) = rsa_context();
+    let v = eval_cpu(
+        r#"module.exports = async function (context) {
+            const { keys, expect } = context.data;
+            const e = expect.rsa['4096'];
+            const der = (pem) => Buffer.from(pem.replace(/-----[^-]+-----|\s/g, ''), 'base64');
+            const b64 = (s) => Buffer.from(s, 'base64');
+            const data = new TextEncoder().encode('webtask');
+            const s = crypto.subtle;
+            const sha1 = { name: 'RSASSA-PKCS1-v1_5', hash: 'SHA-1' };
+            const signer = await s.importKey('pkcs8', der(keys['4096'][0]), sha1, false, ['sign']);
+            const sig = Buffer.from(await s.sign(sha1, signer, data)).toString('base64');
+            const pss = { name: 'RSA-PSS', hash: 'SHA-256' };
+            const pub = await s.importKey('spki', der(keys['4096'][1]), pss, false, ['verify']);
+            const pssSigner = await s.importKey('pkcs8', der(keys['4096'][0]), pss, false, ['sign']);
+            const own = await s.sign({ name: 'RSA-PSS', saltLength: 20 }, pssSigner, data);
+            return {
+                sha1: sig === e.pkcs1_sha1,
+                digestSalt: await s.verify({ name: 'RSA-PSS', saltLength: 32 }, pub, b64(e.pssdigest_sha256), data),
+                longestSalt: await s.verify({ name: 'RSA-PSS', saltLength: 512 - 32 - 2 }, pub, b64(e.pss_sha256), data),
+                wrongSalt: await s.verify({ name: 'RSA-PSS', saltLength: 32 }, pub, b64(e.pss_sha256), data),
+                own: await s.verify({ name: 'RSA-PSS', saltLength: 20 }, pub, own, data),
+                alg: [pub.algorithm.modulusLength, Array.from(pub.algorithm.publicExponent)],
+            };
+        }"#,
+        ctx,
+        60_000,
+    )
+    .await;
+    assert_eq!(
+        v,
+        json!({"sha1": true, "digestSalt": true, "longestSalt": true, "wrongSalt": false, "own": true, "alg": [4096, [1, 0, 1]]})
+    );
+}
+
+#[tokio::test]
+async fn aes_gcm_takes_any_iv_and_tag_length_as_node() {
+    let (ctx, expect) = rsa_context();
+    let v = eval_with(
+        r#"return function (context, cb) {
+            const c = require('crypto');
+            const bad = [];
+            for (const v of context.data.expect.gcm) {
+                const [key, iv, aad, pt, ct, tag] = [v.key, v.iv, v.aad, v.pt, v.ct, v.tag].map((h) => Buffer.from(h, 'hex'));
+                const name = `${v.alg} iv ${iv.length} tag ${tag.length}`;
+                const e = c.createCipheriv(v.alg, key, iv, { authTagLength: tag.length });
+                e.setAAD(aad);
+                const got = Buffer.concat([e.update(pt.subarray(0, 5)), e.update(pt.subarray(5)), e.final()]);
+                if (!got.equals(ct) || !e.getAuthTag().equals(tag)) bad.push(name);
+                // Deciphering streams too: text comes out of update().
+                const d = c.createDecipheriv(v.alg, key, iv, { authTagLength: tag.length });
+                d.setAAD(aad);
+                d.setAuthTag(tag);
+                const early = d.update(ct);
+                d.final();
+                if (!early.equals(pt)) bad.push(name + ' deciphered');
+                const f = c.createDecipheriv(v.alg, key, iv);
+                f.setAAD(aad);
+                const forged = Buffer.from(tag);
+                forged[0] ^= 1;
+                f.setAuthTag(forged);
+                f.update(ct);
+                try { f.final(); bad.push(name + ' forged'); } catch (err) {}
+            }
+            const k = Buffer.alloc(16);
+            const err = (f) => { try { f(); return 'ok'; } catch (e) { return `${e.code}: ${e.message}`; } };
+            cb(null, { count: context.data.expect.gcm.length, bad, errors: [
+                err(() => c.createCipheriv('aes-128-gcm', k, Buffer.alloc(129))),
+                err(() => c.createCipheriv('aes-128-gcm', k, Buffer.alloc(12), { authTagLength: 5 })),
+                err(() => c.createDecipheriv('aes-128-gcm', k, Buffer.alloc(12), { authTagLength: 8 }).setAuthTag(Buffer.alloc(16))),
+                err(() => c.createDecipheriv('aes-128-gcm', k, Buffer.alloc(12)).setAuthTag(Buffer.alloc(3))),
+                err(() => { const x = c.createCipheriv('aes-128-gcm', k, Buffer.alloc(1)); x.update('a'); x.setAAD(Buffer.from('b')); }),
+                err(() => c.createCipheriv('aes-128-gcm', k, Buffer.alloc(1)).getAuthTag()),
+            ] });
+        }"#,
+        ctx,
+    )
+    .await;
+    assert_eq!(v["count"], json!(expect["gcm"].as_array().unwrap().len()));
+    assert_eq!(v["bad"], json!([]));
+    // Node 20's errors for the same calls.
+    assert_eq!(
+        v["errors"],
+        json!([
+            "ERR_CRYPTO_INVALID_IV: Invalid initialization vector",
+            "ERR_CRYPTO_INVALID_AUTH_TAG: Invalid authentication tag length: 5",
+            "ERR_CRYPTO_INVALID_AUTH_TAG: Invalid authentication tag length: 16",
+            "ERR_CRYPTO_INVALID_AUTH_TAG: Invalid authentication tag length: 3",
+            "ERR_CRYPTO_INVALID_STATE: Invalid state for operation setAAD",
+            "ERR_CRYPTO_INVALID_STATE: Invalid state for operation getAuthTag",
+        ])
+    );
+}
+
+#[tokio::test]
+async fn rsa_16384_bit_keys_sign_and_verify_as_node() {
+    let (_, expect) = rsa_context();
+    let ctx = Context::new()
+        .data("pem", include_str!("fixtures/rsa/rsa16384.pem"))
+        .data("pub", include_str!("fixtures/rsa/rsa16384.pub"))
+        .data("expect", expect["rsa16384"].clone());
+    let v = eval_cpu(
+        r#"return function (context, cb) {
+            const c = require('crypto');
+            const { pem, pub, expect } = context.data;
+            const data = Buffer.from('webtask');
+            cb(null, { sig: c.sign('sha256', data, pem).toString('base64') === expect.pkcs1_sha256,
+                       node: c.verify('sha256', data, pub, Buffer.from(expect.pkcs1_sha256, 'base64')),
+                       bits: c.createPublicKey(pub).asymmetricKeyDetails.modulusLength });
+        }"#,
+        ctx,
+        60_000,
+    )
+    .await;
+    assert_eq!(v, json!({"sig": true, "node": true, "bits": 16384}));
+}
+
+#[tokio::test]
+async fn rsa_signing_draws_randomness_inside_the_jail() {
+    // PSS salts and RSA blinding come from the system's random source,
+    // which the worker's seccomp filter must let through.
+    let node = TestNode::workers().await;
+    let code = format!(
+        r#"return function (cb) {{
+            const c = require('crypto');
+            const pem = {pem:?};
+            const sig = c.sign('sha1', Buffer.from('x'), {{ key: pem, padding: c.constants.RSA_PKCS1_PSS_PADDING }});
+            cb(null, [sig.length, c.verify('sha1', Buffer.from('x'), {{ key: pem, padding: c.constants.RSA_PKCS1_PSS_PADDING }}, sig)]);
+        }}"#,
+        pem = include_str!("fixtures/rsa/rsa1024.pem"),
+    );
+    let res = node.run("jailed-rsa", "", &code).await;
+    assert_eq!(res.json(), json!([128, true]), "{}", res.text());
 }

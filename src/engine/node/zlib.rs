@@ -1,88 +1,472 @@
-//! `zlib` for the Node shim: gzip, deflate (zlib-wrapped) and raw deflate,
-//! one-shot, as ops over flate2 (miniz_oxide, pure Rust). Ops rather than a
-//! JS port (pako, browserify-zlib): compression is CPU-bound, and native
-//! code runs it several times faster inside the same CPU limit.
+//! `zlib` for the Node shim: gzip, deflate (zlib-wrapped) and raw deflate
+//! over flate2's streaming `Compress`/`Decompress` (miniz_oxide, pure
+//! Rust), with gzip's framing (header, CRC-32, length, several members)
+//! done here. Ops rather than a JS port (pako, browserify-zlib): compression
+//! is CPU-bound, and native code runs it several times faster inside the
+//! same CPU limit.
 //!
-//! Output is capped (a small gzip can inflate to gigabytes); the shim's
-//! streaming classes buffer their input and call these once at flush.
+//! A [`ZStream`] is resumable: each call takes what input it can, writes at
+//! most one output buffer the shim allocated (so every byte of output is
+//! counted by the isolate's ArrayBuffer allocator), and returns within a
+//! slice of time. A small gzip can inflate to gigabytes: a one-shot stream
+//! fails as soon as its output could no longer be assembled within the
+//! ArrayBuffer memory the container has left, naming that limit, and every
+//! stream stops at Node's `maxOutputLength`.
 
-use std::io::{Read, Write};
+use std::cell::RefCell;
+use std::sync::Arc;
 
-use deno_core::op2;
+use deno_core::{op2, v8, GarbageCollected, OpState};
 use deno_error::JsErrorBox;
-use flate2::Compression;
+use flate2::{Compress, Compression, Crc, Decompress, FlushCompress, FlushDecompress, Status};
 
-/// Largest output one call produces (Node's `maxOutputLength`, clamped).
-pub const MAX_OUTPUT: usize = 64 * 1024 * 1024;
+use super::{index, range_error, type_error, Deadline};
+use crate::engine::alloc::{Budget, Charge};
 
+/// Input bytes handed to flate2 at a time, between looks at the clock.
+const IN_STEP: usize = 16 * 1024;
+/// Host memory a compressor or decompressor holds (miniz_oxide's tables and
+/// window), charged to the ArrayBuffer budget while the stream lives.
+const DEFLATE_STATE: usize = 320 * 1024;
+const INFLATE_STATE: usize = 48 * 1024;
+
+/// What the shim sees of a call: input taken, output written, ended.
+const ENDED: u32 = 1;
+
+fn data_error(msg: impl std::fmt::Display) -> JsErrorBox {
+    JsErrorBox::generic(format!("Z_DATA_ERROR: {msg}"))
+}
+
+/// gzip member framing being read.
+enum Gz {
+    /// Header bytes seen so far (fixed part, then the optional fields).
+    Header { seen: Vec<u8> },
+    Body,
+    Trailer { seen: Vec<u8> },
+    /// A member ended; more input starts another (unless it is zero padding).
+    Between,
+}
+
+enum Codec {
+    Deflate { c: Compress, gzip: bool, crc: Crc },
+    /// `wrapped`: zlib's header and checksum around the deflate data.
+    Inflate { d: Decompress, gzip: Option<Gz>, crc: Crc, wrapped: bool },
+    /// `unzip` before the first two bytes told gzip from zlib.
+    Sniff { seen: Vec<u8> },
+}
+
+struct ZRun {
+    codec: Codec,
+    /// Bytes produced before the codec's own output (gzip header, trailer).
+    pending: Vec<u8>,
+    total_out: u64,
+    max_out: u64,
+    /// One-shot output is concatenated at the end: it must fit twice.
+    one_shot: bool,
+    ended: bool,
+    charge: Charge,
+}
+
+pub struct ZStream(RefCell<Option<ZRun>>);
+
+// SAFETY: holds no GC references to trace.
+unsafe impl GarbageCollected for ZStream {
+    fn trace(&self, _visitor: &mut v8::cppgc::Visitor) {}
+
+    fn get_name(&self) -> &'static std::ffi::CStr {
+        c"ZStream"
+    }
+}
+
+/// A stream in `mode` (gzip, deflate, deflateRaw, gunzip, inflate,
+/// inflateRaw, unzip). `max_output`: Node's `maxOutputLength` (any number;
+/// out of range means none). `one_shot`: the shim will join the output into
+/// one buffer.
 #[op2]
-#[buffer]
-pub fn op_wt_zlib(
+#[cppgc]
+pub fn op_wt_zlib_new(
+    state: &OpState,
     #[string] mode: &str,
-    #[buffer] input: &[u8],
     level: f64,
     max_output: f64,
-) -> Result<Vec<u8>, JsErrorBox> {
-    let limit = if max_output.is_finite() && max_output >= 1.0 { (max_output as usize).min(MAX_OUTPUT) } else { MAX_OUTPUT };
+    one_shot: bool,
+) -> Result<ZStream, JsErrorBox> {
+    new_stream(state.borrow::<Arc<Budget>>(), mode, level, max_output, one_shot)
+}
+
+fn new_stream(budget: &Arc<Budget>, mode: &str, level: f64, max_output: f64, one_shot: bool) -> Result<ZStream, JsErrorBox> {
     let level = if level == -1.0 {
         Compression::default()
     } else if (0.0..=9.0).contains(&level) && level.fract() == 0.0 {
         Compression::new(level as u32)
     } else {
-        return Err(super::range_error(format!("The value of \"options.level\" is out of range. It must be >= -1 and <= 9. Received {level}")));
+        return Err(range_error(format!("The value of \"options.level\" is out of range. It must be >= -1 and <= 9. Received {level}")));
     };
-    let out = match mode {
-        "gzip" => compress(flate2::write::GzEncoder::new(Vec::new(), level), input),
-        "deflate" => compress(flate2::write::ZlibEncoder::new(Vec::new(), level), input),
-        "deflateRaw" => compress(flate2::write::DeflateEncoder::new(Vec::new(), level), input),
-        "gunzip" => expand(flate2::read::MultiGzDecoder::new(input), limit),
-        "inflate" => expand(flate2::read::ZlibDecoder::new(input), limit),
-        "inflateRaw" => expand(flate2::read::DeflateDecoder::new(input), limit),
-        // Like Node's unzip: gzip or zlib, told apart by the header.
-        "unzip" if input.starts_with(&[0x1f, 0x8b]) => expand(flate2::read::MultiGzDecoder::new(input), limit),
-        "unzip" => expand(flate2::read::ZlibDecoder::new(input), limit),
-        other => return Err(super::type_error(format!("unknown zlib mode {other:?}"))),
-    };
-    out.map_err(|e| {
-        let mut err = JsErrorBox::generic(e.to_string());
-        if e.kind() == std::io::ErrorKind::OutOfMemory {
-            err = super::range_error(format!("Cannot create a Buffer larger than {limit} bytes"));
+    let mut pending = Vec::new();
+    let codec = match mode {
+        "gzip" => {
+            // As zlib writes it: no name or time, XFL by level, OS unix.
+            let xfl = match level.level() {
+                9 => 2,
+                1 => 4,
+                _ => 0,
+            };
+            pending.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 3]);
+            Codec::Deflate { c: Compress::new(level, false), gzip: true, crc: Crc::new() }
         }
-        err
-    })
+        "deflate" => Codec::Deflate { c: Compress::new(level, true), gzip: false, crc: Crc::new() },
+        "deflateRaw" => Codec::Deflate { c: Compress::new(level, false), gzip: false, crc: Crc::new() },
+        "gunzip" => Codec::Inflate { d: Decompress::new(false), gzip: Some(Gz::Header { seen: Vec::new() }), crc: Crc::new(), wrapped: false },
+        "inflate" => Codec::Inflate { d: Decompress::new(true), gzip: None, crc: Crc::new(), wrapped: true },
+        "inflateRaw" => Codec::Inflate { d: Decompress::new(false), gzip: None, crc: Crc::new(), wrapped: false },
+        "unzip" => Codec::Sniff { seen: Vec::new() },
+        other => return Err(type_error(format!("unknown zlib mode {other:?}"))),
+    };
+    let size = if matches!(codec, Codec::Deflate { .. }) { DEFLATE_STATE } else { INFLATE_STATE };
+    let charge = Charge::new(budget, size)?;
+    let max_out = if max_output.is_finite() && max_output >= 1.0 { max_output as u64 } else { u64::MAX };
+    Ok(ZStream(RefCell::new(Some(ZRun { codec, pending, total_out: 0, max_out, one_shot, ended: false, charge }))))
 }
 
-fn compress<W: Write + Finish>(mut w: W, input: &[u8]) -> std::io::Result<Vec<u8>> {
-    w.write_all(input)?;
-    w.finish()
+/// Runs the stream for one slice over `input[offset..]` (`finish`: no more
+/// input follows), writing into `out`. `info` gets [input offset reached,
+/// bytes written]. Returns 1 once the stream has ended, else 0: call again
+/// with the rest of the input, or with more once it comes. Errors carry
+/// zlib's code before a colon (`Z_DATA_ERROR: incorrect header check`).
+#[op2(fast)]
+pub fn op_wt_zlib_run(
+    #[cppgc] z: &ZStream,
+    #[buffer] input: &[u8],
+    offset: f64,
+    finish: bool,
+    #[buffer] out: &mut [u8],
+    #[buffer] info: &mut [u32],
+) -> Result<u32, JsErrorBox> {
+    run_stream(z, input, offset, finish, out, info)
 }
 
-trait Finish {
-    fn finish(self) -> std::io::Result<Vec<u8>>;
-}
-impl Finish for flate2::write::GzEncoder<Vec<u8>> {
-    fn finish(self) -> std::io::Result<Vec<u8>> {
-        flate2::write::GzEncoder::finish(self)
+fn run_stream(z: &ZStream, input: &[u8], offset: f64, finish: bool, out: &mut [u8], info: &mut [u32]) -> Result<u32, JsErrorBox> {
+    if info.len() < 2 {
+        return Err(type_error("info needs two slots"));
     }
-}
-impl Finish for flate2::write::ZlibEncoder<Vec<u8>> {
-    fn finish(self) -> std::io::Result<Vec<u8>> {
-        flate2::write::ZlibEncoder::finish(self)
+    let offset = index(offset, input.len(), "offset")?;
+    if super::stopping() {
+        info[0] = offset as u32;
+        info[1] = 0;
+        return Ok(0);
     }
-}
-impl Finish for flate2::write::DeflateEncoder<Vec<u8>> {
-    fn finish(self) -> std::io::Result<Vec<u8>> {
-        flate2::write::DeflateEncoder::finish(self)
+    let mut slot = z.0.borrow_mut();
+    let Some(run) = slot.as_mut() else {
+        info[0] = offset as u32;
+        info[1] = 0;
+        return Ok(ENDED);
+    };
+    let result = run.step(&input[offset..], finish, out);
+    match result {
+        Ok((used, made)) => {
+            info[0] = (offset + used) as u32;
+            info[1] = made as u32;
+            if run.done() {
+                *slot = None;
+                return Ok(ENDED);
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            *slot = None;
+            Err(e)
+        }
     }
 }
 
-/// Reads all of `r`, failing past `limit` bytes; corrupt input is an error
-/// carrying flate2's reason ("invalid gzip header", "corrupt deflate stream").
-fn expand(r: impl Read, limit: usize) -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    let n = r.take(limit as u64 + 1).read_to_end(&mut out)?;
-    if n > limit {
-        return Err(std::io::Error::new(std::io::ErrorKind::OutOfMemory, "output too large"));
+impl ZRun {
+    /// One slice of work: (input bytes used, output bytes written).
+    fn step(&mut self, input: &[u8], finish: bool, out: &mut [u8]) -> Result<(usize, usize), JsErrorBox> {
+        let deadline = Deadline::start();
+        let (mut used, mut made) = (0, 0);
+        loop {
+            made += self.drain(&mut out[made..]);
+            if self.done() || made == out.len() {
+                break;
+            }
+            let before = (used, made);
+            let (u, m) = self.advance(&input[used..], finish, &mut out[made..])?;
+            used += u;
+            made += m;
+            self.total_out += m as u64;
+            self.check_size()?;
+            if (used, made) == before && self.pending.is_empty() {
+                // Stuck: out of input (or, finishing, a truncated stream).
+                if finish && used == input.len() && !self.ended {
+                    return Err(JsErrorBox::generic("Z_BUF_ERROR: unexpected end of file"));
+                }
+                break;
+            }
+            if deadline.passed() {
+                break;
+            }
+        }
+        Ok((used, made))
     }
-    Ok(out)
+
+    /// Ended, and everything it made handed out.
+    fn done(&self) -> bool {
+        self.ended && self.pending.is_empty()
+    }
+
+    fn drain(&mut self, out: &mut [u8]) -> usize {
+        let n = self.pending.len().min(out.len());
+        out[..n].copy_from_slice(&self.pending[..n]);
+        self.pending.drain(..n);
+        self.total_out += n as u64;
+        n
+    }
+
+    fn check_size(&self) -> Result<(), JsErrorBox> {
+        if self.total_out > self.max_out {
+            return Err(range_error(format!("Cannot create a Buffer larger than {} bytes", self.max_out)));
+        }
+        // What was made so far sits in the guest's chunks; joining them
+        // needs as much again.
+        let budget = self.charge.budget();
+        if self.one_shot && self.total_out > budget.remaining() as u64 {
+            return Err(range_error(format!(
+                "Array buffer allocation failed: zlib output of {} bytes cannot be joined within this container's ArrayBuffer memory limit of {} MiB ({} bytes left)",
+                self.total_out,
+                budget.cap() >> 20,
+                budget.remaining()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Some progress on `input` into `out`: (input used, output written).
+    fn advance(&mut self, input: &[u8], finish: bool, out: &mut [u8]) -> Result<(usize, usize), JsErrorBox> {
+        let piece = &input[..input.len().min(IN_STEP)];
+        let last = finish && piece.len() == input.len();
+        match &mut self.codec {
+            Codec::Deflate { c, gzip, crc } => {
+                let (in0, out0) = (c.total_in(), c.total_out());
+                let flush = if last { FlushCompress::Finish } else { FlushCompress::None };
+                let status = c.compress(piece, out, flush).map_err(|e| JsErrorBox::generic(format!("Z_STREAM_ERROR: {e}")))?;
+                let used = (c.total_in() - in0) as usize;
+                let made = (c.total_out() - out0) as usize;
+                crc.update(&piece[..used]);
+                if status == Status::StreamEnd {
+                    if *gzip {
+                        self.pending.extend_from_slice(&crc.sum().to_le_bytes());
+                        self.pending.extend_from_slice(&crc.amount().to_le_bytes());
+                    }
+                    self.ended = true;
+                }
+                Ok((used, made))
+            }
+            Codec::Sniff { seen } => {
+                let take = (2 - seen.len()).min(input.len());
+                seen.extend_from_slice(&input[..take]);
+                if seen.len() < 2 {
+                    return Ok((take, 0));
+                }
+                let sniffed = std::mem::take(seen);
+                let is_gzip = sniffed[..] == [0x1f, 0x8b];
+                let (mut d, mut gzip, mut crc) = if is_gzip {
+                    (Decompress::new(false), Some(Gz::Header { seen: Vec::new() }), Crc::new())
+                } else {
+                    (Decompress::new(true), None, Crc::new())
+                };
+                // The two bytes go to the real decoder (a header takes them
+                // without output).
+                let (used, made, _) = inflate(&mut d, &mut gzip, &mut crc, !is_gzip, &sniffed, out)?;
+                if used != 2 || made != 0 {
+                    return Err(data_error("incorrect header check"));
+                }
+                self.codec = Codec::Inflate { d, gzip, crc, wrapped: !is_gzip };
+                Ok((take, 0))
+            }
+            Codec::Inflate { d, gzip, crc, wrapped } => {
+                let (used, made, ended) = inflate(d, gzip, crc, *wrapped, piece, out)?;
+                let between = matches!(gzip, Some(Gz::Between));
+                if ended || (finish && used == input.len() && between) {
+                    // Like Node: what follows the stream is ignored.
+                    self.ended = true;
+                    return Ok((input.len(), made));
+                }
+                Ok((used, made))
+            }
+        }
+    }
+}
+
+/// Progress of a decoder: (input used, output written, ended).
+fn inflate(d: &mut Decompress, gzip: &mut Option<Gz>, crc: &mut Crc, wrapped: bool, input: &[u8], out: &mut [u8]) -> Result<(usize, usize, bool), JsErrorBox> {
+    match gzip {
+        Some(gz) => gunzip(d, gz, crc, input, out),
+        None => {
+            let (in0, out0) = (d.total_in(), d.total_out());
+            if wrapped && in0 == 0 && input.len() >= 2 && (input[0] & 0x0f != 8 || (u16::from(input[0]) << 8 | u16::from(input[1])) % 31 != 0) {
+                return Err(data_error("incorrect header check"));
+            }
+            let status = d.decompress(input, out, FlushDecompress::None).map_err(zlib_error)?;
+            let used = (d.total_in() - in0) as usize;
+            let made = (d.total_out() - out0) as usize;
+            Ok((used, made, status == Status::StreamEnd))
+        }
+    }
+}
+
+/// flate2's error as zlib words it, where the two can be matched.
+fn zlib_error(e: flate2::DecompressError) -> JsErrorBox {
+    let msg = e.to_string();
+    if msg.contains("adler") || msg.contains("checksum") {
+        return data_error("incorrect data check");
+    }
+    data_error(if msg.is_empty() { "invalid deflate data".to_owned() } else { msg })
+}
+
+/// Length of a complete gzip header at the start of `h`, or None if more
+/// bytes are needed (RFC 1952 section 2.3).
+fn gzip_header_len(h: &[u8]) -> Result<Option<usize>, JsErrorBox> {
+    if h.len() >= 2 && h[..2] != [0x1f, 0x8b] || !h.is_empty() && h[0] != 0x1f {
+        return Err(data_error("incorrect header check"));
+    }
+    if h.len() < 10 {
+        return Ok(None);
+    }
+    if h[2] != 8 {
+        return Err(data_error("unknown compression method"));
+    }
+    let flags = h[3];
+    if flags & 0xe0 != 0 {
+        return Err(data_error("unknown header flags set"));
+    }
+    let mut at = 10;
+    if flags & 4 != 0 {
+        let Some(len) = h.get(at..at + 2) else { return Ok(None) };
+        at += 2 + u16::from_le_bytes([len[0], len[1]]) as usize;
+    }
+    for bit in [8u8, 16] {
+        if flags & bit != 0 {
+            match h.get(at..).and_then(|rest| rest.iter().position(|&b| b == 0)) {
+                Some(end) => at += end + 1,
+                None => return Ok(None),
+            }
+        }
+    }
+    if flags & 2 != 0 {
+        at += 2;
+    }
+    Ok((h.len() >= at).then_some(at))
+}
+
+/// Longest gzip header taken (its name and comment fields are unbounded).
+const MAX_GZIP_HEADER: usize = 64 * 1024;
+
+/// Progress through gzip members: (input used, output written, ended).
+fn gunzip(d: &mut Decompress, gz: &mut Gz, crc: &mut Crc, input: &[u8], out: &mut [u8]) -> Result<(usize, usize, bool), JsErrorBox> {
+    match gz {
+        Gz::Between => {
+            let Some(&first) = input.first() else { return Ok((0, 0, false)) };
+            if first == 0 {
+                // Zero padding after the last member ends the stream.
+                return Ok((input.len(), 0, true));
+            }
+            *gz = Gz::Header { seen: Vec::new() };
+            gunzip(d, gz, crc, input, out)
+        }
+        Gz::Header { seen } => {
+            // Take bytes until the header is complete; what was taken past it
+            // is given back.
+            let before = seen.len();
+            let take = input.len().min(MAX_GZIP_HEADER + 1 - before);
+            seen.extend_from_slice(&input[..take]);
+            match gzip_header_len(seen)? {
+                Some(len) => {
+                    let used = len - before;
+                    *gz = Gz::Body;
+                    d.reset(false);
+                    *crc = Crc::new();
+                    Ok((used, 0, false))
+                }
+                None if seen.len() > MAX_GZIP_HEADER => Err(data_error("gzip header longer than 65536 bytes")),
+                None => Ok((take, 0, false)),
+            }
+        }
+        Gz::Body => {
+            let (in0, out0) = (d.total_in(), d.total_out());
+            let status = d.decompress(input, out, FlushDecompress::None).map_err(zlib_error)?;
+            let used = (d.total_in() - in0) as usize;
+            let made = (d.total_out() - out0) as usize;
+            crc.update(&out[..made]);
+            if status == Status::StreamEnd {
+                *gz = Gz::Trailer { seen: Vec::new() };
+            }
+            Ok((used, made, false))
+        }
+        Gz::Trailer { seen } => {
+            let take = (8 - seen.len()).min(input.len());
+            seen.extend_from_slice(&input[..take]);
+            if seen.len() == 8 {
+                if u32::from_le_bytes(seen[..4].try_into().unwrap()) != crc.sum() {
+                    return Err(data_error("incorrect data check"));
+                }
+                if u32::from_le_bytes(seen[4..].try_into().unwrap()) != crc.amount() {
+                    return Err(data_error("incorrect length check"));
+                }
+                *gz = Gz::Between;
+            }
+            Ok((take, 0, false))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(mode: &str, level: f64) -> ZStream {
+        new_stream(&Budget::detached(1 << 30), mode, level, f64::INFINITY, true).unwrap()
+    }
+
+    /// Runs `mode` over `input` in `out_size` output pieces.
+    fn run(mode: &str, level: f64, input: &[u8], out_size: usize) -> Result<Vec<u8>, JsErrorBox> {
+        let z = stream(mode, level);
+        let mut all = Vec::new();
+        let mut at = 0;
+        loop {
+            let mut out = vec![0u8; out_size];
+            let mut info = [0u32; 2];
+            let status = run_stream(&z, input, at as f64, true, &mut out, &mut info)?;
+            at = info[0] as usize;
+            all.extend_from_slice(&out[..info[1] as usize]);
+            if status == ENDED {
+                return Ok(all);
+            }
+        }
+    }
+
+    #[test]
+    fn every_mode_round_trips_in_small_pieces() {
+        let text: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        for (enc, dec) in [("gzip", "gunzip"), ("deflate", "inflate"), ("deflateRaw", "inflateRaw"), ("gzip", "unzip"), ("deflate", "unzip")] {
+            for level in [-1.0, 1.0, 9.0] {
+                for piece in [7usize, 65536] {
+                    let packed = run(enc, level, &text, piece).unwrap();
+                    let back = run(dec, -1.0, &packed, piece).unwrap_or_else(|e| panic!("{enc}/{dec} level {level} piece {piece}: {e:?}"));
+                    assert!(back == text, "{enc}/{dec} level {level} piece {piece}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn gzip_headers_are_read_in_pieces() {
+        let plain = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
+        assert_eq!(gzip_header_len(&plain).unwrap(), Some(10));
+        assert_eq!(gzip_header_len(&plain[..5]).unwrap(), None);
+        let named = [0x1f, 0x8b, 8, 8, 0, 0, 0, 0, 0, 3, b'a', b'b', 0];
+        assert_eq!(gzip_header_len(&named[..12]).unwrap(), None);
+        assert_eq!(gzip_header_len(&named).unwrap(), Some(13));
+        assert!(gzip_header_len(b"no").is_err());
+        assert!(gzip_header_len(&[0x1f, 0x8b, 7, 0, 0, 0, 0, 0, 0, 0]).is_err());
+    }
 }
