@@ -11,7 +11,10 @@
 //! modular exponentiation runs a few multiplications per call ([`ModPow`]),
 //! because a 16384-bit private-key operation takes most of a second and an
 //! op cannot be stopped by the CPU limit until it returns. Private-key
-//! operations are blinded and checked against the public key. ECDSA is
+//! operations are blinded and checked against the public key, and take
+//! the same steps whatever the private exponent's bits (fixed windows,
+//! every table entry read, no data-dependent final subtraction): another
+//! tenant on the host must not learn a key from timing or the cache. ECDSA is
 //! RustCrypto's `p256`/`p384` (RFC 6979 nonces), fast enough for one call.
 //!
 //! A key is a cppgc object holding the parsed key and its DER, charged to
@@ -28,6 +31,7 @@ use num_bigint_dig::{BigUint, ModInverse};
 use num_integer::Integer;
 use num_traits::{One, Zero};
 use rsa::traits::{PrivateKeyParts, PublicKeyParts};
+use subtle::{ConditionallySelectable, ConstantTimeEq};
 use serde::{Deserialize, Serialize};
 
 use super::crypto::{digest_len, hash_name, Digester};
@@ -586,18 +590,21 @@ impl Mont {
             t[s - 1] = v as u64;
             t[s] = t[s + 1].wrapping_add((v >> 64) as u64);
         }
-        // t < 2n: one subtraction at most.
-        let ge = t[s] != 0 || t[..s].iter().rev().cmp(n.iter().rev()) != std::cmp::Ordering::Less;
-        if ge {
-            let mut borrow = false;
-            for (tj, &nj) in t[..s].iter_mut().zip(n) {
-                let (d, b1) = tj.overflowing_sub(nj);
-                let (d, b2) = d.overflowing_sub(borrow as u64);
-                *tj = d;
-                borrow = b1 || b2;
-            }
+        // t < 2n: one subtraction at most. Computed always and chosen
+        // without a branch: whether it was needed depends on the secret
+        // operands (the timing leak Montgomery multiplication is known for).
+        let mut borrow = 0u64;
+        for (o, (&tj, &nj)) in out[..s].iter_mut().zip(t[..s].iter().zip(n)) {
+            let (d, b1) = tj.overflowing_sub(nj);
+            let (d, b2) = d.overflowing_sub(borrow);
+            *o = d;
+            borrow = (b1 | b2) as u64;
         }
-        out[..s].copy_from_slice(&t[..s]);
+        // Keep t (undo the subtraction) when t < n: t[s] is 0 and it borrowed.
+        let keep_t = subtle::Choice::from((borrow & (t[s] == 0) as u64) as u8);
+        for (o, &tj) in out[..s].iter_mut().zip(&t[..s]) {
+            o.conditional_assign(&tj, keep_t);
+        }
     }
 
     fn to_mont(&self, x: &BigUint) -> Vec<u64> {
@@ -632,8 +639,8 @@ struct ModPow {
     t: Vec<u64>,
     /// Squarings done within the current window.
     squared: usize,
-    /// No multiplication done yet: squaring the 1 in `acc` is skipped.
-    started: bool,
+    /// The table entry of the current window, selected in constant time.
+    entry: Vec<u64>,
 }
 
 impl ModPow {
@@ -655,7 +662,7 @@ impl ModPow {
             scratch: vec![0; len],
             t: vec![0; len + 2],
             squared: 0,
-            started: false,
+            entry: vec![0; len],
         })
     }
 
@@ -669,12 +676,13 @@ impl ModPow {
                 return None;
             }
         }
+        // Every window costs the same whatever the exponent's bits (the
+        // private exponent is the secret): `window` squarings and one
+        // multiplication, by an entry read from the whole table.
         while self.bits_left > 0 {
             while self.squared < self.window {
-                if self.started {
-                    self.mont.mul(&self.acc, &self.acc, &mut self.t, &mut self.scratch);
-                    std::mem::swap(&mut self.acc, &mut self.scratch);
-                }
+                self.mont.mul(&self.acc, &self.acc, &mut self.t, &mut self.scratch);
+                std::mem::swap(&mut self.acc, &mut self.scratch);
                 self.squared += 1;
                 if deadline.passed() {
                     return None;
@@ -682,22 +690,32 @@ impl ModPow {
             }
             self.bits_left -= self.window;
             self.squared = 0;
-            let mut digit = 0usize;
+            let mut digit = 0u64;
             for i in (0..self.window).rev() {
                 let bit = self.bits_left + i;
-                let set = self.exp.get(bit / 8).is_some_and(|b| b >> (bit % 8) & 1 == 1);
-                digit = digit << 1 | set as usize;
+                let set = self.exp.get(bit / 8).map_or(0, |b| (b >> (bit % 8) & 1) as u64);
+                digit = digit << 1 | set;
             }
-            if digit != 0 {
-                self.mont.mul(&self.acc, &self.table[digit], &mut self.t, &mut self.scratch);
-                std::mem::swap(&mut self.acc, &mut self.scratch);
-                self.started = true;
-                if deadline.passed() && self.bits_left > 0 {
-                    return None;
-                }
+            select(&self.table, digit, &mut self.entry);
+            self.mont.mul(&self.acc, &self.entry, &mut self.t, &mut self.scratch);
+            std::mem::swap(&mut self.acc, &mut self.scratch);
+            if deadline.passed() && self.bits_left > 0 {
+                return None;
             }
         }
         Some(self.mont.out_of_mont(&self.acc))
+    }
+}
+
+/// `table[index]` into `out`, reading every entry the same way, so which
+/// one was wanted does not show in the cache.
+fn select(table: &[Vec<u64>], index: u64, out: &mut [u64]) {
+    out.fill(0);
+    for (i, entry) in table.iter().enumerate() {
+        let hit = (i as u64).ct_eq(&index);
+        for (o, &e) in out.iter_mut().zip(entry) {
+            o.conditional_assign(&e, hit);
+        }
     }
 }
 
