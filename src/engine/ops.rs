@@ -68,18 +68,32 @@ deno_core::extension!(
         op_wt_load_builtins,
     ],
     esm_entry_point = "ext:webtask_runtime/bootstrap.js",
-    esm = [
-        dir "js_runtime",
-        "bootstrap.js",
-        "node/require.js",
-        "node/process.js",
-        "node/crypto.js",
-        "node/zlib.js",
-        "node/egress.js",
-        "node/http.js",
-        "node/web.js",
-    ],
+    customizer = |ext: &mut deno_core::Extension| ext.esm_files = std::borrow::Cow::Borrowed(&RUNTIME_MODULES),
 );
+
+/// The runtime's modules, embedded in the binary. deno_core's own
+/// `esm = [...]` records them by path and reads them from the source tree
+/// when the snapshot is built, which here is at node start: a binary moved
+/// off its build tree would not start.
+macro_rules! runtime_module {
+    ($file:literal) => {
+        deno_core::ExtensionFileSource::new(
+            concat!("ext:webtask_runtime/", $file),
+            deno_core::ascii_str_include!(concat!(env!("CARGO_MANIFEST_DIR"), "/js_runtime/", $file)),
+        )
+    };
+}
+
+static RUNTIME_MODULES: [deno_core::ExtensionFileSource; 8] = [
+    runtime_module!("bootstrap.js"),
+    runtime_module!("node/require.js"),
+    runtime_module!("node/process.js"),
+    runtime_module!("node/crypto.js"),
+    runtime_module!("node/zlib.js"),
+    runtime_module!("node/egress.js"),
+    runtime_module!("node/http.js"),
+    runtime_module!("node/web.js"),
+];
 
 /// The npm polyfills behind the Node built-ins (`js_runtime/node/dist/`),
 /// left out of the snapshot, where they cost every isolate most of a

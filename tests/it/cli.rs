@@ -34,6 +34,19 @@ fn run_prints_the_result_and_logs_console_to_stderr() {
 }
 
 #[test]
+fn the_binary_runs_without_its_source_tree() {
+    // An installed binary has no checkout beside it: hide the runtime's
+    // sources (an empty tmpfs over js_runtime/, in a mount namespace of
+    // this test's own) and the node still builds its snapshot.
+    let sources = concat!(env!("CARGO_MANIFEST_DIR"), "/js_runtime");
+    let file = script("return function (cb) { cb(null, typeof require('crypto').createHash); }");
+    let hidden = format!("mount -t tmpfs none {sources} && test ! -e {sources}/bootstrap.js && exec {BIN} run {}", file.display());
+    let out = Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &hidden]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), r#""function""#);
+}
+
+#[test]
 fn run_reports_errors_as_json_and_fails() {
     let file = script("return function (cb) { cb(new Error('nope')); }");
     let out = Command::new(BIN).arg("run").arg(&file).output().unwrap();
