@@ -218,14 +218,7 @@ pub async fn op_wt_fetch_head(state: Rc<RefCell<OpState>>, #[smi] rid: u32) -> R
         let Some(response) = exchange.response.take() else { return Err(JsErrorBox::type_error("the response head was already read")) };
         (response, exchange.cancel.clone(), exchange.deadline)
     };
-    let outcome = tokio::select! {
-        outcome = response => outcome,
-        () = cancel.cancelled() => return Err(aborted()),
-        () = tokio::time::sleep_until(deadline) => {
-            state.borrow_mut().borrow_mut::<Exchanges>().map.remove(&rid);
-            return Err(outlived());
-        }
-    };
+    let outcome = within(&state, rid, &cancel, deadline, response).await?;
     let mut state = state.borrow_mut();
     let table = exchanges(&mut state);
     match outcome {
@@ -237,6 +230,25 @@ pub async fn op_wt_fetch_head(state: Rc<RefCell<OpState>>, #[smi] rid: u32) -> R
         Err(e) => {
             table.map.remove(&rid);
             Err(JsErrorBox::generic(e.to_guest()))
+        }
+    }
+}
+
+/// `work` for exchange `rid`, unless the exchange is aborted first, or
+/// outlives the deadline of the request that started it (then it goes).
+async fn within<T>(
+    state: &Rc<RefCell<OpState>>,
+    rid: u32,
+    cancel: &CancellationToken,
+    deadline: Instant,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, JsErrorBox> {
+    tokio::select! {
+        out = work => Ok(out),
+        () = cancel.cancelled() => Err(aborted()),
+        () = tokio::time::sleep_until(deadline) => {
+            state.borrow_mut().borrow_mut::<Exchanges>().map.remove(&rid);
+            Err(outlived())
         }
     }
 }
@@ -255,14 +267,7 @@ pub async fn op_wt_fetch_read(state: Rc<RefCell<OpState>>, #[smi] rid: u32) -> R
         let Some(body) = exchange.body.take() else { return Err(JsErrorBox::type_error("no response body to read")) };
         (body, exchange.cancel.clone(), exchange.deadline)
     };
-    let next = tokio::select! {
-        next = body.next() => next,
-        () = cancel.cancelled() => return Err(aborted()),
-        () = tokio::time::sleep_until(deadline) => {
-            state.borrow_mut().borrow_mut::<Exchanges>().map.remove(&rid);
-            return Err(outlived());
-        }
-    };
+    let next = within(&state, rid, &cancel, deadline, body.next()).await?;
     let mut state = state.borrow_mut();
     let table = exchanges(&mut state);
     match next {
