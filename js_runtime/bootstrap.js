@@ -81,6 +81,9 @@ const {
   TypeError: TypeErrorCtor,
   Uint8Array: Uint8ArrayCtor,
   ArrayBuffer: ArrayBufferCtor,
+  Proxy: ProxyCtor,
+  RangeError: RangeErrorCtor,
+  ReflectConstruct,
 } = primordials;
 const AsyncFunctionProto = ObjectGetPrototypeOf(async function () {});
 
@@ -860,6 +863,26 @@ registerBuiltin("util", () => {
 
 provideServerResponse(ServerResponse, emitterPrototype);
 
+// A resizable buffer (`maxByteLength`) is reserved and grown by V8 itself,
+// outside the allocator that holds a container to its ArrayBuffer limit:
+// refused, clearly, rather than left as a way around the limit. Everything
+// else about the constructor (instanceof, subclasses, statics) is the
+// original's, through the proxy.
+function fixedLengthOnly(ctor, name) {
+  return new ProxyCtor(ctor, {
+    __proto__: null,
+    construct(target, args, newTarget) {
+      const options = args[1];
+      if (options !== null && typeof options === "object" && options.maxByteLength !== undefined) {
+        throw new RangeErrorCtor(
+          `resizable ${name}s (maxByteLength) are not available in webtask: their memory would escape the container's ArrayBuffer limit`,
+        );
+      }
+      return ReflectConstruct(target, args, newTarget);
+    },
+  });
+}
+
 // Called once per isolate by the host with its limits; returns the runner's
 // entry points and leaves the guest with its own global only.
 globalThis.__webtask_lockdown = function lockdown(limitBytes) {
@@ -882,6 +905,8 @@ globalThis.__webtask_lockdown = function lockdown(limitBytes) {
   g.setImmediate = (cb, ...args) => createGuestTimer(cb, 0, args, false);
   g.clearImmediate = clearGuestTimer;
   g.process = guestProcess;
+  g.ArrayBuffer = fixedLengthOnly(g.ArrayBuffer, "ArrayBuffer");
+  if (g.SharedArrayBuffer !== undefined) g.SharedArrayBuffer = fixedLengthOnly(g.SharedArrayBuffer, "SharedArrayBuffer");
   // `Buffer` loads the polyfills on first use.
   ObjectDefineProperty(g, "Buffer", {
     __proto__: null,

@@ -173,6 +173,34 @@ async fn array_buffers_are_capped_inside_the_guest() {
 }
 
 #[tokio::test]
+async fn resizable_array_buffers_cannot_get_around_the_cap() {
+    // V8 reserves and grows a resizable buffer itself, past the allocator
+    // that holds the cap: before the fix, eight of these grown to 128 MiB
+    // lived side by side under a 32 MiB cap.
+    for node in every_target().await {
+        let code = r#"return function (cb) {
+            const out = [];
+            for (const C of [ArrayBuffer, typeof SharedArrayBuffer === 'function' ? SharedArrayBuffer : null]) {
+                if (!C) continue;
+                try { const b = new C(0, { maxByteLength: 128 * 1024 * 1024 }); out.push('made ' + b.byteLength); }
+                catch (e) { out.push(e.name + ': ' + e.message); }
+            }
+            class Sub extends ArrayBuffer {}
+            const plain = new ArrayBuffer(8, {});
+            out.push(plain.byteLength, plain.resizable, new Uint8Array(4).buffer instanceof ArrayBuffer,
+                new Sub(4) instanceof Sub, ArrayBuffer.isView(new Uint8Array(1)), ArrayBuffer.name);
+            cb(null, out);
+        }"#;
+        let res = node.run("rab", "", code).await;
+        let v = res.json();
+        let refused = "resizable ArrayBuffers (maxByteLength) are not available in webtask: their memory would escape the container's ArrayBuffer limit";
+        assert_eq!(v[0], json!(format!("RangeError: {refused}")), "{v}");
+        let tail: Vec<_> = v.as_array().unwrap().iter().rev().take(6).rev().cloned().collect();
+        assert_eq!(tail, vec![json!(8), json!(false), json!(true), json!(true), json!(true), json!("ArrayBuffer")], "{v}");
+    }
+}
+
+#[tokio::test]
 async fn stack_overflow_is_a_script_error() {
     for node in every_target().await {
         let res = node.run("stack", "", "return function (cb) { (function f() { f(); })(); }").await;
