@@ -80,12 +80,6 @@ enum Command {
         /// The node that spawned it: the zygote and its workers die with it.
         #[arg(long)]
         node_pid: i32,
-        /// V8's stack size (`limits.stack_kb`): V8 starts in the zygote.
-        #[arg(long)]
-        stack_kb: u32,
-        /// The ArrayBuffer cap (`limits.array_buffer_mb`), which bounds wasm memories.
-        #[arg(long)]
-        array_buffer_mb: u64,
     },
 }
 
@@ -108,9 +102,7 @@ fn main() -> anyhow::Result<()> {
     let system_layer = system.clone().map(|layer| layer.with_filter(SystemLayer::filter()));
     tracing_subscriber::registry().with(stderr).with(system_layer).init();
     match cli.command {
-        Command::Zygote { node_pid, stack_kb, array_buffer_mb } => {
-            return webtask::worker::zygote::main(node_pid, stack_kb, array_buffer_mb);
-        }
+        Command::Zygote { node_pid } => return webtask::worker::zygote::main(node_pid),
         Command::JailCheck { spec, action } => {
             return webtask::jail::check::main(&serde_json::from_str(&spec).context("jail spec")?, &action);
         }

@@ -180,11 +180,11 @@ pub fn snapshot_blob(limits: &Limits) -> &'static [u8] {
     snapshot::get()
 }
 
-pub use snapshot::start_v8_for_forking;
 
-/// In a worker process: use the snapshot the node built.
+/// In a worker process: start V8 single-threaded and use the snapshot the
+/// node built.
 pub fn install_snapshot(blob: &'static [u8], limits: &Limits) {
-    snapshot::init_v8(limits.stack_kb, limits.array_buffer_mb);
+    snapshot::start_v8_single_threaded(limits.stack_kb, limits.array_buffer_mb);
     snapshot::install(blob);
 }
 

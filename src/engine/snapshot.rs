@@ -11,7 +11,7 @@ use super::ops::webtask_runtime;
 
 static SNAPSHOT: OnceLock<&'static [u8]> = OnceLock::new();
 static V8_FLAGS: OnceLock<u32> = OnceLock::new();
-static FORKABLE_PLATFORM: OnceLock<v8::SharedRef<v8::Platform>> = OnceLock::new();
+static SINGLE_THREADED_PLATFORM: OnceLock<v8::SharedRef<v8::Platform>> = OnceLock::new();
 
 /// Sets process-wide V8 flags; only the first call takes effect, since V8
 /// reads them once when its platform starts.
@@ -19,17 +19,15 @@ pub fn init_v8(stack_kb: u32, array_buffer_mb: u64) {
     set_flags(stack_kb, array_buffer_mb, &[]);
 }
 
-/// Starts V8 now, in a process that will fork after this (the zygote), so
-/// every child inherits a started V8 instead of starting its own.
-///
-/// A fork keeps only the calling thread, so the platform has no worker
-/// threads at all, and `--single-threaded` keeps V8 from asking for any:
-/// GC and compilation run on the isolate's thread, where the CPU limit
-/// sees them. Nobody else drains this platform's foreground queue (deno_core
-/// drains only its own platform's): [`run_platform_tasks`] does.
-pub fn start_v8_for_forking(stack_kb: u32, array_buffer_mb: u64) {
+/// Starts V8 single-threaded, as workers run it: a platform with no
+/// threads, and `--single-threaded` so V8 asks for none. A worker's GC and
+/// compilation then run on its isolate's thread, where its CPU limit sees
+/// them, and a worker has no V8 threads to start. Nobody else drains this
+/// platform's foreground queue (deno_core drains only its own platform's):
+/// [`run_platform_tasks`] does.
+pub fn start_v8_single_threaded(stack_kb: u32, array_buffer_mb: u64) {
     set_flags(stack_kb, array_buffer_mb, &["--single-threaded"]);
-    let platform = FORKABLE_PLATFORM.get_or_init(|| v8::new_single_threaded_default_platform(false).make_shared());
+    let platform = SINGLE_THREADED_PLATFORM.get_or_init(|| v8::new_single_threaded_default_platform(false).make_shared());
     deno_core::JsRuntime::init_platform(Some(platform.clone()));
 }
 
@@ -37,7 +35,7 @@ pub fn start_v8_for_forking(stack_kb: u32, array_buffer_mb: u64) {
 /// async compilation, FinalizationRegistry callbacks, GC steps) when this
 /// process runs the single-threaded platform; whether any ran.
 pub fn run_platform_tasks(isolate: &v8::Isolate) -> bool {
-    let Some(platform) = FORKABLE_PLATFORM.get() else { return false };
+    let Some(platform) = SINGLE_THREADED_PLATFORM.get() else { return false };
     let mut ran = false;
     while v8::Platform::pump_message_loop(platform, isolate, false) {
         ran = true;

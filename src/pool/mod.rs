@@ -183,7 +183,7 @@ impl Pool {
     /// controller. Must be called inside a tokio runtime.
     pub async fn start(config: PoolConfig, engine: EngineConfig, jail: JailConfig, egress: Egress, logs: Logs) -> Result<Pool, Error> {
         let snapshot = snapshot_memfd(engine::snapshot_blob(&engine.limits))?;
-        let zygote = zygote::Zygote::new(config.exe.as_deref(), snapshot, &engine.limits)?;
+        let zygote = zygote::Zygote::new(config.exe.as_deref(), snapshot)?;
         let required = jail.mode == JailMode::Required;
         if jail.mode != JailMode::Off {
             let swept = crate::jail::cgroup::sweep_stale(&jail.cgroup_parent);

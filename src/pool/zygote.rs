@@ -24,9 +24,6 @@ struct Running {
 pub struct Zygote {
     exe: std::path::PathBuf,
     snapshot: OwnedFd,
-    /// The V8 settings the zygote starts V8 with (process-wide in it).
-    stack_kb: u32,
-    array_buffer_mb: u64,
     /// One request at a time; None until started or after it died.
     running: tokio::sync::Mutex<Option<Running>>,
 }
@@ -42,19 +39,13 @@ pub struct Spawned {
 
 impl Zygote {
     /// `exe` is the `webtask` binary to run the zygote from; `snapshot`
-    /// the memfd every worker maps; `limits` those of every worker.
-    pub fn new(exe: Option<&std::path::Path>, snapshot: OwnedFd, limits: &crate::engine::Limits) -> Result<Zygote, Error> {
+    /// the memfd every worker maps.
+    pub fn new(exe: Option<&std::path::Path>, snapshot: OwnedFd) -> Result<Zygote, Error> {
         let exe = match exe {
             Some(exe) => exe.to_owned(),
             None => std::env::current_exe().map_err(Error::internal)?,
         };
-        Ok(Zygote {
-            exe,
-            snapshot,
-            stack_kb: limits.stack_kb,
-            array_buffer_mb: limits.array_buffer_mb,
-            running: tokio::sync::Mutex::new(None),
-        })
+        Ok(Zygote { exe, snapshot, running: tokio::sync::Mutex::new(None) })
     }
 
     /// A new worker process for `spec`, started (not yet ready).
@@ -89,7 +80,6 @@ impl Zygote {
         let (node_end, zygote_end) = seqpacket_pair()?;
         let mut cmd = tokio::process::Command::new(&self.exe);
         cmd.args(["zygote", "--node-pid", &std::process::id().to_string()])
-            .args(["--stack-kb", &self.stack_kb.to_string(), "--array-buffer-mb", &self.array_buffer_mb.to_string()])
             // Nothing of the node's environment but the log filter.
             .env_clear()
             .envs(std::env::var_os("WEBTASK_LOG").map(|v| ("WEBTASK_LOG", v)))

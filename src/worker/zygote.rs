@@ -9,14 +9,14 @@
 //! of a pool-empty request. Forked from a process that already did all of
 //! that once, it pays for copying a small process's page tables instead.
 //!
-//! What the zygote holds: nothing of any tenant. It starts V8 before its
-//! first fork (flags and platform, about 1.2 ms a worker no longer pays)
-//! but never creates an isolate; V8 runs single-threaded, with a platform
-//! that has no threads (see `engine::start_v8_for_forking`), so the zygote
-//! stays one thread and the fork is safe. It never reads a request. It is
-//! not jailed — each child jails itself, exactly as an exec'd worker
-//! does, before it reads anything from the node — and it dies with the
-//! node. Its children share its address-space layout (libc, stack and heap
+//! What the zygote holds: nothing of any tenant. It never runs V8: V8
+//! reserves its sandbox and lays out its heap when it starts, so a V8
+//! started here would give every worker the same layout, and it maps its
+//! memory do-not-fork anyway. Each worker starts V8 itself, after the fork.
+//! The zygote never reads a request and stays one thread (checked at
+//! start), so the fork is safe. It is not jailed — each child jails
+//! itself, exactly as an exec'd worker does, before it reads anything from
+//! the node — and it dies with the node. Its children share its address-space layout (libc, stack and heap
 //! bases), the usual cost of a zygote; V8's heap, where guest objects
 //! live, is laid out afresh in each worker.
 //!
@@ -47,14 +47,12 @@ pub enum Forked {
 }
 
 /// The zygote's main: the node's socket on stdin, the snapshot on stdout.
-pub fn main(node_pid: i32, stack_kb: u32, array_buffer_mb: u64) -> anyhow::Result<()> {
+pub fn main(node_pid: i32) -> anyhow::Result<()> {
     super::bind_to_node(node_pid)?;
     let (control, snapshot) = super::take_channels()?;
     // Computed once here, inherited by every worker forked after.
     crate::jail::precompute();
     crate::engine::node::modules::preload();
-    crate::engine::start_v8_for_forking(stack_kb, array_buffer_mb);
-    inherit_v8_memory()?;
     ensure_single_threaded()?;
     loop {
         let Some((request, fds)) = receive(&control)? else { return Ok(()) };
@@ -66,33 +64,6 @@ pub fn main(node_pid: i32, stack_kb: u32, array_buffer_mb: u64) -> anyhow::Resul
         sendmsg::<()>(control.as_raw_fd(), &[IoSlice::new(&answer)], &[], MsgFlags::empty(), None)
             .context("answering the node")?;
     }
-}
-
-/// V8 maps its memory `MADV_DONTFORK`, its process-wide tables too (cppgc's
-/// GCInfo table, which every cppgc object's type is registered in): a
-/// child would find them unmapped and crash at first use. Those mappings
-/// are what the zygote starts V8 for, so they are handed down as any
-/// other memory is (copy-on-write; this process creates no isolate, so
-/// there is no heap among them).
-fn inherit_v8_memory() -> anyhow::Result<()> {
-    let smaps = std::fs::read_to_string("/proc/self/smaps").context("/proc/self/smaps")?;
-    let mut range = None;
-    for line in smaps.lines() {
-        if let Some(flags) = line.strip_prefix("VmFlags:") {
-            if let (Some((start, end)), true) = (range.take(), flags.split_whitespace().any(|f| f == "dc")) {
-                // SAFETY: advice on a mapping of this process, changing only
-                // whether a fork copies it.
-                if unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DOFORK) } != 0 {
-                    anyhow::bail!("madvise(MADV_DOFORK): {}", std::io::Error::last_os_error());
-                }
-            }
-        } else if let Some((start, end)) = line.split_whitespace().next().and_then(|r| r.split_once('-')) {
-            if let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) {
-                range = Some((start, end));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Forking is sound only while this is the process's one thread.
@@ -135,7 +106,8 @@ fn fork_worker(node_pid: i32, request: &[u8], snapshot: &OwnedFd, fds: [OwnedFd;
     };
     // SAFETY: a raw clone with no new stack is a fork; this process is
     // single-threaded (checked at start), so the child may run anything.
-    // CLONE_PARENT makes the node its parent (and the receiver of its SIGCHLD).
+    // CLONE_PARENT makes the node its parent (and the receiver of its
+    // SIGCHLD).
     let pid = unsafe { libc::syscall(libc::SYS_clone, libc::CLONE_PARENT | libc::SIGCHLD, 0, 0, 0, 0) };
     match pid {
         -1 => Forked::Failed(format!("clone: {}", std::io::Error::last_os_error())),
