@@ -36,8 +36,14 @@ pub fn start_v8_single_threaded(stack_kb: u32, array_buffer_mb: u64) {
 /// process runs the single-threaded platform; whether any ran.
 pub fn run_platform_tasks(isolate: &v8::Isolate) -> bool {
     let Some(platform) = SINGLE_THREADED_PLATFORM.get() else { return false };
+    // A bounded batch: a task may post another (a FinalizationRegistry
+    // callback making garbage), and the event loop must get its turn, where
+    // a CPU-limit termination lands, between batches.
     let mut ran = false;
-    while v8::Platform::pump_message_loop(platform, isolate, false) {
+    for _ in 0..64 {
+        if !v8::Platform::pump_message_loop(platform, isolate, false) {
+            break;
+        }
         ran = true;
     }
     ran

@@ -516,6 +516,10 @@ async fn respond(
 fn fetch_frame(upstreams: &Mutex<Upstreams>, msg: FromWorker) -> Result<(), String> {
     let mut table = upstreams.lock().unwrap();
     match msg {
+        // A worker never sends an empty chunk or a zero credit: each would
+        // cost the node a queued frame for nothing, without limit.
+        FromWorker::FetchBody { fid, data } if data.is_empty() => return Err(format!("empty request body chunk of exchange {fid}")),
+        FromWorker::FetchCredit { fid, bytes: 0 } => return Err(format!("zero credit for exchange {fid}")),
         FromWorker::FetchBody { fid, data } => {
             let Some(up) = table.map.get_mut(&fid) else { return table.ended(fid) };
             let Some(upload) = &up.upload else { return Err(format!("request body of exchange {fid} past its end")) };
@@ -680,6 +684,19 @@ mod tests {
         assert!(fetch_frame(&table, FromWorker::FetchCredit { fid: 1, bytes: 41 }).is_err());
         // A request without a body takes none.
         assert!(fetch_frame(&table, body(1, 1)).is_err());
+    }
+
+    #[tokio::test]
+    async fn empty_chunks_and_zero_credits_end_the_worker() {
+        let table = Mutex::new(Upstreams::default());
+        let (up, mut rx) = upstream(true);
+        up.outstanding.store(100, Ordering::Release);
+        table.lock().unwrap().map.insert(1, up);
+        table.lock().unwrap().last = Some(1);
+        assert!(fetch_frame(&table, body(1, 0)).unwrap_err().contains("empty"));
+        assert!(fetch_frame(&table, FromWorker::FetchCredit { fid: 1, bytes: 0 }).unwrap_err().contains("zero credit"));
+        // Nothing was queued for the upstream.
+        assert!(rx.try_recv().is_err());
     }
 
     #[tokio::test]
