@@ -28,6 +28,50 @@ use super::zygote::{Child, Spawned, Zygote};
 /// Fetches one worker may have in flight at the node.
 const MAX_FETCHES: usize = 64;
 
+/// Bytes of frames the node may have queued for one worker that has not
+/// read them yet (see [`Outbox`]); past it, the worker is ended.
+const MAX_BACKLOG: usize = 64 * 1024 * 1024;
+
+/// The node's side of a worker's frame queue, counting the bytes waiting
+/// in it (by [`weight`]) until the writer takes them.
+#[derive(Clone)]
+struct Outbox {
+    tx: mpsc::UnboundedSender<ToWorker>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Outbox {
+    fn new() -> (Outbox, mpsc::UnboundedReceiver<ToWorker>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Outbox { tx, queued: Arc::default() }, rx)
+    }
+
+    fn send(&self, msg: ToWorker) -> Result<(), mpsc::error::SendError<ToWorker>> {
+        self.queued.fetch_add(weight(&msg), Ordering::Relaxed);
+        self.tx.send(msg)
+    }
+
+    fn taken(&self, msg: &ToWorker) {
+        self.queued.fetch_sub(weight(msg), Ordering::Relaxed);
+    }
+
+    fn backlog(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+}
+
+/// About what a frame takes in memory: its variable parts and a little more.
+fn weight(msg: &ToWorker) -> usize {
+    64 + match msg {
+        ToWorker::Run { code, req_id, .. } => code.len() + req_id.len(),
+        ToWorker::Assign { container } => container.len(),
+        ToWorker::FetchChunk { data, .. } => data.len(),
+        ToWorker::FetchHead { result: Ok(head), .. } => head.headers.iter().map(|(k, v)| k.len() + v.len()).sum(),
+        ToWorker::FetchHead { result: Err(e), .. } | ToWorker::FetchDone { result: Err(e), .. } => e.message.len(),
+        _ => 0,
+    }
+}
+
 /// How long a new worker has to jail itself, load the snapshot and say Ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -128,7 +172,7 @@ pub struct Worker {
     pub requests: AtomicU64,
     last_used: Mutex<Instant>,
     container: Mutex<Option<Arc<str>>>,
-    out: mpsc::UnboundedSender<ToWorker>,
+    out: Outbox,
     shared: Arc<Shared>,
     next_id: AtomicU64,
 }
@@ -177,7 +221,7 @@ impl Worker {
             response_bytes: spec.limits.response_bytes,
             log_rate,
         });
-        let (out, out_rx) = mpsc::unbounded_channel();
+        let (out, out_rx) = Outbox::new();
         tokio::spawn(io(framed, out.clone(), out_rx, shared.clone(), egress));
         Ok(Arc::new(Worker {
             pid,
@@ -249,18 +293,25 @@ impl Drop for Worker {
 /// Moves frames between the node and one worker until either side ends.
 async fn io(
     framed: Framed<tokio::net::UnixStream, NodeCodec>,
-    out: mpsc::UnboundedSender<ToWorker>,
+    out: Outbox,
     out_rx: mpsc::UnboundedReceiver<ToWorker>,
     shared: Arc<Shared>,
     egress: Egress,
 ) {
     let (sink, mut frames) = framed.split();
-    let writer = protocol::write_batched(out_rx, sink);
+    let writer = protocol::write_batched(out_rx, sink, |msg| out.taken(msg));
     let fetches = Arc::new(tokio::sync::Semaphore::new(MAX_FETCHES));
     let upstreams: Arc<Mutex<Upstreams>> = Arc::default();
     let reader = async {
         loop {
-            match frames.next().await {
+            let frame = frames.next().await;
+            // What the node answers a worker waits in its queue until the
+            // worker reads it; one that keeps sending but stops reading
+            // would grow the node's memory without bound.
+            if out.backlog() > MAX_BACKLOG {
+                return format!("not reading its socket ({} bytes queued for it)", out.backlog());
+            }
+            match frame {
                 Some(Ok(FromWorker::FetchStart { fid, head, body })) => {
                     // Policy applies here, in the node, whatever the worker
                     // says; and only for a worker with requests running, a
@@ -433,7 +484,7 @@ fn start_fetch(
     upstreams: &Arc<Mutex<Upstreams>>,
     fetches: &Arc<tokio::sync::Semaphore>,
     egress: &Egress,
-    out: &mpsc::UnboundedSender<ToWorker>,
+    out: &Outbox,
     fid: u64,
     head: RequestHead,
     body: bool,
@@ -470,7 +521,7 @@ fn start_fetch(
 async fn respond(
     fid: u64,
     exchange: crate::egress::Exchange,
-    out: mpsc::UnboundedSender<ToWorker>,
+    out: Outbox,
     credit: Arc<tokio::sync::Semaphore>,
     outstanding: Arc<AtomicUsize>,
     upstreams: Arc<Mutex<Upstreams>>,
@@ -564,7 +615,7 @@ fn fetch_frame(upstreams: &Mutex<Upstreams>, msg: FromWorker) -> Result<(), Stri
 struct WorkerUpload {
     rx: mpsc::UnboundedReceiver<Option<Bytes>>,
     fid: u64,
-    out: mpsc::UnboundedSender<ToWorker>,
+    out: Outbox,
     unacked: Arc<AtomicUsize>,
     done: bool,
 }
@@ -686,6 +737,17 @@ mod tests {
         assert!(fetch_frame(&table, body(1, 1)).is_err());
     }
 
+    #[test]
+    fn the_backlog_counts_frames_until_the_writer_takes_them() {
+        let (out, mut rx) = Outbox::new();
+        out.send(ToWorker::FetchChunk { fid: 1, data: ByteBuf::from(vec![0; 1000]) }).unwrap();
+        out.send(ToWorker::Shutdown).unwrap();
+        assert_eq!(out.backlog(), 1064 + 64);
+        let first = rx.try_recv().unwrap();
+        out.taken(&first);
+        assert_eq!(out.backlog(), 64);
+    }
+
     #[tokio::test]
     async fn empty_chunks_and_zero_credits_end_the_worker() {
         let table = Mutex::new(Upstreams::default());
@@ -714,7 +776,7 @@ mod tests {
         // Never started: a worker making things up.
         assert!(fetch_frame(&table, body(4, 1)).is_err());
         assert!(fetch_frame(&table, FromWorker::FetchAbort { fid: 4 }).is_err());
-        let (out, _out_rx) = mpsc::unbounded_channel();
+        let (out, _out_rx) = Outbox::new();
         let egress = Egress::new(&Default::default(), vec![]).unwrap();
         let fetches = Arc::new(tokio::sync::Semaphore::new(1));
         let upstreams = Arc::new(table);

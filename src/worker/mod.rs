@@ -98,7 +98,7 @@ async fn serve(socket: OwnedFd, spec: Spec, jail: Vec<crate::jail::LayerReport>)
     let (sink, mut frames) = framed.split();
 
     let (out, out_rx) = mpsc::unbounded_channel::<FromWorker>();
-    let writer = tokio::spawn(protocol::write_batched(out_rx, sink));
+    let writer = tokio::spawn(protocol::write_batched(out_rx, sink, |_| {}));
 
     let (jobs, jobs_rx) = mpsc::unbounded_channel::<Job>();
     let (ready_tx, ready_rx) = oneshot::channel();
