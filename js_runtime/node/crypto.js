@@ -53,6 +53,7 @@ const {
   Promise: PromiseCtor,
   PromiseResolve,
   PromiseReject,
+  String: StringCtor,
   StringPrototypeToLowerCase,
   StringPrototypeToUpperCase,
   TypeError: TypeErrorCtor,
@@ -513,6 +514,21 @@ class Cipheriv {
 const KEY = Symbol("key");
 
 // An asymmetric key: the host's parsed key and what the shim shows of it.
+const JWK_FIELDS = ["kty", "n", "e", "crv", "x", "y"];
+
+/// The JWK fields the op reads, as plain strings on a fresh object: the op
+/// converts its argument while the isolate's state is borrowed, so no
+/// guest getter, proxy trap or toString may run then.
+function plainJwk(jwk) {
+  if (jwk === null || typeof jwk !== "object") throw new TypeErrorCtor("The \"key\" argument must be a JWK object");
+  const out = { __proto__: null };
+  for (let i = 0; i < JWK_FIELDS.length; i++) {
+    const value = jwk[JWK_FIELDS[i]];
+    if (value !== undefined) out[JWK_FIELDS[i]] = StringCtor(value);
+  }
+  return out;
+}
+
 function keyMaterial(handle) {
   const info = op_wt_key_info(handle);
   return { handle, kind: info.kind, keyType: info.keyType, encoding: info.encoding, curve: info.curve, bits: info.bits, exponent: info.exponent };
@@ -599,7 +615,7 @@ function parseKey(want, input) {
   }
   if (format === "jwk") {
     if (want === "private") throw unavailableError("private keys as JWK");
-    return new KeyObject("public", keyMaterial(op_wt_key_from_jwk(key)));
+    return new KeyObject("public", keyMaterial(op_wt_key_from_jwk(plainJwk(key))));
   }
   const bytes = typeof key === "string" ? Buffer().from(key, "utf8") : toBytes(key, undefined, "key");
   const material = keyMaterial(op_wt_key_import(want, format, type, bytes));
@@ -802,7 +818,7 @@ function importAsymmetric(format, keyData, algorithm, name, extractable, usages)
   else if (format === "jwk") {
     if (keyData === null || typeof keyData !== "object") throw domError("JWK must be an object", "DataError");
     if (keyData.d !== undefined) throw domError("private JWKs are not supported by webtask yet", "NotSupportedError");
-    material = keyMaterial(op_wt_key_from_jwk(keyData));
+    material = keyMaterial(op_wt_key_from_jwk(plainJwk(keyData)));
   } else if (format === "raw" && name === "ECDSA") {
     material = keyMaterial(op_wt_key_from_ec_point(algorithm.namedCurve, toBytes(keyData)));
   } else throw domError(`Unsupported key format: ${format}`, "NotSupportedError");

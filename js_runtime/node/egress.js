@@ -23,7 +23,7 @@ const {
 const { getAsyncContext } = core;
 const {
   ArrayIsArray,
-  ArrayPrototypePush,
+  ObjectDefineProperty,
   ObjectFreeze,
   PromisePrototypeThen,
   String: StringCtor,
@@ -67,9 +67,17 @@ function rethrow(e) {
 /// Starts an exchange; `headers` is a list of [name, value]. Throws a
 /// host error record (over the subrequest budget, body too large).
 export function start(url, method, headers, mode, body) {
+  // Own data properties only, defined (not assigned, which would run a
+  // setter a guest put on Array.prototype): the op converts this list
+  // while the isolate's state is borrowed, where no guest code may run.
   const list = [];
   if (ArrayIsArray(headers)) {
-    for (let i = 0; i < headers.length; i++) ArrayPrototypePush(list, [StringCtor(headers[i][0]), StringCtor(headers[i][1])]);
+    for (let i = 0; i < headers.length; i++) {
+      const pair = [];
+      ObjectDefineProperty(pair, 0, { __proto__: null, value: StringCtor(headers[i][0]), writable: true, enumerable: true, configurable: true });
+      ObjectDefineProperty(pair, 1, { __proto__: null, value: StringCtor(headers[i][1]), writable: true, enumerable: true, configurable: true });
+      ObjectDefineProperty(list, i, { __proto__: null, value: pair, writable: true, enumerable: true, configurable: true });
+    }
   }
   try {
     return op_wt_fetch_start(requestId(), { url: StringCtor(url), method: StringCtor(method), headers: list }, mode, body ?? EMPTY);
@@ -96,7 +104,7 @@ export function head(rid) {
 /// ArrayBuffer limit (a RangeError past it) like any other.
 export function read(rid) {
   return PromisePrototypeThen(op_wt_fetch_read(rid), (len) => {
-    const chunk = new Uint8Array(len);
+    const chunk = new Uint8ArrayCtor(len);
     if (len > 0) op_wt_fetch_take(rid, chunk);
     return chunk;
   }, rethrow);

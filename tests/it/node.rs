@@ -966,3 +966,29 @@ async fn rsa_signing_draws_randomness_inside_the_jail() {
     let res = node.run("jailed-rsa", "", &code).await;
     assert_eq!(res.json(), json!([128, true]), "{}", res.text());
 }
+
+#[tokio::test]
+async fn guest_getters_never_run_while_an_op_converts_its_arguments() {
+    // An op reads its arguments with the isolate's state borrowed; a guest
+    // getter running then (one that logs needs that state) used to panic
+    // the worker. The shim hands ops plain copies instead.
+    let node = TestNode::workers().await;
+    let code = r#"return async function () {
+        const c = require('crypto');
+        const jwk = { kty: 'EC', crv: 'P-256', y: 'v7AetDTnzRRWNXjLhrg7DBnMy4iQc72GxLt10fimwH8',
+            get x() { console.log('x read'); return '6i_pSrlh85CU_AXWRhybHAAEeTntGTLZKuTIXiK6smw'; } };
+        const key = c.createPublicKey({ key: jwk, format: 'jwk' });
+        Object.defineProperty(Array.prototype, '5', { configurable: true,
+            get() { console.log('index read'); return ['x', 'y']; }, set(v) { console.log('index set'); } });
+        let denied;
+        const headers = { a: '1', b: '2', c: '3', d: '4', e: '5', f: '6' };
+        try { await fetch('http://127.0.0.1:1/', { headers }); } catch (e) { denied = e.code || e.message; }
+        delete Array.prototype[5];
+        return [key.asymmetricKeyType, denied];
+    }"#;
+    let res = node.run("getters", "", code).await;
+    let v = res.json();
+    assert_eq!(v[0], json!("ec"), "{v}");
+    // The fetch fails as a fetch (port 1 answers nothing), not as a crash.
+    assert!(v[1].as_str().is_some_and(|code| code.starts_with("egress_")), "{v}");
+}
