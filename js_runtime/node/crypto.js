@@ -146,13 +146,16 @@ let adopted = null;
 
 // Hash, Hmac, Sign and Verify: update() hashes at once (so later changes
 // to the caller's buffer do not matter, as in Node, and nothing piles up).
-class Hash {
-  #alg;
+// Hash and Hmac share Digest: a host digest state, fed until digest().
+let digestState;
+class Digest {
   #state;
-  constructor(algorithm) {
-    this.#alg = checkDigest(algorithm);
-    this.#state = adopted ?? op_wt_hash_new(this.#alg);
-    adopted = null;
+  static {
+    // For Hash#copy, without a method that would hand guests the handle.
+    digestState = (d) => d.#state;
+  }
+  constructor(state) {
+    this.#state = state;
   }
   update(data, encoding) {
     if (this.#state === null) throw finalized();
@@ -165,28 +168,27 @@ class Hash {
     this.#state = null;
     return output(op_wt_digest_final(state), encoding);
   }
+}
+
+class Hash extends Digest {
+  #alg;
+  constructor(algorithm) {
+    const alg = checkDigest(algorithm);
+    super(adopted ?? op_wt_hash_new(alg));
+    adopted = null;
+    this.#alg = alg;
+  }
   copy() {
-    if (this.#state === null) throw finalized();
-    adopted = op_wt_digest_copy(this.#state);
+    const state = digestState(this);
+    if (state === null) throw finalized();
+    adopted = op_wt_digest_copy(state);
     return new Hash(this.#alg);
   }
 }
 
-class Hmac {
-  #state;
+class Hmac extends Digest {
   constructor(algorithm, key) {
-    this.#state = hmacState(checkDigest(algorithm), toBytes(key, "utf8", "key"));
-  }
-  update(data, encoding) {
-    if (this.#state === null) throw finalized();
-    digestFeed(this.#state, toBytes(data, encoding));
-    return this;
-  }
-  digest(encoding) {
-    if (this.#state === null) throw finalized();
-    const state = this.#state;
-    this.#state = null;
-    return output(op_wt_digest_final(state), encoding);
+    super(hmacState(checkDigest(algorithm), toBytes(key, "utf8", "key")));
   }
 }
 

@@ -992,3 +992,31 @@ async fn guest_getters_never_run_while_an_op_converts_its_arguments() {
     // The fetch fails as a fetch (port 1 answers nothing), not as a crash.
     assert!(v[1].as_str().is_some_and(|code| code.starts_with("egress_")), "{v}");
 }
+
+#[tokio::test]
+async fn a_hash_copy_goes_on_independently_and_a_finished_hash_refuses_more() {
+    let v = eval(
+        r#"return function (cb) {
+            const c = require('crypto');
+            const h = c.createHash('sha256').update('ab');
+            const k = h.copy();
+            const out = [h.update('c').digest('hex'), k.digest('hex')];
+            for (const f of [() => h.update('x'), () => h.copy(), () => c.createHmac('sha1', 'k').update('x').digest() && 0]) {
+                try { f(); out.push('ok'); } catch (e) { out.push(e.code); }
+            }
+            cb(null, out);
+        }"#,
+    )
+    .await;
+    // Node 20's digests of "abc" and "ab", and its errors past digest().
+    assert_eq!(
+        v,
+        json!([
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+            "fb8e20fc2e4c3f248c60c39bd652f3c1347298bb977b8b4d5903b85055620603",
+            "ERR_CRYPTO_HASH_FINALIZED",
+            "ERR_CRYPTO_HASH_FINALIZED",
+            "ok"
+        ])
+    );
+}
