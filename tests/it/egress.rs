@@ -613,10 +613,9 @@ async fn response_chunks_a_guest_keeps_count_against_its_arraybuffer_limit() {
         }).on('error', () => {});
     };"#;
     let (server, _, _) = flood_server().await;
-    let mut config = allowing(server, None);
-    config.egress.max_response_bytes = 1 << 40;
     // A thousand reads in a debug build.
-    config.engine.limits.cpu_ms = 10_000;
+    let mut config = crate::support::with_room(allowing(server, None), 10_000);
+    config.egress.max_response_bytes = 1 << 40;
     for node in every_target_with(config).await {
         for code in [keep, keep_http] {
             let res = node.run("keep-chunks", &format!("?url=http://{server}"), code).await;

@@ -198,9 +198,7 @@ async fn failures_carry_node_codes() {
 #[tokio::test]
 async fn https_clients_see_a_verified_peer() {
     let (server, ca) = tls_echo_server().await;
-    let mut config = allowing(server, Some(ca));
-    config.engine.limits.cpu_ms = 5_000;
-    config.engine.limits.wall_ms = 10_000;
+    let config = crate::support::with_room(allowing(server, Some(ca)), 5_000);
     let code = r#"module.exports = function (ctx, cb) {
         const url = ctx.data.url;
         require('https').get(url + '/plain', (res) => {
@@ -232,9 +230,8 @@ async fn client_libraries_time_out_cancel_and_fail_as_under_node() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap()
     };
-    let mut config = config(server);
+    let mut config = crate::support::with_room(config(server), 5_000);
     config.egress.allow.push(closed.to_string());
-    config.engine.limits.cpu_ms = 5_000;
     let code = r#"module.exports = async (ctx) => {
         const { url, closed } = ctx.data;
         const axios = require('axios');

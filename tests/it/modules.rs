@@ -13,10 +13,7 @@ use crate::support::{every_target_with, test_config, workers_config_from, TestNo
 /// module compiles and runs it inside the request's CPU limit, and the test
 /// build's limit (100 ms) is meant for tripping.
 fn modules_config() -> webtask::config::Config {
-    let mut config = test_config();
-    config.engine.limits.cpu_ms = 5_000;
-    config.engine.limits.wall_ms = 10_000;
-    config
+    crate::support::with_room(test_config(), 5_000)
 }
 
 async fn workers_node() -> TestNode {

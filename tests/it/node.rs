@@ -528,8 +528,7 @@ async fn streams_blobs_forms_and_fetch_types_behave_as_node_20s() {
 #[tokio::test]
 async fn host_reaching_modules_only_throw() {
     // Room for loading express on a container's first request.
-    let mut config = crate::support::test_config();
-    config.engine.limits.cpu_ms = 5_000;
+    let config = crate::support::with_room(crate::support::test_config(), 5_000);
     for node in crate::support::every_target_with(config).await {
         let code = r#"return function (cb) {
             const out = {};

@@ -45,6 +45,15 @@ pub fn test_config() -> Config {
     .unwrap()
 }
 
+/// Room for slow work (a debug build on a busy CI machine): `cpu_ms` of
+/// CPU and twice that of wall-clock time, so the wall clock, which also
+/// counts the time the machine gives to other tests, does not trip first.
+pub fn with_room(mut config: Config, cpu_ms: u64) -> Config {
+    config.engine.limits.cpu_ms = cpu_ms;
+    config.engine.limits.wall_ms = config.engine.limits.wall_ms.max(2 * cpu_ms);
+    config
+}
+
 pub struct TestNode {
     pub addr: SocketAddr,
     pub node: std::sync::Arc<Node>,

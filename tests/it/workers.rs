@@ -157,9 +157,7 @@ fn thread_names(pid: u32) -> Vec<String> {
 #[tokio::test]
 async fn workers_run_v8_without_platform_threads_and_still_run_its_queued_tasks() {
     // Room for the garbage that makes V8 collect the registered objects.
-    let mut config = workers_config();
-    config.engine.limits.cpu_ms = 2000;
-    let node = TestNode::with_config(config).await;
+    let node = TestNode::with_config(crate::support::with_room(workers_config(), 2000)).await;
     // Async WebAssembly compilation and FinalizationRegistry callbacks reach
     // guest code only through V8's foreground task queue.
     let code = r#"return async function () {
