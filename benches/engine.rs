@@ -1,6 +1,9 @@
 //! `cargo bench --bench engine`: the engine's hot path, in three layers.
 //!
-//! 1. isolate creation from the startup snapshot (p50, p99);
+//! 1. isolate creation from the startup snapshot (p50, p99): beside a live
+//!    isolate, as every container's isolate but an engine's first is made
+//!    (the goal is read against this), and as a process's first isolate;
+//!    each next to bare `deno_core` under the same conditions;
 //! 2. a warm run of the hello webtask through the library API (p50, p99);
 //! 3. a warm HTTP request against a release node in its own process, with
 //!    a built-in closed-loop load generator at 32 connections, and with
@@ -58,36 +61,107 @@ fn main() {
 
 fn bench_isolate_creation() -> Value {
     let (ours, bare) = isolates_interleaved(300);
-    let mut s = summary(&micros(&ours[20..]));
-    let bare = summary(&micros(&bare[20..]));
+    let mut first = summary(&micros(&ours[20..]));
+    first["bare_deno_core"] = summary(&micros(&bare[20..]));
+    let (ours, bare) = isolates_beside_a_live_one(6, 50);
+    let mut s = summary(&micros(&ours));
+    s["bare_deno_core"] = summary(&micros(&bare));
     println!("isolate from snapshot   p50 {:>6} µs   p99 {:>6} µs", s["p50"], s["p99"]);
-    println!("  bare deno_core, interleaved: p50 {:>6} µs   p99 {:>6} µs", bare["p50"], bare["p99"]);
-    s["bare_deno_core"] = bare;
+    println!("  bare deno_core, same conditions: p50 {:>6} µs   p99 {:>6} µs", s["bare_deno_core"]["p50"], s["bare_deno_core"]["p99"]);
+    println!("first isolate of a process p50 {:>6} µs   p99 {:>6} µs", first["p50"], first["p99"]);
+    println!("  bare deno_core, interleaved: p50 {:>6} µs   p99 {:>6} µs", first["bare_deno_core"]["p50"], first["bare_deno_core"]["p99"]);
+    s["first_in_process"] = first;
     s
 }
 
-/// Our isolates, and plain `deno_core` runtimes from deno_core's own
-/// snapshot (the floor ours is compared with), created alternately on one
-/// thread so that machine noise hits both alike.
-fn isolates_interleaved(samples: usize) -> (Vec<Duration>, Vec<Duration>) {
-    use deno_core::{JsRuntime, JsRuntimeForSnapshot, RuntimeOptions};
+/// Plain `deno_core` runtimes from deno_core's own snapshot: the floor
+/// ours is compared with.
+fn bare_snapshot() -> &'static [u8] {
+    use deno_core::{JsRuntimeForSnapshot, RuntimeOptions};
+    static BARE: std::sync::OnceLock<&'static [u8]> = std::sync::OnceLock::new();
+    BARE.get_or_init(|| std::thread::spawn(|| &*Box::leak(JsRuntimeForSnapshot::new(RuntimeOptions::default()).snapshot())).join().unwrap())
+}
+
+fn bare_isolate() -> deno_core::JsRuntime {
+    use deno_core::{JsRuntime, RuntimeOptions};
+    JsRuntime::new(RuntimeOptions { startup_snapshot: Some(bare_snapshot()), ..Default::default() })
+}
+
+fn time_bare() -> Duration {
+    let t = Instant::now();
+    let runtime = bare_isolate();
+    let took = t.elapsed();
+    drop(runtime);
+    took
+}
+
+/// Runs `f` on a fresh thread inside a tokio runtime.
+fn on_thread<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
         let _enter = rt.enter();
-        let limits = Limits::default();
-        webtask::engine::probe::create_isolate(&limits);
-        let snapshot: &'static [u8] = Box::leak(JsRuntimeForSnapshot::new(RuntimeOptions::default()).snapshot());
-        let bare = || {
-            let t = Instant::now();
-            let runtime = JsRuntime::new(RuntimeOptions { startup_snapshot: Some(snapshot), ..Default::default() });
-            let took = t.elapsed();
-            drop(runtime);
-            took
-        };
-        (0..samples).map(|_| (webtask::engine::probe::create_isolate(&limits), bare())).unzip()
+        f()
     })
     .join()
     .unwrap()
+}
+
+/// The first isolate of a process, ours and bare `deno_core`'s created
+/// alternately on one thread so that machine noise hits both alike. With
+/// no other isolate alive, each one sets up V8's shared read-only heap
+/// and string table again: what a worker process pays once, in the pool.
+fn isolates_interleaved(samples: usize) -> (Vec<Duration>, Vec<Duration>) {
+    on_thread(move || {
+        let limits = Limits::default();
+        // Ours first: it sets the V8 flags, which the first isolate freezes.
+        webtask::engine::probe::create_isolate(&limits);
+        bare_snapshot();
+        (0..samples).map(|_| (webtask::engine::probe::create_isolate(&limits), time_bare())).unzip()
+    })
+}
+
+/// Isolates created while another of the same snapshot lives on another
+/// thread: every container's isolate but the first in an engine. Ours and
+/// bare `deno_core`'s alternate in blocks (V8 cannot hold isolates of two
+/// different snapshots at once).
+fn isolates_beside_a_live_one(blocks: usize, per_block: usize) -> (Vec<Duration>, Vec<Duration>) {
+    let (mut ours, mut bare) = (Vec::new(), Vec::new());
+    for _ in 0..blocks {
+        let hold_ours = |park: &mut dyn FnMut()| {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+            let _enter = rt.enter();
+            webtask::engine::probe::with_isolate(&Limits::default(), park);
+        };
+        ours.extend(beside(hold_ours, move || {
+            let limits = Limits::default();
+            (0..per_block).map(|_| webtask::engine::probe::create_isolate(&limits)).collect::<Vec<_>>()
+        }));
+        let hold_bare = |park: &mut dyn FnMut()| {
+            let _runtime = bare_isolate();
+            park();
+        };
+        bare.extend(beside(hold_bare, move || (0..per_block).map(|_| time_bare()).collect::<Vec<_>>()));
+    }
+    (ours, bare)
+}
+
+/// Runs `measure` on a thread of its own while `hold` keeps an isolate
+/// alive on another; `hold` calls `park` once its isolate lives and drops
+/// it when `park` returns, which is when `measure` is done.
+fn beside<T: Send + 'static>(hold: fn(&mut dyn FnMut()), measure: impl FnOnce() -> T + Send + 'static) -> T {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let (live, is_live) = std::sync::mpsc::channel::<()>();
+    let resident = std::thread::spawn(move || {
+        hold(&mut || {
+            let _ = live.send(());
+            let _ = stopped.recv();
+        })
+    });
+    is_live.recv().expect("the resident isolate's thread died");
+    let out = on_thread(measure);
+    drop(stop);
+    resident.join().unwrap();
+    out
 }
 
 fn bench_engine_core() -> Value {

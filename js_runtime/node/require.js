@@ -10,6 +10,9 @@
 // serves one container, so module instances are shared by the requests of
 // one container and never across containers.
 //
+// What every webtask's first run calls is compiled into the snapshot (the
+// `const f = (function f() {...})` form; see bootstrap.js).
+//
 // Guest code can reach every function here (through `require`), and module
 // code runs with guest privilege only; what it must not reach are the ops,
 // which stay in this strict-mode module's closure.
@@ -174,10 +177,10 @@ export function builtinNames() {
   return out;
 }
 
-function dirname(path) {
+const dirname = (function dirname(path) {
   const at = StringPrototypeLastIndexOf(path, "/");
   return at <= 0 ? "/" : StringPrototypeSlice(path, 0, at);
-}
+});
 
 function notFound(id, why) {
   const err = new ErrorCtor(`Cannot find module '${id}'${why ? ": " + why : ""}`);
@@ -301,7 +304,7 @@ function splitVersion(id) {
 // Module objects by file name; exposed as `require.cache`, as in Node.
 const cache = ObjectCreate(null);
 
-function Module(id, parent) {
+const Module = (function Module(id, parent) {
   this.id = id;
   this.path = dirname(id);
   this.filename = id;
@@ -310,7 +313,7 @@ function Module(id, parent) {
   this.loaded = false;
   this.children = [];
   this.paths = [];
-}
+});
 
 function load(n, filename, parent) {
   const cached = cache[filename];
@@ -375,7 +378,7 @@ function requireFrom(id, parent) {
   return load(found[0], found[1], parent);
 }
 
-function makeRequire(module) {
+const makeRequire = (function makeRequire(module) {
   const require = function require(id) {
     return requireFrom(id, module);
   };
@@ -390,14 +393,14 @@ function makeRequire(module) {
   require.cache = cache;
   require.main = undefined;
   return require;
-}
+});
 
 /// The `module` and `require` a webtask's own code gets: it is `/webtask.js`,
 /// so bare names resolve in `/node_modules`, where the set is.
-export function webtaskModule() {
+export const webtaskModule = (function webtaskModule() {
   const module = new Module("/webtask.js", null);
   module.loaded = true;
   const require = makeRequire(module);
   module.require = require;
   return { module, require };
-}
+});

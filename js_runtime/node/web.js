@@ -1658,10 +1658,12 @@ const STATUS_TEXT = {
 };
 
 /// Puts the Web API globals on the guest global.
-export function install(g) {
-  const define = (name, value) => {
+// Compiled into the snapshot (the parentheses; see bootstrap.js): every
+// isolate's lockdown calls it.
+export const install = (function install(g) {
+  const define = (function define(name, value) {
     Object.defineProperty(g, name, { value, writable: true, configurable: true, enumerable: false });
-  };
+  });
   define("TextEncoder", TextEncoder);
   define("TextDecoder", TextDecoder);
   define("atob", atob);
@@ -1702,7 +1704,7 @@ export function install(g) {
       enumerable: false,
     });
   }
-}
+});
 
 const guestFetch = fetch;
 

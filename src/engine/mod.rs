@@ -375,6 +375,19 @@ pub mod probe {
         took
     }
 
+    /// Runs `f` on the calling thread (inside a tokio runtime, with no
+    /// isolate of its own) while an isolate of ours lives there. V8 shares
+    /// its read-only heap and string table among a process's isolates and
+    /// frees them with the last one: an isolate created while another lives
+    /// skips deserialising them, as every container's isolate but the
+    /// first in an engine does.
+    pub fn with_isolate<R>(limits: &Limits, f: impl FnOnce() -> R) -> R {
+        snapshot::init_v8(limits.stack_kb, limits.array_buffer_mb);
+        let guard = CpuGuard::for_current_thread(limits.cpu_ms);
+        let _isolate = Isolate::new(&IsolateSpec::offline(limits.clone()), &guard, "probe".into()).expect("isolate");
+        f()
+    }
+
     /// Runs `code` `samples` times on one warm isolate on a fresh thread,
     /// with no thread hand-off: the cost of a run inside the engine itself.
     /// Returns each run's time from start to settled result.

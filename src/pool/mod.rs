@@ -110,6 +110,15 @@ impl Runner {
 /// replacement (while it still has others to give).
 const REFILL_DELAY: Duration = Duration::from_millis(10);
 
+/// Who a new worker is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// The pool: it warms up before it says it is ready.
+    Pool,
+    /// A request waiting for it (pool empty), whose run warms it anyway.
+    Request,
+}
+
 /// What happens to a retired worker's process slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Slot {
@@ -221,7 +230,7 @@ impl Pool {
             if !pool.inner.reserve_slot() {
                 return Err(Error::NoWorker { limit: 0 });
             }
-            let first = pool.inner.spawn_reserved().await?;
+            let first = pool.inner.spawn_reserved(Purpose::Pool).await?;
             pool.inner.idle.lock().unwrap().push_back(first);
         }
         tokio::spawn(refill(Arc::downgrade(&pool.inner)));
@@ -328,7 +337,7 @@ impl Pool {
         if !inner.reserve_slot() && !inner.evict_lru() {
             return Err(Error::NoWorker { limit: inner.config.max });
         }
-        inner.spawn_reserved().await
+        inner.spawn_reserved(Purpose::Request).await
     }
 }
 
@@ -340,8 +349,8 @@ impl Inner {
             .is_ok()
     }
 
-    async fn spawn_reserved(&self) -> Result<Arc<Worker>, Error> {
-        let spawned = match self.prepare_jail() {
+    async fn spawn_reserved(&self, purpose: Purpose) -> Result<Arc<Worker>, Error> {
+        let spawned = match self.prepare_jail(purpose) {
             Ok((spec, lease)) => {
                 let (egress, logs) = (self.egress.clone(), self.logs.clone());
                 Worker::spawn(&self.zygote, &spec, lease, egress, logs).await
@@ -361,7 +370,7 @@ impl Inner {
     }
 
     /// A uid and a cgroup for the next worker, as far as the jail mode wants.
-    fn prepare_jail(&self) -> Result<(Spec, process::Lease), Error> {
+    fn prepare_jail(&self, purpose: Purpose) -> Result<(Spec, process::Lease), Error> {
         let jail = &self.jail;
         let (uid, claim) = self.claim_uid()?;
         let mut lease = process::Lease { uid, uids: self.uids.clone(), cgroup: None, memory_mb: None, claim };
@@ -373,7 +382,8 @@ impl Inner {
         lease.cgroup = cgroup;
         let log_line_bytes = self.logs.config().line_bytes;
         let warm_node = self.config.warm_node_builtins;
-        Ok((Spec { limits: self.engine.limits.clone(), jail: jail_spec, log_line_bytes, warm_node }, lease))
+        let pooled = purpose == Purpose::Pool;
+        Ok((Spec { limits: self.engine.limits.clone(), jail: jail_spec, log_line_bytes, warm_node, pooled }, lease))
     }
 
     /// The first id of the range that neither this node nor another node
@@ -461,7 +471,7 @@ async fn refill(pool: std::sync::Weak<Inner>) {
 async fn continue_refill(pool: &std::sync::Weak<Inner>) {
     let Some(inner) = pool.upgrade() else { return };
     while inner.idle.lock().unwrap().len() < inner.config.pool_size && inner.reserve_slot() {
-        match inner.spawn_reserved().await {
+        match inner.spawn_reserved(Purpose::Pool).await {
             Ok(w) => inner.idle.lock().unwrap().push_back(w),
             Err(e) => {
                 tracing::error!(error = %e, "could not spawn a pooled worker");
