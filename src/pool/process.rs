@@ -309,7 +309,7 @@ async fn io(
             // worker reads it; one that keeps sending but stops reading
             // would grow the node's memory without bound.
             if out.backlog() > MAX_BACKLOG {
-                return format!("not reading its socket ({} bytes queued for it)", out.backlog());
+                return format!("not reading its socket ({} bytes queued for it, limit {MAX_BACKLOG})", out.backlog());
             }
             match frame {
                 Some(Ok(FromWorker::FetchStart { fid, head, body })) => {

@@ -281,10 +281,11 @@ async fn at_the_cap_the_least_recently_used_container_makes_room() {
     config.workers.max = 2;
     config.workers.pool_size = 0;
     let node = TestNode::with_config(config).await;
-    node.run("first", "", HELLO).await;
+    // Each is spawned on the request path, with no warm-up run of its own.
+    assert_eq!(node.run("first", "", HELLO).await.json(), json!("alive"));
     tokio::time::sleep(Duration::from_millis(20)).await;
-    node.run("second", "", HELLO).await;
-    node.run("third", "", HELLO).await;
+    assert_eq!(node.run("second", "", HELLO).await.json(), json!("alive"));
+    assert_eq!(node.run("third", "", HELLO).await.json(), json!("alive"));
     assert_eq!(worker_pid(&node, "first").await, None, "least recently used was evicted");
     assert!(worker_pid(&node, "second").await.is_some());
     assert!(worker_pid(&node, "third").await.is_some());
