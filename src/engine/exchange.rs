@@ -131,13 +131,14 @@ pub fn op_wt_fetch_start(
     if body.len() > MAX_REQUEST_BODY {
         return Err(err("egress_limit", format_args!("request body larger than {MAX_REQUEST_BODY} bytes")));
     }
-    let (fetcher, deadline) = {
+    let (fetcher, deadline, req_id) = {
         let egress = state.borrow::<Egress>();
         let mut inflight = state.borrow::<Rc<RefCell<Inflight>>>().borrow_mut();
         if let Err(limit) = inflight.count_subrequest(id, egress.max_subrequests) {
             return Err(err("egress_limit", format_args!("more than {limit} subrequests in one request")));
         }
-        (egress.fetcher.clone(), inflight.deadline(id).unwrap_or_else(Instant::now))
+        let req_id = inflight.req_id(id).cloned().unwrap_or_else(|| "".into());
+        (egress.fetcher.clone(), inflight.deadline(id).unwrap_or_else(Instant::now), req_id)
     };
     let table = exchanges(state);
     table.sweep(Instant::now());
@@ -159,7 +160,7 @@ pub fn op_wt_fetch_start(
         }
         _ => return Err(JsErrorBox::type_error("invalid body mode")),
     };
-    let response = fetcher.fetch(FetchRequest { head, body: stream });
+    let response = fetcher.fetch(FetchRequest { req_id, head, body: stream });
     let exchange = Exchange { deadline, upload, uploaded, response: Some(response), body: None, chunk: None, cancel: CancellationToken::new() };
     Ok(table.insert(exchange))
 }

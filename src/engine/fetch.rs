@@ -47,6 +47,8 @@ pub struct ResponseHead {
 pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, FetchError>> + Send>>;
 
 pub struct FetchRequest {
+    /// The id of the request whose guest code made it.
+    pub req_id: Arc<str>,
     pub head: RequestHead,
     /// `None`: no body at all. A request body that fails (the guest
     /// aborted, or broke a limit) abandons the whole exchange.

@@ -83,9 +83,28 @@ enum Pending {
 
 /// A request the node gave this worker and still waits on.
 struct Owned {
-    /// Its request id: the only one the worker's log lines may carry.
+    /// Its request id: the only one the worker's log lines and fetches may carry.
     req_id: Arc<str>,
+    /// Fetches the worker started for it, counted here whatever the
+    /// worker's own engine counted.
+    fetches: u32,
     state: Pending,
+}
+
+/// Counts a fetch the worker says request `req_id` makes; the request it
+/// names as the node knows it, or why the worker broke the protocol. The
+/// worker's engine refuses a fetch past the cap or for a finished request
+/// before it asks (and asks before it reports the request done), so either
+/// here is a worker that no longer follows its engine.
+fn count_fetch(pending: &mut HashMap<u64, Owned>, req_id: &str, limit: u32) -> Result<Arc<str>, String> {
+    let Some(owned) = pending.values_mut().find(|o| *o.req_id == *req_id) else {
+        return Err("fetch for no request of its own".to_owned());
+    };
+    owned.fetches += 1;
+    if owned.fetches > limit {
+        return Err(format!("more than {limit} subrequests in request {req_id}"));
+    }
+    Ok(owned.req_id.clone())
 }
 
 /// What a worker holds on the host for its life: a transient uid and its
@@ -122,6 +141,8 @@ struct Shared {
     child: Mutex<Option<Child>>,
     /// The response limit the worker was told to enforce, checked again here.
     response_bytes: u64,
+    /// The subrequest limit per request, likewise.
+    subrequests: u32,
     /// Console bytes a second this worker may send (`logs.worker_log_rate`):
     /// a worker that ignores its engine's budgets still cannot flood the node.
     log_rate: Mutex<crate::engine::console::Rate>,
@@ -219,6 +240,7 @@ impl Worker {
             ended: Mutex::default(),
             child: Mutex::new(Some(child)),
             response_bytes: spec.limits.response_bytes,
+            subrequests: spec.limits.subrequests,
             log_rate,
         });
         let (out, out_rx) = Outbox::new();
@@ -263,7 +285,7 @@ impl Worker {
         *self.last_used.lock().unwrap() = Instant::now();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        let owned = Owned { req_id: req_id.clone(), state: Pending::Waiting(tx) };
+        let owned = Owned { req_id: req_id.clone(), fetches: 0, state: Pending::Waiting(tx) };
         self.shared.pending.lock().unwrap().insert(id, owned);
         let msg = ToWorker::Run {
             id,
@@ -312,15 +334,16 @@ async fn io(
                 return format!("not reading its socket ({} bytes queued for it, limit {MAX_BACKLOG})", out.backlog());
             }
             match frame {
-                Some(Ok(FromWorker::FetchStart { fid, head, body })) => {
+                Some(Ok(FromWorker::FetchStart { fid, req_id, head, body })) => {
                     // Policy applies here, in the node, whatever the worker
-                    // says; and only for a worker with requests running, a
-                    // bounded number at a time.
-                    let idle = shared.pending.lock().unwrap().is_empty();
-                    if idle {
-                        return "fetch with no request running".to_owned();
-                    }
-                    if let Err(violation) = start_fetch(&upstreams, &fetches, &egress, &out, fid, head, body) {
+                    // says; and only for one of its running requests, within
+                    // that request's subrequests, a bounded number at a time.
+                    let counted = count_fetch(&mut shared.pending.lock().unwrap(), &req_id, shared.subrequests);
+                    let req_id = match counted {
+                        Ok(req_id) => req_id,
+                        Err(violation) => return violation,
+                    };
+                    if let Err(violation) = start_fetch(&upstreams, &fetches, &egress, &out, Start { fid, req_id, head, body }) {
                         return violation;
                     }
                 }
@@ -373,7 +396,7 @@ fn deliver(shared: &Shared, msg: FromWorker) -> Result<(), String> {
     let mut pending = shared.pending.lock().unwrap();
     match msg {
         FromWorker::Head { id, status, headers, body } => {
-            let Some(Owned { req_id, state: Pending::Waiting(tx) }) = pending.remove(&id) else {
+            let Some(Owned { req_id, fetches, state: Pending::Waiting(tx) }) = pending.remove(&id) else {
                 return Err(format!("reply for request {id} it does not own"));
             };
             // The worker's engine enforces the response limit; a reply past
@@ -387,7 +410,7 @@ fn deliver(shared: &Shared, msg: FromWorker) -> Result<(), String> {
                 Some(b) => ReplyBody::Full(Bytes::from(b.into_vec())),
                 None => {
                     let (stream_tx, stream_rx) = mpsc::unbounded_channel();
-                    pending.insert(id, Owned { req_id, state: Pending::Streaming(stream_tx, sent) });
+                    pending.insert(id, Owned { req_id, fetches, state: Pending::Streaming(stream_tx, sent) });
                     ReplyBody::Stream(stream_rx)
                 }
             };
@@ -478,6 +501,14 @@ impl Upstreams {
     }
 }
 
+/// A `FetchStart` counted against one of the worker's requests.
+struct Start {
+    fid: u64,
+    req_id: Arc<str>,
+    head: RequestHead,
+    body: bool,
+}
+
 /// `FetchStart`: the exchange goes to the egress; a task streams its
 /// response back within the worker's credit.
 fn start_fetch(
@@ -485,9 +516,7 @@ fn start_fetch(
     fetches: &Arc<tokio::sync::Semaphore>,
     egress: &Egress,
     out: &Outbox,
-    fid: u64,
-    head: RequestHead,
-    body: bool,
+    Start { fid, req_id, head, body }: Start,
 ) -> Result<(), String> {
     let mut table = upstreams.lock().unwrap();
     if table.last.is_some_and(|last| fid <= last) {
@@ -507,7 +536,7 @@ fn start_fetch(
     } else {
         (None, None)
     };
-    let exchange = egress.start(FetchRequest { head, body });
+    let exchange = egress.start(FetchRequest { req_id, head, body });
     let credit = Arc::new(tokio::sync::Semaphore::new(protocol::FETCH_WINDOW));
     let outstanding = Arc::new(AtomicUsize::new(0));
     let task = tokio::spawn(respond(fid, exchange, out.clone(), credit.clone(), outstanding.clone(), upstreams.clone(), egress.timeout()));
@@ -737,6 +766,28 @@ mod tests {
         assert!(fetch_frame(&table, body(1, 1)).is_err());
     }
 
+    fn owned(req_id: &str) -> Owned {
+        Owned { req_id: req_id.into(), fetches: 0, state: Pending::Waiting(oneshot::channel().0) }
+    }
+
+    #[test]
+    fn fetches_count_against_the_request_they_name_up_to_its_limit() {
+        let mut pending = HashMap::from([(1, owned("a")), (2, owned("b"))]);
+        for _ in 0..3 {
+            assert_eq!(count_fetch(&mut pending, "a", 3).as_deref(), Ok("a"));
+        }
+        assert_eq!(count_fetch(&mut pending, "a", 3), Err("more than 3 subrequests in request a".to_owned()));
+        // Another request has its own count.
+        assert_eq!(count_fetch(&mut pending, "b", 3).as_deref(), Ok("b"));
+    }
+
+    #[test]
+    fn a_fetch_for_a_request_the_worker_was_not_given_is_a_violation() {
+        let mut pending = HashMap::from([(1, owned("a"))]);
+        assert!(count_fetch(&mut pending, "someone-else", 50).is_err());
+        assert!(count_fetch(&mut HashMap::new(), "a", 50).is_err());
+    }
+
     #[test]
     fn the_backlog_counts_frames_until_the_writer_takes_them() {
         let (out, mut rx) = Outbox::new();
@@ -781,7 +832,7 @@ mod tests {
         let fetches = Arc::new(tokio::sync::Semaphore::new(1));
         let upstreams = Arc::new(table);
         let head = crate::engine::fetch::RequestHead { url: "http://127.0.0.1:9/".into(), method: "GET".into(), headers: vec![] };
-        let reused = start_fetch(&upstreams, &fetches, &egress, &out, 3, head, false);
+        let reused = start_fetch(&upstreams, &fetches, &egress, &out, Start { fid: 3, req_id: "a".into(), head, body: false });
         assert!(reused.unwrap_err().contains("reused"));
     }
 }

@@ -270,7 +270,7 @@ impl Fetcher for NodeFetcher {
         let credit = Arc::new(tokio::sync::Semaphore::new(protocol::FETCH_WINDOW));
         let pending = PendingFetch { head: Some(head_tx), body: body_tx, credit: credit.clone() };
         table.pending.lock().unwrap().insert(fid, pending);
-        let start = FromWorker::FetchStart { fid, head: request.head, body: request.body.is_some() };
+        let start = FromWorker::FetchStart { fid, req_id: request.req_id.to_string(), head: request.head, body: request.body.is_some() };
         if table.out.send(start).is_err() {
             table.remove(fid);
             return Box::pin(async { Err(node_gone()) });

@@ -33,7 +33,7 @@ use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 use crate::engine::fetch::{FetchError, RequestHead, ResponseHead};
 use crate::engine::{Context, Error};
 
-pub const VERSION: u32 = 5;
+pub const VERSION: u32 = 6;
 
 /// Body bytes one exchange may have unacknowledged, per direction.
 pub const FETCH_WINDOW: usize = 128 * 1024;
@@ -74,9 +74,11 @@ pub enum FromWorker {
     End { id: u64 },
     /// The run failed; `error` is the JSON of an [`Error`].
     Failed { id: u64, error: ByteBuf },
-    /// Guest egress: the node applies its policy and answers with
-    /// `FetchHead`. With `body`, `FetchBody` chunks and `FetchEnd` follow.
-    FetchStart { fid: u64, head: RequestHead, body: bool },
+    /// Guest egress for request `req_id`: the node applies its policy
+    /// (and counts it against that request's subrequests) and answers
+    /// with `FetchHead`. With `body`, `FetchBody` chunks and `FetchEnd`
+    /// follow.
+    FetchStart { fid: u64, req_id: String, head: RequestHead, body: bool },
     FetchBody { fid: u64, data: ByteBuf },
     /// The request body is complete.
     FetchEnd { fid: u64 },
