@@ -113,9 +113,7 @@ async fn timed_out_request_leaves_no_timers_behind() {
 
 /// CPU limit far from reach, so the heap fills first.
 fn memory_config() -> Config {
-    let mut config = test_config();
-    config.engine.limits.cpu_ms = 10_000;
-    config
+    crate::support::with_room(test_config(), 10_000)
 }
 
 async fn assert_memory_limit(node: &Target, code: &str) {

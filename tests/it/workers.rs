@@ -295,9 +295,7 @@ async fn at_the_cap_the_least_recently_used_container_makes_room() {
 
 #[tokio::test]
 async fn memory_bomb_in_one_container_costs_another_nothing() {
-    let mut config = workers_config();
-    config.engine.limits.cpu_ms = 10_000;
-    let node = TestNode::with_config(config).await;
+    let node = TestNode::with_config(crate::support::with_room(workers_config(), 10_000)).await;
     node.run("steady", "", HELLO).await;
     let bomb = node.run("bomb", "", "return function (cb) { a = []; for (;;) a.push(new Array(1e6).fill(1)); }");
     let steady = async {
@@ -322,8 +320,7 @@ fn process_alive(pid: u32) -> bool {
 
 #[tokio::test]
 async fn memory_outside_the_v8_heap_is_bounded_by_the_worker_cgroup() {
-    let mut config = workers_config();
-    config.engine.limits.cpu_ms = 10_000;
+    let mut config = crate::support::with_room(workers_config(), 10_000);
     config.jail.memory_mb = 256;
     let node = TestNode::with_config(config).await;
     node.run("steady", "", HELLO).await;
