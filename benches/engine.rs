@@ -95,15 +95,16 @@ fn time_bare() -> Duration {
     took
 }
 
+/// Runs `f` inside a tokio runtime of its own, as isolates need.
+fn in_runtime<R>(f: impl FnOnce() -> R) -> R {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let _enter = rt.enter();
+    f()
+}
+
 /// Runs `f` on a fresh thread inside a tokio runtime.
 fn on_thread<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
-        let _enter = rt.enter();
-        f()
-    })
-    .join()
-    .unwrap()
+    std::thread::spawn(move || in_runtime(f)).join().unwrap()
 }
 
 /// The first isolate of a process, ours and bare `deno_core`'s created
@@ -127,11 +128,7 @@ fn isolates_interleaved(samples: usize) -> (Vec<Duration>, Vec<Duration>) {
 fn isolates_beside_a_live_one(blocks: usize, per_block: usize) -> (Vec<Duration>, Vec<Duration>) {
     let (mut ours, mut bare) = (Vec::new(), Vec::new());
     for _ in 0..blocks {
-        let hold_ours = |park: &mut dyn FnMut()| {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
-            let _enter = rt.enter();
-            webtask::engine::probe::with_isolate(&Limits::default(), park);
-        };
+        let hold_ours = |park: &mut dyn FnMut()| webtask::engine::probe::with_isolate(&Limits::default(), park);
         ours.extend(beside(hold_ours, move || {
             let limits = Limits::default();
             (0..per_block).map(|_| webtask::engine::probe::create_isolate(&limits)).collect::<Vec<_>>()
@@ -146,15 +143,18 @@ fn isolates_beside_a_live_one(blocks: usize, per_block: usize) -> (Vec<Duration>
 }
 
 /// Runs `measure` on a thread of its own while `hold` keeps an isolate
-/// alive on another; `hold` calls `park` once its isolate lives and drops
-/// it when `park` returns, which is when `measure` is done.
+/// alive on another (both inside a tokio runtime); `hold` calls `park`
+/// once its isolate lives and drops it when `park` returns, which is when
+/// `measure` is done.
 fn beside<T: Send + 'static>(hold: fn(&mut dyn FnMut()), measure: impl FnOnce() -> T + Send + 'static) -> T {
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let (live, is_live) = std::sync::mpsc::channel::<()>();
     let resident = std::thread::spawn(move || {
-        hold(&mut || {
-            let _ = live.send(());
-            let _ = stopped.recv();
+        in_runtime(|| {
+            hold(&mut || {
+                let _ = live.send(());
+                let _ = stopped.recv();
+            })
         })
     });
     is_live.recv().expect("the resident isolate's thread died");

@@ -134,10 +134,10 @@ pub fn op_wt_fetch_start(
     let (fetcher, deadline, req_id) = {
         let egress = state.borrow::<Egress>();
         let mut inflight = state.borrow::<Rc<RefCell<Inflight>>>().borrow_mut();
-        if let Err(limit) = inflight.count_subrequest(id, egress.max_subrequests) {
-            return Err(err("egress_limit", format_args!("more than {limit} subrequests in one request")));
-        }
-        let req_id = inflight.req_id(id).cloned().unwrap_or_else(|| "".into());
+        let req_id = match inflight.count_subrequest(id, egress.max_subrequests) {
+            Ok(req_id) => req_id,
+            Err(limit) => return Err(err("egress_limit", format_args!("more than {limit} subrequests in one request"))),
+        };
         (egress.fetcher.clone(), inflight.deadline(id).unwrap_or_else(Instant::now), req_id)
     };
     let table = exchanges(state);

@@ -81,15 +81,16 @@ impl Inflight {
         self.slots.get(&id).map(|s| s.deadline)
     }
 
-    /// Counts one fetch of request `id`; `Err(limit)` past `limit`. Fetches
-    /// with no live request (left-over timers) are refused.
-    pub fn count_subrequest(&mut self, id: u32, limit: u32) -> Result<(), u32> {
+    /// Counts one fetch of request `id`; its request id, or `Err(limit)`
+    /// past `limit`. Fetches with no live request (left-over timers) are
+    /// refused.
+    pub fn count_subrequest(&mut self, id: u32, limit: u32) -> Result<Arc<str>, u32> {
         let slot = self.slots.get_mut(&id).ok_or(0u32)?;
         slot.subrequests += 1;
         if slot.subrequests > limit {
             return Err(limit);
         }
-        Ok(())
+        Ok(slot.req_id.clone())
     }
 
     /// Counts `bytes` of console output against request `id`'s log budget:
