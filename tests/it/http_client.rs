@@ -160,10 +160,7 @@ async fn request_bodies_are_framed_as_node_frames_them() {
 
 #[tokio::test]
 async fn failures_carry_node_codes() {
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
+    let (_held, closed) = crate::support::refusing_addr();
     let server = echo_server().await;
     let mut config = config(server);
     config.egress.allow.push(closed.to_string());
@@ -226,10 +223,7 @@ async fn https_clients_see_a_verified_peer() {
 #[tokio::test]
 async fn client_libraries_time_out_cancel_and_fail_as_under_node() {
     let server = scripted_server().await;
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
+    let (_held, closed) = crate::support::refusing_addr();
     let mut config = crate::support::with_room(config(server), 5_000);
     config.egress.allow.push(closed.to_string());
     let code = r#"module.exports = async (ctx) => {

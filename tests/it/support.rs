@@ -54,6 +54,29 @@ pub fn with_room(mut config: Config, cpu_ms: u64) -> Config {
     config
 }
 
+/// A loopback address that refuses connections, and the socket that holds
+/// it: bound but not listening, so nothing else (another test's server)
+/// can take the port while the test expects `ECONNREFUSED` there, as it
+/// could once a listener bound only to learn a free port is dropped.
+pub fn refusing_addr() -> (std::os::fd::OwnedFd, SocketAddr) {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: plain socket calls on a descriptor this function owns, with
+    // a sockaddr_in of the size passed.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let mut sin: libc::sockaddr_in = std::mem::zeroed();
+        sin.sin_family = libc::AF_INET as libc::sa_family_t;
+        sin.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let sa = &mut sin as *mut libc::sockaddr_in as *mut libc::sockaddr;
+        assert_eq!(libc::bind(fd.as_raw_fd(), sa, len), 0, "bind: {}", std::io::Error::last_os_error());
+        assert_eq!(libc::getsockname(fd.as_raw_fd(), sa, &mut len), 0, "getsockname: {}", std::io::Error::last_os_error());
+        (fd, SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, u16::from_be(sin.sin_port))))
+    }
+}
+
 pub struct TestNode {
     pub addr: SocketAddr,
     pub node: std::sync::Arc<Node>,
