@@ -116,7 +116,13 @@ impl TestNode {
         tokio::spawn(api::serve(node.clone(), listener, async {
             let _ = stopped.await;
         }));
-        let client = Client::builder(TokioExecutor::new()).build_http();
+        // The test node closes a keep-alive connection after 500 ms without
+        // a request (`header_timeout_ms`); a client reusing one at that very
+        // moment gets `IncompleteMessage`. Idle connections go sooner here.
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .pool_idle_timeout(Duration::from_millis(200))
+            .build_http();
         TestNode { addr, node, stop: Some(stop), client }
     }
 
