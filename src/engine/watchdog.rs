@@ -2,11 +2,20 @@
 //!
 //! Each isolate thread publishes, in a [`CpuGuard`], its thread CPU clock and
 //! the CPU reading at which its oldest in-flight request started. One
-//! watchdog thread per process reads those clocks every tick and calls
+//! watchdog thread per process reads those clocks and calls
 //! `terminate_execution` on an isolate whose request ran past its budget;
 //! the isolate thread then learns the reason from the guard. The hot path
 //! pays two relaxed atomic stores per request and never takes a lock or
-//! wakes the watchdog while it is ticking.
+//! wakes the watchdog unless it is parked.
+//!
+//! The watchdog does not tick. A thread cannot use more CPU time than
+//! wall time passes, so after a scan it sleeps until the soonest moment a
+//! request could reach its budget (its budget less what it has used), and
+//! never longer than half the smallest budget, so a request that starts
+//! while it sleeps is seen before it can reach its own. A request that
+//! ends in a millisecond never wakes it: with many processes each holding
+//! a watchdog (one per worker), a fixed tick was thousands of wake-ups a
+//! second on a busy machine.
 //!
 //! The stop only lands in JavaScript, at a check V8 makes on a loop's back
 //! edge or a call; a loop that spends its time in ops (the Node shim's
@@ -23,15 +32,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread::{self, Thread};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deno_core::v8;
 
-/// How often running requests are checked; the CPU overshoot of a limit
-/// kill is at most about one tick.
-const TICK: Duration = Duration::from_millis(1);
-/// Ticks without any request in flight before the watchdog parks.
-const IDLE_TICKS_BEFORE_PARK: u32 = 200;
+/// The shortest sleep between scans: how far a kill may overshoot a budget,
+/// besides the scheduler's own latency.
+const MIN_SLEEP: Duration = Duration::from_micros(250);
+/// The longest sleep between scans while nothing runs.
+const MAX_IDLE_SLEEP: Duration = Duration::from_millis(50);
+/// Time without any request in flight before the watchdog parks; until
+/// then a request starting needs no wake-up.
+const IDLE_BEFORE_PARK: Duration = Duration::from_millis(200);
 
 /// Why the watchdog (or the heap-limit callback) stopped an isolate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +100,11 @@ impl CpuGuard {
 
     /// Publishes the start of the oldest request in flight (`None`: idle).
     pub fn set_oldest(&self, start_ns: Option<u64>) {
-        let was = self.oldest_start.swap(start_ns.map_or(0, |s| s + 1), Ordering::Relaxed);
+        // SeqCst here and in `Watchdog::park`: of this store and the
+        // watchdog's `parked` store, at least one side must see the other's.
+        // Weaker orders let each store wait in its core's buffer while that
+        // core loads, and then the watchdog parks with a request running.
+        let was = self.oldest_start.swap(start_ns.map_or(0, |s| s + 1), Ordering::SeqCst);
         if was == 0 && start_ns.is_some() {
             watchdog().wake();
         }
@@ -115,16 +131,27 @@ impl CpuGuard {
         *self.kill.lock().unwrap()
     }
 
-    fn check(&self) -> bool {
+    /// Stops a request past its budget. `None` while idle; otherwise the
+    /// CPU time its requests may still use before the next check matters.
+    fn check(&self) -> Option<Duration> {
         let start = self.oldest_start.load(Ordering::Relaxed);
         if start == 0 {
-            return false;
+            return None;
+        }
+        if self.killed.load(Ordering::Acquire) {
+            // Stopping already: the request ends as soon as V8 lands it.
+            return Some(self.budget());
         }
         let used = self.now_ns().saturating_sub(start - 1);
-        if used > self.limit_ns && !self.killed.load(Ordering::Acquire) {
+        if used > self.limit_ns {
             self.terminate(Kill::Cpu { limit_ms: self.limit_ns / 1_000_000, start_ns: start - 1 });
+            return Some(self.budget());
         }
-        true
+        Some(Duration::from_nanos(self.limit_ns - used))
+    }
+
+    fn budget(&self) -> Duration {
+        Duration::from_nanos(self.limit_ns)
     }
 }
 
@@ -166,7 +193,7 @@ impl Watchdog {
     }
 
     fn wake(&self) {
-        if self.parked.load(Ordering::Acquire) {
+        if self.parked.load(Ordering::SeqCst) {
             self.thread.unpark();
         }
     }
@@ -174,32 +201,50 @@ impl Watchdog {
 
 fn run() {
     let dog = watchdog();
-    let mut idle_ticks = 0;
+    let mut idle_since: Option<Instant> = None;
     loop {
-        let mut active = false;
-        dog.guards.lock().unwrap().retain(|weak| match weak.upgrade() {
-            Some(guard) => {
-                active |= guard.check();
-                true
-            }
-            None => false,
-        });
-        idle_ticks = if active { 0 } else { idle_ticks + 1 };
-        if idle_ticks >= IDLE_TICKS_BEFORE_PARK {
-            dog.parked.store(true, Ordering::Release);
-            // A request that started between the scan and `parked` being set
-            // would be missed; one more scan closes that window.
-            let any = dog.guards.lock().unwrap().iter().any(|w| {
-                w.upgrade().is_some_and(|g| g.oldest_start.load(Ordering::Relaxed) != 0)
-            });
-            if !any {
-                thread::park();
-            }
-            dog.parked.store(false, Ordering::Release);
-            idle_ticks = 0;
-        } else {
-            thread::sleep(TICK);
+        let (active, sleep) = dog.scan();
+        if active {
+            idle_since = None;
+        } else if idle_since.get_or_insert_with(Instant::now).elapsed() >= IDLE_BEFORE_PARK {
+            dog.park();
+            idle_since = None;
+            continue;
         }
+        thread::sleep(sleep);
+    }
+}
+
+impl Watchdog {
+    /// Checks every guard; whether any request is in flight, and how long
+    /// the watchdog may sleep before it must look again.
+    fn scan(&self) -> (bool, Duration) {
+        let (mut active, mut sleep) = (false, MAX_IDLE_SLEEP);
+        self.guards.lock().unwrap().retain(|weak| {
+            let Some(guard) = weak.upgrade() else { return false };
+            // A request this guard's thread starts during the sleep must be
+            // seen before it can use up its budget.
+            sleep = sleep.min(guard.budget() / 2);
+            if let Some(left) = guard.check() {
+                active = true;
+                sleep = sleep.min(left);
+            }
+            true
+        });
+        (active, sleep.max(MIN_SLEEP))
+    }
+
+    fn park(&self) {
+        self.parked.store(true, Ordering::SeqCst);
+        // A request that started between the scan and `parked` being set
+        // would be missed; one more scan closes that window.
+        let any = self.guards.lock().unwrap().iter().any(|w| {
+            w.upgrade().is_some_and(|g| g.oldest_start.load(Ordering::SeqCst) != 0)
+        });
+        if !any {
+            thread::park();
+        }
+        self.parked.store(false, Ordering::Release);
     }
 }
 
