@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::fetch::{body_channel, full_body, BodySender, BodyStream, FetchFuture, FetchRequest, RequestHead, ResponseHead, MAX_REQUEST_BODY};
-use super::inflight::Inflight;
+use super::inflight::{Inflight, Refused};
 use super::ops::Egress;
 
 /// Request body chunks queued between the guest and the egress.
@@ -136,7 +136,12 @@ pub fn op_wt_fetch_start(
         let mut inflight = state.borrow::<Rc<RefCell<Inflight>>>().borrow_mut();
         let req_id = match inflight.count_subrequest(id, egress.max_subrequests) {
             Ok(req_id) => req_id,
-            Err(limit) => return Err(err("egress_limit", format_args!("more than {limit} subrequests in one request"))),
+            Err(Refused::Limit(limit)) => {
+                return Err(err("egress_limit", format_args!("more than {limit} subrequests in one request")));
+            }
+            Err(Refused::Finished) => {
+                return Err(err("request_finished", "the request this work belongs to has finished; it cannot fetch"));
+            }
         };
         (egress.fetcher.clone(), inflight.deadline(id).unwrap_or_else(Instant::now), req_id)
     };

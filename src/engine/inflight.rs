@@ -33,6 +33,16 @@ struct Slot {
     permit: Option<Permit>,
 }
 
+/// Why a fetch was not counted against its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Its request has answered (or failed): work a request left behind,
+    /// a timer say, cannot start subrequests of its own.
+    Finished,
+    /// The request already made this many, its limit.
+    Limit(u32),
+}
+
 /// Requests in flight in one isolate.
 pub struct Inflight {
     slots: HashMap<u32, Slot>,
@@ -81,14 +91,13 @@ impl Inflight {
         self.slots.get(&id).map(|s| s.deadline)
     }
 
-    /// Counts one fetch of request `id`; its request id, or `Err(limit)`
-    /// past `limit`. Fetches with no live request (left-over timers) are
-    /// refused.
-    pub fn count_subrequest(&mut self, id: u32, limit: u32) -> Result<Arc<str>, u32> {
-        let slot = self.slots.get_mut(&id).ok_or(0u32)?;
+    /// Counts one fetch of request `id`; its request id, or why the fetch
+    /// may not start.
+    pub fn count_subrequest(&mut self, id: u32, limit: u32) -> Result<Arc<str>, Refused> {
+        let slot = self.slots.get_mut(&id).ok_or(Refused::Finished)?;
         slot.subrequests += 1;
         if slot.subrequests > limit {
-            return Err(limit);
+            return Err(Refused::Limit(limit));
         }
         Ok(slot.req_id.clone())
     }
@@ -212,6 +221,18 @@ fn settle(slot: &mut Slot, outcome: Result<Reply, Error>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subrequests_count_against_a_live_request_only() {
+        let mut inflight = Inflight::new(0);
+        let (reply, _rx) = oneshot::channel();
+        let id = inflight.insert(reply, "r1".into(), 0, Instant::now(), Permit::from_counter(Default::default()));
+        assert_eq!(inflight.count_subrequest(id, 2).as_deref(), Ok("r1"));
+        assert_eq!(inflight.count_subrequest(id, 2).as_deref(), Ok("r1"));
+        assert_eq!(inflight.count_subrequest(id, 2), Err(Refused::Limit(2)));
+        // Left-over work of a request that has answered.
+        assert_eq!(inflight.count_subrequest(id + 1, 2), Err(Refused::Finished));
+    }
 
     #[test]
     fn output_without_a_request_has_a_budget_of_its_own() {

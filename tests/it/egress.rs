@@ -176,6 +176,33 @@ async fn subrequests_are_capped_per_request() {
     }
 }
 
+/// Work a request leaves behind (a timer) cannot fetch once the request
+/// has answered, and says so; the container's next request still can.
+#[tokio::test]
+async fn work_left_behind_cannot_fetch() {
+    let server = echo_server().await;
+    let config = allowing(server, None);
+    let leave = r#"module.exports = (ctx, cb) => {
+        setTimeout(() => fetch(ctx.data.url).then(
+            () => { global.late = "fetched"; },
+            (e) => { global.late = [e.code, e.message]; }), 20);
+        cb(null, "answered");
+    };"#;
+    let look = r#"module.exports = async (ctx) => {
+        for (let i = 0; i < 100 && global.late === undefined; i++) await new Promise((r) => setTimeout(r, 10));
+        const now = await fetch(ctx.data.url);
+        return { late: global.late, now: now.status };
+    };"#;
+    for node in every_target_with(config.clone()).await {
+        let query = format!("?url=http://{server}/");
+        assert_eq!(node.run("leftover", &query, leave).await.json(), json!("answered"));
+        let v = node.run("leftover", &query, look).await.json();
+        assert_eq!(v["late"][0], json!("request_finished"), "{v}");
+        assert!(v["late"][1].as_str().unwrap().contains("has finished"), "{v}");
+        assert_eq!(v["now"], json!(200), "{v}");
+    }
+}
+
 #[tokio::test]
 async fn only_http_urls_leave() {
     for node in every_target_with(test_config()).await {
