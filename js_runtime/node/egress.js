@@ -12,6 +12,7 @@
 
 const core = globalThis.Deno.core;
 const {
+  op_wt_fetch_outgoing,
   op_wt_fetch_start,
   op_wt_fetch_write,
   op_wt_fetch_finish,
@@ -26,6 +27,7 @@ const {
   ObjectDefineProperty,
   ObjectFreeze,
   PromisePrototypeThen,
+  PromiseReject,
   String: StringCtor,
   StringPrototypeIndexOf,
   StringPrototypeSlice,
@@ -37,6 +39,18 @@ export const BODY_FULL = 1;
 export const BODY_STREAM = 2;
 
 const EMPTY = new Uint8ArrayCtor(0);
+
+/// The bytes the host holds until they are sent: a fresh copy from the
+/// isolate's allocator (see op_wt_fetch_outgoing). Throws a host error
+/// record past the ArrayBuffer limit.
+function outgoing(bytes) {
+  if (bytes === undefined || bytes === null || bytes.byteLength === 0) return EMPTY;
+  try {
+    return op_wt_fetch_outgoing(bytes);
+  } catch (e) {
+    rethrow(e);
+  }
+}
 
 function requestId() {
   const id = getAsyncContext();
@@ -79,15 +93,22 @@ export function start(url, method, headers, mode, body) {
       ObjectDefineProperty(list, i, { __proto__: null, value: pair, writable: true, enumerable: true, configurable: true });
     }
   }
+  const own = outgoing(body);
   try {
-    return op_wt_fetch_start(requestId(), { url: StringCtor(url), method: StringCtor(method), headers: list }, mode, body ?? EMPTY);
+    return op_wt_fetch_start(requestId(), { url: StringCtor(url), method: StringCtor(method), headers: list }, mode, own);
   } catch (e) {
     rethrow(e);
   }
 }
 
 export function write(rid, chunk) {
-  return PromisePrototypeThen(op_wt_fetch_write(rid, chunk), undefined, rethrow);
+  let own;
+  try {
+    own = outgoing(chunk);
+  } catch (e) {
+    return PromiseReject(e);
+  }
+  return PromisePrototypeThen(op_wt_fetch_write(rid, own), undefined, rethrow);
 }
 
 export function finish(rid) {

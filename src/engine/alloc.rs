@@ -147,6 +147,13 @@ impl Drop for Charge {
     }
 }
 
+/// The ArrayBuffer budget of the isolate `scope` belongs to.
+pub(crate) fn budget(scope: &v8::Isolate) -> Arc<Budget> {
+    let state = deno_core::JsRuntime::op_state_from(scope);
+    let state = state.borrow();
+    state.borrow::<Arc<Budget>>().clone()
+}
+
 /// Makes room for `len` more bytes, collecting garbage first if the budget
 /// is short (as V8 does before it refuses an ArrayBuffer).
 pub fn make_room(scope: &mut v8::Isolate, budget: &Budget, len: usize) -> Result<(), JsErrorBox> {

@@ -5,6 +5,8 @@
 //! - `op_wt_fetch_start`: counted against the request's subrequest budget,
 //!   the head (and a body known in full, or the first chunk of a streamed
 //!   one) handed to the host's [`Fetcher`]; returns the exchange's id.
+//! - `op_wt_fetch_outgoing`: the copy of request body bytes an exchange
+//!   holds until they are sent (charged to the ArrayBuffer limit);
 //! - `op_wt_fetch_write` / `op_wt_fetch_finish`: the streamed request body.
 //!   A write resolves once the chunk is queued; at most a few are, so a
 //!   guest writing faster than the upstream reads waits (back-pressure).
@@ -27,12 +29,13 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use bytes::Bytes;
-use deno_core::{op2, OpState};
+use deno_core::{op2, v8, JsBuffer, OpState};
 use deno_error::JsErrorBox;
 use futures::StreamExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::alloc::{budget, guest_bytes, make_room};
 use super::fetch::{body_channel, full_body, BodySender, BodyStream, FetchFuture, FetchRequest, RequestHead, ResponseHead, MAX_REQUEST_BODY};
 use super::inflight::{Inflight, Refused};
 use super::ops::Egress;
@@ -116,6 +119,29 @@ fn exchanges(state: &mut OpState) -> &mut Exchanges {
     state.borrow_mut::<Exchanges>()
 }
 
+/// A fresh copy of request body bytes for [`op_wt_fetch_start`] or
+/// [`op_wt_fetch_write`], in a buffer of the isolate's own allocator: the
+/// exchange holds that buffer's memory, not a copy of its own, until the
+/// bytes are sent, so bytes waiting to go out (fetches started and writes
+/// not awaited) count against the container's ArrayBuffer limit. No guest
+/// code can reach the copy to change it in flight.
+#[op2]
+pub fn op_wt_fetch_outgoing<'s>(
+    scope: &mut v8::PinScope<'s, '_>,
+    #[buffer] bytes: &[u8],
+) -> Result<v8::Local<'s, v8::Uint8Array>, JsErrorBox> {
+    let budget = budget(scope);
+    if make_room(scope, &budget, bytes.len()).is_err() {
+        let (cap_mib, left) = (budget.cap() >> 20, budget.remaining());
+        let message = format_args!(
+            "{} bytes of request body would pass this container's ArrayBuffer memory limit of {cap_mib} MiB ({left} bytes left)",
+            bytes.len()
+        );
+        return Err(err("arraybuffer_limit", message));
+    }
+    guest_bytes(scope, &budget, bytes.len(), |out| out.copy_from_slice(bytes))
+}
+
 /// Starts an exchange; `mode` says how its body comes ([`BODY_NONE`],
 /// [`BODY_FULL`]: `body` is all of it, [`BODY_STREAM`]: `body` is its
 /// first chunk and writes follow).
@@ -126,11 +152,12 @@ pub fn op_wt_fetch_start(
     #[smi] id: u32,
     #[serde] head: RequestHead,
     #[smi] mode: u32,
-    #[buffer(copy)] body: Vec<u8>,
+    #[buffer] body: JsBuffer,
 ) -> Result<u32, JsErrorBox> {
     if body.len() > MAX_REQUEST_BODY {
         return Err(err("egress_limit", format_args!("request body larger than {MAX_REQUEST_BODY} bytes")));
     }
+    let body = Bytes::from_owner(body);
     let (fetcher, deadline, req_id) = {
         let egress = state.borrow::<Egress>();
         let mut inflight = state.borrow::<Rc<RefCell<Inflight>>>().borrow_mut();
@@ -154,12 +181,12 @@ pub fn op_wt_fetch_start(
     let (upload, stream): (Option<BodySender>, Option<BodyStream>) = match mode {
         BODY_NONE => (None, None),
         BODY_FULL if body.is_empty() => (None, None),
-        BODY_FULL => (None, Some(full_body(Bytes::from(body)))),
+        BODY_FULL => (None, Some(full_body(body))),
         BODY_STREAM => {
             let (tx, rx) = body_channel(UPLOAD_CHUNKS);
             // A fresh channel has room for the first chunk.
             if !body.is_empty() {
-                tx.try_send(Bytes::from(body));
+                tx.try_send(body);
             }
             (Some(tx), Some(Box::pin(rx)))
         }
@@ -172,7 +199,7 @@ pub fn op_wt_fetch_start(
 
 /// Queues one chunk of a streamed request body; resolves once there was room.
 #[op2]
-pub async fn op_wt_fetch_write(state: Rc<RefCell<OpState>>, #[smi] rid: u32, #[buffer(copy)] chunk: Vec<u8>) -> Result<(), JsErrorBox> {
+pub async fn op_wt_fetch_write(state: Rc<RefCell<OpState>>, #[smi] rid: u32, #[buffer] chunk: JsBuffer) -> Result<(), JsErrorBox> {
     let (upload, cancel, deadline) = {
         let mut state = state.borrow_mut();
         let table = exchanges(&mut state);
@@ -191,8 +218,9 @@ pub async fn op_wt_fetch_write(state: Rc<RefCell<OpState>>, #[smi] rid: u32, #[b
     if chunk.is_empty() {
         return Ok(());
     }
+    let chunk = Bytes::from_owner(chunk);
     tokio::select! {
-        sent = upload.send(Bytes::from(chunk)) => match sent {
+        sent = upload.send(chunk) => match sent {
             true => Ok(()),
             // The egress stopped reading: the exchange failed, and reading
             // its head or body says why.

@@ -18,7 +18,8 @@ use deno_core::{op2, v8, OpState};
 
 use super::console::{self, ConsoleLine, ConsoleSink};
 use super::exchange::{
-    op_wt_fetch_abort, op_wt_fetch_finish, op_wt_fetch_head, op_wt_fetch_read, op_wt_fetch_start, op_wt_fetch_take, op_wt_fetch_write,
+    op_wt_fetch_abort, op_wt_fetch_finish, op_wt_fetch_head, op_wt_fetch_outgoing, op_wt_fetch_read, op_wt_fetch_start, op_wt_fetch_take,
+    op_wt_fetch_write,
 };
 use super::fetch::Fetcher;
 use super::inflight::Inflight;
@@ -58,7 +59,7 @@ deno_core::extension!(
     webtask_runtime,
     ops = [
         op_wt_complete, op_wt_fail, op_wt_head, op_wt_write, op_wt_end, op_wt_console,
-        op_wt_fetch_start, op_wt_fetch_write, op_wt_fetch_finish, op_wt_fetch_head, op_wt_fetch_read, op_wt_fetch_take, op_wt_fetch_abort,
+        op_wt_fetch_outgoing, op_wt_fetch_start, op_wt_fetch_write, op_wt_fetch_finish, op_wt_fetch_head, op_wt_fetch_read, op_wt_fetch_take, op_wt_fetch_abort,
         op_wt_hash_new, op_wt_hmac_new, op_wt_digest_copy, op_wt_digest_update, op_wt_digest_final,
         op_wt_pbkdf2_new, op_wt_pbkdf2_run, op_wt_random, op_wt_aes_cbc, op_wt_gcm_new, op_wt_gcm_aad,
         op_wt_gcm_update, op_wt_gcm_tag, op_wt_gcm_check, op_wt_key_import, op_wt_key_from_jwk,

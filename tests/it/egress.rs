@@ -331,6 +331,66 @@ where
     addr
 }
 
+/// A request body that does not fit in what is left of the ArrayBuffer
+/// limit is refused before anything goes out, with the figures.
+#[tokio::test]
+async fn a_request_body_past_the_arraybuffer_limit_is_refused_with_its_figures() {
+    let server = echo_server().await;
+    let mut config = crate::support::with_room(allowing(server, None), 2_000);
+    config.engine.limits.array_buffer_mb = 16;
+    let code = r#"module.exports = async (ctx) => {
+        const body = new Uint8Array(6 << 20);
+        try { await fetch(ctx.data.url, { method: "POST", body }); return "sent"; }
+        catch (e) { return { name: e.name, code: e.code, message: e.message, kept: body.length }; }
+    };"#;
+    for node in every_target_with(config.clone()).await {
+        let v = node.run("big", &format!("?url=http://{server}/"), code).await.json();
+        assert_eq!(v["code"], json!("arraybuffer_limit"), "{v}");
+        let message = v["message"].as_str().unwrap();
+        assert!(message.starts_with("6291456 bytes of request body would pass this container's ArrayBuffer memory limit of 16 MiB ("), "{v}");
+    }
+}
+
+/// Request bodies the host holds until the upstream takes them count
+/// against the container's ArrayBuffer limit: uploads stuck on an upstream
+/// that reads nothing cannot hold memory outside it. Once the exchanges
+/// end, the memory is the container's again.
+#[tokio::test]
+async fn request_bodies_held_for_an_upstream_count_against_the_arraybuffer_limit() {
+    let addr = raw_server(|_head, stream| async move {
+        // Reads nothing more: every upload stays with the sender.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        drop(stream);
+    })
+    .await;
+    let mut config = crate::support::with_room(allowing(addr, None), 2_000);
+    config.engine.limits.array_buffer_mb = 64;
+    let code = r#"module.exports = async (ctx) => {
+        const aborter = new AbortController();
+        const pending = [];
+        for (let i = 0; i < 3; i++) {
+            const body = new Uint8Array(8 << 20);
+            pending.push(fetch(ctx.data.url, { method: "POST", body, signal: aborter.signal }).catch((e) => e.name));
+        }
+        await new Promise((r) => setTimeout(r, 200));
+        const alloc = () => { try { return new Uint8Array(28 << 20).length; } catch (e) { return e.name; } };
+        // Held now: the fetches' own copies (24 MiB) and the bytes the
+        // host holds for the upstream (24 MiB, more than the sockets take):
+        // 28 more do not fit in 64. Held outside the limit, they would.
+        const held = alloc();
+        aborter.abort();
+        const ended = await Promise.all(pending);
+        await new Promise((r) => setTimeout(r, 100));
+        return { held, after: alloc(), ended };
+    };"#;
+    for node in every_target_with(config.clone()).await {
+        let v = node.run("stuck", &format!("?url=http://{addr}/"), code).await.json();
+        assert_eq!(v["held"], json!("RangeError"), "{v}");
+        assert_eq!(v["after"], json!(28 << 20), "{v}");
+        assert_eq!(v["ended"], json!(["AbortError", "AbortError", "AbortError"]), "{v}");
+    }
+}
+
 /// The path of a raw request head.
 pub(crate) fn path_of(head: &str) -> &str {
     head.split(' ').nth(1).unwrap_or("")

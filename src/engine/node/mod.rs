@@ -59,12 +59,7 @@ impl Deadline {
     }
 }
 
-/// The ArrayBuffer budget of the isolate `scope` belongs to.
-pub(crate) fn budget(scope: &v8::Isolate) -> Arc<Budget> {
-    let state = deno_core::JsRuntime::op_state_from(scope);
-    let state = state.borrow();
-    state.borrow::<Arc<Budget>>().clone()
-}
+pub(crate) use crate::engine::alloc::budget;
 
 /// A `usize` from a JS number that must be a whole number in `0..=max`.
 pub(crate) fn index(value: f64, max: usize, what: &str) -> Result<usize, JsErrorBox> {
