@@ -23,13 +23,24 @@ use deno_error::JsErrorBox;
 pub struct Budget {
     cap: usize,
     used: AtomicUsize,
+    /// The last allocation refused (bytes wanted, bytes left then), for
+    /// V8's own RangeError, which names no figure (see [`Budget::refusal`]).
+    refused: AtomicUsize,
+    refused_left: AtomicUsize,
 }
 
+/// The message V8 gives a RangeError when this allocator refuses a buffer.
+pub const V8_REFUSAL: &str = "Array buffer allocation failed";
+
 impl Budget {
+    fn new(cap: usize) -> Budget {
+        Budget { cap, used: AtomicUsize::new(0), refused: AtomicUsize::new(0), refused_left: AtomicUsize::new(0) }
+    }
+
     /// A budget no allocator draws from (unit tests of the ops).
     #[cfg(test)]
     pub fn detached(cap: usize) -> Arc<Self> {
-        Arc::new(Budget { cap, used: AtomicUsize::new(0) })
+        Arc::new(Budget::new(cap))
     }
 
     /// The cap, in bytes.
@@ -44,11 +55,28 @@ impl Budget {
 
     /// The guest error for `want` more bytes than the budget has left.
     pub fn exhausted(&self, want: usize) -> JsErrorBox {
-        JsErrorBox::range_error(format!(
-            "Array buffer allocation failed: {want} more bytes would pass this container's ArrayBuffer memory limit of {} MiB ({} bytes left)",
-            self.cap >> 20,
-            self.remaining()
-        ))
+        JsErrorBox::range_error(format!("{V8_REFUSAL}: {}", self.figures(want, self.remaining())))
+    }
+
+    fn figures(&self, want: usize, left: usize) -> String {
+        format!("{want} more bytes would pass this container's ArrayBuffer memory limit of {} MiB ({left} bytes left)", self.cap >> 20)
+    }
+
+    /// The figures of the last allocation this budget refused: what V8's
+    /// bare "Array buffer allocation failed" was about.
+    pub fn refusal(&self) -> Option<String> {
+        let want = self.refused.load(Ordering::Relaxed);
+        (want > 0).then(|| self.figures(want, self.refused_left.load(Ordering::Relaxed)))
+    }
+
+    /// Reserves `len` bytes, or records the refusal.
+    fn take(&self, len: usize) -> bool {
+        if self.reserve(len) {
+            return true;
+        }
+        self.refused.store(len.max(1), Ordering::Relaxed);
+        self.refused_left.store(self.remaining(), Ordering::Relaxed);
+        false
     }
 
     fn reserve(&self, len: usize) -> bool {
@@ -70,7 +98,7 @@ impl Budget {
 }
 
 unsafe extern "C" fn allocate(budget: &Budget, len: usize) -> *mut c_void {
-    if !budget.reserve(len) {
+    if !budget.take(len) {
         return std::ptr::null_mut();
     }
     // SAFETY: calloc with any size is defined; null is handled by V8.
@@ -82,7 +110,7 @@ unsafe extern "C" fn allocate(budget: &Budget, len: usize) -> *mut c_void {
 }
 
 unsafe extern "C" fn allocate_uninitialized(budget: &Budget, len: usize) -> *mut c_void {
-    if !budget.reserve(len) {
+    if !budget.take(len) {
         return std::ptr::null_mut();
     }
     // SAFETY: as above.
@@ -114,7 +142,7 @@ static VTABLE: v8::RustAllocatorVtable<Budget> = v8::RustAllocatorVtable {
 /// An allocator that lets one isolate hold at most `cap` bytes of buffers,
 /// and the budget it draws from.
 pub fn capped(cap: usize) -> (v8::UniqueRef<v8::Allocator>, Arc<Budget>) {
-    let budget = Arc::new(Budget { cap, used: AtomicUsize::new(0) });
+    let budget = Arc::new(Budget::new(cap));
     // SAFETY: the handle is a leaked Arc<Budget> released by `drop_budget`,
     // matching the vtable's type.
     let allocator = unsafe { v8::new_rust_allocator(Arc::into_raw(budget.clone()), &VTABLE) };

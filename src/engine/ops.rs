@@ -16,6 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use deno_core::{op2, v8, OpState};
 
+use super::alloc::{self, Budget};
 use super::console::{self, ConsoleLine, ConsoleSink};
 use super::exchange::{
     op_wt_fetch_abort, op_wt_fetch_finish, op_wt_fetch_head, op_wt_fetch_outgoing, op_wt_fetch_read, op_wt_fetch_start, op_wt_fetch_take,
@@ -157,8 +158,27 @@ fn op_wt_fail(
     #[string] details: String,
 ) {
     let non_empty = |s: String| (!s.is_empty()).then_some(s);
-    let err = ScriptError { name: non_empty(name), message, stack: non_empty(stack), details };
+    let mut err = ScriptError { name: non_empty(name), message, stack: non_empty(stack), details };
+    if err.name.as_deref() == Some("RangeError") && err.message == alloc::V8_REFUSAL {
+        if let Some(figures) = state.borrow::<Arc<Budget>>().refusal() {
+            add_figures(&mut err, &figures);
+        }
+    }
     inflight(state).fail(id, Error::Script(err));
+}
+
+/// V8's RangeError for a refused ArrayBuffer names no limit: the caller
+/// gets the figures of the refusal after its message.
+fn add_figures(err: &mut ScriptError, figures: &str) {
+    let bare = format!("RangeError: {}", alloc::V8_REFUSAL);
+    let full = format!("{bare}: {figures}");
+    err.message = format!("{}: {figures}", alloc::V8_REFUSAL);
+    if err.details == bare {
+        err.details = full.clone();
+    }
+    if let Some(rest) = err.stack.as_deref().and_then(|s| s.strip_prefix(&bare)) {
+        err.stack = Some(format!("{full}{rest}"));
+    }
 }
 
 /// Headers the transport owns: framing and connection management are never

@@ -170,6 +170,23 @@ async fn array_buffers_are_capped_inside_the_guest() {
     }
 }
 
+/// V8's own RangeError for a refused buffer names no limit; the caller of
+/// a request that fails with it gets the figures of the refusal.
+#[tokio::test]
+async fn an_uncaught_buffer_refusal_reaches_the_caller_with_its_figures() {
+    for node in every_target().await {
+        let code = r#"return function (cb) { const kept = []; for (;;) kept.push(new ArrayBuffer(7 * 1024 * 1024)); }"#;
+        let res = node.run("ab", "", code).await;
+        assert_eq!(res.status, 500, "{}", res.text());
+        let v = res.json();
+        let message = v["message"].as_str().unwrap();
+        let figures = "7340032 more bytes would pass this container's ArrayBuffer memory limit of 32 MiB (";
+        assert!(message.starts_with(&format!("Array buffer allocation failed: {figures}")), "{v}");
+        assert!(v["details"].as_str().unwrap().starts_with("RangeError: Array buffer allocation failed: 7340032 more bytes"), "{v}");
+        assert!(v["stack"].as_str().unwrap().starts_with("RangeError: Array buffer allocation failed: 7340032 more bytes"), "{v}");
+    }
+}
+
 #[tokio::test]
 async fn resizable_array_buffers_cannot_get_around_the_cap() {
     // V8 reserves and grows a resizable buffer itself, past the allocator

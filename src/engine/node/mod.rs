@@ -20,13 +20,9 @@ pub mod keys;
 pub mod modules;
 pub mod zlib;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deno_core::v8;
 use deno_error::JsErrorBox;
-
-use super::alloc::Budget;
 
 pub(crate) fn type_error(msg: impl Into<String>) -> JsErrorBox {
     JsErrorBox::type_error(msg.into())
