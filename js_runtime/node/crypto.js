@@ -418,7 +418,7 @@ class Cipheriv {
     const input = toBytes(data, inputEncoding);
     if (this.#mode === "gcm") {
       this.#started = true;
-      const out = Buffer().allocUnsafe(input.length);
+      const out = new Uint8ArrayCtor(input.length);
       for (let at = 0; at < input.length; at += PIECE) {
         const end = at + PIECE < input.length ? at + PIECE : input.length;
         op_wt_gcm_update(this.#gcm, input.subarray(at, end), out.subarray(at, end));
@@ -433,7 +433,7 @@ class Cipheriv {
       this.#pending = Buffer().from(all);
       return this.#output(EMPTY, outputEncoding);
     }
-    const out = Buffer().allocUnsafe(n);
+    const out = new Uint8ArrayCtor(n);
     let iv = this.#iv;
     for (let at = 0; at < n; at += PIECE) {
       const end = at + PIECE < n ? at + PIECE : n;
@@ -476,7 +476,7 @@ class Cipheriv {
     if (!this.#encrypt && this.#pad && this.#pending.length !== 16) {
       throw cipherError(ErrorCtor, "wrong final block length", "ERR_OSSL_WRONG_FINAL_BLOCK_LENGTH");
     }
-    const out = Buffer().allocUnsafe(this.#pending.length + (this.#encrypt && this.#pad ? 16 : 0));
+    const out = new Uint8ArrayCtor(this.#pending.length + (this.#encrypt && this.#pad ? 16 : 0));
     const n = op_wt_aes_cbc(this.#key, this.#iv, this.#pending, out, this.#encrypt, this.#pad);
     return this.#final(out.subarray(0, n), outputEncoding);
   }

@@ -10,8 +10,16 @@ import { builtin, registerBuiltin } from "ext:webtask_runtime/node/require.js";
 
 const core = globalThis.Deno.core;
 const { op_wt_zlib_new, op_wt_zlib_run } = core.ops;
-const { ArrayBufferIsView, ArrayBuffer: ArrayBufferCtor, ArrayPrototypePush, SafeWeakMap, TypeError: TypeErrorCtor } =
-  globalThis.__bootstrap.primordials;
+// Buffers the ops write into are made with these, never with a global a
+// guest can replace: an op's output must not alias its input.
+const {
+  ArrayBufferIsView,
+  ArrayBuffer: ArrayBufferCtor,
+  ArrayPrototypePush,
+  SafeWeakMap,
+  TypeError: TypeErrorCtor,
+  Uint8Array: Uint8ArrayCtor,
+} = globalThis.__bootstrap.primordials;
 const nativeQueueMicrotask = globalThis.queueMicrotask;
 
 function createZlib() {
@@ -21,8 +29,8 @@ function createZlib() {
 
   function input(data) {
     if (typeof data === "string") return Buffer.from(data, "utf8");
-    if (ArrayBufferIsView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-    if (data instanceof ArrayBufferCtor) return new Uint8Array(data);
+    if (ArrayBufferIsView(data)) return new Uint8ArrayCtor(data.buffer, data.byteOffset, data.byteLength);
+    if (data instanceof ArrayBufferCtor) return new Uint8ArrayCtor(data);
     const err = new TypeErrorCtor(
       'The "buffer" argument must be of type string or an instance of Buffer, TypedArray, DataView, or ArrayBuffer.',
     );
@@ -65,7 +73,7 @@ function createZlib() {
   function drive(stream, bytes, finish, emit) {
     let at = 0;
     for (;;) {
-      const out = new Uint8Array(CHUNK);
+      const out = new Uint8ArrayCtor(CHUNK);
       let status;
       try {
         status = op_wt_zlib_run(stream, bytes, at, finish, out, info);
@@ -134,7 +142,7 @@ function createZlib() {
       this._run(typeof chunk === "string" ? Buffer.from(chunk, encoding) : input(chunk), false, cb);
     };
     Class.prototype._flush = function (cb) {
-      this._run(new Uint8Array(0), true, cb);
+      this._run(new Uint8ArrayCtor(0), true, cb);
     };
     Class.prototype.close = function (cb) {
       if (cb) nativeQueueMicrotask(cb);

@@ -80,6 +80,32 @@ async fn hmac_and_pbkdf2_match_rfc_vectors() {
     );
 }
 
+/// The buffers the cipher ops write into are made by the runtime itself:
+/// a guest that replaces `Buffer.allocUnsafe` (to hand an op its own input
+/// as the output, which the host must never see aliased) is not asked for
+/// them, and results stay right.
+#[tokio::test]
+async fn ciphers_do_not_take_output_buffers_from_a_patchable_allocator() {
+    let v = eval(
+        r#"return function (cb) {
+            const c = require('crypto');
+            const key = Buffer.alloc(32, 7), iv = Buffer.alloc(16, 9), gcmIv = Buffer.alloc(12, 3);
+            const input = Buffer.from('webtask '.repeat(4096));
+            const hex = (cipher) => cipher.update(input).toString('hex') + cipher.final().toString('hex');
+            const run = () => [hex(c.createCipheriv('aes-256-cbc', key, iv)), hex(c.createCipheriv('aes-256-gcm', key, gcmIv))];
+            const before = run();
+            let asked = 0;
+            const real = Buffer.allocUnsafe;
+            Buffer.allocUnsafe = (n) => { asked++; return input.subarray(0, n); };
+            let after;
+            try { after = run(); } finally { Buffer.allocUnsafe = real; }
+            cb(null, { same: before[0] === after[0] && before[1] === after[1], asked, len: before[0].length });
+        }"#,
+    )
+    .await;
+    assert_eq!(v, json!({"same": true, "asked": 0, "len": 2 * (32768 + 16)}), "{v}");
+}
+
 #[tokio::test]
 async fn aes_cbc_matches_nist_sp800_38a() {
     let v = eval(
