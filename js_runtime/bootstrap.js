@@ -29,7 +29,7 @@ import { process as guestProcess } from "ext:webtask_runtime/node/process.js";
 import "ext:webtask_runtime/node/crypto.js";
 import "ext:webtask_runtime/node/zlib.js";
 import { incomingMessage, provideServerResponse } from "ext:webtask_runtime/node/http.js";
-import { install as installWebGlobals } from "ext:webtask_runtime/node/web.js";
+import * as web from "ext:webtask_runtime/node/web.js";
 
 const core = globalThis.Deno.core;
 const primordials = globalThis.__bootstrap.primordials;
@@ -855,6 +855,22 @@ registerBuiltin("timers", () => {
 });
 registerBuiltin("timers/promises", () => builtin("timers").promises);
 
+// `stream/web`: the WHATWG streams the globals are.
+registerBuiltin("stream/web", () => ({
+  ReadableStream: web.ReadableStream,
+  ReadableStreamDefaultReader: web.ReadableStreamDefaultReader,
+  ReadableStreamDefaultController: web.ReadableStreamDefaultController,
+  WritableStream: web.WritableStream,
+  WritableStreamDefaultWriter: web.WritableStreamDefaultWriter,
+  WritableStreamDefaultController: web.WritableStreamDefaultController,
+  TransformStream: web.TransformStream,
+  TransformStreamDefaultController: web.TransformStreamDefaultController,
+  TextEncoderStream: web.TextEncoderStream,
+  TextDecoderStream: web.TextDecoderStream,
+  CountQueuingStrategy: web.CountQueuingStrategy,
+  ByteLengthQueuingStrategy: web.ByteLengthQueuingStrategy,
+}));
+
 // util, with format and inspect as console prints them (Node 20's `%i`,
 // `%o`, `%s` of objects, `Map(1) {...}`), not the polyfill's older ones.
 registerBuiltin("util", () => {
@@ -927,6 +943,6 @@ globalThis.__webtask_lockdown = (function lockdown(limitBytes) {
     configurable: true,
     enumerable: false,
   });
-  installWebGlobals(g);
+  web.install(g);
   return { run, instantiate };
 });

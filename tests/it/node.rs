@@ -467,6 +467,93 @@ async fn web_globals() {
 }
 
 #[tokio::test]
+async fn writable_and_transform_streams_pipe_as_node_20s() {
+    // The expected value is what Node 20 prints for the same code.
+    let v = eval(
+        r#"module.exports = async () => {
+  const out = {};
+  const log = [];
+  const ws = new WritableStream({
+    start() { log.push('start'); },
+    write(chunk) { log.push('write ' + chunk); return new Promise((r) => setTimeout(r, 1)); },
+    close() { log.push('close'); },
+  }, { highWaterMark: 2 });
+  const w = ws.getWriter();
+  out.desired = [w.desiredSize];
+  const p1 = w.write('a'); const p2 = w.write('b'); const p3 = w.write('c');
+  out.desired.push(w.desiredSize);
+  await w.ready; out.desired.push(w.desiredSize);
+  await Promise.all([p1, p2, p3]); await w.close(); await w.closed;
+  out.log = log;
+  out.locked = [ws.locked, (w.releaseLock(), ws.locked)];
+  const bad = new WritableStream({ write() { throw new Error('sink broke'); } });
+  const bw = bad.getWriter();
+  out.bad = await bw.write('x').then(() => 'ok', (e) => e.message);
+  out.badClosed = await bw.closed.then(() => 'ok', (e) => e.message);
+  let abortReason;
+  const ab = new WritableStream({ write() { return new Promise((r) => setTimeout(r, 10)); }, abort(r) { abortReason = r; } });
+  const aw = ab.getWriter();
+  const first = aw.write('first').then(() => 'ok', (e) => String(e));
+  const queued = aw.write('queued').then(() => 'ok', (e) => String(e));
+  await new Promise((r) => setTimeout(r, 1));
+  await aw.abort('stop');
+  out.abort = [abortReason, await first, await queued, await aw.closed.then(() => 'ok', (e) => String(e))];
+  const upper = new TransformStream({ transform(chunk, c) { c.enqueue(chunk.toUpperCase()); }, flush(c) { c.enqueue('!'); } });
+  const collected = [];
+  await ReadableStream.from(['x', 'y']).pipeThrough(upper).pipeTo(new WritableStream({ write(ch) { collected.push(ch); } }));
+  out.piped = collected;
+  const bytes = new TextEncoder().encode('h€llo');
+  const parts = [bytes.subarray(0, 2), bytes.subarray(2, 4), bytes.subarray(4)];
+  const decoded = [];
+  await ReadableStream.from(parts).pipeThrough(new TransformStream()).pipeThrough(new TextDecoderStream()).pipeTo(new WritableStream({ write(s) { decoded.push(s); } }));
+  out.decoded = decoded.join('');
+  const encoded = [];
+  await ReadableStream.from(['é', 'a']).pipeThrough(new TextEncoderStream()).pipeTo(new WritableStream({ write(b) { encoded.push(...b); } }));
+  out.encoded = encoded;
+  let destAbort;
+  const failing = new ReadableStream({ pull(c) { c.error(new Error('source broke')); } });
+  out.sourceError = await failing.pipeTo(new WritableStream({ abort(r) { destAbort = r.message; } })).then(() => 'ok', (e) => e.message);
+  out.destAbort = destAbort;
+  const ac = new AbortController();
+  const slow = new ReadableStream({ pull(c) { return new Promise((r) => setTimeout(() => { try { c.enqueue('t'); } catch {} r(); }, 5)); } });
+  const piping = slow.pipeTo(new WritableStream(), { signal: ac.signal });
+  setTimeout(() => ac.abort(), 20);
+  out.signal = await piping.then(() => 'ok', (e) => e.name);
+  out.types = [typeof WritableStream, typeof TransformStream, typeof require('stream/web').TransformStream, new CountQueuingStrategy({ highWaterMark: 3 }).highWaterMark, new ByteLengthQueuingStrategy({ highWaterMark: 1 }).size(new Uint8Array(4))];
+  return out;
+};"#,
+    )
+    .await;
+    assert_eq!(
+        v,
+        json!({"desired": [2, -1, 1], "log": ["start", "write a", "write b", "write c", "close"], "locked": [true, false],
+               "bad": "sink broke", "badClosed": "sink broke", "abort": ["stop", "ok", "stop", "stop"], "piped": ["X", "Y", "!"],
+               "decoded": "h€llo", "encoded": [195, 169, 97], "sourceError": "source broke", "destAbort": "source broke",
+               "signal": "AbortError", "types": ["function", "function", "function", 3, 4]})
+    );
+}
+
+/// A pipe reads from its source only as its destination takes chunks: a
+/// slow sink holds a fast source back instead of queueing all of it.
+#[tokio::test]
+async fn pipe_to_holds_a_fast_source_back_for_a_slow_sink() {
+    let v = eval(
+        r#"module.exports = async () => {
+  let pulled = 0, written = 0;
+  const src = new ReadableStream({ pull(c) { pulled++; c.enqueue(pulled); if (pulled === 20) c.close(); } }, { highWaterMark: 1 });
+  const sink = new WritableStream({ write() { written++; return new Promise((r) => setTimeout(r, 2)); } }, { highWaterMark: 1 });
+  const p = src.pipeTo(sink);
+  const ahead = [];
+  for (let i = 0; i < 5; i++) { await new Promise((r) => setTimeout(r, 3)); ahead.push(pulled - written); }
+  await p;
+  return { bounded: ahead.every((a) => a >= 0 && a <= 3), pulled, written };
+};"#,
+    )
+    .await;
+    assert_eq!(v, json!({"bounded": true, "pulled": 20, "written": 20}));
+}
+
+#[tokio::test]
 async fn streams_blobs_forms_and_fetch_types_behave_as_node_20s() {
     // The expected value is what Node 20 prints for the same code.
     let v = eval(
