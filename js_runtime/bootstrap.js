@@ -856,20 +856,23 @@ registerBuiltin("timers", () => {
 registerBuiltin("timers/promises", () => builtin("timers").promises);
 
 // `stream/web`: the WHATWG streams the globals are.
-registerBuiltin("stream/web", () => ({
-  ReadableStream: web.ReadableStream,
-  ReadableStreamDefaultReader: web.ReadableStreamDefaultReader,
-  ReadableStreamDefaultController: web.ReadableStreamDefaultController,
-  WritableStream: web.WritableStream,
-  WritableStreamDefaultWriter: web.WritableStreamDefaultWriter,
-  WritableStreamDefaultController: web.WritableStreamDefaultController,
-  TransformStream: web.TransformStream,
-  TransformStreamDefaultController: web.TransformStreamDefaultController,
-  TextEncoderStream: web.TextEncoderStream,
-  TextDecoderStream: web.TextDecoderStream,
-  CountQueuingStrategy: web.CountQueuingStrategy,
-  ByteLengthQueuingStrategy: web.ByteLengthQueuingStrategy,
-}));
+registerBuiltin("stream/web", () => {
+  const more = web.webStreams();
+  return {
+    ReadableStream: web.ReadableStream,
+    ReadableStreamDefaultReader: web.ReadableStreamDefaultReader,
+    ReadableStreamDefaultController: web.ReadableStreamDefaultController,
+    WritableStream: more.WritableStream,
+    WritableStreamDefaultWriter: more.WritableStreamDefaultWriter,
+    WritableStreamDefaultController: more.WritableStreamDefaultController,
+    TransformStream: more.TransformStream,
+    TransformStreamDefaultController: more.TransformStreamDefaultController,
+    TextEncoderStream: more.TextEncoderStream,
+    TextDecoderStream: more.TextDecoderStream,
+    CountQueuingStrategy: more.CountQueuingStrategy,
+    ByteLengthQueuingStrategy: more.ByteLengthQueuingStrategy,
+  };
+});
 
 // util, with format and inspect as console prints them (Node 20's `%i`,
 // `%o`, `%s` of objects, `Map(1) {...}`), not the polyfill's older ones.

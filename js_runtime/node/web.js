@@ -3,9 +3,9 @@
 // Event, EventTarget, AbortController/AbortSignal, ReadableStream, Blob,
 // File, FormData, Headers, Request, Response and `fetch` (over the host's
 // egress, streaming both ways), WritableStream, TransformStream (pipeTo,
-// pipeThrough, TextEncoderStream, TextDecoderStream), structuredClone and
-// `crypto` (WebCrypto). `install(global)` puts them on the guest global at
-// lockdown.
+// pipeThrough, TextEncoderStream, TextDecoderStream; from streams.js, on
+// first use), structuredClone and `crypto` (WebCrypto). `install(global)`
+// puts them on the guest global at lockdown.
 //
 // Not here: BYOB readers, CompressionStream.
 
@@ -55,7 +55,6 @@ const {
   ObjectPrototypeHasOwnProperty,
   Promise: PromiseCtor,
   PromisePrototypeThen,
-  PromiseRace,
   PromiseReject,
   PromiseResolve,
   RangeError,
@@ -84,6 +83,8 @@ const {
   Uint8Array: Uint8ArrayCtor,
 } = globalThis.__bootstrap.primordials;
 const { encode, decode } = core;
+const primordials = globalThis.__bootstrap.primordials;
+const { op_wt_load_streams } = core.ops;
 // The op itself, with no deserializers: core.structuredClone hands it
 // deno_core's registry, and an object carrying deno_core's host-object
 // brand (guest code can make one) would then reach a deserializer lookup
@@ -777,21 +778,16 @@ class ReadableStream {
     return [branch(0), branch(1)];
   }
   pipeThrough(transform, options = undefined) {
-    const writable = transform?.writable;
-    const readable = transform?.readable;
-    if (writableState(writable) === undefined || streamState(readable) === undefined) {
-      throw new TypeErrorCtor("pipeThrough needs a { writable, readable } pair, such as a TransformStream");
-    }
-    if (this.#s.reader !== null) throw invalidState("ReadableStream is locked");
-    if (writable.locked) throw invalidState("WritableStream is locked");
-    handled(pipe(this, writable, options));
-    return readable;
+    return webStreams().pipeThrough(this, transform, options);
   }
   pipeTo(destination, options = undefined) {
-    if (writableState(destination) === undefined) return PromiseReject(new TypeErrorCtor("pipeTo's destination must be a WritableStream"));
-    if (this.#s.reader !== null) return PromiseReject(invalidState("ReadableStream is locked"));
-    if (destination.locked) return PromiseReject(invalidState("WritableStream is locked"));
-    return pipe(this, destination, options);
+    let streams;
+    try {
+      streams = webStreams();
+    } catch (e) {
+      return PromiseReject(e);
+    }
+    return streams.pipeTo(this, destination, options);
   }
   static from(iterable) {
     const asyncMethod = iterable?.[Symbol.asyncIterator];
@@ -817,609 +813,40 @@ class ReadableStream {
   }
 }
 
-// ---------------------------------------------------------------------------
-// WritableStream and TransformStream, with ReadableStream's pipeTo and
-// pipeThrough, and TextEncoderStream/TextDecoderStream on top. The
-// standard's algorithms, kept to what guest code can observe: a queue with
-// back-pressure (`ready`, `desiredSize`), one sink call at a time, errors
-// and aborts reaching every pending promise.
-// ---------------------------------------------------------------------------
+let streams;
 
-let writableState;
-
-function invalidState(message) {
-  const err = new TypeErrorCtor(message);
-  err.code = "ERR_INVALID_STATE";
-  return err;
-}
-
-function queueSize(size, chunk) {
-  if (size === null) return 1;
-  const n = NumberCtor(ReflectApply(size, undefined, [chunk]));
-  if (!(n >= 0) || n === Infinity) throw new RangeError("The return value of the queuing strategy's size function is invalid");
-  return n;
-}
-
-function strategyOf(strategy, fallback) {
-  const hwmIn = strategy?.highWaterMark;
-  const hwm = hwmIn === undefined ? fallback : NumberCtor(hwmIn);
-  if (!(hwm >= 0)) throw new RangeError(`The argument 'highWaterMark' is invalid. Received ${StringCtor(hwmIn)}`);
-  const size = strategy?.size;
-  return { hwm, size: typeof size === "function" ? size : null };
-}
-
-/// The writer record of a locked stream: its `ready` and `closed`.
-function newWriterRecord(w) {
-  const rec = { ready: deferred(), closed: deferred() };
-  handled(rec.ready.promise);
-  handled(rec.closed.promise);
-  if (w.state === "errored") {
-    rec.ready.reject(w.error);
-    rec.closed.reject(w.error);
-  } else if (w.state === "closed") {
-    rec.ready.resolve(undefined);
-    rec.closed.resolve(undefined);
-  } else if (!w.backpressure || w.closeRequested) {
-    rec.ready.resolve(undefined);
-  }
-  return rec;
-}
-
-function updateBackpressure(w) {
-  const backpressure = w.hwm - w.queueTotal <= 0;
-  if (backpressure === w.backpressure) return;
-  w.backpressure = backpressure;
-  const rec = w.writer;
-  if (rec === null || w.state !== "writable") return;
-  if (backpressure) {
-    rec.ready = deferred();
-    handled(rec.ready.promise);
-  } else {
-    rec.ready.resolve(undefined);
-  }
-}
-
-function errorWritable(w, e) {
-  if (w.state !== "writable") return;
-  w.state = "errored";
-  w.error = e;
-  // A sink call in flight settles its own promise when it returns.
-  const queue = w.queue;
-  const from = w.inFlight !== null && queue.length > 0 && w.inFlightIsWrite ? 1 : 0;
-  w.queue = [];
-  w.queueTotal = 0;
-  for (let i = from; i < queue.length; i++) queue[i].done.reject(e);
-  if (w.closeDone !== null && !(w.inFlight !== null && !w.inFlightIsWrite)) w.closeDone.reject(e);
-  const rec = w.writer;
-  if (rec !== null) {
-    rec.ready = deferred();
-    handled(rec.ready.promise);
-    rec.ready.reject(e);
-    rec.closed.reject(e);
-  }
-}
-
-function finishWritableClose(w) {
-  w.state = "closed";
-  w.closeDone.resolve(undefined);
-  if (w.writer !== null) w.writer.closed.resolve(undefined);
-}
-
-// Hands the sink its next write, or the close, once the last call settled.
-function advanceWritable(w) {
-  if (!w.started || w.inFlight !== null || w.state !== "writable") return;
-  if (w.queue.length === 0) {
-    if (!w.closeRequested) return;
-    const closeDone = w.closeDone;
-    w.inFlightIsWrite = false;
-    w.inFlight = PromisePrototypeThen(settledCall(w.close, w.sink, []), () => {
-      w.inFlight = null;
-      if (w.state === "writable") finishWritableClose(w);
-      else closeDone.resolve(undefined);
-    }, (e) => {
-      w.inFlight = null;
-      closeDone.reject(e);
-      errorWritable(w, e);
-    });
-    return;
-  }
-  const entry = w.queue[0];
-  w.inFlightIsWrite = true;
-  w.inFlight = PromisePrototypeThen(settledCall(w.write, w.sink, [entry.chunk, w.controller]), () => {
-    w.inFlight = null;
-    entry.done.resolve(undefined);
-    if (w.state !== "writable") return;
-    ArrayPrototypeShift(w.queue);
-    w.queueTotal -= entry.size;
-    updateBackpressure(w);
-    advanceWritable(w);
-  }, (e) => {
-    w.inFlight = null;
-    entry.done.reject(e);
-    errorWritable(w, e);
+/// WritableStream, TransformStream and the rest of streams.js, compiled on
+/// an isolate's first use of any of them.
+export function webStreams() {
+  streams ??= op_wt_load_streams()({
+    primordials,
+    deferred,
+    handled,
+    settledCall,
+    abortError,
+    AbortController,
+    ReadableStream,
+    streamState,
+    bytesOf,
+    concat,
+    TextDecoder,
+    encode,
   });
+  return streams;
 }
 
-function writeChunk(w, chunk) {
-  if (w.state === "errored") return PromiseReject(w.error);
-  if (w.state === "closed" || w.closeRequested) return PromiseReject(invalidState("Invalid state: WritableStream is closed"));
-  let size;
-  try {
-    size = queueSize(w.size, chunk);
-  } catch (e) {
-    errorWritable(w, e);
-    return PromiseReject(e);
-  }
-  const done = deferred();
-  ArrayPrototypePush(w.queue, { chunk, size, done });
-  w.queueTotal += size;
-  updateBackpressure(w);
-  advanceWritable(w);
-  return done.promise;
-}
-
-function closeWritable(w) {
-  if (w.state === "errored") return PromiseReject(w.error);
-  if (w.state === "closed" || w.closeRequested) return PromiseReject(invalidState("Invalid state: WritableStream is closed"));
-  w.closeRequested = true;
-  w.closeDone = deferred();
-  handled(w.closeDone.promise);
-  if (w.writer !== null && w.backpressure) w.writer.ready.resolve(undefined);
-  advanceWritable(w);
-  return w.closeDone.promise;
-}
-
-function abortWritable(w, reason) {
-  if (w.state !== "writable") return PromiseResolve(undefined);
-  const err = reason === undefined ? abortError() : reason;
-  errorWritable(w, err);
-  // The sink hears of the abort once the call it is in has returned.
-  const after = w.inFlight === null ? PromiseResolve(undefined) : PromisePrototypeThen(w.inFlight, () => undefined, () => undefined);
-  if (w.abort === null) return after;
-  return PromisePrototypeThen(after, () => PromisePrototypeThen(settledCall(w.abort, w.sink, [reason]), () => undefined));
-}
-
-class WritableStreamDefaultController {
-  #w;
-  #signal;
-  constructor(token, w) {
-    if (token !== INTERNAL) throw new TypeErrorCtor("Illegal constructor");
-    this.#w = w;
-  }
-  get signal() {
-    if (this.#signal === undefined) {
-      const aborter = new AbortController();
-      this.#w.aborter = aborter;
-      this.#signal = aborter.signal;
-    }
-    return this.#signal;
-  }
-  error(e) {
-    errorWritable(this.#w, e);
-  }
-}
-
-class WritableStreamDefaultWriter {
-  #w;
-  #rec;
-  constructor(stream) {
-    const w = writableState(stream);
-    if (w === undefined) throw new TypeErrorCtor("The argument must be a WritableStream");
-    if (w.writer !== null) throw invalidState("WritableStream is locked");
-    this.#w = w;
-    this.#rec = w.writer = newWriterRecord(w);
-  }
-  get closed() {
-    return this.#rec.closed.promise;
-  }
-  get ready() {
-    return this.#rec.ready.promise;
-  }
-  get desiredSize() {
-    const w = this.#w;
-    if (w === null) throw new TypeErrorCtor("The writer was released");
-    if (w.state === "errored") return null;
-    if (w.state === "closed") return 0;
-    return w.hwm - w.queueTotal;
-  }
-  write(chunk = undefined) {
-    if (this.#w === null) return PromiseReject(new TypeErrorCtor("The writer was released"));
-    return writeChunk(this.#w, chunk);
-  }
-  close() {
-    if (this.#w === null) return PromiseReject(new TypeErrorCtor("The writer was released"));
-    return closeWritable(this.#w);
-  }
-  abort(reason = undefined) {
-    if (this.#w === null) return PromiseReject(new TypeErrorCtor("The writer was released"));
-    const w = this.#w;
-    w.aborter?.abort(reason);
-    return abortWritable(w, reason);
-  }
-  releaseLock() {
-    const w = this.#w;
-    if (w === null) return;
-    const released = new TypeErrorCtor("The writer was released");
-    const rec = this.#rec;
-    for (const name of ["ready", "closed"]) {
-      rec[name] = deferred();
-      handled(rec[name].promise);
-      rec[name].reject(released);
-    }
-    w.writer = null;
-    this.#w = null;
-  }
-  get [Symbol.toStringTag]() {
-    return "WritableStreamDefaultWriter";
-  }
-}
-
-class WritableStream {
-  #w;
-  static {
-    writableState = (stream) => (stream !== null && typeof stream === "object" && #w in stream ? stream.#w : undefined);
-  }
-  constructor(sink = undefined, strategy = undefined) {
-    const snk = sink === undefined || sink === null ? {} : sink;
-    if (snk.type !== undefined) throw new RangeError("Invalid type is specified");
-    const { hwm, size } = strategyOf(strategy, 1);
-    const fn = (name) => (typeof snk[name] === "function" ? snk[name] : null);
-    const write = fn("write");
-    const close = fn("close");
-    const w = {
-      state: "writable",
-      error: undefined,
-      writer: null,
-      queue: [],
-      queueTotal: 0,
-      hwm,
-      size,
-      sink: snk,
-      write: write ?? (() => undefined),
-      close: close ?? (() => undefined),
-      abort: fn("abort"),
-      started: false,
-      inFlight: null,
-      inFlightIsWrite: false,
-      closeRequested: false,
-      closeDone: null,
-      backpressure: false,
-      aborter: undefined,
-      controller: null,
-    };
-    this.#w = w;
-    w.controller = new WritableStreamDefaultController(INTERNAL, w);
-    updateBackpressure(w);
-    const start = snk.start;
-    const started = typeof start === "function" ? ReflectApply(start, snk, [w.controller]) : undefined;
-    PromisePrototypeThen(PromiseResolve(started), () => {
-      w.started = true;
-      advanceWritable(w);
-    }, (e) => errorWritable(w, e));
-  }
-  get locked() {
-    return this.#w.writer !== null;
-  }
-  abort(reason = undefined) {
-    if (this.#w.writer !== null) return PromiseReject(new TypeErrorCtor("Cannot abort a locked WritableStream"));
-    this.#w.aborter?.abort(reason);
-    return abortWritable(this.#w, reason);
-  }
-  close() {
-    if (this.#w.writer !== null) return PromiseReject(new TypeErrorCtor("Cannot close a locked WritableStream"));
-    return closeWritable(this.#w);
-  }
-  getWriter() {
-    return new WritableStreamDefaultWriter(this);
-  }
-  get [Symbol.toStringTag]() {
-    return "WritableStream";
-  }
-}
-
-/// `source` into `dest` (ReadableStream.prototype.pipeTo): waits for the
-/// destination's `ready` before each read, so a slow sink slows the source.
-async function pipe(source, dest, options) {
-  const preventClose = !!options?.preventClose;
-  const preventAbort = !!options?.preventAbort;
-  const preventCancel = !!options?.preventCancel;
-  const signal = options?.signal;
-  const reader = source.getReader();
-  const writer = dest.getWriter();
-  // The destination failing ends the pipe whatever it waits on.
-  const destFailed = PromisePrototypeThen(writer.closed, () => new PromiseCtor(() => {}), (e) => ({ destError: e }));
-  let aborted = null;
-  const onAbort = () => {
-    aborted = signal.reason;
-  };
-  if (signal !== undefined) {
-    if (signal.aborted) aborted = signal.reason;
-    else signal.addEventListener("abort", onAbort, { once: true });
-  }
-  let pending = PromiseResolve(undefined);
-  try {
-    for (;;) {
-      if (aborted !== null) throw { aborted };
-      const ready = await PromiseRace([PromisePrototypeThen(writer.ready, () => null), destFailed]);
-      if (ready !== null) throw ready;
-      if (aborted !== null) throw { aborted };
-      const step = await PromiseRace([PromisePrototypeThen(reader.read(), (r) => r, (e) => ({ sourceError: e })), destFailed]);
-      if (step.destError !== undefined || step.sourceError !== undefined) throw step;
-      if (step.done) break;
-      pending = handled(writer.write(step.value));
-    }
-    await pending;
-    if (!preventClose) await writer.close();
-  } catch (failure) {
-    if (failure !== null && typeof failure === "object" && "aborted" in failure) {
-      const reason = failure.aborted;
-      if (!preventAbort) await PromisePrototypeThen(writer.abort(reason), undefined, () => {});
-      if (!preventCancel) await PromisePrototypeThen(reader.cancel(reason), undefined, () => {});
-      throw reason;
-    }
-    if (failure !== null && typeof failure === "object" && "sourceError" in failure) {
-      if (!preventAbort) await PromisePrototypeThen(writer.abort(failure.sourceError), undefined, () => {});
-      throw failure.sourceError;
-    }
-    if (failure !== null && typeof failure === "object" && "destError" in failure) {
-      if (!preventCancel) await PromisePrototypeThen(reader.cancel(failure.destError), undefined, () => {});
-      throw failure.destError;
-    }
-    throw failure;
-  } finally {
-    signal?.removeEventListener?.("abort", onAbort);
-    reader.releaseLock();
-    writer.releaseLock();
-  }
-}
-
-class TransformStreamDefaultController {
-  #t;
-  constructor(token, t) {
-    if (token !== INTERNAL) throw new TypeErrorCtor("Illegal constructor");
-    this.#t = t;
-  }
-  get desiredSize() {
-    return this.#t.readable.desiredSize;
-  }
-  enqueue(chunk = undefined) {
-    const t = this.#t;
-    t.readable.enqueue(chunk);
-    if (t.readable.desiredSize <= 0 && t.demand === null) t.demand = deferred();
-  }
-  error(e) {
-    errorTransform(this.#t, e);
-  }
-  terminate() {
-    const t = this.#t;
-    try {
-      t.readable.close();
-    } catch {
-      // Closed already.
-    }
-    errorWritable(t.writable, new TypeErrorCtor("The TransformStream was terminated"));
-  }
-}
-
-function errorTransform(t, e) {
-  try {
-    t.readable.error(e);
-  } catch {
-    // Errored already.
-  }
-  errorWritable(t.writable, e);
-  t.demand?.resolve(undefined);
-}
-
-class TransformStream {
-  #readable;
-  #writable;
-  constructor(transformer = undefined, writableStrategy = undefined, readableStrategy = undefined) {
-    const tr = transformer === undefined || transformer === null ? {} : transformer;
-    if (tr.readableType !== undefined) throw new RangeError("Invalid readableType is specified");
-    if (tr.writableType !== undefined) throw new RangeError("Invalid writableType is specified");
-    const t = { readable: null, writable: null, demand: null };
-    const controller = new TransformStreamDefaultController(INTERNAL, t);
-    const startDone = deferred();
-    const transform = typeof tr.transform === "function" ? tr.transform : null;
-    const flush = typeof tr.flush === "function" ? tr.flush : null;
-    const cancel = typeof tr.cancel === "function" ? tr.cancel : null;
-    this.#readable = new ReadableStream({
-      start(c) {
-        t.readable = c;
-        return startDone.promise;
-      },
-      pull() {
-        // The reader wants more: a write waiting for room goes on.
-        const demand = t.demand;
-        t.demand = null;
-        demand?.resolve(undefined);
-      },
-      cancel(reason) {
-        errorWritable(t.writable, reason);
-        t.demand?.resolve(undefined);
-        return cancel === null ? undefined : ReflectApply(cancel, tr, [reason]);
-      },
-    }, readableStrategy ?? { highWaterMark: 0 });
-    this.#writable = new WritableStream({
-      start(c) {
-        return startDone.promise;
-      },
-      write(chunk) {
-        const run = () => {
-          if (transform === null) return controller.enqueue(chunk);
-          return ReflectApply(transform, tr, [chunk, controller]);
-        };
-        const wait = t.demand;
-        if (wait === null) return PromisePrototypeThen(settledCall(run, undefined, []), undefined, (e) => {
-          errorTransform(t, e);
-          throw e;
-        });
-        return PromisePrototypeThen(wait.promise, () => {
-          if (t.writable.state !== "writable") throw t.writable.error;
-          return PromisePrototypeThen(settledCall(run, undefined, []), undefined, (e) => {
-            errorTransform(t, e);
-            throw e;
-          });
-        });
-      },
-      close() {
-        return PromisePrototypeThen(settledCall(flush ?? (() => undefined), tr, [controller]), () => {
-          try {
-            t.readable.close();
-          } catch {
-            // Terminated already.
-          }
-        }, (e) => {
-          errorTransform(t, e);
-          throw e;
-        });
-      },
-      abort(reason) {
-        try {
-          t.readable.error(reason);
-        } catch {
-          // Errored already.
-        }
-        return cancel === null ? undefined : ReflectApply(cancel, tr, [reason]);
-      },
-    }, writableStrategy);
-    t.writable = writableState(this.#writable);
-    // Until the reader first pulls, writes wait (a readable high-water mark
-    // of 0 wants nothing yet).
-    if (t.readable.desiredSize <= 0) t.demand = deferred();
-    const start = tr.start;
-    let started;
-    try {
-      started = typeof start === "function" ? ReflectApply(start, tr, [controller]) : undefined;
-    } catch (e) {
-      startDone.reject(e);
-      throw e;
-    }
-    PromisePrototypeThen(PromiseResolve(started), () => startDone.resolve(undefined), (e) => startDone.reject(e));
-  }
-  get readable() {
-    return this.#readable;
-  }
-  get writable() {
-    return this.#writable;
-  }
-  get [Symbol.toStringTag]() {
-    return "TransformStream";
-  }
-}
-
-class TextEncoderStream {
-  #t;
-  constructor() {
-    this.#t = new TransformStream({
-      transform(chunk, c) {
-        const text = StringCtor(chunk);
-        if (text !== "") c.enqueue(encode(text));
-      },
-    });
-  }
-  get encoding() {
-    return "utf-8";
-  }
-  get readable() {
-    return this.#t.readable;
-  }
-  get writable() {
-    return this.#t.writable;
-  }
-}
-
-/// Bytes of `bytes` that end in a whole UTF-8 character (the rest waits
-/// for the next chunk).
-function completeUtf8(bytes) {
-  let end = bytes.length;
-  let back = 0;
-  while (back < 3 && end - back > 0 && (bytes[end - back - 1] & 0xc0) === 0x80) back++;
-  if (end - back === 0) return end;
-  const lead = bytes[end - back - 1];
-  const need = lead >= 0xf0 ? 3 : lead >= 0xe0 ? 2 : lead >= 0xc0 ? 1 : 0;
-  return need > back ? end - back - 1 : end;
-}
-
-class TextDecoderStream {
-  #decoder;
-  #t;
-  constructor(label = "utf-8", options = {}) {
-    const decoder = new TextDecoder(label, options);
-    this.#decoder = decoder;
-    let rest = new Uint8ArrayCtor(0);
-    let first = true;
-    const emit = (bytes, c) => {
-      let text = decoder.decode(bytes);
-      // A BOM counts only at the very start of the stream.
-      if (!first && !decoder.ignoreBOM && bytes.length >= 3 && bytes[0] === 0xef && bytes[1] === 0xbb && bytes[2] === 0xbf) {
-        text = "\ufeff" + text;
-      }
-      if (bytes.length > 0) first = false;
-      if (text !== "") c.enqueue(text);
-    };
-    this.#t = new TransformStream({
-      transform(chunk, c) {
-        const view = bytesOf(chunk);
-        const all = rest.length === 0 ? view : concat([rest, view], rest.length + view.length);
-        const cut = completeUtf8(all);
-        rest = TypedArrayPrototypeSlice(all, cut);
-        emit(TypedArrayPrototypeSubarray(all, 0, cut), c);
-      },
-      flush(c) {
-        if (rest.length > 0) emit(rest, c);
-      },
-    });
-  }
-  get encoding() {
-    return this.#decoder.encoding;
-  }
-  get fatal() {
-    return this.#decoder.fatal;
-  }
-  get ignoreBOM() {
-    return this.#decoder.ignoreBOM;
-  }
-  get readable() {
-    return this.#t.readable;
-  }
-  get writable() {
-    return this.#t.writable;
-  }
-}
-
-class CountQueuingStrategy {
-  #hwm;
-  constructor(init) {
-    this.#hwm = NumberCtor(init?.highWaterMark);
-  }
-  get highWaterMark() {
-    return this.#hwm;
-  }
-  get size() {
-    return countSize;
-  }
-}
-const countSize = function size() {
-  return 1;
-};
-
-class ByteLengthQueuingStrategy {
-  #hwm;
-  constructor(init) {
-    this.#hwm = NumberCtor(init?.highWaterMark);
-  }
-  get highWaterMark() {
-    return this.#hwm;
-  }
-  get size() {
-    return byteLengthSize;
-  }
-}
-const byteLengthSize = function size(chunk) {
-  return chunk.byteLength;
-};
+/// The globals that come from streams.js.
+const STREAM_GLOBALS = [
+  "WritableStream",
+  "WritableStreamDefaultWriter",
+  "WritableStreamDefaultController",
+  "TransformStream",
+  "TransformStreamDefaultController",
+  "TextEncoderStream",
+  "TextDecoderStream",
+  "CountQueuingStrategy",
+  "ByteLengthQueuingStrategy",
+];
 
 /// A stream of `bytes`, already complete.
 function streamOfBytes(bytes) {
@@ -2296,15 +1723,6 @@ export const install = (function install(g) {
   define("ReadableStream", ReadableStream);
   define("ReadableStreamDefaultReader", ReadableStreamDefaultReader);
   define("ReadableStreamDefaultController", ReadableStreamDefaultController);
-  define("WritableStream", WritableStream);
-  define("WritableStreamDefaultWriter", WritableStreamDefaultWriter);
-  define("WritableStreamDefaultController", WritableStreamDefaultController);
-  define("TransformStream", TransformStream);
-  define("TransformStreamDefaultController", TransformStreamDefaultController);
-  define("TextEncoderStream", TextEncoderStream);
-  define("TextDecoderStream", TextDecoderStream);
-  define("CountQueuingStrategy", CountQueuingStrategy);
-  define("ByteLengthQueuingStrategy", ByteLengthQueuingStrategy);
   define("Blob", Blob);
   define("File", File);
   define("FormData", FormData);
@@ -2315,11 +1733,13 @@ export const install = (function install(g) {
     return op_structured_clone(value);
   });
   define("crypto", webcrypto);
-  // URL and URLSearchParams load whatwg-url on first use.
-  for (const name of ["URL", "URLSearchParams"]) {
+  // URL and URLSearchParams load whatwg-url on first use, the streams
+  // beyond ReadableStream streams.js.
+  const lazy = (name) => (name === "URL" ? URLCtor() : name === "URLSearchParams" ? URLSearchParamsCtor() : webStreams()[name]);
+  for (const name of ["URL", "URLSearchParams", ...STREAM_GLOBALS]) {
     Object.defineProperty(g, name, {
       get() {
-        const value = name === "URL" ? URLCtor() : URLSearchParamsCtor();
+        const value = lazy(name);
         define(name, value);
         return value;
       },
@@ -2336,8 +1756,6 @@ const guestFetch = fetch;
 
 export {
   Blob,
-  ByteLengthQueuingStrategy,
-  CountQueuingStrategy,
   DOMException,
   FormData,
   Headers,
@@ -2347,12 +1765,5 @@ export {
   Request,
   Response,
   TextDecoder,
-  TextDecoderStream,
   TextEncoder,
-  TextEncoderStream,
-  TransformStream,
-  TransformStreamDefaultController,
-  WritableStream,
-  WritableStreamDefaultController,
-  WritableStreamDefaultWriter,
 };

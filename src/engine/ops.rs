@@ -68,6 +68,7 @@ deno_core::extension!(
         op_wt_verify_start, op_wt_job_run, op_wt_zlib_new, op_wt_zlib_run, op_wt_module_resolve, op_wt_module_version,
         op_wt_module_compile, op_wt_module_text,
         op_wt_load_builtins,
+        op_wt_load_streams,
     ],
     esm_entry_point = "ext:webtask_runtime/bootstrap.js",
     customizer = |ext: &mut deno_core::Extension| ext.esm_files = std::borrow::Cow::Borrowed(&RUNTIME_MODULES),
@@ -121,9 +122,26 @@ fn builtins_script() -> &'static str {
 /// exception like any other, and the request fails with its limit.
 #[op2(reentrant)]
 fn op_wt_load_builtins<'s>(scope: &mut v8::PinScope<'s, '_>) -> Result<v8::Local<'s, v8::Value>, deno_error::JsErrorBox> {
-    let failed = || deno_error::JsErrorBox::generic("the Node built-ins could not be loaded");
-    let name = v8::String::new(scope, BUILTINS_NAME).ok_or_else(failed)?;
-    let source = v8::String::new(scope, builtins_script()).ok_or_else(failed)?;
+    evaluate(scope, BUILTINS_NAME, builtins_script())
+}
+
+/// streams.js, left out of the snapshot like the bundle (it is most of a
+/// web.js in objects): a script that evaluates to the function web.js
+/// calls with its helpers.
+const STREAMS: &str = include_str!("../../js_runtime/node/streams.js");
+const STREAMS_NAME: &str = "ext:webtask_runtime/node/streams.js";
+
+/// Evaluates streams.js and returns its function; as `op_wt_load_builtins`.
+#[op2(reentrant)]
+fn op_wt_load_streams<'s>(scope: &mut v8::PinScope<'s, '_>) -> Result<v8::Local<'s, v8::Value>, deno_error::JsErrorBox> {
+    evaluate(scope, STREAMS_NAME, STREAMS)
+}
+
+/// Compiles and runs the classic script `source` named `name`; its value.
+fn evaluate<'s>(scope: &mut v8::PinScope<'s, '_>, name: &str, source: &str) -> Result<v8::Local<'s, v8::Value>, deno_error::JsErrorBox> {
+    let failed = || deno_error::JsErrorBox::generic(format!("{name} could not be loaded"));
+    let name = v8::String::new(scope, name).ok_or_else(failed)?;
+    let source = v8::String::new(scope, source).ok_or_else(failed)?;
     let origin = super::script::origin(scope, name);
     v8::tc_scope!(let tc, scope);
     let value = v8::Script::compile(tc, source, Some(&origin)).and_then(|script| script.run(tc));
