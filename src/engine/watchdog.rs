@@ -248,11 +248,25 @@ impl Watchdog {
     }
 }
 
+/// The calling thread's CPU-time clock, as the kernel encodes a thread's
+/// clock id (`MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED)`).
+///
+/// Not `pthread_getcpuclockid`: glibc builds that id from the thread id it
+/// cached when the thread was made, and a process made by a raw `clone`
+/// (the zygote forks workers so) inherits its parent's. The kernel then
+/// refuses the clock (EINVAL), CPU time reads as zero, and no CPU limit
+/// ever fires.
 fn current_thread_clock() -> libc::clockid_t {
-    let mut clock: libc::clockid_t = 0;
-    // SAFETY: pthread_self is always valid for the calling thread.
-    let rc = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
-    assert_eq!(rc, 0, "pthread_getcpuclockid failed");
+    const CPUCLOCK_PERTHREAD: libc::clockid_t = 4;
+    const CPUCLOCK_SCHED: libc::clockid_t = 2;
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    let clock = (!tid << 3) | CPUCLOCK_PERTHREAD | CPUCLOCK_SCHED;
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid out-pointer.
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+    // Guest code must not run where its CPU time cannot be read.
+    assert_eq!(rc, 0, "the thread CPU clock of thread {tid} cannot be read: {}", std::io::Error::last_os_error());
     clock
 }
 

@@ -353,3 +353,19 @@ async fn two_nodes_on_one_host_never_hand_out_the_same_uid() {
     let distinct: std::collections::BTreeSet<_> = uids.iter().collect();
     assert_eq!(distinct.len(), uids.len(), "uids shared between nodes: {uids:?}");
 }
+
+/// CPU time is read from each worker thread's own clock whatever made the
+/// process: with the jail off (no pid namespace, so the worker is the
+/// zygote's raw clone, whose C library still holds the zygote's thread id)
+/// a CPU hog still ends as cpu_limit, not at the wall clock.
+#[tokio::test]
+async fn the_cpu_limit_holds_in_workers_with_the_jail_off() {
+    let mut config = crate::support::workers_config();
+    config.jail.mode = webtask::jail::JailMode::Off;
+    config.engine.limits.wall_ms = 5_000;
+    let node = TestNode::with_config(config).await;
+    let res = node.run("hog", "", "return function (cb) { while (true) {} }").await;
+    let v = res.json();
+    assert_eq!(v["code"], json!("cpu_limit"), "{v}");
+    assert_eq!(v["limit_ms"], json!(100), "{v}");
+}
