@@ -39,8 +39,8 @@ use deno_core::v8;
 /// The shortest sleep between scans: how far a kill may overshoot a budget,
 /// besides the scheduler's own latency.
 const MIN_SLEEP: Duration = Duration::from_micros(250);
-/// The longest sleep between scans while nothing runs.
-const MAX_IDLE_SLEEP: Duration = Duration::from_millis(50);
+/// The longest sleep between scans, running or idle.
+const MAX_SLEEP: Duration = Duration::from_millis(50);
 /// Time without any request in flight before the watchdog parks; until
 /// then a request starting needs no wake-up.
 const IDLE_BEFORE_PARK: Duration = Duration::from_millis(200);
@@ -190,6 +190,8 @@ fn watchdog() -> &'static Watchdog {
 impl Watchdog {
     fn register(&self, guard: &Arc<CpuGuard>) {
         self.guards.lock().unwrap().push(Arc::downgrade(guard));
+        // Its budget may be shorter than the sleep the watchdog is in.
+        self.thread.unpark();
     }
 
     fn wake(&self) {
@@ -211,7 +213,8 @@ fn run() {
             idle_since = None;
             continue;
         }
-        thread::sleep(sleep);
+        // Parked, not asleep: a new guard cuts the wait short.
+        thread::park_timeout(sleep);
     }
 }
 
@@ -219,7 +222,7 @@ impl Watchdog {
     /// Checks every guard; whether any request is in flight, and how long
     /// the watchdog may sleep before it must look again.
     fn scan(&self) -> (bool, Duration) {
-        let (mut active, mut sleep) = (false, MAX_IDLE_SLEEP);
+        let (mut active, mut sleep) = (false, MAX_SLEEP);
         self.guards.lock().unwrap().retain(|weak| {
             let Some(guard) = weak.upgrade() else { return false };
             // A request this guard's thread starts during the sleep must be
