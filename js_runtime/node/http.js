@@ -526,9 +526,11 @@ function createHttp(defaultProtocol) {
       this._activity();
       cb();
     }, (e) => {
-      // Past the body limit is this request's error; an upstream that
-      // stopped reading says why through the response.
-      if (e.code === "egress_limit") cb(exchangeError(e, this));
+      // Past the body limit or the ArrayBuffer limit is this request's
+      // error (never a chunk dropped from a body that still ends as
+      // whole); an upstream that stopped reading says why through the
+      // response.
+      if (e.code === "egress_limit" || e.code === "arraybuffer_limit") cb(exchangeError(e, this));
       else cb();
     });
   };

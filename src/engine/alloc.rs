@@ -13,7 +13,7 @@
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use deno_core::v8;
 use deno_error::JsErrorBox;
@@ -23,10 +23,10 @@ use deno_error::JsErrorBox;
 pub struct Budget {
     cap: usize,
     used: AtomicUsize,
-    /// The last allocation refused (bytes wanted, bytes left then), for
-    /// V8's own RangeError, which names no figure (see [`Budget::refusal`]).
-    refused: AtomicUsize,
-    refused_left: AtomicUsize,
+    /// The last allocation refused and not yet reported (bytes wanted,
+    /// bytes left then), for V8's own RangeError, which names no figure
+    /// (see [`Budget::refusal`]). Written only when refusing.
+    refused: Mutex<Option<(usize, usize)>>,
 }
 
 /// The message V8 gives a RangeError when this allocator refuses a buffer.
@@ -34,7 +34,7 @@ pub const V8_REFUSAL: &str = "Array buffer allocation failed";
 
 impl Budget {
     fn new(cap: usize) -> Budget {
-        Budget { cap, used: AtomicUsize::new(0), refused: AtomicUsize::new(0), refused_left: AtomicUsize::new(0) }
+        Budget { cap, used: AtomicUsize::new(0), refused: Mutex::new(None) }
     }
 
     /// A budget no allocator draws from (unit tests of the ops).
@@ -62,11 +62,18 @@ impl Budget {
         format!("{want} more bytes would pass this container's ArrayBuffer memory limit of {} MiB ({left} bytes left)", self.cap >> 20)
     }
 
-    /// The figures of the last allocation this budget refused: what V8's
-    /// bare "Array buffer allocation failed" was about.
-    pub fn refusal(&self) -> Option<String> {
-        let want = self.refused.load(Ordering::Relaxed);
-        (want > 0).then(|| self.figures(want, self.refused_left.load(Ordering::Relaxed)))
+    /// The figures of the last allocation this budget refused, once: what
+    /// V8's bare "Array buffer allocation failed" was about. Taken, so a
+    /// later error of the same words (thrown by guest code, say) does not
+    /// carry an old refusal's figures.
+    pub fn take_refusal(&self) -> Option<String> {
+        let (want, left) = self.refused.lock().unwrap().take()?;
+        Some(self.figures(want, left))
+    }
+
+    /// Forgets a refusal nobody reported (the guest caught its error).
+    pub fn forget_refusal(&self) {
+        self.refused.lock().unwrap().take();
     }
 
     /// Reserves `len` bytes, or records the refusal.
@@ -74,8 +81,7 @@ impl Budget {
         if self.reserve(len) {
             return true;
         }
-        self.refused.store(len.max(1), Ordering::Relaxed);
-        self.refused_left.store(self.remaining(), Ordering::Relaxed);
+        *self.refused.lock().unwrap() = Some((len, self.remaining()));
         false
     }
 

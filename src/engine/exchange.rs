@@ -35,7 +35,7 @@ use futures::StreamExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::alloc::{budget, guest_bytes, make_room};
+use super::alloc::{budget, guest_bytes};
 use super::fetch::{body_channel, full_body, BodySender, BodyStream, FetchFuture, FetchRequest, RequestHead, ResponseHead, MAX_REQUEST_BODY};
 use super::inflight::{Inflight, Refused};
 use super::ops::Egress;
@@ -131,15 +131,17 @@ pub fn op_wt_fetch_outgoing<'s>(
     #[buffer] bytes: &[u8],
 ) -> Result<v8::Local<'s, v8::Uint8Array>, JsErrorBox> {
     let budget = budget(scope);
-    if make_room(scope, &budget, bytes.len()).is_err() {
+    // guest_bytes makes room (a collection first) and refuses past the cap;
+    // any refusal is this host error, whose code the shim reads.
+    guest_bytes(scope, &budget, bytes.len(), |out| out.copy_from_slice(bytes)).map_err(|_| {
+        budget.forget_refusal();
         let (cap_mib, left) = (budget.cap() >> 20, budget.remaining());
         let message = format_args!(
             "{} bytes of request body would pass this container's ArrayBuffer memory limit of {cap_mib} MiB ({left} bytes left)",
             bytes.len()
         );
-        return Err(err("arraybuffer_limit", message));
-    }
-    guest_bytes(scope, &budget, bytes.len(), |out| out.copy_from_slice(bytes))
+        err("arraybuffer_limit", message)
+    })
 }
 
 /// Starts an exchange; `mode` says how its body comes ([`BODY_NONE`],

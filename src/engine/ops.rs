@@ -178,7 +178,7 @@ fn op_wt_fail(
     let non_empty = |s: String| (!s.is_empty()).then_some(s);
     let mut err = ScriptError { name: non_empty(name), message, stack: non_empty(stack), details };
     if err.name.as_deref() == Some("RangeError") && err.message == alloc::V8_REFUSAL {
-        if let Some(figures) = state.borrow::<Arc<Budget>>().refusal() {
+        if let Some(figures) = state.borrow::<Arc<Budget>>().take_refusal() {
             add_figures(&mut err, &figures);
         }
     }

@@ -257,3 +257,31 @@ async fn client_libraries_time_out_cancel_and_fail_as_under_node() {
         assert_eq!(res.json(), expected);
     }
 }
+
+/// A chunk written past the container's ArrayBuffer limit fails the
+/// request with the limit's code: the body never goes out short as if it
+/// were whole.
+#[tokio::test]
+async fn a_chunk_past_the_arraybuffer_limit_fails_the_request() {
+    let server = echo_server().await;
+    let mut config = crate::support::with_room(allowing(server, None), 2_000);
+    config.engine.limits.array_buffer_mb = 16;
+    let code = r#"module.exports = (ctx, cb) => {
+        const http = require('http');
+        const keep = new Uint8Array(7 << 20);
+        const chunk = Buffer.alloc(6 << 20, 1);
+        const req = http.request(ctx.data.url, { method: 'POST' }, (res) => {
+            let n = 0;
+            res.on('data', (d) => { n += d.length; });
+            res.on('end', () => cb(null, { status: res.statusCode, echoed: n, kept: keep.length }));
+        });
+        req.on('error', (e) => cb(null, { code: e.code, message: e.message, kept: keep.length }));
+        req.write(chunk);
+        req.end();
+    };"#;
+    for node in every_target_with(config.clone()).await {
+        let v = node.run("short", &format!("?url=http://{server}/"), code).await.json();
+        assert_eq!(v["code"], json!("arraybuffer_limit"), "{v}");
+        assert!(v["message"].as_str().unwrap().contains("ArrayBuffer memory limit of 16 MiB"), "{v}");
+    }
+}
