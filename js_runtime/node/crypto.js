@@ -58,6 +58,7 @@ const {
   StringPrototypeToUpperCase,
   TypeError: TypeErrorCtor,
   RangeError: RangeErrorCtor,
+  TypedArrayPrototypeSubarray,
   Uint8Array: Uint8ArrayCtor,
 } = globalThis.__bootstrap.primordials;
 const nativeQueueMicrotask = globalThis.queueMicrotask;
@@ -421,7 +422,7 @@ class Cipheriv {
       const out = new Uint8ArrayCtor(input.length);
       for (let at = 0; at < input.length; at += PIECE) {
         const end = at + PIECE < input.length ? at + PIECE : input.length;
-        op_wt_gcm_update(this.#gcm, input.subarray(at, end), out.subarray(at, end));
+        op_wt_gcm_update(this.#gcm, TypedArrayPrototypeSubarray(input, at, end), TypedArrayPrototypeSubarray(out, at, end));
       }
       return this.#output(out, outputEncoding);
     }
@@ -437,11 +438,11 @@ class Cipheriv {
     let iv = this.#iv;
     for (let at = 0; at < n; at += PIECE) {
       const end = at + PIECE < n ? at + PIECE : n;
-      op_wt_aes_cbc(this.#key, iv, all.subarray(at, end), out.subarray(at, end), this.#encrypt, false);
-      iv = this.#encrypt ? out.subarray(end - 16, end) : all.subarray(end - 16, end);
+      op_wt_aes_cbc(this.#key, iv, TypedArrayPrototypeSubarray(all, at, end), TypedArrayPrototypeSubarray(out, at, end), this.#encrypt, false);
+      iv = this.#encrypt ? TypedArrayPrototypeSubarray(out, end - 16, end) : TypedArrayPrototypeSubarray(all, end - 16, end);
     }
     this.#iv = Buffer().from(iv);
-    this.#pending = Buffer().from(all.subarray(n));
+    this.#pending = Buffer().from(TypedArrayPrototypeSubarray(all, n));
     return this.#output(out, outputEncoding);
   }
   // Strings out of update()/final() go through one StringDecoder, as in
@@ -478,7 +479,7 @@ class Cipheriv {
     }
     const out = new Uint8ArrayCtor(this.#pending.length + (this.#encrypt && this.#pad ? 16 : 0));
     const n = op_wt_aes_cbc(this.#key, this.#iv, this.#pending, out, this.#encrypt, this.#pad);
-    return this.#final(out.subarray(0, n), outputEncoding);
+    return this.#final(TypedArrayPrototypeSubarray(out, 0, n), outputEncoding);
   }
   setAutoPadding(pad = true) {
     this.#pad = !!pad;

@@ -18,6 +18,7 @@
     settledCall,
     abortError,
     AbortController,
+    AbortSignal,
     ReadableStream,
     streamState,
     bytesOf,
@@ -29,14 +30,14 @@
     ArrayPrototypePush,
     ArrayPrototypeShift,
     Number: NumberCtor,
-    Promise: PromiseCtor,
     PromisePrototypeThen,
-    PromiseRace,
     PromiseReject,
     PromiseResolve,
     RangeError,
     ReflectApply,
     String: StringCtor,
+    StringPrototypeCharCodeAt,
+    StringPrototypeSlice,
     Symbol: SymbolCtor,
     SymbolToStringTag,
     TypeError: TypeErrorCtor,
@@ -69,11 +70,34 @@
     return { hwm, size: typeof size === "function" ? size : null };
   }
 
+  /// A writer's `ready` or `closed`: a deferred that knows whether it has
+  /// settled, so a pending one is settled (the promise a caller already
+  /// holds) and only a settled one is replaced.
+  function slot() {
+    const d = deferred();
+    handled(d.promise);
+    const out = { promise: d.promise, settled: false };
+    out.resolve = (v) => {
+      out.settled = true;
+      d.resolve(v);
+    };
+    out.reject = (e) => {
+      out.settled = true;
+      d.reject(e);
+    };
+    return out;
+  }
+
+  /// Rejects `rec[name]` with `e`: the pending promise itself, or a fresh
+  /// one if it had settled.
+  function rejectSlot(rec, name, e) {
+    if (rec[name].settled) rec[name] = slot();
+    rec[name].reject(e);
+  }
+
   /// The writer record of a locked stream: its `ready` and `closed`.
   function newWriterRecord(w) {
-    const rec = { ready: deferred(), closed: deferred() };
-    handled(rec.ready.promise);
-    handled(rec.closed.promise);
+    const rec = { ready: slot(), closed: slot() };
     if (w.state === "errored") {
       rec.ready.reject(w.error);
       rec.closed.reject(w.error);
@@ -93,8 +117,7 @@
     const rec = w.writer;
     if (rec === null || w.state !== "writable") return;
     if (backpressure) {
-      rec.ready = deferred();
-      handled(rec.ready.promise);
+      if (rec.ready.settled) rec.ready = slot();
     } else {
       rec.ready.resolve(undefined);
     }
@@ -113,11 +136,10 @@
     if (w.closeDone !== null && !(w.inFlight !== null && !w.inFlightIsWrite)) w.closeDone.reject(e);
     const rec = w.writer;
     if (rec !== null) {
-      rec.ready = deferred();
-      handled(rec.ready.promise);
-      rec.ready.reject(e);
-      rec.closed.reject(e);
+      rejectSlot(rec, "ready", e);
+      rejectSlot(rec, "closed", e);
     }
+    w.aborter.abort(e);
   }
 
   function finishWritableClose(w) {
@@ -202,18 +224,13 @@
 
   class WritableStreamDefaultController {
     #w;
-    #signal;
     constructor(token, w) {
       if (token !== INTERNAL) throw new TypeErrorCtor("Illegal constructor");
       this.#w = w;
     }
+    /// Aborted when the stream errors or is aborted, with the reason.
     get signal() {
-      if (this.#signal === undefined) {
-        const aborter = new AbortController();
-        this.#w.aborter = aborter;
-        this.#signal = aborter.signal;
-      }
-      return this.#signal;
+      return this.#w.aborter.signal;
     }
     error(e) {
       errorWritable(this.#w, e);
@@ -253,20 +270,15 @@
     }
     abort(reason = undefined) {
       if (this.#w === null) return PromiseReject(new TypeErrorCtor("The writer was released"));
-      const w = this.#w;
-      w.aborter?.abort(reason);
-      return abortWritable(w, reason);
+      return abortWritable(this.#w, reason);
     }
     releaseLock() {
       const w = this.#w;
       if (w === null) return;
       const released = new TypeErrorCtor("The writer was released");
       const rec = this.#rec;
-      for (const name of ["ready", "closed"]) {
-        rec[name] = deferred();
-        handled(rec[name].promise);
-        rec[name].reject(released);
-      }
+      rejectSlot(rec, "ready", released);
+      rejectSlot(rec, "closed", released);
       w.writer = null;
       this.#w = null;
     }
@@ -305,7 +317,7 @@
         closeRequested: false,
         closeDone: null,
         backpressure: false,
-        aborter: undefined,
+        aborter: new AbortController(),
         controller: null,
       };
       this.#w = w;
@@ -323,7 +335,6 @@
     }
     abort(reason = undefined) {
       if (this.#w.writer !== null) return PromiseReject(new TypeErrorCtor("Cannot abort a locked WritableStream"));
-      this.#w.aborter?.abort(reason);
       return abortWritable(this.#w, reason);
     }
     close() {
@@ -339,7 +350,10 @@
   }
 
   /// `source` into `dest` (ReadableStream.prototype.pipeTo): waits for the
-  /// destination's `ready` before each read, so a slow sink slows the source.
+  /// destination's `ready` before each read, so a slow sink slows the
+  /// source. Whatever ends it first (the source closing or failing, the
+  /// destination closing or failing, the signal) ends it at once, even
+  /// while it waits on an idle source or a stuck sink.
   async function pipe(source, dest, options) {
     const preventClose = !!options?.preventClose;
     const preventAbort = !!options?.preventAbort;
@@ -347,52 +361,71 @@
     const signal = options?.signal;
     const reader = source.getReader();
     const writer = dest.getWriter();
-    // The destination failing ends the pipe whatever it waits on.
-    const destFailed = PromisePrototypeThen(writer.closed, () => new PromiseCtor(() => {}), (e) => ({ destError: e }));
-    let aborted = null;
-    const onAbort = () => {
-      aborted = signal.reason;
+    // Why the pipe stops, once something says so; `wake` is the one wait
+    // in progress. One reaction each on the long-lived promises, none per
+    // chunk (racing every read against them would pile reactions up).
+    let stopped = null;
+    let wake = null;
+    const stop = (why) => {
+      if (stopped !== null) return;
+      stopped = why;
+      wake?.resolve(STOP);
     };
+    PromisePrototypeThen(writer.closed, () => stop({ destClosed: true }), (e) => stop({ destError: e }));
+    PromisePrototypeThen(reader.closed, undefined, (e) => stop({ sourceError: e }));
+    const onAbort = () => stop({ aborted: signal.reason });
     if (signal !== undefined) {
-      if (signal.aborted) aborted = signal.reason;
+      if (signal.aborted) onAbort();
       else signal.addEventListener("abort", onAbort, { once: true });
     }
+    const wait = (promise) => {
+      const d = deferred();
+      wake = d;
+      PromisePrototypeThen(promise, (v) => d.resolve(v), (e) => d.resolve(STOP));
+      if (stopped !== null) d.resolve(STOP);
+      return d.promise;
+    };
     let pending = PromiseResolve(undefined);
+    let sourceDone = false;
     try {
-      for (;;) {
-        if (aborted !== null) throw { aborted };
-        const ready = await PromiseRace([PromisePrototypeThen(writer.ready, () => null), destFailed]);
-        if (ready !== null) throw ready;
-        if (aborted !== null) throw { aborted };
-        const step = await PromiseRace([PromisePrototypeThen(reader.read(), (r) => r, (e) => ({ sourceError: e })), destFailed]);
-        if (step.destError !== undefined || step.sourceError !== undefined) throw step;
-        if (step.done) break;
+      while (stopped === null) {
+        if ((await wait(writer.ready)) === STOP) break;
+        const step = await wait(reader.read());
+        if (step === STOP) break;
+        if (step.done) {
+          sourceDone = true;
+          break;
+        }
         pending = handled(writer.write(step.value));
       }
-      await pending;
-      if (!preventClose) await writer.close();
-    } catch (failure) {
-      if (failure !== null && typeof failure === "object" && "aborted" in failure) {
-        const reason = failure.aborted;
+      if (sourceDone && stopped === null) {
+        await pending;
+        if (!preventClose) await writer.close();
+        return;
+      }
+      // Let a failure that ended the wait be the stop's reason.
+      await PromiseResolve(undefined);
+      const why = stopped ?? { destError: new TypeErrorCtor("The pipe stopped") };
+      if ("aborted" in why) {
+        const reason = why.aborted;
         if (!preventAbort) await PromisePrototypeThen(writer.abort(reason), undefined, () => {});
         if (!preventCancel) await PromisePrototypeThen(reader.cancel(reason), undefined, () => {});
         throw reason;
       }
-      if (failure !== null && typeof failure === "object" && "sourceError" in failure) {
-        if (!preventAbort) await PromisePrototypeThen(writer.abort(failure.sourceError), undefined, () => {});
-        throw failure.sourceError;
+      if ("sourceError" in why) {
+        if (!preventAbort) await PromisePrototypeThen(writer.abort(why.sourceError), undefined, () => {});
+        throw why.sourceError;
       }
-      if (failure !== null && typeof failure === "object" && "destError" in failure) {
-        if (!preventCancel) await PromisePrototypeThen(reader.cancel(failure.destError), undefined, () => {});
-        throw failure.destError;
-      }
-      throw failure;
+      const error = "destError" in why ? why.destError : new TypeErrorCtor("The destination WritableStream closed before the pipe finished");
+      if (!preventCancel) await PromisePrototypeThen(reader.cancel(error), undefined, () => {});
+      throw error;
     } finally {
-      signal?.removeEventListener?.("abort", onAbort);
+      if (signal !== undefined) signal.removeEventListener("abort", onAbort);
       reader.releaseLock();
       writer.releaseLock();
     }
   }
+  const STOP = SymbolCtor("stop");
 
   class TransformStreamDefaultController {
     #t;
@@ -419,6 +452,8 @@
         // Closed already.
       }
       errorWritable(t.writable, new TypeErrorCtor("The TransformStream was terminated"));
+      // A write waiting for the reader's demand ends too.
+      t.demand?.resolve(undefined);
     }
   }
 
@@ -533,10 +568,22 @@
   class TextEncoderStream {
     #t;
     constructor() {
+      // A high surrogate ending a chunk waits for the low one starting the
+      // next: encoded apart, each would become U+FFFD.
+      let pending = "";
       this.#t = new TransformStream({
         transform(chunk, c) {
-          const text = StringCtor(chunk);
+          let text = pending + StringCtor(chunk);
+          pending = "";
+          const last = text.length > 0 ? StringPrototypeCharCodeAt(text, text.length - 1) : 0;
+          if (last >= 0xd800 && last <= 0xdbff) {
+            pending = StringPrototypeSlice(text, text.length - 1);
+            text = StringPrototypeSlice(text, 0, text.length - 1);
+          }
           if (text !== "") c.enqueue(encode(text));
+        },
+        flush(c) {
+          if (pending !== "") c.enqueue(encode(pending));
         },
       });
     }
@@ -642,9 +689,16 @@
     return chunk.byteLength;
   };
 
+  /// Checked before either stream is locked.
+  function validSignal(options) {
+    const signal = options?.signal;
+    return signal === undefined || signal instanceof AbortSignal;
+  }
+
   /// ReadableStream.prototype.pipeTo.
   function pipeTo(source, destination, options) {
     if (writableState(destination) === undefined) return PromiseReject(new TypeErrorCtor("pipeTo's destination must be a WritableStream"));
+    if (!validSignal(options)) return PromiseReject(new TypeErrorCtor("The \"options.signal\" property must be an AbortSignal"));
     if (streamState(source).reader !== null) return PromiseReject(invalidState("ReadableStream is locked"));
     if (writableState(destination).writer !== null) return PromiseReject(invalidState("WritableStream is locked"));
     return pipe(source, destination, options);
@@ -657,6 +711,7 @@
     if (writableState(writable) === undefined || streamState(readable) === undefined) {
       throw new TypeErrorCtor("pipeThrough needs a { writable, readable } pair, such as a TransformStream");
     }
+    if (!validSignal(options)) throw new TypeErrorCtor("The \"options.signal\" property must be an AbortSignal");
     if (streamState(source).reader !== null) throw invalidState("ReadableStream is locked");
     if (writableState(writable).writer !== null) throw invalidState("WritableStream is locked");
     handled(pipe(source, writable, options));

@@ -825,6 +825,7 @@ export function webStreams() {
     settledCall,
     abortError,
     AbortController,
+    AbortSignal,
     ReadableStream,
     streamState,
     bytesOf,
@@ -1639,10 +1640,11 @@ async function upload(rid, stream, ctx) {
     finishExchange(rid);
   } catch (e) {
     if (ctx.rid !== rid) return;
-    // Over the size limit or failed by the guest's own stream: that is the
-    // error; an upstream that stopped reading reports through the head.
+    // Over the size or ArrayBuffer limit or failed by the guest's own
+    // stream: that is the error; an upstream that stopped reading reports
+    // through the head.
     if (e !== null && typeof e === "object" && "syscode" in e) {
-      if (e.code === "egress_limit") ctx.upload = fetchError(e);
+      if (e.code === "egress_limit" || e.code === "arraybuffer_limit") ctx.upload = fetchError(e);
       else return;
     } else {
       ctx.upload = new TypeErrorCtor("The request body stream failed", { cause: e });

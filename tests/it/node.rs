@@ -81,9 +81,9 @@ async fn hmac_and_pbkdf2_match_rfc_vectors() {
 }
 
 /// The buffers the cipher ops write into are made by the runtime itself:
-/// a guest that replaces `Buffer.allocUnsafe` (to hand an op its own input
-/// as the output, which the host must never see aliased) is not asked for
-/// them, and results stay right.
+/// a guest that replaces `Buffer.allocUnsafe` or `subarray` (to hand an op
+/// its own input as the output, which the host must never see aliased) is
+/// not asked for them, and results stay right.
 #[tokio::test]
 async fn ciphers_do_not_take_output_buffers_from_a_patchable_allocator() {
     let v = eval(
@@ -96,9 +96,13 @@ async fn ciphers_do_not_take_output_buffers_from_a_patchable_allocator() {
             const before = run();
             let asked = 0;
             const real = Buffer.allocUnsafe;
+            const TypedArrayProto = Object.getPrototypeOf(Uint8Array.prototype);
+            const realSubarray = TypedArrayProto.subarray;
             Buffer.allocUnsafe = (n) => { asked++; return input.subarray(0, n); };
+            // A patched subarray could hand an op the same view twice.
+            TypedArrayProto.subarray = function (...args) { asked++; return realSubarray.apply(this, args); };
             let after;
-            try { after = run(); } finally { Buffer.allocUnsafe = real; }
+            try { after = run(); } finally { Buffer.allocUnsafe = real; TypedArrayProto.subarray = realSubarray; }
             cb(null, { same: before[0] === after[0] && before[1] === after[1], asked, len: before[0].length });
         }"#,
     )
@@ -530,6 +534,65 @@ async fn writable_and_transform_streams_pipe_as_node_20s() {
                "bad": "sink broke", "badClosed": "sink broke", "abort": ["stop", "ok", "stop", "stop"], "piped": ["X", "Y", "!"],
                "decoded": "h€llo", "encoded": [195, 169, 97], "sourceError": "source broke", "destAbort": "source broke",
                "signal": "AbortError", "types": ["function", "function", "function", 3, 4]})
+    );
+}
+
+/// The ways a stream or a pipe ends early, as Node 20 ends them: a writer
+/// waiting on `ready` hears of the sink's failure, a signal ends a pipe
+/// from an idle source, a closed destination fails the pipe and cancels
+/// the source, `terminate()` ends a waiting write; and a surrogate pair
+/// split across chunks is encoded whole.
+#[tokio::test]
+async fn streams_end_early_as_node_20s_do() {
+    let v = eval(
+        r#"module.exports = async () => {
+  const out = {};
+  // A writer waiting on ready under back-pressure hears of the sink's failure.
+  const failing = new WritableStream({ write() { return new Promise((_, rej) => setTimeout(() => rej(new Error('sink broke')), 2)); } }, { highWaterMark: 1 });
+  const fw = failing.getWriter();
+  fw.write('a').catch(() => {});
+  fw.write('b').catch(() => {});
+  const ready = fw.ready;
+  out.ready = await ready.then(() => 'ready', (e) => e.message);
+  const closed = fw.closed;
+  fw.releaseLock();
+  out.closedAfterRelease = await closed.then(() => 'ok', (e) => e.name);
+  // An idle source: the signal still ends the pipe, and cancels the source.
+  let cancelled;
+  const idle = new ReadableStream({ pull() { return new Promise(() => {}); }, cancel(r) { cancelled = r === undefined ? 'undefined' : (r.name ?? String(r)); } });
+  const ac = new AbortController();
+  const piping = idle.pipeTo(new WritableStream(), { signal: ac.signal });
+  setTimeout(() => ac.abort(), 5);
+  out.idleAbort = [await piping.then(() => 'ok', (e) => e.name), cancelled];
+  // A destination closed already: the pipe fails and cancels the source.
+  let srcCancel = 'no';
+  const closedDest = new WritableStream();
+  await closedDest.close();
+  const endless = new ReadableStream({ pull(c) { c.enqueue(1); }, cancel() { srcCancel = 'yes'; } });
+  out.closedDest = [await endless.pipeTo(closedDest).then(() => 'ok', (e) => e.name), srcCancel];
+  // A surrogate pair split across chunks.
+  const bytes = [];
+  await ReadableStream.from(['a\ud83d', '\ude00b']).pipeThrough(new TextEncoderStream()).pipeTo(new WritableStream({ write(b) { bytes.push(...b); } }));
+  out.surrogates = bytes;
+  // terminate() ends a write waiting for the reader's demand.
+  let ctl;
+  const t = new TransformStream({ start(c) { ctl = c; } });
+  const tw = t.writable.getWriter();
+  const waiting = tw.write('x').then(() => 'written', (e) => e.name);
+  setTimeout(() => ctl.terminate(), 2);
+  out.terminated = await waiting;
+  // Bad signal is refused before locking.
+  const s = new ReadableStream();
+  out.badSignal = [await s.pipeTo(new WritableStream(), { signal: {} }).then(() => 'ok', (e) => e.name), s.locked];
+  return out;
+};"#,
+    )
+    .await;
+    assert_eq!(
+        v,
+        json!({"ready": "sink broke", "closedAfterRelease": "Error", "idleAbort": ["AbortError", "AbortError"],
+               "closedDest": ["TypeError", "yes"], "surrogates": [97, 240, 159, 152, 128, 98], "terminated": "TypeError",
+               "badSignal": ["TypeError", false]})
     );
 }
 
