@@ -104,9 +104,14 @@ impl CpuGuard {
         // watchdog's `parked` store, at least one side must see the other's.
         // Weaker orders let each store wait in its core's buffer while that
         // core loads, and then the watchdog parks with a request running.
-        let was = self.oldest_start.swap(start_ns.map_or(0, |s| s + 1), Ordering::SeqCst);
-        if was == 0 && start_ns.is_some() {
+        let now = start_ns.map_or(0, |s| s + 1);
+        let was = self.oldest_start.swap(now, Ordering::SeqCst);
+        if was == 0 && now != 0 {
             watchdog().wake();
+        } else if now != 0 && now < was {
+            // An earlier start (work a request left behind, now counted):
+            // the watchdog may be asleep on the later one's budget.
+            watchdog().thread.unpark();
         }
     }
 
