@@ -82,6 +82,7 @@ impl Config {
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let config: Config = toml::from_str(text)?;
         config.logs.validate().map_err(anyhow::Error::msg)?;
+        config.engine.limits.validate().map_err(anyhow::Error::msg)?;
         Ok(config)
     }
 }

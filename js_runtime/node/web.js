@@ -1707,8 +1707,9 @@ const STATUS_TEXT = {
 // Compiled into the snapshot (the parentheses; see bootstrap.js): every
 // isolate's lockdown calls it.
 export const install = (function install(g) {
+  // The primordial: the lazy getters below call it from guest time too.
   const define = (function define(name, value) {
-    Object.defineProperty(g, name, { value, writable: true, configurable: true, enumerable: false });
+    ObjectDefineProperty(g, name, { __proto__: null, value, writable: true, configurable: true, enumerable: false });
   });
   define("TextEncoder", TextEncoder);
   define("TextDecoder", TextDecoder);
@@ -1739,7 +1740,8 @@ export const install = (function install(g) {
   // beyond ReadableStream streams.js.
   const lazy = (name) => (name === "URL" ? URLCtor() : name === "URLSearchParams" ? URLSearchParamsCtor() : webStreams()[name]);
   for (const name of ["URL", "URLSearchParams", ...STREAM_GLOBALS]) {
-    Object.defineProperty(g, name, {
+    ObjectDefineProperty(g, name, {
+      __proto__: null,
       get() {
         const value = lazy(name);
         define(name, value);

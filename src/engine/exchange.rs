@@ -171,6 +171,9 @@ pub fn op_wt_fetch_start(
             Err(Refused::Finished) => {
                 return Err(err("request_finished", "the request this work belongs to has finished; it cannot fetch"));
             }
+            Err(Refused::NoRequest) => {
+                return Err(err("request_finished", "this work belongs to no request (outside any request's context); it cannot fetch"));
+            }
         };
         (egress.fetcher.clone(), inflight.deadline(id).unwrap_or_else(Instant::now), req_id)
     };

@@ -39,6 +39,8 @@ pub enum Refused {
     /// Its request has answered (or failed): work a request left behind,
     /// a timer say, cannot start subrequests of its own.
     Finished,
+    /// No request at all: code running outside any request's context.
+    NoRequest,
     /// The request already made this many, its limit.
     Limit(u32),
 }
@@ -94,6 +96,9 @@ impl Inflight {
     /// Counts one fetch of request `id`; its request id, or why the fetch
     /// may not start.
     pub fn count_subrequest(&mut self, id: u32, limit: u32) -> Result<Arc<str>, Refused> {
+        if id == 0 {
+            return Err(Refused::NoRequest);
+        }
         let slot = self.slots.get_mut(&id).ok_or(Refused::Finished)?;
         slot.subrequests += 1;
         if slot.subrequests > limit {
@@ -232,6 +237,7 @@ mod tests {
         assert_eq!(inflight.count_subrequest(id, 2), Err(Refused::Limit(2)));
         // Left-over work of a request that has answered.
         assert_eq!(inflight.count_subrequest(id + 1, 2), Err(Refused::Finished));
+        assert_eq!(inflight.count_subrequest(0, 2), Err(Refused::NoRequest));
     }
 
     #[test]

@@ -59,6 +59,26 @@ pub struct Limits {
     pub subrequests: u32,
 }
 
+impl Limits {
+    /// A limit of 0 would refuse every request (or, for the CPU budget,
+    /// keep the watchdog scanning without pause): a configuration mistake,
+    /// said so at load.
+    pub fn validate(&self) -> Result<(), String> {
+        let figures = [
+            ("cpu_ms", self.cpu_ms),
+            ("wall_ms", self.wall_ms),
+            ("heap_mb", self.heap_mb),
+            ("array_buffer_mb", self.array_buffer_mb),
+            ("response_bytes", self.response_bytes),
+            ("stack_kb", u64::from(self.stack_kb)),
+        ];
+        match figures.iter().find(|(_, value)| *value == 0) {
+            Some((name, _)) => Err(format!("engine.limits.{name} must be at least 1")),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {

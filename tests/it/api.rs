@@ -38,6 +38,13 @@ fn example_config_is_the_embedded_default() {
 }
 
 #[test]
+fn zero_limits_are_config_errors() {
+    let err = webtask::config::Config::parse("[engine.limits]\ncpu_ms = 0\n").unwrap_err();
+    assert_eq!(format!("{err:#}"), "engine.limits.cpu_ms must be at least 1");
+    assert!(webtask::config::Config::parse("[engine.limits]\nsubrequests = 0\n").is_ok(), "no fetch at all is a choice");
+}
+
+#[test]
 fn unknown_config_fields_are_errors() {
     let err = webtask::config::Config::parse("[engine.limits]\ncpu_msec = 5\n").unwrap_err();
     assert!(format!("{err:#}").contains("cpu_msec"), "{err:#}");
