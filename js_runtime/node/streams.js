@@ -689,19 +689,23 @@
     return chunk.byteLength;
   };
 
-  /// Checked before either stream is locked.
-  function validSignal(options) {
+  /// Why `source` cannot be piped into `dest` with `options` (checked
+  /// before either is locked), or undefined.
+  function pipeRefusal(source, dest, options) {
     const signal = options?.signal;
-    return signal === undefined || signal instanceof AbortSignal;
+    if (signal !== undefined && !(signal instanceof AbortSignal)) {
+      return new TypeErrorCtor("The \"options.signal\" property must be an AbortSignal");
+    }
+    if (streamState(source).reader !== null) return invalidState("ReadableStream is locked");
+    if (writableState(dest).writer !== null) return invalidState("WritableStream is locked");
+    return undefined;
   }
 
   /// ReadableStream.prototype.pipeTo.
   function pipeTo(source, destination, options) {
     if (writableState(destination) === undefined) return PromiseReject(new TypeErrorCtor("pipeTo's destination must be a WritableStream"));
-    if (!validSignal(options)) return PromiseReject(new TypeErrorCtor("The \"options.signal\" property must be an AbortSignal"));
-    if (streamState(source).reader !== null) return PromiseReject(invalidState("ReadableStream is locked"));
-    if (writableState(destination).writer !== null) return PromiseReject(invalidState("WritableStream is locked"));
-    return pipe(source, destination, options);
+    const refusal = pipeRefusal(source, destination, options);
+    return refusal === undefined ? pipe(source, destination, options) : PromiseReject(refusal);
   }
 
   /// ReadableStream.prototype.pipeThrough.
@@ -711,9 +715,8 @@
     if (writableState(writable) === undefined || streamState(readable) === undefined) {
       throw new TypeErrorCtor("pipeThrough needs a { writable, readable } pair, such as a TransformStream");
     }
-    if (!validSignal(options)) throw new TypeErrorCtor("The \"options.signal\" property must be an AbortSignal");
-    if (streamState(source).reader !== null) throw invalidState("ReadableStream is locked");
-    if (writableState(writable).writer !== null) throw invalidState("WritableStream is locked");
+    const refusal = pipeRefusal(source, writable, options);
+    if (refusal !== undefined) throw refusal;
     handled(pipe(source, writable, options));
     return readable;
   }

@@ -76,8 +76,8 @@ impl Budget {
         self.refused.lock().unwrap().take();
     }
 
-    /// Reserves `len` bytes, or records the refusal.
-    fn take(&self, len: usize) -> bool {
+    /// Reserves `len` bytes for the allocator, or records the refusal.
+    fn reserve_or_record(&self, len: usize) -> bool {
         if self.reserve(len) {
             return true;
         }
@@ -104,7 +104,7 @@ impl Budget {
 }
 
 unsafe extern "C" fn allocate(budget: &Budget, len: usize) -> *mut c_void {
-    if !budget.take(len) {
+    if !budget.reserve_or_record(len) {
         return std::ptr::null_mut();
     }
     // SAFETY: calloc with any size is defined; null is handled by V8.
@@ -116,7 +116,7 @@ unsafe extern "C" fn allocate(budget: &Budget, len: usize) -> *mut c_void {
 }
 
 unsafe extern "C" fn allocate_uninitialized(budget: &Budget, len: usize) -> *mut c_void {
-    if !budget.take(len) {
+    if !budget.reserve_or_record(len) {
         return std::ptr::null_mut();
     }
     // SAFETY: as above.
