@@ -66,12 +66,15 @@ pub struct Node {
 
 impl Node {
     /// Starts `webtask serve` with `config` (TOML) on an ephemeral port.
+    /// `WEBTASK_BENCH_BIN` names another build to run instead of this one
+    /// (to measure two builds alternately under the same conditions).
     pub fn start(config: &str) -> Node {
         static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!("webtask-bench-{}-{seq}.toml", std::process::id()));
         std::fs::File::create(&path).and_then(|mut f| f.write_all(config.as_bytes())).expect("bench config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_webtask"))
+        let bin = std::env::var_os("WEBTASK_BENCH_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_webtask").into());
+        let mut child = Command::new(bin)
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])
             .arg(&path)
             .env("WEBTASK_LOG", "warn,webtask=info")

@@ -20,6 +20,7 @@ use crate::egress::Egress;
 use crate::engine::fetch::{AbortOnDrop, FetchError, FetchRequest, RequestHead};
 use crate::engine::{Code, Context, Error, Reply, ReplyBody};
 use crate::logs::Logs;
+use crate::worker::channel::Channel;
 use crate::worker::protocol::{self, FromWorker, NodeCodec, ToWorker};
 use crate::worker::Spec;
 
@@ -205,8 +206,7 @@ impl Worker {
         let Spawned { mut child, channel, stderr } = zygote.fork(spec).await?;
         let pid = child.id();
         tokio::spawn(relay_stderr(stderr));
-        channel.set_nonblocking(true).map_err(Error::internal)?;
-        let stream = tokio::net::UnixStream::from_std(channel).map_err(Error::internal)?;
+        let stream = Channel::new(channel.into()).map_err(Error::internal)?;
         let mut framed = Framed::new(stream, NodeCodec::with_max_frame(protocol::max_worker_frame(spec.limits.response_bytes)));
 
         let refused = match tokio::time::timeout(READY_TIMEOUT, framed.next()).await {
@@ -314,7 +314,7 @@ impl Drop for Worker {
 
 /// Moves frames between the node and one worker until either side ends.
 async fn io(
-    framed: Framed<tokio::net::UnixStream, NodeCodec>,
+    framed: Framed<Channel, NodeCodec>,
     out: Outbox,
     out_rx: mpsc::UnboundedReceiver<ToWorker>,
     shared: Arc<Shared>,

@@ -7,6 +7,7 @@
 //! It trusts nothing it receives beyond the protocol, and the node trusts
 //! nothing it says beyond the request it owns (see `pool`).
 
+pub mod channel;
 pub mod protocol;
 pub mod zygote;
 
@@ -97,9 +98,7 @@ fn map_snapshot(fd: OwnedFd) -> anyhow::Result<&'static [u8]> {
 }
 
 async fn serve(socket: OwnedFd, spec: Spec, jail: Vec<crate::jail::LayerReport>) -> anyhow::Result<()> {
-    let socket = std::os::unix::net::UnixStream::from(socket);
-    socket.set_nonblocking(true)?;
-    let framed = Framed::new(tokio::net::UnixStream::from_std(socket)?, WorkerCodec::default());
+    let framed = Framed::new(channel::Channel::new(socket)?, WorkerCodec::default());
     let (sink, mut frames) = framed.split();
 
     let (out, out_rx) = mpsc::unbounded_channel::<FromWorker>();

@@ -1,5 +1,5 @@
 //! The node ↔ worker protocol: length-prefixed frames (u32, big endian)
-//! over the worker's inherited unix socket, each one postcard-encoded
+//! over the worker's inherited unix socket (see `channel`), each one postcard-encoded
 //! message. The first frame from a worker is `Ready` with the protocol
 //! version; a node that gets any other version kills the worker.
 //!
