@@ -530,7 +530,10 @@ fn hello_once(addr: SocketAddr) -> bool {
 
 fn versions(peers: &Peers) -> Value {
     json!({
-        "webtask": format!("{} ({})", env!("CARGO_PKG_VERSION"), machine()["commit"].as_str().unwrap_or("?")),
+        "webtask": match std::env::var("WEBTASK_BENCH_BIN") {
+            Ok(bin) => format!("{bin} (WEBTASK_BENCH_BIN, not this checkout)"),
+            Err(_) => format!("{} ({})", env!("CARGO_PKG_VERSION"), machine()["commit"].as_str().unwrap_or("?")),
+        },
         "workerd": peers.versions["workerd"],
         "deno": peers.versions["deno"],
         "node": peers.versions["node"],

@@ -342,5 +342,6 @@ pub fn machine() -> Value {
         .output()
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-    json!({"cpus": cpus, "cpu_model": model, "commit": commit})
+    let other_build = std::env::var("WEBTASK_BENCH_BIN").ok();
+    json!({"cpus": cpus, "cpu_model": model, "commit": commit, "webtask_bench_bin": other_build})
 }

@@ -13,8 +13,8 @@
 //! duplicate descriptor, since epoll keeps one interest per descriptor)
 //! for writability, and only until it gets through.
 
-use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -24,43 +24,98 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
 pub struct Channel {
     socket: AsyncFd<UnixStream>,
-    /// Registered for writability while a write waits for room.
-    room: Option<AsyncFd<OwnedFd>>,
+    room: Room,
+    /// The runtime the socket is registered with: the duplicate must be too,
+    /// whichever runtime polls a write.
+    runtime: tokio::runtime::Handle,
+}
+
+/// The duplicate descriptor a blocked write waits on. Made with the
+/// channel, so a process out of descriptors fails at spawn, not when a
+/// reply first fills the socket.
+enum Room {
+    Spare(OwnedFd),
+    /// Registered for writability: a write is waiting, or the last one
+    /// only got part of its bytes in (the next would most likely wait).
+    Waiting(AsyncFd<OwnedFd>),
+    /// While being moved between the two, or after registering failed
+    /// (then writes that must wait fail).
+    Gone,
 }
 
 impl Channel {
     /// Takes one end of a connected unix stream socket. Must be called
-    /// within a tokio runtime.
+    /// within a tokio runtime with IO enabled.
+    ///
+    /// A write future dropped while it waits for room leaves the duplicate
+    /// registered, so the peer's reads wake this side again until the next
+    /// write gets all its bytes in; the node and the worker only drop
+    /// their writers with the channel.
     pub fn new(socket: OwnedFd) -> io::Result<Channel> {
+        let spare = socket.try_clone()?;
         let socket = UnixStream::from(socket);
         socket.set_nonblocking(true)?;
         // SAFETY: the AsyncFd owns the socket, so its descriptor stays open
         // and the same for as long as the registration lives.
         let socket = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }?;
-        Ok(Channel { socket, room: None })
+        Ok(Channel { socket, room: Room::Spare(spare), runtime: tokio::runtime::Handle::current() })
     }
 
     /// Runs `write` until it gets through, waiting for room in between.
     fn poll_write_with(&mut self, cx: &mut Context<'_>, mut write: impl FnMut(&UnixStream) -> io::Result<usize>) -> Poll<io::Result<usize>> {
-        let Channel { socket, room } = self;
+        let Channel { socket, room, runtime } = self;
         loop {
-            if let Some(waiting) = room {
+            if let Room::Waiting(waiting) = room {
                 let mut ready = ready!(waiting.poll_write_ready(cx))?;
-                if let Ok(written) = ready.try_io(|_| write(socket.get_ref())) {
-                    *room = None;
-                    return Poll::Ready(written);
+                // The write goes through the socket's own descriptor: the
+                // readiness is the socket's, whichever descriptor saw it.
+                match ready.try_io(|_| write(socket.get_ref())) {
+                    Ok(written) => return Poll::Ready(written),
+                    Err(_would_block) => continue,
                 }
-                continue;
             }
             match write(socket.get_ref()) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let dup = socket.get_ref().as_fd().try_clone_to_owned()?;
-                    // SAFETY: as in `new`: the AsyncFd owns the duplicate.
-                    *room = Some(unsafe { AsyncFd::register_with_interest(dup, Interest::WRITABLE) }?);
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => room.wait(runtime)?,
                 written => return Poll::Ready(written),
             }
         }
+    }
+
+    /// After a write of `wanted` bytes got `written` in: the duplicate
+    /// stays registered while writes only get part of their bytes in (the
+    /// next one would most likely wait again).
+    fn settled(&mut self, written: usize, wanted: usize) {
+        if written >= wanted {
+            self.room.release();
+        }
+    }
+}
+
+impl Room {
+    /// Registers the spare for writability (once; it stays registered).
+    fn wait(&mut self, runtime: &tokio::runtime::Handle) -> io::Result<()> {
+        match std::mem::replace(self, Room::Gone) {
+            Room::Spare(fd) => {
+                let _entered = runtime.enter();
+                // SAFETY: as in `Channel::new`: the AsyncFd owns the
+                // duplicate (which shares the socket's O_NONBLOCK).
+                *self = Room::Waiting(unsafe { AsyncFd::register_with_interest(fd, Interest::WRITABLE) }?);
+                Ok(())
+            }
+            waiting @ Room::Waiting(_) => {
+                *self = waiting;
+                Ok(())
+            }
+            Room::Gone => Err(io::Error::other("the channel's spare descriptor is gone")),
+        }
+    }
+
+    /// Deregisters the duplicate (`into_inner` does) and keeps it.
+    fn release(&mut self) {
+        *self = match std::mem::replace(self, Room::Gone) {
+            Room::Waiting(registered) => Room::Spare(registered.into_inner()),
+            other => other,
+        };
     }
 }
 
@@ -68,26 +123,51 @@ impl AsyncRead for Channel {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         loop {
             let mut ready = ready!(self.socket.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
-            match ready.try_io(|socket| socket.get_ref().read(unfilled)) {
-                Ok(Ok(n)) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
+            let unfilled = buf.remaining();
+            // Into the buffer's uninitialised part as it is: `Framed` hands
+            // over a frame's whole reservation, and zeroing it on every read
+            // costs the square of a large frame's size over the read size.
+            // SAFETY: read(2) writes at most `unfilled` bytes there and never
+            // reads them; the bytes it reports written are then initialised.
+            let n = unsafe {
+                let target = buf.unfilled_mut();
+                libc::read(ready.get_inner().as_raw_fd(), target.as_mut_ptr().cast(), target.len())
+            };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::WouldBlock {
+                    ready.clear_ready();
+                    continue;
                 }
-                Ok(Err(e)) => return Poll::Ready(Err(e)),
-                Err(_would_block) => continue,
+                return Poll::Ready(Err(err));
             }
+            let n = n as usize;
+            // SAFETY: the kernel initialised the first `n` bytes.
+            unsafe { buf.assume_init(n) };
+            buf.advance(n);
+            // Edge-triggered: a short read emptied the socket, and the next
+            // read would only say so (EOF, n = 0, stays ready).
+            if n > 0 && n < unfilled {
+                ready.clear_ready();
+            }
+            return Poll::Ready(Ok(()));
         }
     }
 }
 
 impl AsyncWrite for Channel {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.get_mut().poll_write_with(cx, |mut socket| socket.write(buf))
+        let len = buf.len();
+        let this = self.get_mut();
+        let written = ready!(this.poll_write_with(cx, |mut socket| socket.write(buf)));
+        Poll::Ready(written.inspect(|n| this.settled(*n, len)))
     }
 
     fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        self.get_mut().poll_write_with(cx, |mut socket| socket.write_vectored(bufs))
+        let len = bufs.iter().map(|b| b.len()).sum();
+        let this = self.get_mut();
+        let written = ready!(this.poll_write_with(cx, |mut socket| socket.write_vectored(bufs)));
+        Poll::Ready(written.inspect(|n| this.settled(*n, len)))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -111,7 +191,7 @@ mod tests {
 
     /// The events `fd`'s file is registered for, in every epoll instance
     /// of this process (from `/proc/self/fdinfo`, matched by inode).
-    fn registered(fd: &impl AsFd) -> Vec<u32> {
+    fn registered(fd: &impl std::os::fd::AsFd) -> Vec<u32> {
         let inode = format!("{:x}", nix::sys::stat::fstat(fd).unwrap().st_ino);
         let mut found = Vec::new();
         for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
@@ -132,7 +212,18 @@ mod tests {
 
     fn pair() -> (Channel, Channel) {
         let (a, b) = UnixStream::pair().unwrap();
+        // Small, so a few hundred KiB fill it on any host.
+        nix::sys::socket::setsockopt(&a, nix::sys::socket::sockopt::SndBuf, &4096).unwrap();
         (Channel::new(a.into()).unwrap(), Channel::new(b.into()).unwrap())
+    }
+
+    fn has(events: &[u32], flag: i32) -> bool {
+        events.iter().any(|e| e & flag as u32 != 0)
+    }
+
+    /// Fails instead of hanging on a lost wake-up.
+    async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(std::time::Duration::from_secs(10), f).await.expect("hung: a wake-up was lost")
     }
 
     #[tokio::test]
@@ -140,20 +231,20 @@ mod tests {
         let (mut node, mut worker) = pair();
         node.write_all(b"a frame").await.unwrap();
         let mut buf = [0u8; 7];
-        worker.read_exact(&mut buf).await.unwrap();
+        within(worker.read_exact(&mut buf)).await.unwrap();
         assert_eq!(&buf, b"a frame");
-        let events = registered(node.socket.get_ref());
         // (mio's epoll shows up twice: tokio holds a duplicate of it.)
-        assert!(!events.is_empty(), "not registered at all");
-        assert!(events.iter().all(|e| e & libc::EPOLLOUT as u32 == 0), "registered for writability: {events:x?}");
+        let events = registered(node.socket.get_ref());
+        assert!(has(&events, libc::EPOLLIN), "not registered for reading: {events:x?}");
+        assert!(!has(&events, libc::EPOLLOUT), "registered for writability: {events:x?}");
     }
 
     #[tokio::test]
     async fn a_write_that_finds_the_socket_full_waits_for_room_then_lets_go() {
         let (mut node, mut worker) = pair();
-        let sent: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
+        let sent: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
         let expected = sent.clone();
-        let socket = node.socket.get_ref().as_fd().try_clone_to_owned().unwrap();
+        let socket = node.socket.get_ref().try_clone().unwrap();
         let writer = tokio::spawn(async move {
             node.write_all(&sent).await.unwrap();
             node
@@ -161,13 +252,37 @@ mod tests {
         // The writer fills the socket and waits for room, registered for it.
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         let events = registered(&socket);
-        assert!(events.iter().any(|e| e & libc::EPOLLOUT as u32 != 0), "not waiting for room: {events:x?}");
+        assert!(has(&events, libc::EPOLLOUT), "not waiting for room: {events:x?}");
         let mut received = vec![0u8; expected.len()];
-        worker.read_exact(&mut received).await.unwrap();
+        within(worker.read_exact(&mut received)).await.unwrap();
         assert!(received == expected, "bytes lost or out of order");
-        let node = writer.await.unwrap();
-        assert!(node.room.is_none(), "still registered for writability after the write got through");
+        let mut node = within(writer).await.unwrap();
+        assert!(matches!(node.room, Room::Spare(_)), "still registered for writability after the write got through");
         let events = registered(&socket);
-        assert!(events.iter().all(|e| e & libc::EPOLLOUT as u32 == 0), "still registered for writability: {events:x?}");
+        assert!(!has(&events, libc::EPOLLOUT), "still registered for writability: {events:x?}");
+        // Letting go of the duplicate left the socket's own registration.
+        node.write_all(b"more").await.unwrap();
+        let mut more = [0u8; 4];
+        within(worker.read_exact(&mut more)).await.unwrap();
+        worker.write_all(b"back").await.unwrap();
+        within(node.read_exact(&mut more)).await.unwrap();
+        assert_eq!(&more, b"back");
+    }
+
+    #[tokio::test]
+    async fn a_closed_peer_is_an_end_for_the_reader_and_an_error_for_a_waiting_writer() {
+        let (mut node, worker) = pair();
+        let (mut other_node, mut other_worker) = pair();
+        let writer = tokio::spawn(async move { other_node.write_all(&vec![7u8; 1 << 20]).await });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        drop(worker);
+        let mut rest = Vec::new();
+        assert_eq!(within(node.read_to_end(&mut rest)).await.unwrap(), 0);
+        // The peer of a writer waiting for room goes away.
+        let mut some = [0u8; 10];
+        other_worker.read_exact(&mut some).await.unwrap();
+        drop(other_worker);
+        let err = within(writer).await.unwrap().unwrap_err();
+        assert!(matches!(err.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset), "{err:?}");
     }
 }

@@ -7,7 +7,7 @@
 //! It trusts nothing it receives beyond the protocol, and the node trusts
 //! nothing it says beyond the request it owns (see `pool`).
 
-pub mod channel;
+pub(crate) mod channel;
 pub mod protocol;
 pub mod zygote;
 
