@@ -4,7 +4,8 @@
 
 use nix::sys::resource::{setrlimit, Resource};
 
-/// Descriptors a worker needs: its socket, the snapshot, epoll, eventfds.
+/// Descriptors a worker needs: its socket (and the duplicate it waits for
+/// room on, `worker::channel`), the snapshot, epoll, eventfds.
 const FILES: u64 = 64;
 
 pub fn apply(threads_max: u64) -> Result<String, String> {

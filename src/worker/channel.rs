@@ -9,9 +9,9 @@
 //! woke the node's thread and the worker's once more for nothing, about a
 //! quarter of a worker's CPU per request on a two-core VM, where waking a
 //! thread on another CPU is an interprocessor interrupt. Here a write goes
-//! straight to the socket; only a write that finds it full registers (a
-//! duplicate descriptor, since epoll keeps one interest per descriptor)
-//! for writability, and only until it gets through.
+//! straight to the socket; only once one finds it full is a duplicate
+//! descriptor (epoll keeps one interest per descriptor) registered for
+//! writability, until a write gets all its bytes in.
 
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -36,10 +36,9 @@ pub struct Channel {
 enum Room {
     Spare(OwnedFd),
     /// Registered for writability: a write is waiting, or the last one
-    /// only got part of its bytes in (the next would most likely wait).
+    /// only got part of its bytes in (the socket is full).
     Waiting(AsyncFd<OwnedFd>),
-    /// While being moved between the two, or after registering failed
-    /// (then writes that must wait fail).
+    /// Only while being moved between the two.
     Gone,
 }
 
@@ -76,17 +75,22 @@ impl Channel {
             }
             match write(socket.get_ref()) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => room.wait(runtime)?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 written => return Poll::Ready(written),
             }
         }
     }
 
-    /// After a write of `wanted` bytes got `written` in: the duplicate
-    /// stays registered while writes only get part of their bytes in (the
-    /// next one would most likely wait again).
+    /// After a write of `wanted` bytes got `written` in. A short write on
+    /// a stream socket means it is full: the next write would only find
+    /// that out, so the duplicate is registered (or stays) now.
     fn settled(&mut self, written: usize, wanted: usize) {
         if written >= wanted {
             self.room.release();
+        } else if let Err(e) = self.room.wait(&self.runtime) {
+            // The bytes are in; the next write that must wait tries again
+            // and fails with this.
+            tracing::debug!(error = %e, "could not wait for room on the channel yet");
         }
     }
 }
@@ -97,16 +101,22 @@ impl Room {
         match std::mem::replace(self, Room::Gone) {
             Room::Spare(fd) => {
                 let _entered = runtime.enter();
-                // SAFETY: as in `Channel::new`: the AsyncFd owns the
-                // duplicate (which shares the socket's O_NONBLOCK).
-                *self = Room::Waiting(unsafe { AsyncFd::register_with_interest(fd, Interest::WRITABLE) }?);
+                // SAFETY: as in `Channel::new`: the AsyncFd owns the duplicate.
+                match unsafe { AsyncFd::register_with_interest(fd, Interest::WRITABLE) } {
+                    Ok(registered) => *self = Room::Waiting(registered),
+                    Err(e) => {
+                        let (fd, err) = e.into_parts();
+                        *self = Room::Spare(fd);
+                        return Err(err);
+                    }
+                }
                 Ok(())
             }
             waiting @ Room::Waiting(_) => {
                 *self = waiting;
                 Ok(())
             }
-            Room::Gone => Err(io::Error::other("the channel's spare descriptor is gone")),
+            Room::Gone => unreachable!("Room::Gone outlives a swap"),
         }
     }
 
@@ -127,19 +137,21 @@ impl AsyncRead for Channel {
             // Into the buffer's uninitialised part as it is: `Framed` hands
             // over a frame's whole reservation, and zeroing it on every read
             // costs the square of a large frame's size over the read size.
-            // SAFETY: read(2) writes at most `unfilled` bytes there and never
-            // reads them; the bytes it reports written are then initialised.
+            // SAFETY: read(2) writes at most `unfilled` bytes there, reads
+            // none and de-initialises none; the bytes it reports written are
+            // then initialised.
             let n = unsafe {
                 let target = buf.unfilled_mut();
                 libc::read(ready.get_inner().as_raw_fd(), target.as_mut_ptr().cast(), target.len())
             };
             if n < 0 {
                 let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::WouldBlock {
-                    ready.clear_ready();
-                    continue;
+                match err.kind() {
+                    io::ErrorKind::WouldBlock => ready.clear_ready(),
+                    io::ErrorKind::Interrupted => {}
+                    _ => return Poll::Ready(Err(err)),
                 }
-                return Poll::Ready(Err(err));
+                continue;
             }
             let n = n as usize;
             // SAFETY: the kernel initialised the first `n` bytes.
@@ -159,15 +171,17 @@ impl AsyncWrite for Channel {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let len = buf.len();
         let this = self.get_mut();
-        let written = ready!(this.poll_write_with(cx, |mut socket| socket.write(buf)));
-        Poll::Ready(written.inspect(|n| this.settled(*n, len)))
+        let written = ready!(this.poll_write_with(cx, |mut socket| socket.write(buf)))?;
+        this.settled(written, len);
+        Poll::Ready(Ok(written))
     }
 
     fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
         let len = bufs.iter().map(|b| b.len()).sum();
         let this = self.get_mut();
-        let written = ready!(this.poll_write_with(cx, |mut socket| socket.write_vectored(bufs)));
-        Poll::Ready(written.inspect(|n| this.settled(*n, len)))
+        let written = ready!(this.poll_write_with(cx, |mut socket| socket.write_vectored(bufs)))?;
+        this.settled(written, len);
+        Poll::Ready(Ok(written))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -212,7 +226,7 @@ mod tests {
 
     fn pair() -> (Channel, Channel) {
         let (a, b) = UnixStream::pair().unwrap();
-        // Small, so a few hundred KiB fill it on any host.
+        // Small, so a few KiB fill it on any host.
         nix::sys::socket::setsockopt(&a, nix::sys::socket::sockopt::SndBuf, &4096).unwrap();
         (Channel::new(a.into()).unwrap(), Channel::new(b.into()).unwrap())
     }
@@ -233,7 +247,6 @@ mod tests {
         let mut buf = [0u8; 7];
         within(worker.read_exact(&mut buf)).await.unwrap();
         assert_eq!(&buf, b"a frame");
-        // (mio's epoll shows up twice: tokio holds a duplicate of it.)
         let events = registered(node.socket.get_ref());
         assert!(has(&events, libc::EPOLLIN), "not registered for reading: {events:x?}");
         assert!(!has(&events, libc::EPOLLOUT), "registered for writability: {events:x?}");
@@ -249,7 +262,8 @@ mod tests {
             node.write_all(&sent).await.unwrap();
             node
         });
-        // The writer fills the socket and waits for room, registered for it.
+        // On the test's current-thread runtime the writer runs until it
+        // waits (for room, registered for it) before this task goes on.
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         let events = registered(&socket);
         assert!(has(&events, libc::EPOLLOUT), "not waiting for room: {events:x?}");
@@ -273,8 +287,10 @@ mod tests {
     async fn a_closed_peer_is_an_end_for_the_reader_and_an_error_for_a_waiting_writer() {
         let (mut node, worker) = pair();
         let (mut other_node, mut other_worker) = pair();
+        let waiting = other_node.socket.get_ref().try_clone().unwrap();
         let writer = tokio::spawn(async move { other_node.write_all(&vec![7u8; 1 << 20]).await });
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(has(&registered(&waiting), libc::EPOLLOUT), "the writer is not waiting for room");
         drop(worker);
         let mut rest = Vec::new();
         assert_eq!(within(node.read_to_end(&mut rest)).await.unwrap(), 0);
@@ -284,5 +300,40 @@ mod tests {
         drop(other_worker);
         let err = within(writer).await.unwrap().unwrap_err();
         assert!(matches!(err.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn frames_of_every_size_cross_in_both_directions_at_once() {
+        use futures::{SinkExt, StreamExt};
+        use tokio_util::codec::{Framed, LengthDelimitedCodec};
+        let (node, worker) = pair();
+        let codec = || LengthDelimitedCodec::builder().max_frame_length(8 << 20).new_codec();
+        let (node, mut worker) = (Framed::new(node, codec()), Framed::new(worker, codec()));
+        let frames: Vec<Vec<u8>> = [0usize, 1, 7, 4096, 65_537, 1 << 20, 3, 5 << 20]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (0..n).map(|j| (i * 31 + j % 253) as u8).collect())
+            .collect();
+        let echo = tokio::spawn(async move {
+            while let Some(frame) = worker.next().await {
+                worker.send(frame.unwrap().freeze()).await.unwrap();
+            }
+        });
+        let sending = frames.clone();
+        let (sink, mut stream) = node.split();
+        let send = tokio::spawn(async move {
+            let mut sink = sink;
+            for frame in sending {
+                sink.send(bytes::Bytes::from(frame)).await.unwrap();
+            }
+            sink
+        });
+        for frame in &frames {
+            let echoed = within(stream.next()).await.unwrap().unwrap();
+            assert!(echoed[..] == frame[..], "frame of {} bytes came back as {} bytes", frame.len(), echoed.len());
+        }
+        drop(within(send).await.unwrap());
+        drop(stream);
+        within(echo).await.unwrap();
     }
 }
