@@ -201,10 +201,13 @@ pub async fn closed_loop_targets(addr: SocketAddr, targets: &[Target], connectio
 }
 
 /// Open loop: `rate` requests per second for `duration`, spread over
-/// `connections` connections (each on its own fixed schedule). Latency is
-/// counted from when a request was *due*, not when it went out, so a
-/// stalled server is charged for the queue it causes (no coordinated
-/// omission). `next(i)` picks the target of the i-th request.
+/// `connections` connections (each on its own fixed schedule). A request
+/// the server held back (its connection's previous answer came after it
+/// was due) is counted from when it was *due*, so a stalled server is
+/// charged for the queue it causes (no coordinated omission); any other
+/// from when it went out, so the generator's own timer, which may fire a
+/// millisecond late, is not charged to the server. `next(i)` picks the
+/// target of the i-th request.
 pub async fn open_loop<F>(addr: SocketAddr, rate: f64, connections: usize, duration: Duration, next: F) -> (Histogram<u64>, Vec<u16>)
 where
     F: Fn(u64) -> Target + Send + Sync + 'static,
@@ -221,12 +224,15 @@ where
                 let (mut h, mut statuses) = (histogram(), Vec::new());
                 // Connections start staggered across one interval.
                 let offset = interval.mul_f64(c as f64 / connections as f64);
+                let mut answered = start;
                 for k in 0..per_connection {
                     let due = start + offset + interval * k as u32;
                     tokio::time::sleep_until(due).await;
-                    let (_, status) = client.try_send(&next(k * connections as u64 + c as u64)).await;
-                    h.record(due.elapsed().as_micros().max(1) as u64).unwrap();
+                    let (took, status) = client.try_send(&next(k * connections as u64 + c as u64)).await;
+                    let latency = if answered > due { due.elapsed() } else { took };
+                    h.record(latency.as_micros().max(1) as u64).unwrap();
                     statuses.push(status);
+                    answered = tokio::time::Instant::now();
                 }
                 (h, statuses)
             })
