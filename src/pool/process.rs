@@ -362,6 +362,7 @@ async fn io(
                         return violation;
                     }
                 }
+                Some(Err(e)) if peer_gone(&e) => return "exited".to_owned(),
                 Some(Err(e)) => return format!("protocol error: {e}"),
                 None => return "exited".to_owned(),
             }
@@ -369,7 +370,11 @@ async fn io(
     };
     let reason = tokio::select! {
         reason = reader => reason,
-        () = writer => "node side closed".to_owned(),
+        written = writer => match written {
+            Ok(()) => "node side closed".to_owned(),
+            Err(e) if peer_gone(&e) => "exited".to_owned(),
+            Err(e) => format!("writing to it failed: {e}"),
+        },
     };
     // Its exchanges end with it, upstream connections included.
     let exchanges = std::mem::take(&mut upstreams.lock().unwrap().map);
@@ -389,6 +394,12 @@ async fn io(
     shared.fail_all(&shared.crashed());
     // Reaped: its cgroup can go, its uid is free again.
     shared.lease.lock().unwrap().take();
+}
+
+/// The worker's end of the socket closed: its exit status says why, not
+/// the error the node's side got (a reset if it died with frames unread).
+fn peer_gone(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset)
 }
 
 /// Hands one frame to the request it belongs to; Err ends the worker.

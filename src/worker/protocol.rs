@@ -211,25 +211,21 @@ pub type NodeCodec = Codec<FromWorker, ToWorker>;
 pub type WorkerCodec = Codec<ToWorker, FromWorker>;
 
 /// Writes everything `rx` yields to `sink`, one flush (one write) per
-/// batch of messages ready at once rather than one per message.
-pub async fn write_batched<M, S>(mut rx: tokio::sync::mpsc::UnboundedReceiver<M>, mut sink: S, mut taken: impl FnMut(&M))
+/// batch of messages ready at once rather than one per message. Ends when
+/// `rx` closes, or with the sink's error.
+pub async fn write_batched<M, S>(mut rx: tokio::sync::mpsc::UnboundedReceiver<M>, mut sink: S, mut taken: impl FnMut(&M)) -> Result<(), S::Error>
 where
     S: futures::Sink<M> + Unpin,
 {
     use futures::SinkExt;
     while let Some(first) = rx.recv().await {
         taken(&first);
-        if sink.feed(first).await.is_err() {
-            return;
-        }
+        sink.feed(first).await?;
         while let Ok(more) = rx.try_recv() {
             taken(&more);
-            if sink.feed(more).await.is_err() {
-                return;
-            }
+            sink.feed(more).await?;
         }
-        if sink.flush().await.is_err() {
-            return;
-        }
+        sink.flush().await?;
     }
+    Ok(())
 }

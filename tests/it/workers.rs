@@ -205,6 +205,34 @@ async fn new_container_takes_a_prewarmed_worker_and_the_pool_refills() {
 }
 
 #[tokio::test]
+async fn a_worker_that_dies_while_the_node_waits_to_write_to_it_is_reported_by_its_exit() {
+    let mut config = workers_config();
+    config.http.body_bytes = 1 << 20;
+    let node = TestNode::with_config(config).await;
+    node.run("stuck", "", HELLO).await;
+    let supervisor = worker_pid(&node, "stuck").await.unwrap();
+    let children = std::fs::read_to_string(format!("/proc/{supervisor}/task/{supervisor}/children")).unwrap();
+    let engine: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    // A stopped worker reads nothing: a frame bigger than its socket holds
+    // leaves the node's write waiting for room.
+    // SAFETY: kill(2) on a worker process this test's node spawned.
+    assert_eq!(unsafe { libc::kill(engine, libc::SIGSTOP) }, 0);
+    let big = format!("{HELLO} //{}", "x".repeat(900 * 1024));
+    let request = node.run("stuck", "", &big);
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // SAFETY: as above; the stopped worker dies with its supervisor.
+        assert_eq!(unsafe { libc::kill(supervisor as i32, libc::SIGKILL) }, 0);
+    };
+    let (res, ()) = tokio::join!(request, kill);
+    assert_eq!(res.status, 502, "{}", res.text());
+    let v = res.json();
+    assert_eq!(v["code"], json!("worker_crashed"));
+    // Not "node side closed" or "connection reset": the worker's own end.
+    assert_eq!(v["reason"], json!("killed by signal 9"), "{v}");
+}
+
+#[tokio::test]
 async fn killed_worker_fails_only_its_request_and_is_replaced() {
     let node = TestNode::workers().await;
     node.run("victim", "", HELLO).await;
