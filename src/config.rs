@@ -3,6 +3,7 @@
 //!
 //! ```toml
 //! listen = "127.0.0.1:8080"
+//! threads = 4
 //!
 //! [http]
 //! body_bytes = 1048576
@@ -13,6 +14,7 @@
 //! ```
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::Path;
 
 use anyhow::Context as _;
@@ -22,13 +24,16 @@ use crate::egress::EgressConfig;
 use crate::engine::EngineConfig;
 use crate::jail::JailConfig;
 use crate::logs::LogsConfig;
-use crate::pool::PoolConfig;
+use crate::pool::{Mode, PoolConfig};
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address the HTTP API listens on.
     pub listen: SocketAddr,
+    /// Threads of the node's own runtime (HTTP, routing to workers, egress,
+    /// logs); see [`Config::node_threads`] for the default.
+    pub threads: Option<NonZeroUsize>,
     pub http: HttpConfig,
     pub engine: EngineConfig,
     pub workers: PoolConfig,
@@ -41,6 +46,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: ([127, 0, 0, 1], 8080).into(),
+            threads: None,
             http: HttpConfig::default(),
             engine: EngineConfig::default(),
             workers: PoolConfig::default(),
@@ -79,10 +85,46 @@ impl Config {
         Self::parse(&text).with_context(|| format!("in {}", path.display()))
     }
 
+    /// How many threads the node's runtime gets: `threads` if set, else one
+    /// per core in `in-process` mode, where the node's threads run the
+    /// guest code too, and half the cores (at least one) in `process` mode,
+    /// where the workers run it in their own processes on the same cores.
+    /// A node thread per core there competes with its own workers: on two
+    /// cores, one thread served 13% more requests per second than two
+    /// (`wrk -t2 -c32`, one container), at 20 instead of 25 µs of node CPU
+    /// per request.
+    pub fn node_threads(&self) -> usize {
+        if let Some(threads) = self.threads {
+            return threads.get();
+        }
+        let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+        match self.workers.mode {
+            Mode::Process => cores.div_ceil(2),
+            Mode::InProcess => cores,
+        }
+    }
+
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         let config: Config = toml::from_str(text)?;
         config.logs.validate().map_err(anyhow::Error::msg)?;
         config.engine.limits.validate().map_err(anyhow::Error::msg)?;
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_threads_leave_cores_to_workers_unless_set() {
+        let cores = std::thread::available_parallelism().unwrap().get();
+        let process = Config::default();
+        assert_eq!(process.node_threads(), cores.div_ceil(2));
+        let in_process = Config::parse("[workers]\nmode = \"in-process\"\n").unwrap();
+        assert_eq!(in_process.node_threads(), cores);
+        assert_eq!(Config::parse("threads = 3\n").unwrap().node_threads(), 3);
+        let err = Config::parse("threads = 0\n").unwrap_err();
+        assert!(format!("{err:#}").contains("threads"), "{err:#}");
     }
 }

@@ -17,8 +17,8 @@ use webtask::logs::Logs;
 use webtask::pool::Runner;
 use webtask::{Context, Engine};
 
-/// The node's hot path allocates small, short-lived buffers on two threads
-/// at once (HTTP parsing, frames to workers); glibc's allocator spent ~5 %
+/// The node's hot path allocates small, short-lived buffers on several
+/// threads at once (HTTP parsing, frames to workers); glibc's allocator spent ~5 %
 /// of the node's CPU there under load. V8 keeps its own allocators.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -109,14 +109,21 @@ fn main() -> anyhow::Result<()> {
         Command::Doctor { config } => return doctor(load(config)?),
         _ => {}
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = |threads: Option<usize>| {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if let Some(n) = threads {
+            builder.worker_threads(n);
+        }
+        builder.enable_all().build()
+    };
     match cli.command {
         Command::Serve { listen, config } => {
             let system = system.expect("installed for serve");
-            runtime.block_on(serve(load(config)?, listen, system))
+            let config = load(config)?;
+            runtime(Some(config.node_threads()))?.block_on(serve(config, listen, system))
         }
-        Command::Logs { container, url, since } => runtime.block_on(follow(container, url, since)),
-        Command::Run { file, data, config } => runtime.block_on(run_once(load(config)?, file, data)),
+        Command::Logs { container, url, since } => runtime(None)?.block_on(follow(container, url, since)),
+        Command::Run { file, data, config } => runtime(None)?.block_on(run_once(load(config)?, file, data)),
         Command::Zygote { .. } | Command::JailCheck { .. } | Command::Doctor { .. } => unreachable!("handled above"),
     }
 }

@@ -321,7 +321,10 @@ async fn io(
     egress: Egress,
 ) {
     let (sink, mut frames) = framed.split();
-    let writer = protocol::write_batched(out_rx, sink, |msg| out.taken(msg));
+    // Busy: another request of this worker is still out, so its
+    // container's traffic is concurrent and more frames are likely due.
+    let busy = || shared.pending.lock().unwrap().len() > 1;
+    let writer = protocol::write_batched(out_rx, sink, |msg| out.taken(msg), busy);
     let fetches = Arc::new(tokio::sync::Semaphore::new(MAX_FETCHES));
     let upstreams: Arc<Mutex<Upstreams>> = Arc::default();
     let reader = async {

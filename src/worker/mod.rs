@@ -102,7 +102,9 @@ async fn serve(socket: OwnedFd, spec: Spec, jail: Vec<crate::jail::LayerReport>)
     let (sink, mut frames) = framed.split();
 
     let (out, out_rx) = mpsc::unbounded_channel::<FromWorker>();
-    let writer = tokio::spawn(protocol::write_batched(out_rx, sink, |_| {}));
+    // On this one-thread runtime a woken task waits its turn behind those
+    // already woken, so answers batch up without waiting for one.
+    let writer = tokio::spawn(protocol::write_batched(out_rx, sink, |_| {}, || false));
 
     let (jobs, jobs_rx) = mpsc::unbounded_channel::<Job>();
     let (ready_tx, ready_rx) = oneshot::channel();
