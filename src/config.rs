@@ -89,10 +89,10 @@ impl Config {
     /// per core in `in-process` mode, where the node's threads run the
     /// guest code too, and half the cores (at least one) in `process` mode,
     /// where the workers run it in their own processes on the same cores.
-    /// A node thread per core there competes with its own workers: on two
-    /// cores, one thread served 13% more requests per second than two
-    /// (`wrk -t2 -c32`, one container), at 20 instead of 25 µs of node CPU
-    /// per request.
+    /// A node thread per core there competes with its own workers for the
+    /// same cores: on two cores, one thread spent 20–23 µs of CPU per
+    /// request against 24–27 µs for two (`wrk -t2 -c32`, one container,
+    /// runs alternated), at the same requests per second.
     pub fn node_threads(&self) -> usize {
         if let Some(threads) = self.threads {
             return threads.get();
