@@ -174,7 +174,8 @@ impl Inflight {
     pub fn fail_all(&mut self, culprit: Option<u32>, err: &Error, others: &Error) {
         let culprit = culprit
             .filter(|id| self.slots.contains_key(id))
-            .or_else(|| self.slots.iter().min_by_key(|(_, s)| s.cpu_start_ns).map(|(id, _)| *id));
+            // Requests started within one CPU reading tie: the first id wins.
+            .or_else(|| self.slots.iter().min_by_key(|(id, s)| (s.cpu_start_ns, **id)).map(|(id, _)| *id));
         for (id, mut slot) in self.slots.drain() {
             let e = if Some(id) == culprit { err } else { others };
             settle(&mut slot, Err(e.clone()));

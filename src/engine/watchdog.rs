@@ -26,7 +26,8 @@
 //!
 //! CPU time is the isolate thread's: requests of one container running
 //! concurrently in one isolate share it, and each is charged for the time
-//! the thread spent since it started.
+//! the thread spent since it started (since up to 20 µs before: the host
+//! reuses a recent reading of the clock, see `host::CPU_READING_REUSE`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::cell::RefCell;

@@ -321,8 +321,9 @@ async fn io(
     egress: Egress,
 ) {
     let (sink, mut frames) = framed.split();
-    // Busy: another request of this worker is still out, so its
-    // container's traffic is concurrent and more frames are likely due.
+    // Busy: another request of this worker is still out (running, or
+    // streaming its response), so its container's traffic is concurrent
+    // and more frames are likely due.
     let busy = || shared.pending.lock().unwrap().len() > 1;
     let writer = protocol::write_batched(out_rx, sink, |msg| out.taken(msg), busy);
     let fetches = Arc::new(tokio::sync::Semaphore::new(MAX_FETCHES));

@@ -215,12 +215,14 @@ pub type WorkerCodec = Codec<ToWorker, FromWorker>;
 /// `rx` closes, or with the sink's error.
 ///
 /// When `busy()` says more senders are at work, the first message of a
-/// batch waits for one scheduler turn, so that tasks woken together with
-/// its sender add theirs to the batch. Without it a multi-thread runtime
-/// runs this task straight after each sender (its LIFO slot): under load
-/// the node wrote one frame per `writev` and woke its worker once per
-/// request. Only when busy: a lone request would wait for the turn, an
-/// idle epoll poll, for nothing.
+/// batch yields before it is written: tokio defers a yielding task until
+/// its thread has run the tasks already woken (or, under load, until the
+/// runtime's next maintenance pass, 61 polls at most), so those woken
+/// together with its sender add theirs to the batch. Without it a
+/// multi-thread runtime runs this task straight after each sender (its
+/// LIFO slot): under load the node wrote one frame per `writev` and woke
+/// its worker once per request. Only when busy: a lone request would wait
+/// for an idle epoll poll for nothing.
 pub async fn write_batched<M, S>(
     mut rx: tokio::sync::mpsc::UnboundedReceiver<M>,
     mut sink: S,
@@ -283,7 +285,11 @@ mod tests {
     fn batches_of_woken_senders(busy: bool) -> Vec<Vec<u32>> {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
         let sink = Batches::default();
-        rt.block_on(async {
+        let sink_ = sink.clone();
+        // All on the runtime's one worker thread, so that every wake-up
+        // stays in its local queue, as on a node's thread under load.
+        let run = rt.spawn(async move {
+            let sink = sink_;
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             let writer = tokio::spawn(super::write_batched(rx, sink.clone(), |_| {}, move || busy));
             let go = Arc::new(tokio::sync::Barrier::new(9));
@@ -303,6 +309,7 @@ mod tests {
             drop(tx);
             writer.await.unwrap().unwrap();
         });
+        rt.block_on(run).unwrap();
         let batches = sink.0.lock().unwrap().1.clone();
         assert_eq!(batches.iter().flatten().count(), 8, "{batches:?}");
         batches
