@@ -175,57 +175,27 @@ impl Client {
     }
 }
 
-/// Threads the closed loop drives its connections from, as `wrk -t2`.
-pub const GENERATOR_THREADS: usize = 2;
-
 /// Closed loop over `targets` (connection i sends `targets[i % len]`).
-///
-/// Built as wrk is: [`GENERATOR_THREADS`] threads, each with its own
-/// single-threaded runtime and an equal share of the connections, so a
-/// request and its connection never wake each other across threads, as
-/// they could on a work-stealing runtime. On this 2-core machine every
-/// cycle the generator spends is one the server does not get.
 pub async fn closed_loop_targets(addr: SocketAddr, targets: &[Target], connections: usize, duration: Duration) -> (Histogram<u64>, u64, Duration) {
+    let deadline = Instant::now() + duration;
     let started = Instant::now();
-    let deadline = started + duration;
-    let threads: Vec<_> = (0..GENERATOR_THREADS.min(connections))
-        .map(|t| {
-            let mine: Vec<Target> =
-                (t..connections).step_by(GENERATOR_THREADS).map(|i| targets[i % targets.len()].clone()).collect();
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-                rt.block_on(async move {
-                    let tasks: Vec<_> = mine
-                        .into_iter()
-                        .map(|target| {
-                            tokio::spawn(async move {
-                                let mut client = Client::connect(addr).await;
-                                let mut h = histogram();
-                                while Instant::now() < deadline {
-                                    h.record(client.send(&target).await.as_micros().max(1) as u64).unwrap();
-                                }
-                                h
-                            })
-                        })
-                        .collect();
-                    let mut h = histogram();
-                    for t in tasks {
-                        h.add(t.await.unwrap()).unwrap();
-                    }
-                    h
-                })
+    let tasks: Vec<_> = (0..connections)
+        .map(|i| {
+            let target = targets[i % targets.len()].clone();
+            tokio::spawn(async move {
+                let mut client = Client::connect(addr).await;
+                let mut h = histogram();
+                while Instant::now() < deadline {
+                    h.record(client.send(&target).await.as_micros().max(1) as u64).unwrap();
+                }
+                h
             })
         })
         .collect();
-    let total = tokio::task::spawn_blocking(move || {
-        let mut total = histogram();
-        for t in threads {
-            total.add(t.join().expect("generator thread")).unwrap();
-        }
-        total
-    })
-    .await
-    .unwrap();
+    let mut total = histogram();
+    for t in tasks {
+        total.add(t.await.unwrap()).unwrap();
+    }
     let n = total.len();
     (total, n, started.elapsed())
 }
