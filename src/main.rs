@@ -17,9 +17,9 @@ use webtask::logs::Logs;
 use webtask::pool::Runner;
 use webtask::{Context, Engine};
 
-/// The node's hot path allocates small, short-lived buffers on several
-/// threads at once (HTTP parsing, frames to workers); glibc's allocator spent ~5 %
-/// of the node's CPU there under load. V8 keeps its own allocators.
+/// The node's hot path allocates small, short-lived buffers, on several
+/// threads at once (HTTP parsing, frames to workers); glibc's allocator
+/// spent ~5 % of the node's CPU there under load. V8 keeps its own.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
