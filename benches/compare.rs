@@ -87,10 +87,14 @@ enum Cell {
 impl Cell {
     fn values(&self) -> Option<(f64, f64, f64)> {
         let Cell::Runs(runs) = self else { return None };
-        let mut v: Vec<f64> = runs.iter().map(|r| r.value).collect();
-        v.sort_by(f64::total_cmp);
-        Some((v[v.len() / 2], v[0], v[v.len() - 1]))
+        spread(runs.iter().map(|r| r.value).collect())
     }
+}
+
+/// Median, min and max of `v`; None when it is empty.
+fn spread(mut v: Vec<f64>) -> Option<(f64, f64, f64)> {
+    v.sort_by(f64::total_cmp);
+    Some((*v.get(v.len() / 2)?, v[0], v[v.len() - 1]))
 }
 
 struct Row {
@@ -375,14 +379,10 @@ async fn wrk_spot_check() -> Value {
         theirs.extend(wrk["requests_per_s"].as_f64());
         runs.push(wrk);
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied()
-    };
-    let mut out = json!({"wrk_runs": runs, "builtin_requests_per_s": ours.clone()});
-    let builtin = median(&mut ours).unwrap_or(0.0);
-    out["builtin_median"] = json!(builtin.round());
-    if let Some(wrk) = median(&mut theirs).filter(|_| theirs.len() == SPOT_CHECK_ROUNDS) {
+    let builtin = spread(ours.clone()).map_or(0.0, |(median, ..)| median);
+    let mut out = json!({"wrk_runs": runs, "builtin_requests_per_s": ours, "builtin_median": builtin.round()});
+    let complete = theirs.len() == SPOT_CHECK_ROUNDS;
+    if let Some((wrk, ..)) = spread(theirs).filter(|_| complete) {
         let difference = (builtin - wrk).abs() / wrk;
         out["wrk_median"] = json!(wrk.round());
         out["difference"] = json!(difference);

@@ -212,26 +212,25 @@ pub async fn closed_loop_targets(addr: SocketAddr, targets: &[Target], connectio
                             })
                         })
                         .collect();
-                    let mut h = histogram();
-                    for t in tasks {
-                        h.add(t.await.unwrap()).unwrap();
-                    }
-                    h
+                    merged(futures::future::join_all(tasks).await.into_iter().map(Result::unwrap))
                 })
             })
         })
         .collect();
-    let total = tokio::task::spawn_blocking(move || {
-        let mut total = histogram();
-        for t in threads {
-            total.add(t.join().expect("generator thread")).unwrap();
-        }
-        total
-    })
-    .await
-    .unwrap();
+    let total = tokio::task::spawn_blocking(move || merged(threads.into_iter().map(|t| t.join().expect("generator thread"))))
+        .await
+        .unwrap();
     let n = total.len();
     (total, n, started.elapsed())
+}
+
+/// One histogram of all of `parts`' samples.
+fn merged(parts: impl IntoIterator<Item = Histogram<u64>>) -> Histogram<u64> {
+    let mut total = histogram();
+    for part in parts {
+        total.add(part).unwrap();
+    }
+    total
 }
 
 /// Open loop: `rate` requests per second for `duration`, spread over

@@ -60,8 +60,20 @@ impl Channel {
         Ok(Channel { socket, room: Room::Spare(spare), runtime: tokio::runtime::Handle::current() })
     }
 
-    /// Runs `write` until it gets through, waiting for room in between.
-    fn poll_write_with(&mut self, cx: &mut Context<'_>, mut write: impl FnMut(&UnixStream) -> io::Result<usize>) -> Poll<io::Result<usize>> {
+    /// Runs `write` (of `wanted` bytes) until it gets through, waiting for
+    /// room in between, then settles the room by how much got in.
+    fn poll_write_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        wanted: usize,
+        write: impl FnMut(&UnixStream) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
+        let written = ready!(self.poll_write_once(cx, write))?;
+        self.settled(written, wanted);
+        Poll::Ready(Ok(written))
+    }
+
+    fn poll_write_once(&mut self, cx: &mut Context<'_>, mut write: impl FnMut(&UnixStream) -> io::Result<usize>) -> Poll<io::Result<usize>> {
         let Channel { socket, room, runtime } = self;
         loop {
             if let Room::Waiting(waiting) = room {
@@ -169,19 +181,12 @@ impl AsyncRead for Channel {
 
 impl AsyncWrite for Channel {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let len = buf.len();
-        let this = self.get_mut();
-        let written = ready!(this.poll_write_with(cx, |mut socket| socket.write(buf)))?;
-        this.settled(written, len);
-        Poll::Ready(Ok(written))
+        self.get_mut().poll_write_with(cx, buf.len(), |mut socket| socket.write(buf))
     }
 
     fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        let len = bufs.iter().map(|b| b.len()).sum();
-        let this = self.get_mut();
-        let written = ready!(this.poll_write_with(cx, |mut socket| socket.write_vectored(bufs)))?;
-        this.settled(written, len);
-        Poll::Ready(Ok(written))
+        let wanted = bufs.iter().map(|b| b.len()).sum();
+        self.get_mut().poll_write_with(cx, wanted, |mut socket| socket.write_vectored(bufs))
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -285,13 +285,12 @@ mod tests {
     fn batches_of_woken_senders(busy: bool) -> Vec<Vec<u32>> {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).build().unwrap();
         let sink = Batches::default();
-        let sink_ = sink.clone();
+        let writes_to = sink.clone();
         // All on the runtime's one worker thread, so that every wake-up
         // stays in its local queue, as on a node's thread under load.
         let run = rt.spawn(async move {
-            let sink = sink_;
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            let writer = tokio::spawn(super::write_batched(rx, sink.clone(), |_| {}, move || busy));
+            let writer = tokio::spawn(super::write_batched(rx, writes_to, |_| {}, move || busy));
             let go = Arc::new(tokio::sync::Barrier::new(9));
             let senders: Vec<_> = (0..8)
                 .map(|i| {
