@@ -204,6 +204,21 @@ async fn new_container_takes_a_prewarmed_worker_and_the_pool_refills() {
     assert_eq!(spawned_after - spawned_before, 1.0);
 }
 
+/// Runs `request` while SIGKILL goes to worker `pid` `after` it starts;
+/// asserts the request failed as a crashed worker and returns its body.
+async fn crashed_by_kill(request: impl std::future::Future<Output = crate::support::Resp>, pid: u32, after: Duration) -> serde_json::Value {
+    let kill = async {
+        tokio::time::sleep(after).await;
+        // SAFETY: kill(2) on a worker process this test's node spawned.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    };
+    let (res, ()) = tokio::join!(request, kill);
+    assert_eq!(res.status, 502, "{}", res.text());
+    let v = res.json();
+    assert_eq!(v["code"], json!("worker_crashed"));
+    v
+}
+
 #[tokio::test]
 async fn a_worker_that_dies_while_the_node_waits_to_write_to_it_is_reported_by_its_exit() {
     let mut config = workers_config();
@@ -218,16 +233,8 @@ async fn a_worker_that_dies_while_the_node_waits_to_write_to_it_is_reported_by_i
     // SAFETY: kill(2) on a worker process this test's node spawned.
     assert_eq!(unsafe { libc::kill(engine, libc::SIGSTOP) }, 0);
     let big = format!("{HELLO} //{}", "x".repeat(900 * 1024));
-    let request = node.run("stuck", "", &big);
-    let kill = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        // SAFETY: as above; the stopped worker dies with its supervisor.
-        assert_eq!(unsafe { libc::kill(supervisor as i32, libc::SIGKILL) }, 0);
-    };
-    let (res, ()) = tokio::join!(request, kill);
-    assert_eq!(res.status, 502, "{}", res.text());
-    let v = res.json();
-    assert_eq!(v["code"], json!("worker_crashed"));
+    // The stopped worker dies with its supervisor.
+    let v = crashed_by_kill(node.run("stuck", "", &big), supervisor, Duration::from_millis(300)).await;
     // Not "node side closed" or "connection reset": the worker's own end.
     assert_eq!(v["reason"], json!("killed by signal 9"), "{v}");
 }
@@ -238,15 +245,7 @@ async fn killed_worker_fails_only_its_request_and_is_replaced() {
     node.run("victim", "", HELLO).await;
     let pid = worker_pid(&node, "victim").await.unwrap();
     let slow = node.run("victim", "", "return function (cb) { setTimeout(() => cb(null, 'late'), 2000); }");
-    let kill = async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        // SAFETY: kill(2) on a worker process this test's node spawned.
-        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
-    };
-    let (res, ()) = tokio::join!(slow, kill);
-    assert_eq!(res.status, 502, "{}", res.text());
-    let v = res.json();
-    assert_eq!(v["code"], json!("worker_crashed"));
+    let v = crashed_by_kill(slow, pid, Duration::from_millis(200)).await;
     assert_eq!(v["pid"], json!(pid));
     assert_eq!(v["reason"], json!("killed by signal 9"));
     // The next request gets a new worker.
