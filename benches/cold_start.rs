@@ -113,7 +113,7 @@ fn main() {
 }
 
 /// wrk runs per node for the workers / in-process ratio.
-const WRK_ROUNDS: usize = 3;
+const WRK_ROUNDS: usize = 5;
 
 /// The run with the median requests/s (wrk's own figures kept whole).
 fn median_run(mut runs: Vec<Value>) -> Value {

@@ -9,7 +9,9 @@
 //!
 //! Scenarios (rows): `warm`, `new-container`, `pool-miss`, `churn`,
 //! `code-change`, `noisy-neighbour`; each cell is the median of [`RUNS`]
-//! runs with their min–max, or the reason it cannot be measured. Written to
+//! runs with their min–max, or the reason it cannot be measured. The runs
+//! go in rounds (one of every system, then the next round), so every
+//! column of a row is measured across the same stretch of time. Written to
 //! `target/bench/report.json`, `report.md` and `new_container_cdf.svg`.
 //! `COMPARE_SCENARIOS` and `COMPARE_SYSTEMS` (comma-separated) narrow a run.
 
@@ -141,8 +143,11 @@ const NEW_CONTAINER_NOTE: &str = "webtask: 60 containers never seen, back to bac
      Node vm: a fresh context (every request); Node process: a fresh process (every request)";
 const NOISY_NOTE: &str = "open loop 100 req/s on the quiet container while another burns CPU to its limit and allocates to its memory limit";
 
-/// Runs `scenario` RUNS times per system; a system answers `Err` once to
-/// mark the cell not applicable.
+/// Runs `scenario` RUNS times per system, in rounds: one run of every
+/// system, then the next round. A slow spell of this shared VM then lands
+/// on every column alike instead of on whichever system ran during it, so
+/// the ratios between columns are read from runs made at the same time.
+/// A system answers `Err` once to mark its cell not applicable.
 async fn row<F, Fut>(
     scenario: &'static str,
     metric: &'static str,
@@ -155,34 +160,32 @@ where
     F: FnMut(System) -> Fut,
     Fut: std::future::Future<Output = Result<Run, String>>,
 {
-    let mut cells = Vec::new();
-    for system in SYSTEMS {
-        if !selected("COMPARE_SCENARIOS", scenario) || !selected("COMPARE_SYSTEMS", system.key()) {
-            cells.push((system, Cell::Na("not selected in this run".into())));
-            continue;
-        }
-        let mut runs = Vec::new();
-        let mut na = None;
-        for _ in 0..RUNS {
-            match run(system).await {
+    let mut cells: Vec<(System, Cell)> = SYSTEMS
+        .into_iter()
+        .map(|system| {
+            let chosen = selected("COMPARE_SCENARIOS", scenario) && selected("COMPARE_SYSTEMS", system.key());
+            (system, if chosen { Cell::Runs(Vec::new()) } else { Cell::Na("not selected in this run".into()) })
+        })
+        .collect();
+    for _ in 0..RUNS {
+        for (system, cell) in &mut cells {
+            let Cell::Runs(runs) = cell else { continue };
+            // The system before may have left workers or processes the
+            // kernel is still tearing down; that is not this run's cost.
+            common::settle(Duration::from_secs(10)).await;
+            match run(*system).await {
                 Ok(r) => runs.push(r),
-                Err(why) => {
-                    na = Some(why);
-                    break;
-                }
+                Err(why) => *cell = Cell::Na(why),
             }
         }
-        let cell = match na {
-            Some(why) => Cell::Na(why),
-            None => Cell::Runs(runs),
-        };
+    }
+    for (system, cell) in &cells {
         match cell.values() {
             Some((median, min, max)) => {
                 println!("{scenario:16} {:22} {median:>10.2} {unit} ({min:.2}–{max:.2})", system.title())
             }
             None => println!("{scenario:16} {:22} n/a", system.title()),
         }
-        cells.push((system, cell));
     }
     Row { scenario, metric, unit, higher_is_better, note, cells }
 }
@@ -613,7 +616,7 @@ fn report_md(rows: &[Row], peers: &Peers, wrk: &Value) -> String {
         m["commit"].as_str().unwrap_or("?"),
         versions(peers).as_object().unwrap().iter().map(|(k, v)| format!("{k} {}", v.as_str().unwrap_or("?"))).collect::<Vec<_>>().join(", ")
     );
-    md += &format!("Reproduce: `make bench` (or `cargo bench --bench compare`). Each cell: median of {RUNS} runs (min–max); \
+    md += &format!("Reproduce: `make bench` (or `cargo bench --bench compare`). Each cell: median of {RUNS} runs (min–max), made in rounds across the systems; \
                     peer cells also compare webtask with that peer.\n\n");
     md += "| scenario | metric |";
     for s in SYSTEMS {
