@@ -41,15 +41,20 @@ struct Outbox {
     queued: Arc<AtomicUsize>,
 }
 
+/// The worker's frame writer has ended (the worker is gone or going).
+#[derive(Debug)]
+struct WriterGone;
+
 impl Outbox {
     fn new() -> (Outbox, mpsc::UnboundedReceiver<ToWorker>) {
         let (tx, rx) = mpsc::unbounded_channel();
         (Outbox { tx, queued: Arc::default() }, rx)
     }
 
-    fn send(&self, msg: ToWorker) -> Result<(), mpsc::error::SendError<ToWorker>> {
+    /// Queues `msg`; `Err` once the worker's writer is gone.
+    fn send(&self, msg: ToWorker) -> Result<(), WriterGone> {
         self.queued.fetch_add(weight(&msg), Ordering::Relaxed);
-        self.tx.send(msg)
+        self.tx.send(msg).map_err(|_| WriterGone)
     }
 
     fn taken(&self, msg: &ToWorker) {

@@ -254,9 +254,12 @@ mod tests {
     use std::sync::{Arc, Mutex};
     use std::task::{Context, Poll};
 
+    /// Items sent and not yet flushed, and each flushed batch.
+    type Recorded = (Vec<u32>, Vec<Vec<u32>>);
+
     /// Records the batches it was flushed in.
     #[derive(Clone, Default)]
-    struct Batches(Arc<Mutex<(Vec<u32>, Vec<Vec<u32>>)>>);
+    struct Batches(Arc<Mutex<Recorded>>);
 
     impl futures::Sink<u32> for Batches {
         type Error = std::convert::Infallible;

@@ -81,9 +81,7 @@ async fn memory_limit_through_the_library() {
 
 #[tokio::test]
 async fn least_recently_used_container_is_retired_at_the_cap() {
-    let mut config = EngineConfig::default();
-    config.max_isolates = 2;
-    let engine = Engine::new(config);
+    let engine = Engine::new(EngineConfig { max_isolates: 2, ..Default::default() });
     let code = "return function (cb) { global.n = (global.n || 0) + 1; cb(null, global.n); }";
     for c in ["a", "b", "a"] {
         engine.run_in(c, code, Context::new()).await.unwrap();
