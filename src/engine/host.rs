@@ -209,17 +209,13 @@ impl Host {
         Ok(self.isolate.as_mut().unwrap())
     }
 
-    fn cpu_start(&mut self) -> u64 {
-        cpu_mark(&self.guard, &mut self.cpu_read)
-    }
-
     /// Starts `job`; returns its id in the isolate.
     fn start(&mut self, job: Job) -> Option<u32> {
         if self.guard.killed().is_some() {
             // Killed after its last request finished: start clean.
             self.discard(&Error::internal("isolate killed while idle"), None);
         }
-        let cpu_start = self.cpu_start();
+        let cpu_start = cpu_mark(&self.guard, &mut self.cpu_read);
         let deadline = Instant::now() + std::time::Duration::from_millis(self.limits.wall_ms);
         let guard = self.guard.clone();
         if job.container != self.container {
