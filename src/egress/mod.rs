@@ -108,10 +108,13 @@ impl Egress {
 
     /// Whether a tenant may connect to `addr`.
     pub fn permits(&self, addr: SocketAddr) -> bool {
-        if self.node.iter().any(|n| n.port() == addr.port() && (n.ip() == addr.ip() || n.ip().is_unspecified())) {
+        // Every comparison is on the canonical form: `[::ffff:127.0.0.1]`
+        // reaches what `127.0.0.1` does, so it must be refused as that.
+        let ip = canonical(addr.ip());
+        let is_node = |n: &SocketAddr| n.port() == addr.port() && (canonical(n.ip()) == ip || n.ip().is_unspecified());
+        if self.node.iter().any(is_node) {
             return false;
         }
-        let ip = canonical(addr.ip());
         let allowed = self.allow.iter().any(|a| match a {
             Allowed::Net(net) => net.contains(&ip),
             Allowed::Addr(sa) => canonical(sa.ip()) == ip && sa.port() == addr.port(),
@@ -230,7 +233,9 @@ impl Egress {
             .map_err(|e| FetchError::new("egress_failed", format!("cannot resolve {host}: {e}")).with_syscode("ENOTFOUND"))?
             .collect();
         if let Some(ok) = addrs.iter().find(|a| self.permits(**a)) {
-            return Ok(*ok);
+            // Connected to as checked: an IPv4-mapped address as the IPv4
+            // address it is, so the socket is the one the policy judged.
+            return Ok(SocketAddr::new(canonical(ok.ip()), ok.port()));
         }
         let named = addrs.first().map(|a| a.to_string()).unwrap_or_else(|| host.to_owned());
         Err(FetchError::new("egress_denied", format!("egress to {named} is not allowed")))
@@ -474,9 +479,17 @@ mod tests {
 
     #[test]
     fn the_node_itself_is_never_reachable() {
-        let e = egress(&["127.0.0.0/8"]);
+        let e = egress(&["127.0.0.0/8", "::ffff:127.0.0.0/104"]);
         assert!(!e.permits("127.0.0.1:8080".parse().unwrap()));
+        // The same socket, written as an IPv4-mapped IPv6 address.
+        assert!(!e.permits("[::ffff:127.0.0.1]:8080".parse().unwrap()));
+        assert!(!e.permits("[::ffff:7f00:1]:8080".parse().unwrap()));
         assert!(e.permits("127.0.0.1:8081".parse().unwrap()));
+        assert!(e.permits("[::ffff:127.0.0.1]:8081".parse().unwrap()));
+        // A node listening on a mapped address is refused as IPv4 too.
+        let config = EgressConfig { allow: vec!["127.0.0.0/8".into()], ..Default::default() };
+        let mapped = Egress::new(&config, vec!["[::ffff:127.0.0.1]:9090".parse().unwrap()]).unwrap();
+        assert!(!mapped.permits("127.0.0.1:9090".parse().unwrap()));
     }
 
     #[test]

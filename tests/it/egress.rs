@@ -153,6 +153,14 @@ async fn the_node_itself_is_never_reachable() {
     let url = node.url("/healthz");
     let res = node.run("egress", &format!("?url={url}"), CATCH).await;
     assert_eq!(res.json()["code"], json!("egress_denied"), "{}", res.text());
+    // Nor by another spelling of its address: IPv4-mapped IPv6, which the
+    // allowed range covers once canonical.
+    let port = node.addr.port();
+    for host in ["[::ffff:127.0.0.1]", "[::ffff:7f00:1]"] {
+        let encoded = host.replace('[', "%5B").replace(']', "%5D");
+        let res = node.run("egress", &format!("?url=http://{encoded}:{port}/healthz"), CATCH).await;
+        assert_eq!(res.json()["code"], json!("egress_denied"), "{host}: {}", res.text());
+    }
 }
 
 #[tokio::test]
