@@ -68,13 +68,23 @@ pub struct HttpConfig {
     /// Time a client has to send a complete request head; also how long an
     /// idle keep-alive connection is kept.
     pub header_timeout_ms: u64,
+    /// Time a client has, once the head is in, to send the whole request
+    /// body; past it the request gets `408 body_timeout`. Bounds how long a
+    /// stalled upload holds up to `body_bytes` of the node's memory.
+    pub body_timeout_ms: u64,
     /// How long shutdown waits for requests in flight.
     pub shutdown_grace_ms: u64,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { body_bytes: 1024 * 1024, header_bytes: 16 * 1024, header_timeout_ms: 10_000, shutdown_grace_ms: 10_000 }
+        HttpConfig {
+            body_bytes: 1024 * 1024,
+            header_bytes: 16 * 1024,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            shutdown_grace_ms: 10_000,
+        }
     }
 }
 

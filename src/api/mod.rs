@@ -75,9 +75,9 @@ impl Node {
     }
 }
 
-/// Serves the API on `listener` until `shutdown` resolves, then stops
-/// accepting, reports draining, and waits up to the grace period for
-/// requests in flight.
+/// Serves the API on `listener` until `shutdown` resolves, then reports
+/// draining, closes `listener` (answering connections already queued on it
+/// `503 draining`), and waits up to the grace period for requests in flight.
 pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: impl std::future::Future<Output = ()>) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -91,6 +91,9 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: impl std::f
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
+            // Shutdown first: what is queued then is answered `draining`.
+            biased;
+            _ = &mut shutdown => break,
             conn = listener.accept() => match conn {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -100,7 +103,6 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: impl std::f
                     continue;
                 }
             },
-            _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
         let node = node.clone();
@@ -112,10 +114,53 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: impl std::f
         });
     }
     node.start_draining();
+    // Draining closes the listening socket rather than keep it open to
+    // answer 503: a connection refused is what a load balancer or proxy
+    // retries on another node for any request, a POST included, since
+    // nothing was sent (a 503 to a POST it passes on to the client); a
+    // health check fails at once just the same; and the port is free for
+    // the node that replaces this one (`systemctl restart`, a new
+    // deployment) while this one still finishes its requests. Connections
+    // the kernel already accepted into the backlog are not reset: each
+    // gets `503 draining` with `Connection: close`.
+    let queued = answer_queued(&builder, listener);
     let grace = Duration::from_millis(node.http.shutdown_grace_ms);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    let drained = async {
+        graceful.shutdown().await;
+        queued.join_all().await;
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!("shutdown grace period over; closing remaining connections");
     }
+}
+
+/// Takes every connection already queued on `listener`, answers each
+/// `503 draining` (in the tasks returned), and closes `listener`.
+fn answer_queued(builder: &hyper::server::conn::http1::Builder, listener: TcpListener) -> tokio::task::JoinSet<()> {
+    let mut queued = tokio::task::JoinSet::new();
+    // The std listener keeps tokio's non-blocking mode: `accept` takes what
+    // is queued and stops at `WouldBlock`; dropping it closes the socket.
+    let Ok(listener) = listener.into_std() else { return queued };
+    while let Ok((stream, _)) = listener.accept() {
+        let Ok(stream) = stream.set_nonblocking(true).and_then(|()| tokio::net::TcpStream::from_std(stream)) else {
+            continue;
+        };
+        let conn = builder.serve_connection(TokioIo::new(stream), service_fn(draining));
+        queued.spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    queued
+}
+
+/// The answer to a request that came in after draining began.
+async fn draining(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let mut res = match req.uri().path() {
+        "/healthz" => reply::health(true),
+        _ => reply::json(503, &serde_json::json!({"code": "draining", "error": "the node is shutting down; retry on another"})),
+    };
+    res.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+    Ok(res)
 }
 
 async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {

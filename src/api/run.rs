@@ -3,7 +3,7 @@
 //! or a JSON envelope `{"code", "data", "secrets", "meta"}`.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, Request, Response};
@@ -13,7 +13,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::{reply, Body, Node};
-use crate::engine::{valid_container, Code, Context, Error};
+use crate::engine::console::truncate;
+use crate::engine::{valid_container, Code, Context, Error, ScriptError};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,7 +47,9 @@ pub async fn handle(node: &Node, container: String, req: Request<Incoming>) -> R
                 // into the system log record.
                 // The message is the node's own words: a script error's text
                 // is the guest's, and goes in the figures (as `error_message`).
-                let figures = serde_json::to_string(&err).unwrap_or_default();
+                // The guest's own text in it is cut short: a guest could
+                // otherwise write ~200 KB into the node's log per request.
+                let figures = serde_json::to_string(&guest_text_cut(&err)).unwrap_or_default();
                 let msg: std::borrow::Cow<'_, str> = match &err {
                     Error::Script(_) => "script error".into(),
                     Error::SyntaxError { .. } => "syntax error".into(),
@@ -54,7 +57,12 @@ pub async fn handle(node: &Node, container: String, req: Request<Incoming>) -> R
                 };
                 tracing::warn!(container, req_id = &*req_id, code = err.code(), figures, "{msg}");
             }
-            reply::error(&err)
+            let mut res = reply::error(&err);
+            if let Error::BodyTimeout { .. } = err {
+                // The rest of the body may still come; no request follows it.
+                res.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+            }
+            res
         }
     };
     node.metrics.observe(response.status().as_u16(), started.elapsed());
@@ -68,7 +76,7 @@ async fn run(node: &Node, container: &str, req: Request<Incoming>, req_id: Arc<s
         )));
     }
     let (parts, body) = req.into_parts();
-    let body = read_body(&parts, body, node.http.body_bytes).await?;
+    let body = read_body(&parts, body, node.http.body_bytes, node.http.body_timeout_ms).await?;
     let media = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mut context = Context {
         query: parts.uri.query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default(),
@@ -103,16 +111,69 @@ fn is_json(media: &str) -> bool {
     media.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
 }
 
-/// Reads the body up to `limit` bytes: a declared length over the limit is
-/// refused before reading, a streamed one as soon as it passes the limit.
-async fn read_body(parts: &http::request::Parts, body: Incoming, limit: u64) -> Result<Bytes, Error> {
+/// Reads the body up to `limit` bytes within `timeout_ms`: a declared
+/// length over the limit is refused before reading, a streamed one as soon
+/// as it passes the limit, and one still incomplete after `timeout_ms`
+/// (a client that stalls mid-body) is `body_timeout`.
+async fn read_body(parts: &http::request::Parts, body: Incoming, limit: u64, timeout_ms: u64) -> Result<Bytes, Error> {
     let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(Error::BodyLimit { limit_bytes: limit });
     }
-    match Limited::new(body, limit as usize).collect().await {
+    let read = Limited::new(body, limit as usize).collect();
+    let Ok(read) = tokio::time::timeout(Duration::from_millis(timeout_ms), read).await else {
+        return Err(Error::BodyTimeout { limit_ms: timeout_ms });
+    };
+    match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Error::BodyLimit { limit_bytes: limit }),
         Err(e) => Err(Error::bad_request(format!("could not read request body: {e}"))),
+    }
+}
+
+/// Longest guest-written text (each of a script error's name, message,
+/// stack and details; a syntax error's message) the node's own log record
+/// of an error keeps. The caller's response keeps it whole.
+const LOGGED_GUEST_TEXT: usize = 1024;
+
+/// `err` with the text its guest wrote cut to `LOGGED_GUEST_TEXT` bytes
+/// each, marked `… [truncated N bytes]`, for the node's log.
+fn guest_text_cut(err: &Error) -> std::borrow::Cow<'_, Error> {
+    let cut = |s: &str| truncate(s, LOGGED_GUEST_TEXT).into_owned();
+    match err {
+        Error::Script(e) => std::borrow::Cow::Owned(Error::Script(ScriptError {
+            name: e.name.as_deref().map(cut),
+            message: cut(&e.message),
+            stack: e.stack.as_deref().map(cut),
+            details: cut(&e.details),
+        })),
+        Error::SyntaxError { message, line, column } => {
+            std::borrow::Cow::Owned(Error::SyntaxError { message: cut(message), line: *line, column: *column })
+        }
+        err => std::borrow::Cow::Borrowed(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_node_log_keeps_a_kilobyte_of_each_guest_text() {
+        let long = "a".repeat(64 * 1024);
+        let err = Error::Script(ScriptError {
+            name: Some(long.clone()),
+            message: long.clone(),
+            stack: Some(long.clone()),
+            details: long.clone(),
+        });
+        let figures = serde_json::to_value(guest_text_cut(&err)).unwrap();
+        assert_eq!(figures["code"], "script_error");
+        for key in ["name", "message", "stack", "details"] {
+            let s = figures[key].as_str().unwrap();
+            assert!(s.starts_with(&"a".repeat(LOGGED_GUEST_TEXT)) && s.ends_with(&format!("… [truncated {} bytes]", 63 * 1024)), "{key}: {s}");
+        }
+        let limit = Error::CpuLimit { limit_ms: 50, used_ms: 51 };
+        assert!(matches!(guest_text_cut(&limit), std::borrow::Cow::Borrowed(_)));
     }
 }

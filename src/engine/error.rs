@@ -6,6 +6,10 @@
 use serde::{Deserialize, Serialize};
 
 /// Why a webtask run did not produce a response.
+///
+/// The JSON `code` of every variant is its [`Error::code`]: where the
+/// snake_case variant name differs, a `rename` says so (a test holds them
+/// equal).
 #[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
 #[serde(tag = "code", rename_all = "snake_case")]
 pub enum Error {
@@ -15,6 +19,7 @@ pub enum Error {
 
     /// The code threw, rejected, or passed an error to its callback.
     #[error("script error: {}", .0.details)]
+    #[serde(rename = "script_error")]
     Script(ScriptError),
 
     /// The request is malformed (bad container name, unreadable body...).
@@ -24,6 +29,10 @@ pub enum Error {
     /// The request body is larger than the node accepts.
     #[error("request body exceeds {limit_bytes} bytes")]
     BodyLimit { limit_bytes: u64 },
+
+    /// The client did not send the whole request body in time.
+    #[error("request body not received within {limit_ms} ms")]
+    BodyTimeout { limit_ms: u64 },
 
     /// The request used more CPU time than allowed.
     #[error("CPU limit of {limit_ms} ms exceeded ({used_ms} ms used)")]
@@ -61,6 +70,7 @@ pub enum Error {
 
     /// The engine itself failed; never caused by guest code alone.
     #[error("internal error: {message}")]
+    #[serde(rename = "internal_error")]
     Internal { message: String },
 }
 
@@ -86,6 +96,7 @@ impl Error {
             Error::Script(_) => "script_error",
             Error::BadRequest { .. } => "bad_request",
             Error::BodyLimit { .. } => "body_limit",
+            Error::BodyTimeout { .. } => "body_timeout",
             Error::CpuLimit { .. } => "cpu_limit",
             Error::WallLimit { .. } => "wall_limit",
             Error::MemoryLimit { .. } => "memory_limit",
@@ -105,6 +116,7 @@ impl Error {
             Error::WorkerCrashed { .. } => 502,
             Error::NoWorker { .. } => 503,
             Error::BodyLimit { .. } => 413,
+            Error::BodyTimeout { .. } => 408,
             Error::ConcurrencyLimit { .. } => 429,
             Error::WallLimit { .. } => 504,
             Error::Script(_)
@@ -124,6 +136,7 @@ impl Error {
             | Error::MemoryLimit { .. }
             | Error::ResponseLimit { .. }
             | Error::BodyLimit { .. }
+            | Error::BodyTimeout { .. }
             | Error::ConcurrencyLimit { .. } => Some(self.code()),
             _ => None,
         }
@@ -135,5 +148,64 @@ impl Error {
 
     pub(crate) fn bad_request(message: impl std::fmt::Display) -> Self {
         Error::BadRequest { message: message.to_string() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One value of every variant. The match has no wildcard: a new variant
+    /// does not compile until it is listed here too.
+    fn one_of_each() -> Vec<Error> {
+        let script = ScriptError { name: Some("Error".into()), message: "m".into(), stack: None, details: "Error: m".into() };
+        let all = vec![
+            Error::SyntaxError { message: "m".into(), line: 1, column: 2 },
+            Error::Script(script),
+            Error::bad_request("m"),
+            Error::BodyLimit { limit_bytes: 1 },
+            Error::BodyTimeout { limit_ms: 1 },
+            Error::CpuLimit { limit_ms: 1, used_ms: 2 },
+            Error::WallLimit { limit_ms: 1 },
+            Error::MemoryLimit { limit_mb: 1 },
+            Error::ResponseLimit { limit_bytes: 1 },
+            Error::ConcurrencyLimit { limit: 1 },
+            Error::IsolateRecycled { reason: "r".into() },
+            Error::WorkerCrashed { pid: 1, reason: "r".into() },
+            Error::NoWorker { limit: 1 },
+            Error::internal("m"),
+        ];
+        for err in &all {
+            match err {
+                Error::SyntaxError { .. }
+                | Error::Script(_)
+                | Error::BadRequest { .. }
+                | Error::BodyLimit { .. }
+                | Error::BodyTimeout { .. }
+                | Error::CpuLimit { .. }
+                | Error::WallLimit { .. }
+                | Error::MemoryLimit { .. }
+                | Error::ResponseLimit { .. }
+                | Error::ConcurrencyLimit { .. }
+                | Error::IsolateRecycled { .. }
+                | Error::WorkerCrashed { .. }
+                | Error::NoWorker { .. }
+                | Error::Internal { .. } => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn json_code_is_code_and_round_trips() {
+        let all = one_of_each();
+        let codes: std::collections::HashSet<_> = all.iter().map(Error::code).collect();
+        assert_eq!(codes.len(), all.len(), "two variants share a code");
+        for err in all {
+            let v = serde_json::to_value(&err).unwrap();
+            assert_eq!(v["code"].as_str(), Some(err.code()), "{v}");
+            // The worker protocol sends errors as this JSON.
+            assert_eq!(serde_json::from_value::<Error>(v).unwrap(), err);
+        }
     }
 }
