@@ -328,6 +328,9 @@ impl Host {
     /// Drops the isolate: `culprit` (else the oldest request) fails with
     /// `err`, every other request still in it with `isolate_recycled`.
     fn discard(&mut self, err: &Error, culprit: Option<u32>) {
+        // Whatever a kill was waiting for has landed: tearing down a large
+        // heap is not an overrun.
+        self.guard.landed();
         if let Some(isolate) = self.isolate.take() {
             // Gone before anyone hears of it: a caller that sees the error
             // never finds the old isolate still counted or still running.

@@ -36,6 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use error::{Error, ScriptError};
 pub use request::{Context, Output, Reply, ReplyBody};
 pub use host::Permit;
+pub(crate) use watchdog::{on_overrun, Kill};
 
 use host::Job;
 

@@ -45,6 +45,13 @@ const MAX_SLEEP: Duration = Duration::from_millis(50);
 /// Time without any request in flight before the watchdog parks; until
 /// then a request starting needs no wake-up.
 const IDLE_BEFORE_PARK: Duration = Duration::from_millis(200);
+/// CPU time an isolate thread may spend after its stop was requested before
+/// the stop counts as one that cannot land (see [`on_overrun`]). A stop
+/// lands within microseconds at V8's next check; only a long native
+/// built-in (a typed array's sort of millions of elements) runs on.
+const OVERRUN_GRACE: Duration = Duration::from_millis(100);
+/// `kill_cpu` once the host has seen its kill: nothing left to land.
+const LANDED: u64 = u64::MAX;
 
 /// Why the watchdog (or the heap-limit callback) stopped an isolate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +71,26 @@ pub struct CpuGuard {
     isolate: Mutex<Option<v8::IsolateHandle>>,
     kill: Mutex<Option<Kill>>,
     killed: AtomicBool,
+    /// This thread's CPU clock when the stop was requested; [`LANDED`] once
+    /// the host has seen it land.
+    kill_cpu: AtomicU64,
+}
+
+/// What a process does with a stop that cannot land: see [`on_overrun`].
+type OverrunHook = Box<dyn Fn(Kill, u64) + Send + Sync>;
+static OVERRUN: OnceLock<OverrunHook> = OnceLock::new();
+
+/// Sets, once per process, what happens when an isolate thread has run
+/// [`OVERRUN_GRACE`] of CPU past a requested stop: V8 lands a stop only in
+/// JavaScript, and a native built-in may run for seconds before it returns
+/// there. The hook gets the kill and the CPU used, in ms, by the oldest
+/// request (what a CPU limit is measured on); it runs on the watchdog
+/// thread while the isolate thread still runs. A worker process reports
+/// the limit and ends itself. Without a hook (an embedded engine, whose
+/// threads cannot be stopped from outside) the overrun is logged and the
+/// isolate thread runs on until the built-in returns.
+pub fn on_overrun(hook: impl Fn(Kill, u64) + Send + Sync + 'static) {
+    let _ = OVERRUN.set(Box::new(hook));
 }
 
 impl CpuGuard {
@@ -76,6 +103,7 @@ impl CpuGuard {
             isolate: Mutex::new(None),
             kill: Mutex::new(None),
             killed: AtomicBool::new(false),
+            kill_cpu: AtomicU64::new(LANDED),
         });
         watchdog().register(&guard);
         CURRENT.with(|c| *c.borrow_mut() = Arc::downgrade(&guard));
@@ -91,7 +119,14 @@ impl CpuGuard {
     /// Forgets a kill once its isolate is gone.
     pub fn reset(&self) {
         *self.kill.lock().unwrap() = None;
+        self.kill_cpu.store(LANDED, Ordering::Release);
         self.killed.store(false, Ordering::Release);
+    }
+
+    /// The host has seen the kill land: what the thread does next (tearing
+    /// the isolate down, however large its heap) is no overrun.
+    pub fn landed(&self) {
+        self.kill_cpu.store(LANDED, Ordering::Release);
     }
 
     /// This thread's CPU time now, in ns.
@@ -121,6 +156,7 @@ impl CpuGuard {
         let mut slot = self.kill.lock().unwrap();
         if slot.is_none() {
             *slot = Some(kill);
+            self.kill_cpu.store(self.now_ns(), Ordering::Release);
         }
         drop(slot);
         self.killed.store(true, Ordering::Release);
@@ -145,8 +181,9 @@ impl CpuGuard {
             return None;
         }
         if self.killed.load(Ordering::Acquire) {
-            // Stopping already: the request ends as soon as V8 lands it.
-            return Some(self.budget());
+            // Stopping already: the request ends as soon as V8 lands it,
+            // unless a native built-in keeps it from landing.
+            return Some(self.overrun_check());
         }
         let used = self.now_ns().saturating_sub(start - 1);
         if used > self.limit_ns {
@@ -158,6 +195,35 @@ impl CpuGuard {
 
     fn budget(&self) -> Duration {
         Duration::from_nanos(self.limit_ns)
+    }
+
+    /// A stop requested and not seen to land: past [`OVERRUN_GRACE`] of the
+    /// thread's CPU, the process's overrun hook runs (once). How long until
+    /// the next look.
+    fn overrun_check(&self) -> Duration {
+        let since = self.kill_cpu.load(Ordering::Acquire);
+        if since == LANDED {
+            return self.budget();
+        }
+        let now = self.now_ns();
+        let after = Duration::from_nanos(now.saturating_sub(since));
+        if after < OVERRUN_GRACE {
+            return OVERRUN_GRACE - after;
+        }
+        // Once per kill: the next look finds it marked as landed.
+        if self.kill_cpu.compare_exchange(since, LANDED, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return self.budget();
+        }
+        let Some(kill) = *self.kill.lock().unwrap() else { return self.budget() };
+        let used_ms = match kill {
+            Kill::Cpu { start_ns, .. } => now.saturating_sub(start_ns).div_ceil(1_000_000),
+            Kill::Memory { .. } => 0,
+        };
+        match OVERRUN.get() {
+            Some(hook) => hook(kill, used_ms),
+            None => tracing::warn!(?kill, used_ms, "a stop could not land within {OVERRUN_GRACE:?} of CPU: a native built-in is running; the isolate stops when it returns"),
+        }
+        self.budget()
     }
 }
 

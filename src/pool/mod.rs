@@ -168,7 +168,7 @@ struct Inner {
     /// Serialises first requests of one container while a worker is found.
     assigning: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>,
     /// Live processes, pooled and assigned, plus those being spawned.
-    live: AtomicUsize,
+    live: Arc<AtomicUsize>,
     placement: Box<dyn Placement>,
     refill: Arc<Notify>,
     stats: PoolStats,
@@ -219,7 +219,7 @@ impl Pool {
                 idle: Mutex::default(),
                 assigned: Mutex::default(),
                 assigning: Mutex::default(),
-                live: AtomicUsize::new(0),
+                live: Arc::default(),
                 placement: Box::new(Memory::default()),
                 refill: Arc::default(),
                 stats: PoolStats::default(),
@@ -227,11 +227,11 @@ impl Pool {
         };
         if required {
             // Proves this host can jail before the node takes any traffic.
-            if !pool.inner.reserve_slot() {
+            let Some(slot) = pool.inner.reserve_slot() else {
                 return Err(Error::NoWorker { limit: 0 });
-            }
-            let first = pool.inner.spawn_reserved(Purpose::Pool).await?;
-            pool.inner.idle.lock().unwrap().push_back(first);
+            };
+            let first = pool.inner.spawn_reserved(Purpose::Pool, slot).await?;
+            pool.inner.idle.lock().unwrap().push_back(first.keep());
         }
         tokio::spawn(refill(Arc::downgrade(&pool.inner)));
         tokio::spawn(control(Arc::downgrade(&pool.inner)));
@@ -266,12 +266,16 @@ impl Pool {
             worker.running.fetch_sub(1, Ordering::Release);
             return Err(Error::ConcurrencyLimit { limit });
         }
-        let _permit = engine::Permit::from_counter(worker.running.clone());
+        // Held by the request's entry at the worker until the worker is done
+        // with it (a streamed body included), even if this caller goes.
+        let permit = engine::Permit::from_counter(worker.running.clone());
         // The worker enforces the wall clock itself; this is the node not
-        // trusting it to. A worker that overruns by the grace period is
-        // killed (its other requests fail with worker_crashed).
+        // trusting it to. A worker that overruns by the grace period, with
+        // the head or with a streamed body, is killed (its other requests
+        // fail with worker_crashed).
         let wall = Duration::from_millis(self.inner.engine.limits.wall_ms);
-        match tokio::time::timeout(wall + WORKER_GRACE, worker.run(code, context, req_id)).await {
+        let deadline = tokio::time::Instant::now() + wall + WORKER_GRACE;
+        match tokio::time::timeout_at(deadline, worker.run(code, context, req_id, permit, deadline)).await {
             Ok(outcome) => outcome,
             Err(_) => {
                 tracing::warn!(container, pid = worker.pid, "worker overran the wall-clock limit; killing it");
@@ -285,21 +289,22 @@ impl Pool {
         if let Some(w) = self.assigned(container) {
             return Ok(w);
         }
-        let gate = self.inner.assigning.lock().unwrap().entry(container.into()).or_default().clone();
-        let _turn = gate.lock().await;
+        let gate = Gate::join(&self.inner.assigning, container);
+        let _turn = gate.turn().await;
         if let Some(w) = self.assigned(container) {
             return Ok(w);
         }
-        let worker = match self.take_idle() {
+        let fresh = match self.take_idle() {
             Some(w) => w,
             None => self.spawn_on_request_path().await?,
         };
         let name: Arc<str> = container.into();
-        worker.assign(name.clone())?;
+        // Failed, the worker is dropped (killed) and its slot given back.
+        fresh.worker.assign(name.clone())?;
+        let worker = fresh.keep();
         log_assigned(name.clone(), worker.pid);
         self.inner.placement.claim(container);
         self.inner.assigned.lock().unwrap().insert(name, worker.clone());
-        self.inner.assigning.lock().unwrap().remove(container);
         self.inner.refill.notify_one();
         Ok(worker)
     }
@@ -322,57 +327,128 @@ impl Pool {
     /// ms in `cold_start` runs, against 0.38–0.53 ms taking the longest
     /// idle). Except while pooled workers load the Node built-ins when idle:
     /// then the oldest, which has surely finished.
-    fn take_idle(&self) -> Option<Arc<Worker>> {
+    fn take_idle(&self) -> Option<Fresh> {
         let mut idle = self.inner.idle.lock().unwrap();
         let newest = !self.inner.config.warm_node_builtins;
         while let Some(w) = if newest { idle.pop_back() } else { idle.pop_front() } {
             if w.is_alive() {
-                return Some(w);
+                return Some(Fresh { worker: w, slot: self.inner.held_slot() });
             }
-            self.inner.live.fetch_sub(1, Ordering::AcqRel);
+            self.inner.forget(&w, "crashed", Slot::Release);
         }
         None
     }
 
     /// Pool empty: spawn now, making room by retiring the least recently
     /// used idle container if the node is at `workers.max`.
-    async fn spawn_on_request_path(&self) -> Result<Arc<Worker>, Error> {
+    async fn spawn_on_request_path(&self) -> Result<Fresh, Error> {
         let inner = &self.inner;
         // At the cap, the evicted worker's slot passes straight to this
         // request, so the refill task cannot take it in between.
-        if !inner.reserve_slot() && !inner.evict_lru() {
+        let Some(slot) = inner.reserve_slot().or_else(|| inner.evict_lru()) else {
             return Err(Error::NoWorker { limit: inner.config.max });
+        };
+        // Spawned in a task of its own, which a request that goes away
+        // (its client left) cannot cut short. A worker spawned for no one
+        // any more is dropped on the way, with its slot.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = self.inner.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(task.spawn_reserved(Purpose::Request, slot).await);
+        });
+        rx.await.unwrap_or_else(|_| Err(Error::internal("the worker spawn task ended")))
+    }
+}
+
+/// One of the `workers.max` process slots (counted in `live`), given back
+/// when dropped unless a pooled or assigned worker keeps it ([`Fresh::keep`]).
+struct SlotGuard {
+    live: Arc<AtomicUsize>,
+    refill: Arc<Notify>,
+    kept: bool,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.live.fetch_sub(1, Ordering::AcqRel);
+            self.refill.notify_one();
         }
-        inner.spawn_reserved(Purpose::Request).await
+    }
+}
+
+/// A worker that holds a slot but is neither pooled nor assigned yet:
+/// dropped (its spawner gone, or its assignment failed), it is killed and
+/// its slot is free again.
+struct Fresh {
+    worker: Arc<Worker>,
+    slot: SlotGuard,
+}
+
+impl Fresh {
+    /// The worker, to be pooled or assigned: its slot goes with it (given
+    /// back by `Inner::forget` or `take_idle`).
+    fn keep(self) -> Arc<Worker> {
+        let Fresh { worker, mut slot } = self;
+        slot.kept = true;
+        worker
+    }
+}
+
+/// The first requests of one new container, taking turns while a worker is
+/// found for it. The entry in `assigning` goes with the last of them,
+/// however each ends (assigned, failed, or its caller gone).
+struct Gate<'a> {
+    map: &'a Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>,
+    container: Arc<str>,
+    lock: Option<Arc<tokio::sync::Mutex<()>>>,
+}
+
+impl<'a> Gate<'a> {
+    fn join(map: &'a Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>, container: &str) -> Gate<'a> {
+        let container: Arc<str> = container.into();
+        let lock = map.lock().unwrap().entry(container.clone()).or_default().clone();
+        Gate { map, container, lock: Some(lock) }
+    }
+
+    async fn turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.lock.as_ref().expect("held until dropped").lock().await
+    }
+}
+
+impl Drop for Gate<'_> {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap();
+        // Clones are made and (here) dropped only under the map's lock, so
+        // the last holder sees the map's own reference alone.
+        drop(self.lock.take());
+        if map.get(&self.container).is_some_and(|lock| Arc::strong_count(lock) == 1) {
+            map.remove(&self.container);
+        }
     }
 }
 
 impl Inner {
     /// Takes one of `max` process slots.
-    fn reserve_slot(&self) -> bool {
+    fn reserve_slot(&self) -> Option<SlotGuard> {
         self.live
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.config.max).then_some(n + 1))
-            .is_ok()
+            .ok()
+            .map(|_| self.held_slot())
     }
 
-    async fn spawn_reserved(&self, purpose: Purpose) -> Result<Arc<Worker>, Error> {
-        let spawned = match self.prepare_jail(purpose) {
-            Ok((spec, lease)) => {
-                let (egress, logs) = (self.egress.clone(), self.logs.clone());
-                Worker::spawn(&self.zygote, &spec, lease, egress, logs).await
-            }
-            Err(e) => Err(e),
-        };
-        match spawned {
-            Ok(w) => {
-                self.stats.spawned.fetch_add(1, Ordering::Relaxed);
-                Ok(w)
-            }
-            Err(e) => {
-                self.live.fetch_sub(1, Ordering::AcqRel);
-                Err(e)
-            }
-        }
+    /// The guard of a slot already counted in `live`.
+    fn held_slot(&self) -> SlotGuard {
+        SlotGuard { live: self.live.clone(), refill: self.refill.clone(), kept: false }
+    }
+
+    /// Spawns a worker in `slot`; failed (or dropped), the slot is given back.
+    async fn spawn_reserved(&self, purpose: Purpose, slot: SlotGuard) -> Result<Fresh, Error> {
+        let (spec, lease) = self.prepare_jail(purpose)?;
+        let (egress, logs) = (self.egress.clone(), self.logs.clone());
+        let worker = Worker::spawn(&self.zygote, &spec, lease, egress, logs).await?;
+        self.stats.spawned.fetch_add(1, Ordering::Relaxed);
+        Ok(Fresh { worker, slot })
     }
 
     /// A uid and a cgroup for the next worker, as far as the jail mode wants.
@@ -411,7 +487,7 @@ impl Inner {
 
     /// Retires the least recently used assigned worker with nothing running,
     /// keeping its process slot for the caller.
-    fn evict_lru(&self) -> bool {
+    fn evict_lru(&self) -> Option<SlotGuard> {
         let victim = {
             let assigned = self.assigned.lock().unwrap();
             assigned
@@ -420,7 +496,8 @@ impl Inner {
                 .max_by_key(|(_, w)| w.idle_for())
                 .map(|(c, _)| c.clone())
         };
-        victim.is_some_and(|container| self.retire(&container, "evicted", Slot::Keep))
+        let evicted = victim.is_some_and(|container| self.retire(&container, "evicted", Slot::Keep));
+        evicted.then(|| self.held_slot())
     }
 
     /// Removes `container`'s worker and kills it.
@@ -430,6 +507,23 @@ impl Inner {
         self.forget(&worker, reason, slot);
         tracing::info!(container, pid = worker.pid, reason, "worker retired");
         true
+    }
+
+    /// Drops pooled workers that died while they waited (killed, or
+    /// crashed): each is counted as crashed, its slot freed and the refill
+    /// woken, so the pool does not stay short by it.
+    fn prune_pooled(&self) {
+        let dead: Vec<Arc<Worker>> = {
+            let mut idle = self.idle.lock().unwrap();
+            let dead: Vec<_> = idle.iter().filter(|w| !w.is_alive()).cloned().collect();
+            if !dead.is_empty() {
+                idle.retain(|w| w.is_alive());
+            }
+            dead
+        };
+        for worker in dead {
+            self.forget(&worker, "crashed", Slot::Release);
+        }
     }
 
     fn forget(&self, worker: &Worker, reason: &'static str, slot: Slot) {
@@ -491,9 +585,10 @@ async fn refill(pool: std::sync::Weak<Inner>) {
 /// spawn fails.
 async fn continue_refill(pool: &std::sync::Weak<Inner>) {
     let Some(inner) = pool.upgrade() else { return };
-    while inner.idle.lock().unwrap().len() < inner.config.pool_size && inner.reserve_slot() {
-        match inner.spawn_reserved(Purpose::Pool).await {
-            Ok(w) => inner.idle.lock().unwrap().push_back(w),
+    while inner.idle.lock().unwrap().len() < inner.config.pool_size {
+        let Some(slot) = inner.reserve_slot() else { return };
+        match inner.spawn_reserved(Purpose::Pool, slot).await {
+            Ok(fresh) => inner.idle.lock().unwrap().push_back(fresh.keep()),
             Err(e) => {
                 tracing::error!(error = %e, "could not spawn a pooled worker");
                 return;
@@ -516,6 +611,7 @@ async fn control(pool: std::sync::Weak<Inner>) {
             // this node started.
             crate::jail::cgroup::sweep_stale(&inner.jail.cgroup_parent);
         }
+        inner.prune_pooled();
         let cfg = &inner.config;
         let due: Vec<(Arc<str>, &'static str)> = {
             let assigned = inner.assigned.lock().unwrap();
@@ -554,4 +650,24 @@ fn snapshot_memfd(blob: &[u8]) -> Result<OwnedFd, Error> {
     let seals = SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_SEAL;
     nix::fcntl::fcntl(&file, FcntlArg::F_ADD_SEALS(seals)).map_err(Error::internal)?;
     Ok(OwnedFd::from(file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_containers_gate_goes_with_the_last_of_its_holders_however_they_end() {
+        let map = Mutex::default();
+        let first = Gate::join(&map, "c");
+        let second = Gate::join(&map, "c");
+        assert!(Arc::ptr_eq(first.lock.as_ref().unwrap(), second.lock.as_ref().unwrap()));
+        drop(first);
+        assert_eq!(map.lock().unwrap().len(), 1, "still held by the second");
+        drop(second);
+        assert!(map.lock().unwrap().is_empty());
+        // One that never had its turn (its caller gone) cleans up too.
+        drop(Gate::join(&map, "d"));
+        assert!(map.lock().unwrap().is_empty());
+    }
 }

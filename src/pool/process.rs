@@ -18,7 +18,7 @@ use tokio_util::codec::Framed;
 
 use crate::egress::Egress;
 use crate::engine::fetch::{AbortOnDrop, FetchError, FetchRequest, RequestHead};
-use crate::engine::{Code, Context, Error, Reply, ReplyBody};
+use crate::engine::{Code, Context, Error, Permit, Reply, ReplyBody};
 use crate::logs::Logs;
 use crate::worker::channel::Channel;
 use crate::worker::protocol::{self, FromWorker, NodeCodec, ToWorker};
@@ -95,6 +95,15 @@ struct Owned {
     /// worker's own engine counted.
     fetches: u32,
     state: Pending,
+    /// Its place among the worker's concurrent requests, held until the
+    /// worker is done with it (its whole body streamed, or failed), not
+    /// just until its head: the worker is busy until then.
+    _permit: Option<Permit>,
+    /// When the node stops waiting for it (wall clock limit and grace).
+    deadline: tokio::time::Instant,
+    /// Held while the node watches its deadline (its body streams, or its
+    /// caller is gone): dropped, with this entry, it ends that watch.
+    _watch: Option<oneshot::Sender<()>>,
 }
 
 /// Counts a fetch the worker says request `req_id` makes; the request it
@@ -149,6 +158,8 @@ struct Shared {
     response_bytes: u64,
     /// The subrequest limit per request, likewise.
     subrequests: u32,
+    /// The wall clock limit per request, for the error of one that overran it.
+    wall_ms: u64,
     /// Console bytes a second this worker may send (`logs.worker_log_rate`):
     /// a worker that ignores its engine's budgets still cannot flood the node.
     log_rate: Mutex<crate::engine::console::Rate>,
@@ -210,7 +221,7 @@ impl Worker {
     pub async fn spawn(zygote: &Zygote, spec: &Spec, lease: Lease, egress: Egress, logs: Logs) -> Result<Arc<Worker>, Error> {
         let Spawned { mut child, channel, stderr } = zygote.fork(spec).await?;
         let pid = child.id();
-        tokio::spawn(relay_stderr(stderr));
+        tokio::spawn(relay_stderr(stderr, pid));
         let stream = Channel::new(channel.into()).map_err(Error::internal)?;
         let mut framed = Framed::new(stream, NodeCodec::with_max_frame(protocol::max_worker_frame(spec.limits.response_bytes)));
 
@@ -246,6 +257,7 @@ impl Worker {
             child: Mutex::new(Some(child)),
             response_bytes: spec.limits.response_bytes,
             subrequests: spec.limits.subrequests,
+            wall_ms: spec.limits.wall_ms,
             log_rate,
         });
         let (out, out_rx) = Outbox::new();
@@ -284,13 +296,18 @@ impl Worker {
         self.out.send(ToWorker::Assign { container: container.to_string() }).map_err(|_| self.shared.crashed())
     }
 
-    /// Runs a request on this worker.
-    pub async fn run(&self, code: Code, context: Context, req_id: Arc<str>) -> Result<Reply, Error> {
+    /// Runs a request on this worker. `permit` is held until the worker is
+    /// done with the request, whether or not the caller still waits. Still
+    /// running at `deadline` (a streamed body, or a request its caller no
+    /// longer waits for), it is failed with `wall_limit` and the worker
+    /// killed; the caller waiting for the head applies the deadline itself.
+    pub async fn run(&self, code: Code, context: Context, req_id: Arc<str>, permit: Permit, deadline: tokio::time::Instant) -> Result<Reply, Error> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         *self.last_used.lock().unwrap() = Instant::now();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        let owned = Owned { req_id: req_id.clone(), fetches: 0, state: Pending::Waiting(tx) };
+        let state = Pending::Waiting(tx);
+        let owned = Owned { req_id: req_id.clone(), fetches: 0, state, _permit: Some(permit), deadline, _watch: None };
         self.shared.pending.lock().unwrap().insert(id, owned);
         let msg = ToWorker::Run {
             id,
@@ -302,7 +319,10 @@ impl Worker {
             self.shared.pending.lock().unwrap().remove(&id);
             return Err(self.shared.crashed());
         }
-        rx.await.unwrap_or_else(|_| Err(self.shared.crashed()))
+        let mut abandoned = Abandoned { shared: &self.shared, id, deadline, armed: true };
+        let reply = rx.await.unwrap_or_else(|_| Err(self.shared.crashed()));
+        abandoned.armed = false;
+        reply
     }
 
     /// Ends the process now (SIGKILL); requests on it fail with `worker_crashed`.
@@ -314,6 +334,29 @@ impl Worker {
 impl Drop for Worker {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A request whose caller may stop waiting for its head (its client left):
+/// then the node watches its deadline instead (see [`watch`]), so a worker
+/// that never answers does not keep its permit forever.
+struct Abandoned<'a> {
+    shared: &'a Arc<Shared>,
+    id: u64,
+    deadline: tokio::time::Instant,
+    armed: bool,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if !self.armed || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        if let Some(owned) = self.shared.pending.lock().unwrap().get_mut(&self.id) {
+            if matches!(owned.state, Pending::Waiting(_)) {
+                owned._watch = Some(watch(self.shared, self.id, self.deadline));
+            }
+        }
     }
 }
 
@@ -412,11 +455,16 @@ fn peer_gone(e: &std::io::Error) -> bool {
 }
 
 /// Hands one frame to the request it belongs to; Err ends the worker.
-fn deliver(shared: &Shared, msg: FromWorker) -> Result<(), String> {
+fn deliver(shared: &Arc<Shared>, msg: FromWorker) -> Result<(), String> {
     let mut pending = shared.pending.lock().unwrap();
     match msg {
+        FromWorker::Head { id, status, .. } if !(200..=599).contains(&status) => {
+            // The engine only ever answers with these; hyper would take
+            // others (a 101 switches protocols) at the worker's word.
+            return Err(format!("reply to request {id} with status {status}"));
+        }
         FromWorker::Head { id, status, headers, body } => {
-            let Some(Owned { req_id, fetches, state: Pending::Waiting(tx) }) = pending.remove(&id) else {
+            let Some(Owned { req_id, fetches, state: Pending::Waiting(tx), _permit, deadline, .. }) = pending.remove(&id) else {
                 return Err(format!("reply for request {id} it does not own"));
             };
             // The worker's engine enforces the response limit; a reply past
@@ -430,7 +478,9 @@ fn deliver(shared: &Shared, msg: FromWorker) -> Result<(), String> {
                 Some(b) => ReplyBody::Full(Bytes::from(b.into_vec())),
                 None => {
                     let (stream_tx, stream_rx) = mpsc::unbounded_channel();
-                    pending.insert(id, Owned { req_id, fetches, state: Pending::Streaming(stream_tx, sent) });
+                    let state = Pending::Streaming(stream_tx, sent);
+                    let _watch = Some(watch(shared, id, deadline));
+                    pending.insert(id, Owned { req_id, fetches, state, _permit, deadline, _watch });
                     ReplyBody::Stream(stream_rx)
                 }
             };
@@ -476,6 +526,25 @@ fn deliver(shared: &Shared, msg: FromWorker) -> Result<(), String> {
             let req_id = pending.values().find(|o| *o.req_id == *req_id).map(|o| o.req_id.clone());
             shared.logs.worker_line(container.clone(), req_id, shared.pid, level, &msg);
         }
+        FromWorker::Overrun { error } => {
+            // Its last frame: the oldest request (the one the figure is
+            // measured on) fails with the limit, the others as recycled,
+            // and the worker, exiting already, is done.
+            let err = match protocol::error_from_bytes(&error) {
+                err @ (Error::CpuLimit { .. } | Error::MemoryLimit { .. }) => err,
+                _ => return Err("reported an overrun of something other than a limit".to_owned()),
+            };
+            let recycled = Error::IsolateRecycled { reason: err.code().to_owned() };
+            let oldest = pending.keys().min().copied();
+            for (id, owned) in pending.drain() {
+                let failure = if Some(id) == oldest { err.clone() } else { recycled.clone() };
+                match owned.state {
+                    Pending::Waiting(tx) => drop(tx.send(Err(failure))),
+                    Pending::Streaming(tx, _) => drop(tx.send(Err(failure))),
+                }
+            }
+            return Err(format!("ended itself: {err}"));
+        }
         FromWorker::Ready { .. } => return Err("second Ready".to_owned()),
         FromWorker::FetchStart { .. }
         | FromWorker::FetchBody { .. }
@@ -484,6 +553,31 @@ fn deliver(shared: &Shared, msg: FromWorker) -> Result<(), String> {
         | FromWorker::FetchAbort { .. } => unreachable!("handled by io"),
     }
     Ok(())
+}
+
+/// Fails request `id` with `wall_limit` and kills the worker if the request
+/// is still running at `deadline`; ends early when the returned sender is
+/// dropped (with the request's entry: the request is over, or its head
+/// came and a new watch took over for its body).
+fn watch(shared: &Arc<Shared>, id: u64, deadline: tokio::time::Instant) -> oneshot::Sender<()> {
+    let (watch, over) = oneshot::channel::<()>();
+    let shared = Arc::downgrade(shared);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = over => return,
+            () = tokio::time::sleep_until(deadline) => {}
+        }
+        let Some(shared) = shared.upgrade() else { return };
+        let Some(overran) = shared.pending.lock().unwrap().remove(&id) else { return };
+        tracing::warn!(pid = shared.pid, "worker overran the wall-clock limit; killing it");
+        let err = Error::WallLimit { limit_ms: shared.wall_ms };
+        match overran.state {
+            Pending::Waiting(tx) => drop(tx.send(Err(err))),
+            Pending::Streaming(tx, _) => drop(tx.send(Err(err))),
+        }
+        shared.kill();
+    });
+    watch
 }
 
 /// A worker's egress exchanges running at the node.
@@ -705,20 +799,91 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
     }
 }
 
+/// Longest line of a worker's (or the zygote's) stderr the node relays;
+/// the rest of a longer line is dropped. A worker writes one tracing record
+/// per line there, far shorter; guest output travels over the protocol.
+const RELAYED_LINE_BYTES: usize = 16 * 1024;
+
 /// Copies a worker's log lines to the node's stderr, whole lines at a time
 /// so records of different workers never interleave mid-line.
-pub(super) async fn relay_stderr(stderr: impl tokio::io::AsyncRead + Unpin) {
+///
+/// The worker is not trusted with the node's log: each line is bounded,
+/// and every relayed record carries `worker_pid`, set here, so nothing a
+/// worker writes can pass for one of the node's own records. A line that is
+/// not one JSON object (or was cut) is relayed as the `line` of a record.
+pub(super) async fn relay_stderr(stderr: impl tokio::io::AsyncRead + Unpin, pid: u32) {
     use std::io::Write;
-    use tokio::io::AsyncBufReadExt;
-    let mut lines = tokio::io::BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let _ = writeln!(std::io::stderr().lock(), "{line}");
+    relay_lines(stderr, pid, |record| drop(writeln!(std::io::stderr().lock(), "{record}"))).await;
+}
+
+/// [`relay_stderr`]'s reading: each bounded line of `stderr` as a record.
+async fn relay_lines(stderr: impl tokio::io::AsyncRead + Unpin, pid: u32, mut emit: impl FnMut(serde_json::Value)) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut reader = tokio::io::BufReader::new(stderr);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        let Ok(n) = (&mut reader).take(RELAYED_LINE_BYTES as u64 + 1).read_until(b'\n', &mut buf).await else { return };
+        if n == 0 {
+            return;
+        }
+        let cut = buf.last() != Some(&b'\n') && buf.len() > RELAYED_LINE_BYTES;
+        if cut {
+            buf.truncate(RELAYED_LINE_BYTES);
+            // The rest of the line, up to its newline, goes unread into the void.
+            let mut rest = Vec::new();
+            loop {
+                rest.clear();
+                match (&mut reader).take(RELAYED_LINE_BYTES as u64).read_until(b'\n', &mut rest).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) if rest.last() == Some(&b'\n') => break,
+                    Ok(_) => {}
+                }
+            }
+        }
+        emit(relayed_record(&buf, cut, pid));
+    }
+}
+
+/// One relayed stderr line as a node log record (see [`relay_stderr`]).
+fn relayed_record(line: &[u8], cut: bool, pid: u32) -> serde_json::Value {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_end_matches(['\n', '\r']);
+    let parsed = if cut { None } else { serde_json::from_str::<serde_json::Value>(text).ok() };
+    match parsed {
+        Some(serde_json::Value::Object(mut record)) => {
+            record.insert("worker_pid".into(), pid.into());
+            serde_json::Value::Object(record)
+        }
+        _ => serde_json::json!({ "level": "INFO", "message": "worker output", "worker_pid": pid, "line": text, "cut": cut }),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn relayed_worker_lines_are_bounded_and_marked_as_the_workers() {
+        let long = "x".repeat(RELAYED_LINE_BYTES * 3);
+        let input = format!(
+            "{{\"level\":\"WARN\",\"message\":\"worker retired\",\"container\":\"victim\",\"worker_pid\":1}}\nplain text\n{long}\n{{\"message\":\"after\"}}\nno newline at the end"
+        );
+        let mut records = Vec::new();
+        relay_lines(input.as_bytes(), 42, |r| records.push(r)).await;
+        assert_eq!(records.len(), 5, "{records:?}");
+        // A worker's JSON record passes, but says whose it is: a worker
+        // cannot pass for the node or for another worker.
+        assert_eq!(records[0]["message"], "worker retired");
+        assert_eq!(records[0]["worker_pid"], 42);
+        assert_eq!((records[1]["line"].as_str(), records[1]["worker_pid"].as_u64()), (Some("plain text"), Some(42)));
+        // A line past the bound is cut, and the rest of it dropped, not
+        // read as lines of its own.
+        assert_eq!(records[2]["line"].as_str().map(str::len), Some(RELAYED_LINE_BYTES));
+        assert_eq!(records[2]["cut"], true);
+        assert_eq!(records[3]["message"], "after");
+        assert_eq!(records[4]["line"], "no newline at the end");
+    }
 
     fn upstream(upload: bool) -> (Upstream, mpsc::UnboundedReceiver<Option<Bytes>>) {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -787,7 +952,8 @@ mod tests {
     }
 
     fn owned(req_id: &str) -> Owned {
-        Owned { req_id: req_id.into(), fetches: 0, state: Pending::Waiting(oneshot::channel().0) }
+        let deadline = tokio::time::Instant::now();
+        Owned { req_id: req_id.into(), fetches: 0, state: Pending::Waiting(oneshot::channel().0), _permit: None, deadline, _watch: None }
     }
 
     #[test]

@@ -6,13 +6,15 @@
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use nix::sys::socket::{sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use crate::engine::Error;
-use crate::worker::zygote::{Forked, MAX_REQUEST};
+use crate::worker::zygote::{Answer, Forked, Request, MAX_REQUEST};
 use crate::worker::Spec;
 
 /// The zygote process and the socket the node asks it on.
@@ -22,10 +24,16 @@ struct Running {
 }
 
 pub struct Zygote {
+    state: Arc<State>,
+}
+
+struct State {
     exe: std::path::PathBuf,
     snapshot: OwnedFd,
     /// One request at a time; None until started or after it died.
     running: tokio::sync::Mutex<Option<Running>>,
+    /// The number of the next request.
+    seq: AtomicU64,
 }
 
 /// A worker forked for the node.
@@ -45,15 +53,29 @@ impl Zygote {
             Some(exe) => exe.to_owned(),
             None => std::env::current_exe().map_err(Error::internal)?,
         };
-        Ok(Zygote { exe, snapshot, running: tokio::sync::Mutex::new(None) })
+        let state = State { exe, snapshot, running: tokio::sync::Mutex::new(None), seq: AtomicU64::new(0) };
+        Ok(Zygote { state: Arc::new(state) })
     }
 
     /// A new worker process for `spec`, started (not yet ready).
     pub async fn fork(&self, spec: &Spec) -> Result<Spawned, Error> {
-        let request = serde_json::to_vec(spec).map_err(Error::internal)?;
+        let seq = self.state.seq.fetch_add(1, Ordering::Relaxed);
+        let request = serde_json::to_vec(&Request { seq, spec }).map_err(Error::internal)?;
         if request.len() > MAX_REQUEST {
             return Err(Error::internal("worker spec too large for the zygote"));
         }
+        // In a task of its own: a caller that stops waiting (its client
+        // left) cannot cut the exchange between request and answer, which
+        // would leave the answer for the next request to read. What a
+        // caller no longer waits for is dropped (the child killed and reaped).
+        let state = self.state.clone();
+        let exchange = tokio::spawn(async move { state.fork(seq, &request).await });
+        exchange.await.map_err(|e| Error::internal(format!("forking a worker: {e}")))?
+    }
+}
+
+impl State {
+    async fn fork(&self, seq: u64, request: &[u8]) -> Result<Spawned, Error> {
         let mut running = self.running.lock().await;
         // A zygote that died (killed, or the host reaped it) is replaced once.
         for attempt in 0..2 {
@@ -61,7 +83,7 @@ impl Zygote {
                 *running = Some(self.start()?);
             }
             let zygote = running.as_mut().expect("started above");
-            match ask(&zygote.control, &request).await {
+            match ask(&zygote.control, seq, request).await {
                 Ok(forked) => return Ok(forked),
                 Err(Asked::Refused(why)) => return Err(Error::internal(format!("forking a worker: {why}"))),
                 Err(Asked::Gone(e)) => {
@@ -92,7 +114,7 @@ impl Zygote {
             .kill_on_drop(true);
         let mut process = cmd.spawn().map_err(|e| Error::internal(format!("starting the worker zygote: {e}")))?;
         if let Some(stderr) = process.stderr.take() {
-            tokio::spawn(super::process::relay_stderr(stderr));
+            tokio::spawn(super::process::relay_stderr(stderr, process.id().unwrap_or(0)));
         }
         let control = std::os::unix::net::UnixStream::from(node_end);
         control.set_nonblocking(true).map_err(Error::internal)?;
@@ -108,7 +130,7 @@ enum Asked {
     Gone(std::io::Error),
 }
 
-async fn ask(control: &tokio::net::UnixStream, request: &[u8]) -> Result<Spawned, Asked> {
+async fn ask(control: &tokio::net::UnixStream, seq: u64, request: &[u8]) -> Result<Spawned, Asked> {
     let (node_end, worker_end) = std::os::unix::net::UnixStream::pair().map_err(Asked::Gone)?;
     let (stderr_r, stderr_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Asked::Gone(e.into()))?;
     let fds = [worker_end.as_raw_fd(), stderr_w.as_raw_fd()];
@@ -128,8 +150,13 @@ async fn ask(control: &tokio::net::UnixStream, request: &[u8]) -> Result<Spawned
     if n == 0 {
         return Err(Asked::Gone(std::io::ErrorKind::UnexpectedEof.into()));
     }
-    let answer: Forked = serde_json::from_slice(&buf[..n]).map_err(|e| Asked::Gone(std::io::Error::other(e)))?;
-    let pid = match answer {
+    let answer: Answer = serde_json::from_slice(&buf[..n]).map_err(|e| Asked::Gone(std::io::Error::other(e)))?;
+    // An answer to another request is never taken: its pid is not this
+    // worker's. The exchange is out of step; the zygote is replaced.
+    if answer.seq != seq {
+        return Err(Asked::Gone(std::io::Error::other(format!("answer to request {} for request {seq}", answer.seq))));
+    }
+    let pid = match answer.forked {
         Forked::Pid(pid) => pid,
         Forked::Failed(why) => return Err(Asked::Refused(why)),
     };

@@ -17,6 +17,7 @@ use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
 use tokio::io::unix::AsyncFd;
@@ -28,6 +29,32 @@ pub struct Channel {
     /// The runtime the socket is registered with: the duplicate must be too,
     /// whichever runtime polls a write.
     runtime: tokio::runtime::Handle,
+    /// Set once [`Channel::last_words`] was asked for: held around every
+    /// write, with whether the last one got all its bytes in.
+    gate: Option<Arc<Mutex<bool>>>,
+}
+
+/// One frame another thread may write to a channel whose own writer is
+/// stuck (a worker whose isolate thread, which runs its event loop, is in
+/// a native built-in that will not return soon), right before the process
+/// ends. Written only at a frame boundary: never into the middle of a
+/// frame the channel's writer got only partly out.
+pub struct LastWords {
+    socket: UnixStream,
+    gate: Arc<Mutex<bool>>,
+}
+
+impl LastWords {
+    /// Writes `bytes` (one whole frame) if the channel is between frames
+    /// and has room for them; whether it did. The channel writes nothing
+    /// after this, whatever it says: the caller is about to end the process.
+    pub fn say(self, bytes: &[u8]) -> bool {
+        let aligned = self.gate.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let said = *aligned && (&self.socket).write_all(bytes).is_ok();
+        // Held for good: a writer that wakes up now waits for the exit.
+        std::mem::forget(aligned);
+        said
+    }
 }
 
 /// The duplicate descriptor a blocked write waits on. Made with the
@@ -57,7 +84,15 @@ impl Channel {
         // SAFETY: the AsyncFd owns the socket, so its descriptor stays open
         // and the same for as long as the registration lives.
         let socket = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }?;
-        Ok(Channel { socket, room: Room::Spare(spare), runtime: tokio::runtime::Handle::current() })
+        Ok(Channel { socket, room: Room::Spare(spare), runtime: tokio::runtime::Handle::current(), gate: None })
+    }
+
+    /// The [`LastWords`] another thread may say on this channel. From then
+    /// on every write takes a lock (uncontended: one writer).
+    pub fn last_words(&mut self) -> io::Result<LastWords> {
+        let socket = self.socket.get_ref().try_clone()?;
+        let gate = self.gate.get_or_insert_with(|| Arc::new(Mutex::new(true))).clone();
+        Ok(LastWords { socket, gate })
     }
 
     /// Runs `write` (of `wanted` bytes) until it gets through, waiting for
@@ -68,13 +103,19 @@ impl Channel {
         wanted: usize,
         write: impl FnMut(&UnixStream) -> io::Result<usize>,
     ) -> Poll<io::Result<usize>> {
+        let gate = self.gate.clone();
+        let mut aligned = gate.as_deref().map(|g| g.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
         let written = ready!(self.poll_write_once(cx, write))?;
         self.settled(written, wanted);
+        if let Some(aligned) = aligned.as_deref_mut() {
+            // `Framed` hands over all it holds: all of it in is a boundary.
+            *aligned = written >= wanted;
+        }
         Poll::Ready(Ok(written))
     }
 
     fn poll_write_once(&mut self, cx: &mut Context<'_>, mut write: impl FnMut(&UnixStream) -> io::Result<usize>) -> Poll<io::Result<usize>> {
-        let Channel { socket, room, runtime } = self;
+        let Channel { socket, room, runtime, .. } = self;
         loop {
             if let Room::Waiting(waiting) = room {
                 let mut ready = ready!(waiting.poll_write_ready(cx))?;

@@ -98,7 +98,9 @@ fn map_snapshot(fd: OwnedFd) -> anyhow::Result<&'static [u8]> {
 }
 
 async fn serve(socket: OwnedFd, spec: Spec, jail: Vec<crate::jail::LayerReport>) -> anyhow::Result<()> {
-    let framed = Framed::new(channel::Channel::new(socket)?, WorkerCodec::default());
+    let mut channel = channel::Channel::new(socket)?;
+    end_on_overrun(channel.last_words()?);
+    let framed = Framed::new(channel, WorkerCodec::default());
     let (sink, mut frames) = framed.split();
 
     let (out, out_rx) = mpsc::unbounded_channel::<FromWorker>();
@@ -167,6 +169,32 @@ async fn serve(socket: OwnedFd, spec: Spec, jail: Vec<crate::jail::LayerReport>)
     drop(writer);
     node
 }
+
+/// How a worker ends when its isolate thread cannot be stopped (see
+/// `engine::on_overrun`): it tells the node which limit fired, with the
+/// figure, and exits at once. The isolate thread is still in a native
+/// built-in, and the event loop with it: nothing else would answer.
+fn end_on_overrun(last_words: channel::LastWords) {
+    use tokio_util::codec::Encoder as _;
+    let last_words = std::sync::Mutex::new(Some(last_words));
+    engine::on_overrun(move |kill, used_ms| {
+        let error = match kill {
+            engine::Kill::Cpu { limit_ms, .. } => Error::CpuLimit { limit_ms, used_ms },
+            engine::Kill::Memory { limit_mb } => Error::MemoryLimit { limit_mb },
+        };
+        let mut frame = bytes::BytesMut::new();
+        let overrun = FromWorker::Overrun { error: protocol::error_bytes(&error) };
+        let said = WorkerCodec::default().encode(overrun, &mut frame).is_ok()
+            && last_words.lock().unwrap_or_else(|p| p.into_inner()).take().is_some_and(|words| words.say(&frame));
+        tracing::error!(code = error.code(), said, "{error}: the isolate could not be stopped; the worker ends");
+        // SAFETY: ends the process without unwinding or running destructors,
+        // which would wait for the isolate thread.
+        unsafe { libc::_exit(OVERRUN_EXIT) }
+    });
+}
+
+/// A worker's exit status after [`end_on_overrun`].
+pub const OVERRUN_EXIT: i32 = 86;
 
 /// Guest egress in a worker: frames to the node, whose egress decides and
 /// connects. The request body goes out as the node grants credit; response

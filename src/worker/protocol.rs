@@ -33,7 +33,7 @@ use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 use crate::engine::fetch::{FetchError, RequestHead, ResponseHead};
 use crate::engine::{Context, Error};
 
-pub const VERSION: u32 = 6;
+pub const VERSION: u32 = 7;
 
 /// Body bytes one exchange may have unacknowledged, per direction.
 pub const FETCH_WINDOW: usize = 128 * 1024;
@@ -91,6 +91,12 @@ pub enum FromWorker {
     /// worker is assigned to, and keeps `req_id` only if it names a request
     /// the node gave this worker.
     Log { req_id: String, level: u8, msg: String },
+    /// The worker's last frame: a limit fired and could not be enforced in
+    /// the isolate (its stop did not land), so the worker ends itself.
+    /// `error` is the JSON of the limit's [`Error`]; the node fails the
+    /// oldest request in flight with it (the figure is measured on that
+    /// one) and the others as recycled.
+    Overrun { error: ByteBuf },
 }
 
 /// [`Context`] on the wire: JSON maps as JSON text.

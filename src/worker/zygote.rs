@@ -23,7 +23,8 @@
 //! The exchange on the zygote's socket (SOCK_SEQPACKET, one request at a
 //! time): the node sends the worker's [`Spec`] as JSON with two descriptors
 //! attached, the worker's end of its channel to the node and the write end
-//! of its stderr pipe; the zygote answers with [`Forked`] as JSON.
+//! of its stderr pipe, numbered ([`Request`]); the zygote answers with
+//! [`Forked`] and the same number as JSON ([`Answer`]).
 //! The child is forked with `CLONE_PARENT`, so it is the node's child, not
 //! the zygote's: the node reaps it, signals it and sees its exit status as
 //! if it had spawned it itself.
@@ -39,7 +40,22 @@ use super::Spec;
 /// Largest request (a spec) the zygote reads.
 pub const MAX_REQUEST: usize = 64 * 1024;
 
-/// The zygote's answer to one request.
+/// One request: the spec of the worker to fork, and a number the answer
+/// repeats, so the node never takes an answer for another request's.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Request<S> {
+    pub seq: u64,
+    pub spec: S,
+}
+
+/// The zygote's answer to request `seq`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct Answer {
+    pub seq: u64,
+    pub forked: Forked,
+}
+
+/// What the zygote did for one request.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub enum Forked {
     Pid(u32),
@@ -56,11 +72,13 @@ pub fn main(node_pid: i32) -> anyhow::Result<()> {
     ensure_single_threaded()?;
     loop {
         let Some((request, fds)) = receive(&control)? else { return Ok(()) };
-        let answer = match <[OwnedFd; 2]>::try_from(fds) {
+        // A request without a number gets an answer no request has.
+        let seq = serde_json::from_slice::<Request<serde::de::IgnoredAny>>(&request).map_or(u64::MAX, |r| r.seq);
+        let forked = match <[OwnedFd; 2]>::try_from(fds) {
             Ok(fds) => fork_worker(node_pid, &request, &snapshot, fds),
             Err(fds) => Forked::Failed(format!("expected 2 descriptors, got {}", fds.len())),
         };
-        let answer = serde_json::to_vec(&answer).context("encoding answer")?;
+        let answer = serde_json::to_vec(&Answer { seq, forked }).context("encoding answer")?;
         sendmsg::<()>(control.as_raw_fd(), &[IoSlice::new(&answer)], &[], MsgFlags::empty(), None)
             .context("answering the node")?;
     }
@@ -100,8 +118,8 @@ fn receive(control: &OwnedFd) -> anyhow::Result<Option<(Vec<u8>, Vec<OwnedFd>)>>
 }
 
 fn fork_worker(node_pid: i32, request: &[u8], snapshot: &OwnedFd, fds: [OwnedFd; 2]) -> Forked {
-    let spec: Spec = match serde_json::from_slice(request) {
-        Ok(spec) => spec,
+    let spec: Spec = match serde_json::from_slice::<Request<Spec>>(request) {
+        Ok(request) => request.spec,
         Err(e) => return Forked::Failed(format!("worker spec: {e}")),
     };
     // SAFETY: a raw clone with no new stack is a fork; this process is

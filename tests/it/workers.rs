@@ -396,3 +396,175 @@ async fn the_cpu_limit_holds_in_workers_with_the_jail_off() {
     assert_eq!(v["code"], json!("cpu_limit"), "{v}");
     assert_eq!(v["limit_ms"], json!(100), "{v}");
 }
+
+/// A response read as it streams: its status, and its whole body or why
+/// the body broke off.
+async fn fetch_streamed(url: String) -> (u16, Result<bytes::Bytes, String>) {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let req = http::Request::post(url)
+        .header("content-type", "application/javascript")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(STREAM.as_bytes())))
+        .unwrap();
+    let res = client.request(req).await.expect("response head");
+    let status = res.status().as_u16();
+    let body = res.into_body().collect().await.map(|b| b.to_bytes()).map_err(|e| format!("{e:?}"));
+    (status, body)
+}
+
+/// Streams ten chunks, one every 100 ms.
+const STREAM: &str = "module.exports = (ctx, req, res) => { res.writeHead(200); let i = 0; \
+    const t = setInterval(() => { res.write('x'); if (++i === 10) { clearInterval(t); res.end(); } }, 100); };";
+
+#[tokio::test]
+async fn clients_that_leave_during_pool_miss_spawns_leak_no_slots_and_mix_up_no_pids() {
+    let mut config = workers_config();
+    config.workers.max = 3;
+    config.workers.pool_size = 0;
+    let node = TestNode::with_config(config).await;
+    // Clients that give up after a few ms, two at a time, while their new
+    // containers' workers are being forked or started: their request
+    // futures are dropped at the node.
+    for i in 0..60u64 {
+        let leave = |c: String, wait: Duration| {
+            let node = &node;
+            async move {
+                let _ = tokio::time::timeout(wait, node.run(&c, "", HELLO)).await;
+            }
+        };
+        let wait = Duration::from_micros(1000 + 500 * (i % 30));
+        tokio::join!(leave(format!("leaver-{i}-a"), wait), leave(format!("leaver-{i}-b"), wait + wait / 3));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every slot is back: new containers still get workers (evicting others).
+    for i in 0..5 {
+        let res = node.run(&format!("after-{i}"), "", HELLO).await;
+        assert_eq!(res.status, 200, "after-{i}: {}", res.text());
+    }
+    // Each container's worker is its own live process.
+    let mut pids = Vec::new();
+    for i in 2..5 {
+        let c = format!("after-{i}");
+        assert_eq!(node.run(&c, "", HELLO).await.json(), json!("alive"));
+        let pid = worker_pid(&node, &c).await.expect("a worker");
+        assert!(process_alive(pid), "{c}'s worker {pid} is not a live process");
+        assert_eq!(status_field(pid, "PPid"), Some(std::process::id().to_string()));
+        pids.push(pid);
+    }
+    let distinct: std::collections::BTreeSet<_> = pids.iter().collect();
+    assert_eq!(distinct.len(), pids.len(), "workers share a pid: {pids:?}");
+    // Killing one container's worker takes no other's.
+    // SAFETY: kill(2) on a worker process this test's node spawned.
+    assert_eq!(unsafe { libc::kill(pids[0] as i32, libc::SIGKILL) }, 0, "{}", std::io::Error::last_os_error());
+    eventually("worker gone", || async { !process_alive(pids[0]) }).await;
+    for (i, pid) in (3..5).zip(&pids[1..]) {
+        assert_eq!(node.run(&format!("after-{i}"), "", HELLO).await.json(), json!("alive"));
+        assert_eq!(worker_pid(&node, &format!("after-{i}")).await, Some(*pid));
+    }
+}
+
+#[tokio::test]
+async fn a_streaming_response_is_not_cut_by_an_eviction_at_the_cap() {
+    let mut config = workers_config();
+    config.workers.max = 2;
+    config.workers.pool_size = 0;
+    config.engine.limits.wall_ms = 5000;
+    let node = TestNode::with_config(config).await;
+    let stream = fetch_streamed(node.url("/api/run/streamer"));
+    let others = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The streamer is the least recently used, but busy: the other
+        // container goes when a third needs room.
+        for c in ["other-1", "other-2"] {
+            let res = node.run(c, "", HELLO).await;
+            assert_eq!(res.status, 200, "{c}: {}", res.text());
+        }
+    };
+    let ((status, body), ()) = tokio::join!(stream, others);
+    assert_eq!(status, 200);
+    assert_eq!(body.as_deref(), Ok(&b"xxxxxxxxxx"[..]));
+    assert!(worker_pid(&node, "other-1").await.is_none());
+}
+
+#[tokio::test]
+async fn a_streaming_response_is_not_cut_by_max_requests_retirement() {
+    let mut config = workers_config();
+    config.workers.max_requests = 1;
+    config.engine.limits.wall_ms = 5000;
+    let node = TestNode::with_config(config).await;
+    let (status, body) = fetch_streamed(node.url("/api/run/streamer")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body.as_deref(), Ok(&b"xxxxxxxxxx"[..]));
+    eventually("max_requests retirement once the stream is over", || async {
+        sample(&node.metrics().await, r#"webtask_workers_retired_total{reason="max_requests"}"#) == Some(1.0)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_running_stream_counts_against_max_concurrency() {
+    let mut config = workers_config();
+    config.engine.max_concurrency = 1;
+    config.engine.limits.wall_ms = 5000;
+    let node = TestNode::with_config(config).await;
+    let stream = fetch_streamed(node.url("/api/run/streamer"));
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        node.run("streamer", "", HELLO).await
+    };
+    let ((status, body), second) = tokio::join!(stream, second);
+    assert_eq!(status, 200);
+    assert_eq!(body.as_deref(), Ok(&b"xxxxxxxxxx"[..]));
+    assert_eq!(second.status, 429, "{}", second.text());
+    assert_eq!(second.json()["code"], json!("concurrency_limit"));
+    // Over: the permit is back.
+    assert_eq!(node.run("streamer", "", HELLO).await.json(), json!("alive"));
+}
+
+#[tokio::test]
+async fn a_stream_that_outlives_the_wall_clock_limit_is_ended_and_its_worker_killed() {
+    let mut config = workers_config();
+    config.engine.limits.wall_ms = 1000;
+    let node = TestNode::with_config(config).await;
+    node.run("frozen", "", HELLO).await;
+    let supervisor = worker_pid(&node, "frozen").await.unwrap();
+    let children = std::fs::read_to_string(format!("/proc/{supervisor}/task/{supervisor}/children")).unwrap();
+    let engine: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    let stream = fetch_streamed(node.url("/api/run/frozen"));
+    let freeze = async {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        // A worker that no longer enforces its own limit (nor does anything).
+        // SAFETY: kill(2) on a worker process this test's node spawned.
+        assert_eq!(unsafe { libc::kill(engine, libc::SIGSTOP) }, 0);
+    };
+    let started = std::time::Instant::now();
+    let (streamed, ()) = tokio::join!(tokio::time::timeout(Duration::from_secs(10), stream), freeze);
+    let (status, body) = streamed.expect("the node ends the stream at the wall clock limit and its grace");
+    assert_eq!(status, 200);
+    assert!(body.is_err(), "a stream cut short is not a whole body: {body:?}");
+    assert!(started.elapsed() >= Duration::from_millis(2900), "{:?}", started.elapsed());
+    eventually("worker killed", || async { !process_alive(supervisor) }).await;
+    assert_eq!(node.run("frozen", "", HELLO).await.json(), json!("alive"));
+    assert_ne!(worker_pid(&node, "frozen").await, Some(supervisor));
+}
+
+#[tokio::test]
+async fn a_request_its_client_left_on_a_stuck_worker_ends_at_the_wall_clock_limit() {
+    let mut config = workers_config();
+    config.engine.limits.wall_ms = 1000;
+    let node = TestNode::with_config(config).await;
+    node.run("left", "", HELLO).await;
+    let supervisor = worker_pid(&node, "left").await.unwrap();
+    let children = std::fs::read_to_string(format!("/proc/{supervisor}/task/{supervisor}/children")).unwrap();
+    let engine: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    // SAFETY: kill(2) on a worker process this test's node spawned.
+    assert_eq!(unsafe { libc::kill(engine, libc::SIGSTOP) }, 0);
+    // The client gives up long before the node's deadline (wall clock
+    // limit and grace); the node does not forget the request.
+    let gone = tokio::time::timeout(Duration::from_millis(300), node.run("left", "", HELLO)).await;
+    assert!(gone.is_err());
+    assert!(process_alive(supervisor));
+    eventually_within("stuck worker killed at the deadline", Duration::from_secs(6), || async { !process_alive(supervisor) }).await;
+    assert_eq!(node.run("left", "", HELLO).await.json(), json!("alive"));
+}
