@@ -892,9 +892,13 @@ provideServerResponse(ServerResponse, emitterPrototype);
 // outside the allocator that holds a container to its ArrayBuffer limit:
 // refused, clearly, rather than left as a way around the limit. Everything
 // else about the constructor (instanceof, subclasses, statics) is the
-// original's, through the proxy.
+// original's, through the proxy, which also replaces it as its prototype's
+// `constructor` (else `new Uint8Array(1).buffer.constructor` is the
+// original). The original gets the length alone, already a primitive: it
+// then runs no guest code, so options read once here cannot read
+// differently there (a getter), and no guest frame ever sits above it.
 const fixedLengthOnly = (function fixedLengthOnly(ctor, name) {
-  return new ProxyCtor(ctor, {
+  const proxy = new ProxyCtor(ctor, {
     __proto__: null,
     construct(target, args, newTarget) {
       const options = args[1];
@@ -903,9 +907,19 @@ const fixedLengthOnly = (function fixedLengthOnly(ctor, name) {
           `resizable ${name}s (maxByteLength) are not available in webtask: their memory would escape the container's ArrayBuffer limit`,
         );
       }
-      return ReflectConstruct(target, args, newTarget);
+      let length = args[0];
+      if ((length !== null && typeof length === "object") || typeof length === "function") length = NumberCtor(length);
+      return ReflectConstruct(target, [length], newTarget);
     },
   });
+  ObjectDefineProperty(ctor.prototype, "constructor", {
+    __proto__: null,
+    value: proxy,
+    writable: true,
+    enumerable: false,
+    configurable: true,
+  });
+  return proxy;
 });
 
 // Called once per isolate by the host with its limits; returns the runner's

@@ -27,6 +27,7 @@ const {
   ArrayIsArray,
   ArrayPrototypeIncludes,
   ArrayPrototypePush,
+  JSONStringify,
   ObjectKeys,
   PromisePrototypeThen,
   String: StringCtor,
@@ -36,6 +37,26 @@ const {
   TypeError: TypeErrorCtor,
   Uint8Array: Uint8ArrayCtor,
 } = globalThis.__bootstrap.primordials;
+
+// The request target, as Node checks it (ERR_UNESCAPED_CHARACTERS). Only
+// origin-form paths ("/..."): the request goes out as a URL made of host,
+// port and path, and a path such as "@other:80/" would make that URL name
+// another host, sending the webtask's headers (its credentials) there.
+function requestPath(path) {
+  if (path === undefined || path === null || path === "") return "/";
+  path = StringCtor(path);
+  if (/[^\u0021-\u00ff]/.test(path)) {
+    const err = new TypeErrorCtor("Request path contains unescaped characters");
+    err.code = "ERR_UNESCAPED_CHARACTERS";
+    throw err;
+  }
+  if (path[0] !== "/") {
+    const err = new TypeErrorCtor(`Request path must start with "/" in webtask (origin form): ${JSONStringify(path)}`);
+    err.code = "ERR_INVALID_ARG_VALUE";
+    throw err;
+  }
+  return path;
+}
 
 const STATUS_CODES = {
   100: "Continue", 101: "Switching Protocols", 102: "Processing", 103: "Early Hints", 200: "OK", 201: "Created",
@@ -365,7 +386,14 @@ function createHttp(defaultProtocol) {
     if (StringPrototypeIndexOf(host, ":") !== -1 && host[0] !== "[") host = "[" + host + "]";
     const port = options.port ? ":" + options.port : "";
     this.method = StringPrototypeToUpperCase(StringCtor(options.method || "GET"));
-    this.path = options.path || "/";
+    this.path = requestPath(options.path);
+    // The URL below is parsed again by the egress: nothing in the host or
+    // port may make it name another host (`user@`, a path, a query).
+    if (/[\s/\\@?#]/.test(host) || !/^(:\d*)?$/.test(port)) {
+      const err = new TypeErrorCtor(`Invalid host: ${JSONStringify(host + port)}`);
+      err.code = "ERR_INVALID_ARG_VALUE";
+      throw err;
+    }
     this.host = host;
     this.protocol = protocol;
     this._port = options.port || (protocol === "https:" ? 443 : 80);

@@ -36,7 +36,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::alloc::{budget, guest_bytes};
-use super::fetch::{body_channel, full_body, BodySender, BodyStream, FetchFuture, FetchRequest, RequestHead, ResponseHead, MAX_REQUEST_BODY};
+use super::fetch::{body_channel, full_body, BodySender, BodyStream, FetchFuture, FetchRequest, RequestHead, ResponseHead, MAX_REQUEST_BODY, MAX_REQUEST_HEAD};
 use super::inflight::{Inflight, Refused};
 use super::ops::Egress;
 
@@ -158,6 +158,10 @@ pub fn op_wt_fetch_start(
 ) -> Result<u32, JsErrorBox> {
     if body.len() > MAX_REQUEST_BODY {
         return Err(err("egress_limit", format_args!("request body larger than {MAX_REQUEST_BODY} bytes")));
+    }
+    if head.bytes() > MAX_REQUEST_HEAD {
+        let bytes = head.bytes();
+        return Err(err("egress_limit", format_args!("request head of {bytes} bytes (URL and headers) past the limit of {MAX_REQUEST_HEAD} bytes")));
     }
     let body = Bytes::from_owner(body);
     let (fetcher, deadline, req_id) = {

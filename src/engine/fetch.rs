@@ -26,6 +26,17 @@ use tokio::sync::mpsc;
 
 /// Largest request body a guest may send with one fetch.
 pub const MAX_REQUEST_BODY: usize = 8 * 1024 * 1024;
+/// Largest request head (URL, method and headers, in bytes) of one fetch:
+/// four times what common servers take (16 KiB); a head goes to the node
+/// as one frame.
+pub const MAX_REQUEST_HEAD: usize = 64 * 1024;
+
+impl RequestHead {
+    /// Its size as it goes out: URL, method, names and values.
+    pub fn bytes(&self) -> usize {
+        self.url.len() + self.method.len() + self.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+    }
+}
 
 /// What a guest asks for, ahead of any body byte.
 #[derive(Debug, Clone, Serialize, Deserialize)]

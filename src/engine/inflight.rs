@@ -184,6 +184,12 @@ impl Inflight {
 
     /// `res.writeHead`: status and headers go out now, the body streams.
     pub fn head(&mut self, id: u32, status: u16, headers: Vec<(String, String)>) {
+        // Counted as they go out, in UTF-8 (the runtime's own check counts
+        // UTF-16 code units, a third of what CJK text takes).
+        let bytes: usize = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if bytes as u64 > self.response_limit {
+            return self.fail(id, Error::ResponseLimit { limit_bytes: self.response_limit });
+        }
         let Some(slot) = self.slots.get_mut(&id) else { return };
         let Some(reply) = slot.reply.take() else { return };
         let (tx, rx) = mpsc::unbounded_channel();

@@ -193,6 +193,39 @@ async fn failures_carry_node_codes() {
 }
 
 #[tokio::test]
+async fn a_request_path_cannot_name_another_host() {
+    // Built into a URL, "@host:port/..." once made the request go to that
+    // host, with the webtask's own headers: refused, as are paths Node
+    // refuses, and hosts that would do the same.
+    let server = echo_server().await;
+    let code = r#"module.exports = async (ctx) => {
+        const http = require('http');
+        const [host, port] = ctx.data.server.split(':');
+        const attempt = (options) => { try { http.request(options).destroy(); return 'made'; } catch (e) { return e.code; } };
+        const got = await new Promise((resolve, reject) => {
+            const req = http.request({ hostname: host, port, path: '/a@b?c=1' }, (res) => {
+                let body = ''; res.on('data', (d) => body += d); res.on('end', () => resolve(JSON.parse(body).path));
+            });
+            req.on('error', reject);
+            req.end();
+        });
+        return {
+            at: attempt({ hostname: host, port, path: '@127.0.0.1:1/x' }),
+            absolute: attempt({ hostname: host, port, path: 'http://127.0.0.1:1/' }),
+            space: attempt({ hostname: host, port, path: '/a b' }),
+            host: attempt({ hostname: 'x@' + host, port, path: '/' }),
+            got,
+        };
+    };"#;
+    for node in every_target_with(config(server)).await {
+        let v: Value = node.run("paths", &format!("?server={server}"), code).await.json();
+        let expected = json!({"at": "ERR_INVALID_ARG_VALUE", "absolute": "ERR_INVALID_ARG_VALUE", "space": "ERR_UNESCAPED_CHARACTERS",
+                              "host": "ERR_INVALID_ARG_VALUE", "got": "/a@b?c=1"});
+        assert_eq!(v, expected);
+    }
+}
+
+#[tokio::test]
 async fn https_clients_see_a_verified_peer() {
     let (server, ca) = tls_echo_server().await;
     let config = crate::support::with_room(allowing(server, Some(ca)), 5_000);

@@ -200,6 +200,15 @@ async fn resizable_array_buffers_cannot_get_around_the_cap() {
                 try { const b = new C(0, { maxByteLength: 128 * 1024 * 1024 }); out.push('made ' + b.byteLength); }
                 catch (e) { out.push(e.name + ': ' + e.message); }
             }
+            // Nor around the check: the constructor reached through an
+            // instance, and options that read differently the second time.
+            const Original = new Uint8Array(1).buffer.constructor;
+            try { const b = new Original(0, { maxByteLength: 128 * 1024 * 1024 }); out.push('made ' + b.resizable); }
+            catch (e) { out.push(e.name); }
+            let reads = 0;
+            const sly = { get maxByteLength() { return reads++ === 0 ? undefined : 128 * 1024 * 1024; } };
+            const b = new ArrayBuffer(0, sly);
+            out.push(Original === ArrayBuffer, b.resizable, new ArrayBuffer({ valueOf: () => 3 }).byteLength);
             class Sub extends ArrayBuffer {}
             const plain = new ArrayBuffer(8, {});
             out.push(plain.byteLength, plain.resizable, new Uint8Array(4).buffer instanceof ArrayBuffer,
@@ -210,6 +219,9 @@ async fn resizable_array_buffers_cannot_get_around_the_cap() {
         let v = res.json();
         let refused = "resizable ArrayBuffers (maxByteLength) are not available in webtask: their memory would escape the container's ArrayBuffer limit";
         assert_eq!(v[0], json!(format!("RangeError: {refused}")), "{v}");
+        let n = v.as_array().unwrap().len();
+        assert_eq!(v[n - 10], json!("RangeError"), "{v}");
+        assert_eq!((&v[n - 9], &v[n - 8], &v[n - 7]), (&json!(true), &json!(false), &json!(3)), "{v}");
         let tail: Vec<_> = v.as_array().unwrap().iter().rev().take(6).rev().cloned().collect();
         assert_eq!(tail, vec![json!(8), json!(false), json!(true), json!(true), json!(true), json!("ArrayBuffer")], "{v}");
     }
@@ -576,5 +588,67 @@ async fn cpu_limit_stops_a_16384_bit_rsa_signature() {
             assert!(used_ms > 100 && used_ms < 200, "{used_ms} ms");
         }
         other => panic!("expected cpu_limit: {other:?}"),
+    }
+}
+
+/// V8 lands a stop only in JavaScript: a typed array's sort of millions of
+/// elements, a native built-in, ran on for seconds past the CPU limit. A
+/// worker whose stop has not landed after 100 ms more of CPU ends itself,
+/// and its request gets the limit with the figure; the container's next
+/// request runs on a new worker.
+#[tokio::test]
+async fn a_native_built_in_cannot_run_on_past_the_cpu_limit_in_a_worker() {
+    let mut config = crate::support::workers_config();
+    // Room for the fill (about 40 ms here), none for the sort (about 1 s).
+    config.engine.limits.cpu_ms = 300;
+    config.engine.limits.wall_ms = 20_000;
+    config.engine.limits.array_buffer_mb = 80;
+    let node = TestNode::with_config(config).await;
+    let pid_of = |metrics: String| {
+        let prefix = "webtask_worker{container=\"sorter\",pid=\"";
+        metrics.lines().find_map(|l| l.strip_prefix(prefix)?.split('"').next()?.parse::<u32>().ok())
+    };
+    assert_eq!(node.run("sorter", "", "return function (cb) { cb(null, 1) }").await.json(), json!(1));
+    let before = pid_of(node.metrics().await).expect("a worker for the container");
+    // 8 Mi doubles: the fill is JavaScript (stopped at once, were the limit
+    // reached there: then the worker would stay), the sort is not.
+    let sort = r#"return function (cb) {
+        const n = 8 * 1024 * 1024, a = new Float64Array(n);
+        for (let i = 0; i < n; i++) a[i] = (i * 7919) & (n - 1);
+        a.sort();
+        cb(null, 'sorted');
+    }"#;
+    let v = node.run("sorter", "", sort).await.json();
+    assert_eq!((&v["code"], &v["limit_ms"]), (&json!("cpu_limit"), &json!(300)), "{v}");
+    let used = v["used_ms"].as_u64().expect("used_ms");
+    assert!((400..1_500).contains(&used), "used {used} ms: the limit and the grace, and then at most the watchdog's latency");
+    assert_eq!(node.run("sorter", "", "return function (cb) { cb(null, 2) }").await.json(), json!(2));
+    let after = pid_of(node.metrics().await).expect("a worker for the container");
+    assert_ne!(before, after, "the worker that could not stop its isolate is gone");
+}
+
+/// Response headers count against the response limit as they go out, in
+/// UTF-8: 30,000 CJK characters are 30,000 UTF-16 units but 90,000 bytes.
+/// Before, they passed the runtime's check, and a worker's reply then broke
+/// the node's own bound (the worker was killed as faulty). A fetch's head
+/// has a bound of its own.
+#[tokio::test]
+async fn headers_are_bounded_in_the_bytes_they_take() {
+    for node in every_target().await {
+        let code = r#"module.exports = function (ctx, req, res) {
+            res.setHeader('x-big', '\u4e00'.repeat(30000));
+            res.end('never');
+        };"#;
+        let v = node.run("cjk", "", code).await.json();
+        assert_eq!((&v["code"], &v["limit_bytes"]), (&json!("response_limit"), &json!(65536)), "{v}");
+        let code = r#"module.exports = async () => {
+            try { await fetch('http://127.0.0.1:1/', { headers: { 'x-big': 'a'.repeat(70000) } }); return 'sent'; }
+            catch (e) { return [e.code, e.message]; }
+        };"#;
+        let v = node.run("bighead", "", code).await.json();
+        assert_eq!(v[0], json!("egress_limit"), "{v}");
+        assert!(v[1].as_str().unwrap().contains("past the limit of 65536 bytes"), "{v}");
+        // The container still answers.
+        assert_eq!(node.run("cjk", "", "return function (cb) { cb(null, 'ok') }").await.json(), json!("ok"));
     }
 }
