@@ -84,7 +84,9 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener, shutdown: impl std::f
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(node.http.header_timeout_ms))
-        .max_header_size(node.http.header_bytes)
+        // hyper's own refusal is a bare 431 with no body: it stops only heads
+        // far past the limit, and `handle` answers the rest in JSON.
+        .max_header_size(node.http.header_bytes.saturating_mul(4).max(16 * 1024))
         .keep_alive(true)
         // Responses are small: one flattened write beats writev.
         .writev(false);
@@ -164,6 +166,14 @@ async fn draining(req: Request<Incoming>) -> Result<Response<Body>, Infallible> 
 }
 
 async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    if head_bytes(&req) > node.http.header_bytes {
+        let limit = node.http.header_bytes;
+        let error = format!("request head exceeds {limit} bytes");
+        let mut res = reply::json(431, &serde_json::json!({"code": "header_limit", "limit_bytes": limit, "error": error}));
+        // Whatever body follows is not read: the connection cannot go on.
+        res.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        return Ok(res);
+    }
     let path = req.uri().path();
     let response = if let Some(container) = path.strip_prefix("/api/run/") {
         match *req.method() {
@@ -189,6 +199,13 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Result<Response<Body
         }
     };
     Ok(response)
+}
+
+/// The request head's size as it came in, near enough: request line and
+/// header lines with their separators.
+fn head_bytes(req: &Request<Incoming>) -> usize {
+    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    line + req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>()
 }
 
 fn only_get(req: &Request<Incoming>, f: impl FnOnce() -> Response<Body>) -> Response<Body> {

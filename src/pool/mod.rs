@@ -106,6 +106,10 @@ impl Runner {
     }
 }
 
+/// `Worker::running` of a worker being retired: far above any concurrency
+/// limit, so a request that counts itself in after it sees the mark.
+const RETIRING: usize = usize::MAX / 2;
+
 /// How long the pool waits, after a worker was taken, before forking its
 /// replacement (while it still has others to give).
 const REFILL_DELAY: Duration = Duration::from_millis(10);
@@ -260,12 +264,7 @@ impl Pool {
         if !valid_container(container) {
             return Err(Error::bad_request("container names are 1-64 characters of A-Z, a-z, 0-9, '_' and '-'"));
         }
-        let worker = self.worker_for(container).await?;
-        let limit = self.inner.engine.max_concurrency;
-        if worker.running.fetch_add(1, Ordering::Acquire) >= limit {
-            worker.running.fetch_sub(1, Ordering::Release);
-            return Err(Error::ConcurrencyLimit { limit });
-        }
+        let worker = self.claim(container).await?;
         // Held by the request's entry at the worker until the worker is done
         // with it (a streamed body included), even if this caller goes.
         let permit = engine::Permit::from_counter(worker.running.clone());
@@ -282,6 +281,27 @@ impl Pool {
                 worker.kill();
                 Err(Error::WallLimit { limit_ms: self.inner.engine.limits.wall_ms })
             }
+        }
+    }
+
+    /// `container`'s worker, with this request counted in its `running`.
+    /// A worker retired between being found and being counted (the
+    /// controller or an eviction got there first) is passed over for the
+    /// container's next one, never used dying.
+    async fn claim(&self, container: &str) -> Result<Arc<Worker>, Error> {
+        let limit = self.inner.engine.max_concurrency;
+        loop {
+            let worker = self.worker_for(container).await?;
+            let before = worker.running.fetch_add(1, Ordering::Acquire);
+            if before >= RETIRING {
+                worker.running.fetch_sub(1, Ordering::Release);
+                continue;
+            }
+            if before >= limit {
+                worker.running.fetch_sub(1, Ordering::Release);
+                return Err(Error::ConcurrencyLimit { limit });
+            }
+            return Ok(worker);
         }
     }
 
@@ -502,7 +522,17 @@ impl Inner {
 
     /// Removes `container`'s worker and kills it.
     fn retire(&self, container: &str, reason: &'static str, slot: Slot) -> bool {
-        let Some(worker) = self.assigned.lock().unwrap().remove(container) else { return false };
+        let worker = {
+            let mut assigned = self.assigned.lock().unwrap();
+            let Some(worker) = assigned.get(container) else { return false };
+            // A live worker is retired only if nothing runs on it, decided
+            // in one step with any request counting itself (see `claim`):
+            // one that just did keeps its worker, retired another time.
+            if reason != "crashed" && worker.running.compare_exchange(0, RETIRING, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                return false;
+            }
+            assigned.remove(container).expect("found under the same lock")
+        };
         worker.kill();
         self.forget(&worker, reason, slot);
         tracing::info!(container, pid = worker.pid, reason, "worker retired");

@@ -300,6 +300,17 @@ async fn request_head_over_limit_is_431() {
     let mut conn = TcpStream::connect(node.addr).await.unwrap();
     let big = format!("GET /healthz HTTP/1.1\r\nhost: t\r\nx-big: {}\r\n\r\n", "y".repeat(8000));
     conn.write_all(big.as_bytes()).await.unwrap();
+    let answer = read_until_close_or(&mut conn, b"}").await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    // In JSON, naming the limit, as every other refusal does.
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    assert_eq!((&v["code"], &v["limit_bytes"]), (&json!("header_limit"), &json!(4096)), "{v}");
+    // Far past it, hyper refuses before the node sees the request: 431 all the same.
+    let mut conn = TcpStream::connect(node.addr).await.unwrap();
+    let huge = format!("GET /healthz HTTP/1.1\r\nhost: t\r\nx-big: {}\r\n\r\n", "y".repeat(40_000));
+    // hyper may close while this is still being written.
+    let _ = conn.write_all(huge.as_bytes()).await;
     let head = read_until_close_or(&mut conn, b"\r\n\r\n").await;
     assert!(head.starts_with("HTTP/1.1 431"), "{head}");
 }
