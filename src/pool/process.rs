@@ -87,6 +87,16 @@ enum Pending {
     Streaming(mpsc::UnboundedSender<Result<Bytes, Error>>, u64),
 }
 
+impl Pending {
+    /// Ends the request with `err`: as its answer, or where its body stops.
+    fn fail(self, err: Error) {
+        match self {
+            Pending::Waiting(tx) => drop(tx.send(Err(err))),
+            Pending::Streaming(tx, _) => drop(tx.send(Err(err))),
+        }
+    }
+}
+
 /// A request the node gave this worker and still waits on.
 struct Owned {
     /// Its request id: the only one the worker's log lines and fetches may carry.
@@ -183,10 +193,7 @@ impl Shared {
 
     fn fail_all(&self, err: &Error) {
         for (_, p) in self.pending.lock().unwrap().drain() {
-            match p.state {
-                Pending::Waiting(tx) => drop(tx.send(Err(err.clone()))),
-                Pending::Streaming(tx, _) => drop(tx.send(Err(err.clone()))),
-            }
+            p.state.fail(err.clone());
         }
     }
 
@@ -503,14 +510,13 @@ fn deliver(shared: &Arc<Shared>, msg: FromWorker) -> Result<(), String> {
         FromWorker::Failed { id, error } => {
             let err = match protocol::error_from_bytes(&error) {
                 // What only the node can know, a worker cannot claim.
-                Error::WorkerCrashed { .. } | Error::NoWorker { .. } | Error::BodyLimit { .. } => {
+                Error::WorkerCrashed { .. } | Error::NoWorker { .. } | Error::BodyLimit { .. } | Error::BodyTimeout { .. } => {
                     return Err("reported an error only the node can report".to_owned());
                 }
                 err => err,
             };
-            match pending.remove(&id).map(|o| o.state) {
-                Some(Pending::Waiting(tx)) => drop(tx.send(Err(err))),
-                Some(Pending::Streaming(tx, _)) => drop(tx.send(Err(err))),
+            match pending.remove(&id) {
+                Some(owned) => owned.state.fail(err),
                 None => return Err(format!("failure of request {id} it does not own")),
             }
         }
@@ -537,11 +543,7 @@ fn deliver(shared: &Arc<Shared>, msg: FromWorker) -> Result<(), String> {
             let recycled = Error::IsolateRecycled { reason: err.code().to_owned() };
             let oldest = pending.keys().min().copied();
             for (id, owned) in pending.drain() {
-                let failure = if Some(id) == oldest { err.clone() } else { recycled.clone() };
-                match owned.state {
-                    Pending::Waiting(tx) => drop(tx.send(Err(failure))),
-                    Pending::Streaming(tx, _) => drop(tx.send(Err(failure))),
-                }
+                owned.state.fail(if Some(id) == oldest { err.clone() } else { recycled.clone() });
             }
             return Err(format!("ended itself: {err}"));
         }
@@ -570,11 +572,7 @@ fn watch(shared: &Arc<Shared>, id: u64, deadline: tokio::time::Instant) -> onesh
         let Some(shared) = shared.upgrade() else { return };
         let Some(overran) = shared.pending.lock().unwrap().remove(&id) else { return };
         tracing::warn!(pid = shared.pid, "worker overran the wall-clock limit; killing it");
-        let err = Error::WallLimit { limit_ms: shared.wall_ms };
-        match overran.state {
-            Pending::Waiting(tx) => drop(tx.send(Err(err))),
-            Pending::Streaming(tx, _) => drop(tx.send(Err(err))),
-        }
+        overran.state.fail(Error::WallLimit { limit_ms: shared.wall_ms });
         shared.kill();
     });
     watch
