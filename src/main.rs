@@ -171,6 +171,8 @@ fn load(path: Option<PathBuf>) -> anyhow::Result<Config> {
 
 /// How long a stopping node waits for its log store to take what it holds.
 const LOGS_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a stopping node waits for its killed workers to be reaped.
+const WORKERS_REAPED_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 async fn serve(mut config: Config, listen: Option<std::net::SocketAddr>, system: SystemLayer) -> anyhow::Result<()> {
     if let Some(addr) = listen {
@@ -185,6 +187,7 @@ async fn serve(mut config: Config, listen: Option<std::net::SocketAddr>, system:
     tracing::info!(%addr, "webtask node listening");
     let node = Node::new(runner, config.http.clone(), logs);
     api::serve(node.clone(), listener, shutdown_signal()).await;
+    node.runner.shutdown(WORKERS_REAPED_WITHIN).await;
     // Records Kafka has not taken yet get a moment; the rest are counted lost.
     node.logs.shutdown(LOGS_FLUSH).await;
     tracing::info!("webtask node stopped");

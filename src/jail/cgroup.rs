@@ -98,6 +98,11 @@ impl WorkerCgroup {
             .and_then(|s| s.lines().find_map(|l| l.strip_prefix(key)?.trim().parse::<u64>().ok()))
             .is_some_and(|n| n > 0)
     }
+
+    /// No process left in it (then it can be removed).
+    pub fn is_empty(&self) -> bool {
+        self.dirs.iter().all(|dir| fs::read_to_string(dir.join("cgroup.procs")).map_or(true, |procs| procs.trim().is_empty()))
+    }
 }
 
 impl Drop for WorkerCgroup {

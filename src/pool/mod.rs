@@ -10,7 +10,7 @@ mod zygote;
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -104,6 +104,13 @@ impl Runner {
             Runner::InProcess(engine) => engine.dispatch(container, code, context, req_id).await,
         }
     }
+
+    /// At node shutdown, once requests are done: see [`Pool::shutdown`].
+    pub async fn shutdown(&self, within: Duration) {
+        if let Runner::Workers(pool) = self {
+            pool.shutdown(within).await;
+        }
+    }
 }
 
 /// `Worker::running` of a worker being retired: far above any concurrency
@@ -173,6 +180,8 @@ struct Inner {
     assigning: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>,
     /// Live processes, pooled and assigned, plus those being spawned.
     live: Arc<AtomicUsize>,
+    /// The node is shutting down: no more workers.
+    closing: AtomicBool,
     placement: Box<dyn Placement>,
     refill: Arc<Notify>,
     stats: PoolStats,
@@ -224,6 +233,7 @@ impl Pool {
                 assigned: Mutex::default(),
                 assigning: Mutex::default(),
                 live: Arc::default(),
+                closing: AtomicBool::new(false),
                 placement: Box::new(Memory::default()),
                 refill: Arc::default(),
                 stats: PoolStats::default(),
@@ -257,6 +267,23 @@ impl Pool {
     /// Workers pre-warmed and waiting for a container.
     pub fn idle_workers(&self) -> usize {
         self.inner.idle.lock().unwrap().len()
+    }
+
+    /// Ends every worker, pooled and assigned, and waits up to `within`
+    /// for them to be reaped, so their cgroups and uids go with this node
+    /// (left behind, the next node's start sweeps them). No worker is
+    /// spawned after this.
+    pub async fn shutdown(&self, within: Duration) {
+        self.inner.closing.store(true, Ordering::Release);
+        let mut workers: Vec<Arc<Worker>> = self.inner.idle.lock().unwrap().drain(..).collect();
+        workers.extend(self.inner.assigned.lock().unwrap().drain().map(|(_, w)| w));
+        for worker in &workers {
+            worker.kill();
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        while workers.iter().any(|w| !w.reaped()) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Runs a request on `container`'s worker, assigning one first if needed.
@@ -449,8 +476,11 @@ impl Drop for Gate<'_> {
 }
 
 impl Inner {
-    /// Takes one of `max` process slots.
+    /// Takes one of `max` process slots (none once the node is closing).
     fn reserve_slot(&self) -> Option<SlotGuard> {
+        if self.closing.load(Ordering::Acquire) {
+            return None;
+        }
         self.live
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.config.max).then_some(n + 1))
             .ok()

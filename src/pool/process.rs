@@ -185,7 +185,17 @@ impl Drop for Shared {
 }
 
 impl Shared {
+    /// Whether its cgroup (if it has one) holds no process any more.
+    fn cgroup_empty(&self) -> bool {
+        let lease = self.lease.lock().unwrap();
+        lease.as_ref().and_then(|l| l.cgroup.as_ref()).is_none_or(|cg| cg.is_empty())
+    }
+
+    /// Kills the process. From now on it takes no request: one that finds
+    /// it before its connection is seen to close gets the container's next
+    /// worker, not this one's crash.
     fn kill(&self) {
+        self.alive.store(false, Ordering::Release);
         if let Some(child) = self.child.lock().unwrap().as_ref() {
             child.start_kill();
         }
@@ -336,6 +346,11 @@ impl Worker {
     pub fn kill(&self) {
         self.shared.kill();
     }
+
+    /// Reaped, its cgroup and uid given back (the lease goes last).
+    pub fn reaped(&self) -> bool {
+        self.shared.lease.lock().unwrap().is_none()
+    }
 }
 
 impl Drop for Worker {
@@ -451,7 +466,13 @@ async fn io(
     };
     *shared.ended.lock().unwrap() = Some(reason);
     shared.fail_all(&shared.crashed());
-    // Reaped: its cgroup can go, its uid is free again.
+    // Reaped: its cgroup can go, its uid is free again. What the node reaped
+    // is the pid namespace's supervisor; the worker under it, killed with
+    // it, may still be exiting, and a cgroup with a process in it stays.
+    let until = tokio::time::Instant::now() + Duration::from_secs(1);
+    while tokio::time::Instant::now() < until && !shared.cgroup_empty() {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     shared.lease.lock().unwrap().take();
 }
 

@@ -83,10 +83,15 @@ impl Reader {
     }
 
     /// Records until one whose `msg` satisfies `until` (included).
+    /// Records up to and including the first whose `msg` satisfies
+    /// `until`; a test fails, rather than hangs, if none comes in 60 s.
     pub async fn until(&mut self, until: impl Fn(&str) -> bool) -> Vec<Value> {
         let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let r = self.next().await;
+            let Ok(r) = tokio::time::timeout_at(deadline, self.next()).await else {
+                panic!("the awaited record did not come in 60 s; {} came: {:?}", got.len(), msgs(&got).iter().rev().take(5).collect::<Vec<_>>());
+            };
             let stop = until(r["msg"].as_str().unwrap_or(""));
             got.push(r);
             if stop {
@@ -397,14 +402,14 @@ async fn post(addr: std::net::SocketAddr, container: &str, code: &str) -> u16 {
 
 /// A `webtask serve` process (the only kind with a system layer) with
 /// `toml` as its config; killed on drop.
-struct ServeNode {
+pub(crate) struct ServeNode {
     child: tokio::process::Child,
-    addr: std::net::SocketAddr,
+    pub(crate) addr: std::net::SocketAddr,
     dir: std::path::PathBuf,
 }
 
 impl ServeNode {
-    async fn start(name: &str, toml: &str) -> ServeNode {
+    pub(crate) async fn start(name: &str, toml: &str) -> ServeNode {
         use tokio::io::AsyncBufReadExt;
         let dir = std::env::temp_dir().join(format!("webtask-logs-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -430,14 +435,14 @@ impl ServeNode {
     }
 
     /// SIGTERM, then the node must stop by itself, successfully.
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(self.child.id().unwrap() as i32, libc::SIGTERM) };
         let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await.expect("node did not stop").unwrap();
         assert!(status.success(), "{status:?}");
     }
 
-    async fn metrics(&self) -> String {
+    pub(crate) async fn metrics(&self) -> String {
         let client = Client::builder(TokioExecutor::new()).build_http();
         let req = http::Request::get(format!("http://{}/metrics", self.addr)).body(Empty::<Bytes>::new()).unwrap();
         let res = tokio::time::timeout(Duration::from_secs(30), client.request(req)).await.expect("hung").expect("metrics");

@@ -568,3 +568,41 @@ async fn a_request_its_client_left_on_a_stuck_worker_ends_at_the_wall_clock_limi
     eventually_within("stuck worker killed at the deadline", Duration::from_secs(6), || async { !process_alive(supervisor) }).await;
     assert_eq!(node.run("left", "", HELLO).await.json(), json!("alive"));
 }
+
+/// A node stopped with SIGTERM ends its workers and waits for them to be
+/// reaped, so their cgroups go with it; before, they stayed until the next
+/// node's start swept them.
+#[tokio::test]
+async fn a_stopped_node_leaves_no_worker_cgroups_behind() {
+    let node = crate::logs::ServeNode::start("cgroups", "[workers]\nmode = \"process\"\npool_size = 2\n[jail]\nmode = \"required\"\n").await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let req = http::Request::post(format!("http://{}/api/run/kept", node.addr))
+        .header("content-type", "application/javascript")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(HELLO.as_bytes())))
+        .unwrap();
+    assert_eq!(client.request(req).await.unwrap().status(), 200);
+    let metrics = node.metrics().await;
+    let prefix = "webtask_worker{container=\"kept\",pid=\"";
+    let pid: u32 = metrics.lines().find_map(|l| l.strip_prefix(prefix)?.split('"').next()?.parse().ok()).expect("the worker's pid");
+    // Every cgroup directory the worker is in, under each hierarchy.
+    let dirs: Vec<std::path::PathBuf> = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once(':')?;
+            let (controllers, path) = rest.split_once(':')?;
+            let root = match controllers.split(',').find(|c| ["memory", "pids", "cpu"].contains(c)) {
+                Some(c) => std::path::Path::new("/sys/fs/cgroup").join(c),
+                None if controllers.is_empty() => std::path::PathBuf::from("/sys/fs/cgroup"),
+                None => return None,
+            };
+            path.contains("webtask").then(|| root.join(path.trim_start_matches('/')))
+        })
+        .filter(|d| d.exists())
+        .collect();
+    assert!(!dirs.is_empty(), "the worker is in no webtask cgroup");
+    node.stop().await;
+    let left: Vec<_> = dirs.iter().filter(|d| d.exists()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
