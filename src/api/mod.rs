@@ -204,7 +204,12 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Result<Response<Body
 /// The request head's size as it came in, near enough: request line and
 /// header lines with their separators.
 fn head_bytes(req: &Request<Incoming>) -> usize {
-    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    // From the URI's parts: formatting it whole would allocate per request.
+    let uri = req.uri();
+    let target = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |p| p.as_str().len());
+    let line = req.method().as_str().len() + target + 12;
     line + req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>()
 }
 

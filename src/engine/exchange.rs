@@ -159,9 +159,9 @@ pub fn op_wt_fetch_start(
     if body.len() > MAX_REQUEST_BODY {
         return Err(err("egress_limit", format_args!("request body larger than {MAX_REQUEST_BODY} bytes")));
     }
-    if head.bytes() > MAX_REQUEST_HEAD {
-        let bytes = head.bytes();
-        return Err(err("egress_limit", format_args!("request head of {bytes} bytes (URL and headers) past the limit of {MAX_REQUEST_HEAD} bytes")));
+    let head_bytes = head.bytes();
+    if head_bytes > MAX_REQUEST_HEAD {
+        return Err(err("egress_limit", format_args!("request head of {head_bytes} bytes (URL and headers) past the limit of {MAX_REQUEST_HEAD} bytes")));
     }
     let body = Bytes::from_owner(body);
     let (fetcher, deadline, req_id) = {

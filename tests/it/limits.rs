@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 use webtask::config::Config;
 
 use crate::support::{every_target, every_target_with, sample, test_config, Target, TestNode};
+use crate::workers::worker_pid_in;
 
 const HELLO: &str = "return function (cb) { cb(null, 'alive'); }";
 
@@ -615,12 +616,8 @@ async fn a_native_built_in_cannot_run_on_past_the_cpu_limit_in_a_worker() {
     config.engine.limits.wall_ms = 20_000;
     config.engine.limits.array_buffer_mb = 80;
     let node = TestNode::with_config(config).await;
-    let pid_of = |metrics: String| {
-        let prefix = "webtask_worker{container=\"sorter\",pid=\"";
-        metrics.lines().find_map(|l| l.strip_prefix(prefix)?.split('"').next()?.parse::<u32>().ok())
-    };
     assert_eq!(node.run("sorter", "", "return function (cb) { cb(null, 1) }").await.json(), json!(1));
-    let before = pid_of(node.metrics().await).expect("a worker for the container");
+    let before = worker_pid_in(&node.metrics().await, "sorter").expect("a worker for the container");
     // 8 Mi doubles: the fill is JavaScript (stopped at once, were the limit
     // reached there: then the worker would stay), the sort is not.
     let sort = r#"return function (cb) {
@@ -634,7 +631,7 @@ async fn a_native_built_in_cannot_run_on_past_the_cpu_limit_in_a_worker() {
     let used = v["used_ms"].as_u64().expect("used_ms");
     assert!((400..1_500).contains(&used), "used {used} ms: the limit and the grace, and then at most the watchdog's latency");
     assert_eq!(node.run("sorter", "", "return function (cb) { cb(null, 2) }").await.json(), json!(2));
-    let after = pid_of(node.metrics().await).expect("a worker for the container");
+    let after = worker_pid_in(&node.metrics().await, "sorter").expect("a worker for the container");
     assert_ne!(before, after, "the worker that could not stop its isolate is gone");
 }
 

@@ -20,9 +20,30 @@ where
 
 /// The worker pid `/metrics` reports for `container`.
 async fn worker_pid(node: &TestNode, container: &str) -> Option<u32> {
-    let m = node.metrics().await;
+    worker_pid_in(&node.metrics().await, container)
+}
+
+/// The worker pid `metrics` (a `/metrics` page) reports for `container`.
+pub(crate) fn worker_pid_in(metrics: &str, container: &str) -> Option<u32> {
     let prefix = format!("webtask_worker{{container=\"{container}\",pid=\"");
-    m.lines().find_map(|l| l.strip_prefix(&prefix)?.split('"').next()?.parse().ok())
+    metrics.lines().find_map(|l| l.strip_prefix(&prefix)?.split('"').next()?.parse().ok())
+}
+
+/// A node whose `container` has a worker that then stops dead (SIGSTOP
+/// to the engine process under its pid namespace's supervisor): it neither
+/// answers nor enforces its own limits. The supervisor's pid, as `/metrics`
+/// reports it, and a function that freezes the worker.
+async fn worker_to_freeze(container: &str) -> (TestNode, u32, impl Fn()) {
+    let mut config = workers_config();
+    config.engine.limits.wall_ms = 1000;
+    let node = TestNode::with_config(config).await;
+    node.run(container, "", HELLO).await;
+    let supervisor = worker_pid(&node, container).await.unwrap();
+    let children = std::fs::read_to_string(format!("/proc/{supervisor}/task/{supervisor}/children")).unwrap();
+    let engine: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    // SAFETY: kill(2) on a worker process this test's node spawned.
+    let freeze = move || assert_eq!(unsafe { libc::kill(engine, libc::SIGSTOP) }, 0);
+    (node, supervisor, freeze)
 }
 
 
@@ -524,19 +545,11 @@ async fn a_running_stream_counts_against_max_concurrency() {
 
 #[tokio::test]
 async fn a_stream_that_outlives_the_wall_clock_limit_is_ended_and_its_worker_killed() {
-    let mut config = workers_config();
-    config.engine.limits.wall_ms = 1000;
-    let node = TestNode::with_config(config).await;
-    node.run("frozen", "", HELLO).await;
-    let supervisor = worker_pid(&node, "frozen").await.unwrap();
-    let children = std::fs::read_to_string(format!("/proc/{supervisor}/task/{supervisor}/children")).unwrap();
-    let engine: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    let (node, supervisor, freeze_worker) = worker_to_freeze("frozen").await;
     let stream = fetch_streamed(node.url("/api/run/frozen"));
     let freeze = async {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        // A worker that no longer enforces its own limit (nor does anything).
-        // SAFETY: kill(2) on a worker process this test's node spawned.
-        assert_eq!(unsafe { libc::kill(engine, libc::SIGSTOP) }, 0);
+        freeze_worker();
     };
     let started = std::time::Instant::now();
     let (streamed, ()) = tokio::join!(tokio::time::timeout(Duration::from_secs(10), stream), freeze);
@@ -551,15 +564,8 @@ async fn a_stream_that_outlives_the_wall_clock_limit_is_ended_and_its_worker_kil
 
 #[tokio::test]
 async fn a_request_its_client_left_on_a_stuck_worker_ends_at_the_wall_clock_limit() {
-    let mut config = workers_config();
-    config.engine.limits.wall_ms = 1000;
-    let node = TestNode::with_config(config).await;
-    node.run("left", "", HELLO).await;
-    let supervisor = worker_pid(&node, "left").await.unwrap();
-    let children = std::fs::read_to_string(format!("/proc/{supervisor}/task/{supervisor}/children")).unwrap();
-    let engine: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
-    // SAFETY: kill(2) on a worker process this test's node spawned.
-    assert_eq!(unsafe { libc::kill(engine, libc::SIGSTOP) }, 0);
+    let (node, supervisor, freeze) = worker_to_freeze("left").await;
+    freeze();
     // The client gives up long before the node's deadline (wall clock
     // limit and grace); the node does not forget the request.
     let gone = tokio::time::timeout(Duration::from_millis(300), node.run("left", "", HELLO)).await;
@@ -582,9 +588,7 @@ async fn a_stopped_node_leaves_no_worker_cgroups_behind() {
         .body(http_body_util::Full::new(bytes::Bytes::from_static(HELLO.as_bytes())))
         .unwrap();
     assert_eq!(client.request(req).await.unwrap().status(), 200);
-    let metrics = node.metrics().await;
-    let prefix = "webtask_worker{container=\"kept\",pid=\"";
-    let pid: u32 = metrics.lines().find_map(|l| l.strip_prefix(prefix)?.split('"').next()?.parse().ok()).expect("the worker's pid");
+    let pid = worker_pid_in(&node.metrics().await, "kept").expect("the worker's pid");
     // Every cgroup directory the worker is in, under each hierarchy.
     let dirs: Vec<std::path::PathBuf> = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
         .unwrap()
