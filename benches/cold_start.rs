@@ -53,6 +53,8 @@ fn main() {
         let (paced, new_warm) = paired(node.addr, 150, Duration::from_millis(30)).await;
         print_row("warm request, paced", &paced);
         print_row("new container, pool warm", &new_warm);
+        let express = first_express(node.addr, 40, Duration::from_millis(100)).await;
+        print_row("new container, express app", &express);
         let one = throughput(node.addr, 1).await;
         let fifty = throughput(node.addr, 50).await;
         let memory = idle_worker_memory(node.addr).await;
@@ -90,6 +92,7 @@ fn main() {
             "new_container_pool_warm_us": new_warm,
             "new_container_pool_warm_above_warm_us": {"p50": extra_p50, "p99": extra_p99},
             "new_container_pool_empty_us": cold,
+            "new_container_express_app_us": express,
             "requests_per_s": {
                 "one_container": one,
                 "fifty_containers": fifty,
@@ -141,6 +144,25 @@ async fn sequential(addr: SocketAddr, n: usize, name: impl Fn(usize) -> String, 
         if !gap.is_zero() {
             tokio::time::sleep(gap).await;
         }
+    }
+    summary(&h)
+}
+
+/// A webtask as most real ones start: an Express app through webtask-tools.
+const EXPRESS_APP: &str = "const app = require('express')();\n\
+    app.all('/', (req, res) => res.json('Hello, ' + req.query.name));\n\
+    module.exports = require('webtask-tools').fromExpress(app);";
+
+/// `n` first requests of new containers running [`EXPRESS_APP`], `gap`
+/// apart: what loading modules costs a container (the module set's code
+/// cache at work).
+async fn first_express(addr: SocketAddr, n: usize, gap: Duration) -> Value {
+    let mut client = Client::connect(addr).await;
+    let mut h: Histogram<u64> = histogram();
+    for i in 0..n {
+        let target = common::Target::webtask_code(addr, &format!("express{i}"), bytes::Bytes::from_static(EXPRESS_APP.as_bytes()));
+        h.record(client.send(&target).await.as_micros().max(1) as u64).unwrap();
+        tokio::time::sleep(gap).await;
     }
     summary(&h)
 }

@@ -124,6 +124,7 @@ impl Config {
         }
         config.logs.validate().map_err(anyhow::Error::msg)?;
         config.engine.limits.validate().map_err(anyhow::Error::msg)?;
+        config.workers.validate().map_err(anyhow::Error::msg)?;
         Ok(config)
     }
 }

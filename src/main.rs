@@ -81,6 +81,16 @@ enum Command {
         #[arg(long)]
         node_pid: i32,
     },
+    /// Builds the code cache a node's workers share; started by a node,
+    /// never by hand.
+    #[command(hide = true)]
+    CodeCache {
+        #[arg(long)]
+        node_pid: i32,
+        /// The workers' engine limits, as JSON (V8's flags follow them).
+        #[arg(long)]
+        limits: String,
+    },
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -103,6 +113,9 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::registry().with(stderr).with(system_layer).init();
     match cli.command {
         Command::Zygote { node_pid } => return webtask::worker::zygote::main(node_pid),
+        Command::CodeCache { node_pid, limits } => {
+            return webtask::worker::code_cache::main(node_pid, serde_json::from_str(&limits).context("limits")?);
+        }
         Command::JailCheck { spec, action } => {
             return webtask::jail::check::main(&serde_json::from_str(&spec).context("jail spec")?, &action);
         }
@@ -124,7 +137,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Logs { container, url, since } => runtime(None)?.block_on(follow(container, url, since)),
         Command::Run { file, data, config } => runtime(None)?.block_on(run_once(load(config)?, file, data)),
-        Command::Zygote { .. } | Command::JailCheck { .. } | Command::Doctor { .. } => unreachable!("handled above"),
+        Command::Zygote { .. } | Command::CodeCache { .. } | Command::JailCheck { .. } | Command::Doctor { .. } => unreachable!("handled above"),
     }
 }
 

@@ -4,6 +4,7 @@
 //! not decide when to do either (that is `host`'s job).
 
 use std::cell::{RefCell, RefMut};
+use std::future::Future;
 use std::rc::Rc;
 use std::num::NonZeroUsize;
 use std::sync::atomic::Ordering;
@@ -196,6 +197,50 @@ impl Isolate {
         }
         poll
     }
+}
+
+/// Runs `code` once in a fresh isolate with no network, on a thread of the
+/// caller's that has no isolate, then `after` in the isolate's context; the
+/// webtask's answer as JSON and what `after` returned.
+pub(super) fn run_once<R>(
+    limits: &Limits,
+    code: &str,
+    after: impl FnOnce(&mut v8::PinScope) -> R,
+) -> Result<(serde_json::Value, R), Error> {
+    let tokio = tokio::runtime::Builder::new_current_thread().enable_time().build().map_err(Error::internal)?;
+    let _enter = tokio.enter();
+    let guard = CpuGuard::for_current_thread(limits.cpu_ms);
+    let mut isolate = Isolate::new(&IsolateSpec::offline(limits.clone()), &guard, "".into())?;
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(limits.wall_ms);
+    let permit = super::host::Permit(Default::default());
+    let id = isolate.inflight().insert(tx, "run-once".into(), guard.now_ns(), deadline, permit);
+    isolate.start(id, &Code::from(code), &Context::new());
+    let reply = tokio.block_on(std::future::poll_fn(|cx| {
+        if let Poll::Ready(reply) = std::pin::Pin::new(&mut rx).poll(cx) {
+            return Poll::Ready(reply.map_err(|_| Error::internal("the run was dropped")));
+        }
+        match isolate.poll_event_loop(cx) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(Error::internal(e))),
+            Poll::Ready(Ok(())) => match rx.try_recv() {
+                Ok(reply) => Poll::Ready(Ok(reply)),
+                Err(_) => Poll::Ready(Err(Error::internal("the run never answered"))),
+            },
+            Poll::Pending => Poll::Pending,
+        }
+    }))??;
+    if let Some(kill) = guard.killed() {
+        return Err(Error::internal(format!("killed: {kill:?}")));
+    }
+    let body = match reply.body {
+        super::ReplyBody::Full(body) => body,
+        super::ReplyBody::Stream(_) => return Err(Error::internal("a streamed answer")),
+    };
+    let value = serde_json::from_slice(&body).map_err(Error::internal)?;
+    let context = isolate.rt.main_context();
+    v8::scope_with_context!(scope, isolate.rt.v8_isolate(), context);
+    let kept = after(scope);
+    Ok((value, kept))
 }
 
 /// Calls the runtime's one-time `__webtask_lockdown` (it removes itself and

@@ -10,6 +10,7 @@
 //! enforce CPU and ArrayBuffer limits.
 
 mod alloc;
+pub mod code_cache;
 pub mod console;
 mod error;
 mod exchange;
@@ -272,6 +273,7 @@ impl Engine {
         snapshot::init_v8(config.limits.stack_kb, config.limits.array_buffer_mb);
         snapshot::get();
         node::modules::preload();
+        code_cache::build_in_background(&config.limits);
         Engine {
             inner: Arc::new(Inner {
                 config,

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use deno_core::{op2, v8, OpState};
 
 use super::alloc::{self, Budget};
+use super::code_cache::{self, Key};
 use super::console::{self, ConsoleLine, ConsoleSink};
 use super::exchange::{
     op_wt_fetch_abort, op_wt_fetch_finish, op_wt_fetch_head, op_wt_fetch_outgoing, op_wt_fetch_read, op_wt_fetch_start, op_wt_fetch_take,
@@ -122,7 +123,7 @@ fn builtins_script() -> &'static str {
 /// exception like any other, and the request fails with its limit.
 #[op2(reentrant)]
 fn op_wt_load_builtins<'s>(scope: &mut v8::PinScope<'s, '_>) -> Result<v8::Local<'s, v8::Value>, deno_error::JsErrorBox> {
-    evaluate(scope, BUILTINS_NAME, builtins_script())
+    evaluate(scope, BUILTINS_NAME, builtins_script(), Key::Bundle)
 }
 
 /// streams.js, left out of the snapshot like the bundle (it is most of a
@@ -134,17 +135,33 @@ const STREAMS_NAME: &str = "ext:webtask_runtime/node/streams.js";
 /// Evaluates streams.js and returns its function; as `op_wt_load_builtins`.
 #[op2(reentrant)]
 fn op_wt_load_streams<'s>(scope: &mut v8::PinScope<'s, '_>) -> Result<v8::Local<'s, v8::Value>, deno_error::JsErrorBox> {
-    evaluate(scope, STREAMS_NAME, STREAMS)
+    evaluate(scope, STREAMS_NAME, STREAMS, Key::Streams)
 }
 
 /// Compiles and runs the classic script `source` named `name`; its value.
-fn evaluate<'s>(scope: &mut v8::PinScope<'s, '_>, name: &str, source: &str) -> Result<v8::Local<'s, v8::Value>, deno_error::JsErrorBox> {
+fn evaluate<'s>(
+    scope: &mut v8::PinScope<'s, '_>,
+    name: &str,
+    source: &'static str,
+    key: Key,
+) -> Result<v8::Local<'s, v8::Value>, deno_error::JsErrorBox> {
     let failed = || deno_error::JsErrorBox::generic(format!("{name} could not be loaded"));
     let name = v8::String::new(scope, name).ok_or_else(failed)?;
-    let source = v8::String::new(scope, source).ok_or_else(failed)?;
+    // ASCII (the bundle is): an external string over the binary's copy.
+    let source = if source.is_ascii() {
+        v8::String::new_external_onebyte_static(scope, source.as_bytes())
+    } else {
+        v8::String::new(scope, source)
+    }
+    .ok_or_else(failed)?;
     let origin = super::script::origin(scope, name);
     v8::tc_scope!(let tc, scope);
-    let value = v8::Script::compile(tc, source, Some(&origin)).and_then(|script| script.run(tc));
+    let script = super::script::compile_script(tc, source, &origin, code_cache::lookup(key));
+    let value = script.and_then(|script| {
+        let value = script.run(tc);
+        code_cache::record_script(tc, key, script);
+        value
+    });
     match value {
         Some(value) => Ok(value),
         None => {

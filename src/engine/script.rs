@@ -24,18 +24,24 @@ pub fn compile_function<'s>(
     src: v8::Local<'s, v8::String>,
     params: &[&str],
 ) -> Result<v8::Local<'s, v8::Function>, CompileError> {
+    compile_function_cached(scope, name, src, params, None)
+}
+
+/// As [`compile_function`], from V8's code `cache` for this very source if
+/// there is one (shared code only: see `code_cache`).
+pub fn compile_function_cached<'s>(
+    scope: &mut v8::PinScope<'s, '_>,
+    name: v8::Local<'s, v8::String>,
+    src: v8::Local<'s, v8::String>,
+    params: &[&str],
+    cache: Option<&'static [u8]>,
+) -> Result<v8::Local<'s, v8::Function>, CompileError> {
     let origin = origin(scope, name);
-    let mut source = v8::script_compiler::Source::new(src, Some(&origin));
+    let (mut source, options) = source(src, &origin, cache);
     let params: Vec<_> = params.iter().map(|p| v8::String::new(scope, p).unwrap()).collect();
     v8::tc_scope!(let tc, scope);
-    let compiled = v8::script_compiler::compile_function(
-        tc,
-        &mut source,
-        &params,
-        &[],
-        v8::script_compiler::CompileOptions::NoCompileOptions,
-        v8::script_compiler::NoCacheReason::NoReason,
-    );
+    let compiled = v8::script_compiler::compile_function(tc, &mut source, &params, &[], options, v8::script_compiler::NoCacheReason::NoReason);
+    note_cache(&source);
     compiled.ok_or_else(|| match tc.message() {
         Some(msg) => {
             let message = msg.get(tc).to_rust_string_lossy(tc);
@@ -47,4 +53,36 @@ pub fn compile_function<'s>(
         }
         None => CompileError { message: "SyntaxError".to_owned(), line: 0, column: 0 },
     })
+}
+
+/// A classic script compiled from `src`, from `cache` if there is one;
+/// None with an exception pending in `scope` if it does not compile.
+pub fn compile_script<'s>(
+    scope: &mut v8::PinScope<'s, '_>,
+    src: v8::Local<'s, v8::String>,
+    origin: &v8::ScriptOrigin<'s>,
+    cache: Option<&'static [u8]>,
+) -> Option<v8::Local<'s, v8::Script>> {
+    let (mut source, options) = source(src, origin, cache);
+    let script = v8::script_compiler::compile(scope, &mut source, options, v8::script_compiler::NoCacheReason::NoReason);
+    note_cache(&source);
+    script
+}
+
+fn source<'s>(
+    src: v8::Local<'s, v8::String>,
+    origin: &v8::ScriptOrigin<'s>,
+    cache: Option<&'static [u8]>,
+) -> (v8::script_compiler::Source, v8::script_compiler::CompileOptions) {
+    use v8::script_compiler::{CachedData, CompileOptions, Source};
+    match cache {
+        Some(cache) => (Source::new_with_cached_data(src, Some(origin), CachedData::new(cache)), CompileOptions::ConsumeCodeCache),
+        None => (Source::new(src, Some(origin)), CompileOptions::NoCompileOptions),
+    }
+}
+
+fn note_cache(source: &v8::script_compiler::Source) {
+    if let Some(cache) = source.get_cached_data() {
+        super::code_cache::note(cache.rejected());
+    }
 }

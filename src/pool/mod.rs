@@ -5,11 +5,11 @@
 //! container for its whole life; retiring kills it, and the pool replaces
 //! it with a fresh process, never a used one.
 
+mod image;
 mod process;
 mod zygote;
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,10 +43,19 @@ pub struct PoolConfig {
     /// A worker that served this many requests is retired.
     pub max_requests: u64,
     /// Pooled workers left unassigned for 50 ms load the Node built-ins
-    /// (about 40 ms of CPU each), so a container's first `require` of one
+    /// (about 8 ms of CPU each), so a container's first `require` of one
     /// is free. Off by default: under churn that background work tripled
-    /// the p99 of every request (28 -> 87 ms in `compare`'s churn).
+    /// the p99 of every request (28 -> 87 ms in `compare`'s churn, before
+    /// the code cache made it a fifth of the work).
     pub warm_node_builtins: bool,
+    /// Modules of the set that pooled workers left unassigned for 50 ms
+    /// load, so a new container's first `require` of them is free: memory
+    /// (express: about 20 MB per pooled worker) and background CPU
+    /// (express: about 30 ms per worker) for first requests as fast as
+    /// warm ones. Loaded before any tenant's code, inside the limits a
+    /// request has; a module that fails to load is left for the
+    /// container's own `require`.
+    pub preload_modules: Vec<String>,
     /// The `webtask` binary workers run as; this executable when unset
     /// (set it when the node is embedded in another program).
     pub exe: Option<std::path::PathBuf>,
@@ -59,6 +68,29 @@ pub enum Mode {
     InProcess,
 }
 
+/// The built-ins `warm_node_builtins` loads: those most code requires.
+const COMMON_BUILTINS: [&str; 7] = ["buffer", "events", "util", "stream", "url", "http", "crypto"];
+
+impl PoolConfig {
+    /// Every preloaded module must be in the module set.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.preload_modules.is_empty() {
+            return Ok(());
+        }
+        let set = engine::node::modules::list();
+        match self.preload_modules.iter().find(|m| !set.iter().any(|(name, _)| name == *m)) {
+            Some(m) => Err(format!("workers.preload_modules: {m:?} is not in the module set (GET /api/env/node/modules lists it)")),
+            None => Ok(()),
+        }
+    }
+
+    /// What a pooled worker loads while idle, in order.
+    fn warm_up(&self) -> Vec<String> {
+        let builtins = COMMON_BUILTINS.iter().filter(|_| self.warm_node_builtins).map(|b| b.to_string());
+        builtins.chain(self.preload_modules.iter().cloned()).collect()
+    }
+}
+
 impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
@@ -69,6 +101,7 @@ impl Default for PoolConfig {
             max_age_ms: 60 * 60_000,
             max_requests: 100_000,
             warm_node_builtins: false,
+            preload_modules: Vec::new(),
             exe: None,
         }
     }
@@ -201,11 +234,16 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Builds the snapshot, fills the pool in the background and starts the
+    /// Builds the workers' image (the snapshot and the code cache, see
+    /// `image`), fills the pool in the background and starts the
     /// controller. Must be called inside a tokio runtime.
     pub async fn start(config: PoolConfig, engine: EngineConfig, jail: JailConfig, egress: Egress, logs: Logs) -> Result<Pool, Error> {
-        let snapshot = snapshot_memfd(engine::snapshot_blob(&engine.limits))?;
-        let zygote = zygote::Zygote::new(config.exe.as_deref(), snapshot)?;
+        let exe = match &config.exe {
+            Some(exe) => exe.clone(),
+            None => std::env::current_exe().map_err(Error::internal)?,
+        };
+        let image = image::for_workers(&exe, &engine.limits).await?;
+        let zygote = zygote::Zygote::new(exe, image);
         let required = jail.mode == JailMode::Required;
         if jail.mode != JailMode::Off {
             let swept = crate::jail::cgroup::sweep_stale(&jail.cgroup_parent);
@@ -372,11 +410,12 @@ impl Pool {
     /// The most recently readied pooled worker, whose caches are the
     /// warmest (a new container's first request, above a warm one: 0.35–0.37
     /// ms in `cold_start` runs, against 0.38–0.53 ms taking the longest
-    /// idle). Except while pooled workers load the Node built-ins when idle:
-    /// then the oldest, which has surely finished.
+    /// idle). Except while pooled workers load modules when idle
+    /// (`warm_node_builtins`, `preload_modules`): then the oldest, which is
+    /// the likeliest to have finished.
     fn take_idle(&self) -> Option<Fresh> {
         let mut idle = self.inner.idle.lock().unwrap();
-        let newest = !self.inner.config.warm_node_builtins;
+        let newest = !self.inner.config.warm_node_builtins && self.inner.config.preload_modules.is_empty();
         while let Some(w) = if newest { idle.pop_back() } else { idle.pop_front() } {
             if w.is_alive() {
                 return Some(Fresh { worker: w, slot: self.inner.held_slot() });
@@ -513,9 +552,9 @@ impl Inner {
         lease.memory_mb = cgroup.as_ref().map(|_| jail.memory_mb);
         lease.cgroup = cgroup;
         let log_line_bytes = self.logs.config().line_bytes;
-        let warm_node = self.config.warm_node_builtins;
+        let warm_up = self.config.warm_up();
         let pooled = purpose == Purpose::Pool;
-        Ok((Spec { limits: self.engine.limits.clone(), jail: jail_spec, log_line_bytes, warm_node, pooled }, lease))
+        Ok((Spec { limits: self.engine.limits.clone(), jail: jail_spec, log_line_bytes, warm_up, pooled }, lease))
     }
 
     /// The first id of the range that neither this node nor another node
@@ -698,18 +737,6 @@ async fn control(pool: std::sync::Weak<Inner>) {
             inner.retire(&container, reason, Slot::Release);
         }
     }
-}
-
-/// The snapshot in a sealed memfd that every worker inherits read-only.
-fn snapshot_memfd(blob: &[u8]) -> Result<OwnedFd, Error> {
-    use nix::fcntl::{FcntlArg, SealFlag};
-    use nix::sys::memfd::{memfd_create, MFdFlags};
-    let fd = memfd_create("webtask-snapshot", MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING).map_err(Error::internal)?;
-    let mut file = std::fs::File::from(fd);
-    std::io::Write::write_all(&mut file, blob).map_err(Error::internal)?;
-    let seals = SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_SEAL;
-    nix::fcntl::fcntl(&file, FcntlArg::F_ADD_SEALS(seals)).map_err(Error::internal)?;
-    Ok(OwnedFd::from(file))
 }
 
 #[cfg(test)]

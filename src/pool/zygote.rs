@@ -29,7 +29,7 @@ pub struct Zygote {
 
 struct State {
     exe: std::path::PathBuf,
-    snapshot: OwnedFd,
+    image: OwnedFd,
     /// One request at a time; None until started or after it died.
     running: tokio::sync::Mutex<Option<Running>>,
     /// The number of the next request.
@@ -46,15 +46,11 @@ pub struct Spawned {
 }
 
 impl Zygote {
-    /// `exe` is the `webtask` binary to run the zygote from; `snapshot`
-    /// the memfd every worker maps.
-    pub fn new(exe: Option<&std::path::Path>, snapshot: OwnedFd) -> Result<Zygote, Error> {
-        let exe = match exe {
-            Some(exe) => exe.to_owned(),
-            None => std::env::current_exe().map_err(Error::internal)?,
-        };
-        let state = State { exe, snapshot, running: tokio::sync::Mutex::new(None), seq: AtomicU64::new(0) };
-        Ok(Zygote { state: Arc::new(state) })
+    /// `exe` is the `webtask` binary to run the zygote from; `image` the
+    /// memfd every worker maps (`worker::image`).
+    pub fn new(exe: std::path::PathBuf, image: OwnedFd) -> Zygote {
+        let state = State { exe, image, running: tokio::sync::Mutex::new(None), seq: AtomicU64::new(0) };
+        Zygote { state: Arc::new(state) }
     }
 
     /// A new worker process for `spec`, started (not yet ready).
@@ -105,11 +101,11 @@ impl State {
             // Nothing of the node's environment but the log filter.
             .env_clear()
             .envs(std::env::var_os("WEBTASK_LOG").map(|v| ("WEBTASK_LOG", v)))
-            // The socket and the snapshot travel as stdin and stdout, the
+            // The socket and the image travel as stdin and stdout, the
             // only descriptors a spawn without a pre-exec hook can place;
             // every other descriptor of the node stays close-on-exec.
             .stdin(Stdio::from(zygote_end))
-            .stdout(Stdio::from(self.snapshot.try_clone().map_err(Error::internal)?))
+            .stdout(Stdio::from(self.image.try_clone().map_err(Error::internal)?))
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let mut process = cmd.spawn().map_err(|e| Error::internal(format!("starting the worker zygote: {e}")))?;

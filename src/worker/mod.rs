@@ -1,6 +1,7 @@
 //! The worker: the process that runs one container's code. The node has
 //! the zygote fork it (users never start one), it jails itself, maps the
-//! startup snapshot the node handed down, creates its isolate, says
+//! startup snapshot and code cache the node handed down ([`image`]),
+//! creates its isolate, says
 //! `Ready`, and then serves exactly one container until the node shuts it
 //! down or kills it.
 //!
@@ -8,6 +9,8 @@
 //! nothing it says beyond the request it owns (see `pool`).
 
 pub(crate) mod channel;
+pub mod code_cache;
+pub mod image;
 pub mod protocol;
 pub mod zygote;
 
@@ -34,8 +37,9 @@ pub struct Spec {
     pub jail: crate::jail::JailSpec,
     /// Longest console line sent to the node; longer ones are cut and marked.
     pub log_line_bytes: usize,
-    /// Load the Node built-ins while pooled and idle (`workers.warm_node_builtins`).
-    pub warm_node: bool,
+    /// What to `require` while pooled and idle, before any assignment
+    /// (`workers.warm_node_builtins`, `workers.preload_modules`).
+    pub warm_up: Vec<String>,
     /// Waits in the pool: runs a warm-up request before `Ready`. One
     /// spawned for a waiting request skips it: that request's run warms
     /// the same paths, and making it wait for both cost the pool miss
@@ -44,15 +48,17 @@ pub struct Spec {
 }
 
 /// The worker's main, in a child just forked by the zygote. The unix
-/// socket to the node is on stdin, a read-only memfd with the startup
-/// snapshot on stdout, the pipe the node relays as its log on stderr.
+/// socket to the node is on stdin, the node's [`image`] (snapshot and code
+/// cache) on stdout, the pipe the node relays as its log on stderr.
 pub fn main(node_pid: i32, spec: Spec) -> anyhow::Result<()> {
     bind_to_node(node_pid)?;
-    let (socket, snapshot) = take_channels()?;
+    let (socket, image) = take_channels()?;
     // First, while this process is one thread and has read nothing from
     // the node: every thread created after this (V8's, tokio's) inherits it.
     let jail = crate::jail::apply(&spec.jail).map_err(anyhow::Error::msg)?;
-    engine::install_snapshot(map_snapshot(snapshot)?, &spec.limits);
+    let image = image::map(image)?;
+    engine::install_snapshot(image.snapshot, &spec.limits);
+    engine::code_cache::install(image.code_cache);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(serve(socket, spec, jail))
 }
@@ -65,14 +71,15 @@ fn bind_to_node(node_pid: i32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Moves the socket and the snapshot off stdin and stdout, points those at
-/// /dev/null, and closes anything else a careless embedder let leak.
+/// Moves what the node passed on stdin and stdout (for a worker: its
+/// socket and the image) off them, points those at /dev/null, and closes
+/// anything else a careless embedder let leak.
 fn take_channels() -> anyhow::Result<(OwnedFd, OwnedFd)> {
     use std::os::fd::AsFd;
     // SAFETY: closes descriptors nothing in this process has taken yet.
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
-    let socket = std::io::stdin().as_fd().try_clone_to_owned().context("socket on stdin")?;
-    let snapshot = std::io::stdout().as_fd().try_clone_to_owned().context("snapshot on stdout")?;
+    let stdin = std::io::stdin().as_fd().try_clone_to_owned().context("descriptor on stdin")?;
+    let stdout = std::io::stdout().as_fd().try_clone_to_owned().context("descriptor on stdout")?;
     let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").context("/dev/null")?;
     for stdio in [0, 1] {
         // SAFETY: replaces stdin/stdout, whose originals were duplicated
@@ -80,21 +87,7 @@ fn take_channels() -> anyhow::Result<(OwnedFd, OwnedFd)> {
         // 0 or 1 would be the next descriptor anything opens).
         let _ = std::os::fd::IntoRawFd::into_raw_fd(unsafe { nix::unistd::dup2_raw(&null, stdio) }?);
     }
-    Ok((socket, snapshot))
-}
-
-/// Maps the snapshot memfd for the life of the process; pages are shared
-/// with every other worker through the page cache.
-fn map_snapshot(fd: OwnedFd) -> anyhow::Result<&'static [u8]> {
-    let len = nix::sys::stat::fstat(&fd).context("fstat snapshot")?.st_size as usize;
-    let len = std::num::NonZeroUsize::new(len).context("empty snapshot")?;
-    // SAFETY: a private read-only mapping of a sealed memfd nobody writes.
-    let ptr = unsafe {
-        nix::sys::mman::mmap(None, len, nix::sys::mman::ProtFlags::PROT_READ, nix::sys::mman::MapFlags::MAP_SHARED, &fd, 0)
-    }
-    .context("mmap snapshot")?;
-    // SAFETY: the mapping is never unmapped.
-    Ok(unsafe { std::slice::from_raw_parts(ptr.as_ptr() as *const u8, len.get()) })
+    Ok((stdin, stdout))
 }
 
 async fn serve(socket: OwnedFd, spec: Spec, jail: Vec<crate::jail::LayerReport>) -> anyhow::Result<()> {
@@ -119,7 +112,7 @@ async fn serve(socket: OwnedFd, spec: Spec, jail: Vec<crate::jail::LayerReport>)
         fetcher: fetcher.clone(),
         console: Arc::new(NodeConsole { out: out.clone(), line_bytes: spec.log_line_bytes }),
     };
-    let (spec_warm_node, pooled) = (spec.warm_node, spec.pooled);
+    let (warm_up_list, pooled) = (spec.warm_up, spec.pooled);
     let host = host::serve(isolate_spec, jobs_rx, Some(ready_tx));
     let node = async move {
         ready_rx.await.context("isolate host ended")?.context("creating the isolate")?;
@@ -132,7 +125,7 @@ async fn serve(socket: OwnedFd, spec: Spec, jail: Vec<crate::jail::LayerReport>)
         // requires. Not before Ready, where a pool miss would wait for it.
         let node_warm_up = tokio::time::sleep(NODE_WARM_UP_AFTER);
         tokio::pin!(node_warm_up);
-        let mut warmed = !spec_warm_node;
+        let mut warmed = warm_up_list.is_empty();
         loop {
             let msg = tokio::select! {
                 msg = frames.next() => match msg {
@@ -142,7 +135,7 @@ async fn serve(socket: OwnedFd, spec: Spec, jail: Vec<crate::jail::LayerReport>)
                 () = &mut node_warm_up, if !warmed => {
                     warmed = true;
                     if container.is_none() {
-                        warm_up_node(&jobs)?;
+                        warm_up_node(&jobs, &warm_up_list)?;
                     }
                     continue;
                 }
@@ -428,17 +421,17 @@ async fn warm_up(jobs: &mpsc::UnboundedSender<Job>) -> anyhow::Result<()> {
 /// How long a Ready worker waits unassigned before [`warm_up_node`].
 const NODE_WARM_UP_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Loads the polyfill bundle and the built-ins most code requires (the
-/// bundle is compiled on first use, not carried in the snapshot; about
-/// 40 ms of CPU). Runs only while the worker is unassigned, so nothing of a
-/// tenant is in them; its result is dropped.
-fn warm_up_node(jobs: &mpsc::UnboundedSender<Job>) -> anyhow::Result<()> {
-    const NODE_WARM_UP: &str = "return function (cb) { \
-        for (const m of ['buffer', 'events', 'util', 'stream', 'url', 'http', 'crypto']) require(m); cb(null, typeof Buffer); }";
+/// Requires each of `modules` (built-ins and modules of the set). Runs
+/// only while the worker is unassigned, so nothing of a tenant is in them;
+/// its result is dropped, and a module that fails is left for the
+/// container's own `require`.
+fn warm_up_node(jobs: &mpsc::UnboundedSender<Job>, modules: &[String]) -> anyhow::Result<()> {
+    let list = serde_json::to_string(modules)?;
+    let code = format!("return function (cb) {{ for (const m of {list}) {{ try {{ require(m); }} catch (e) {{}} }} cb(null, 1); }}");
     let (reply, _) = oneshot::channel();
     let job = Job {
         container: "".into(),
-        code: Code::from(NODE_WARM_UP),
+        code: Code::new(code.into_bytes())?,
         context: Context::new(),
         req_id: "warm-up".into(),
         reply,

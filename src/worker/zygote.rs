@@ -62,10 +62,10 @@ pub enum Forked {
     Failed(String),
 }
 
-/// The zygote's main: the node's socket on stdin, the snapshot on stdout.
+/// The zygote's main: the node's socket on stdin, the image (`super::image`) on stdout.
 pub fn main(node_pid: i32) -> anyhow::Result<()> {
     super::bind_to_node(node_pid)?;
-    let (control, snapshot) = super::take_channels()?;
+    let (control, image) = super::take_channels()?;
     // Computed once here, inherited by every worker forked after.
     crate::jail::precompute();
     crate::engine::node::modules::preload();
@@ -75,7 +75,7 @@ pub fn main(node_pid: i32) -> anyhow::Result<()> {
         // A request without a number gets an answer no request has.
         let seq = serde_json::from_slice::<Request<serde::de::IgnoredAny>>(&request).map_or(u64::MAX, |r| r.seq);
         let forked = match <[OwnedFd; 2]>::try_from(fds) {
-            Ok(fds) => fork_worker(node_pid, &request, &snapshot, fds),
+            Ok(fds) => fork_worker(node_pid, &request, &image, fds),
             Err(fds) => Forked::Failed(format!("expected 2 descriptors, got {}", fds.len())),
         };
         let answer = serde_json::to_vec(&Answer { seq, forked }).context("encoding answer")?;
@@ -117,7 +117,7 @@ fn receive(control: &OwnedFd) -> anyhow::Result<Option<(Vec<u8>, Vec<OwnedFd>)>>
     Ok(Some((buf, fds)))
 }
 
-fn fork_worker(node_pid: i32, request: &[u8], snapshot: &OwnedFd, fds: [OwnedFd; 2]) -> Forked {
+fn fork_worker(node_pid: i32, request: &[u8], image: &OwnedFd, fds: [OwnedFd; 2]) -> Forked {
     let spec: Spec = match serde_json::from_slice::<Request<Spec>>(request) {
         Ok(request) => request.spec,
         Err(e) => return Forked::Failed(format!("worker spec: {e}")),
@@ -131,7 +131,7 @@ fn fork_worker(node_pid: i32, request: &[u8], snapshot: &OwnedFd, fds: [OwnedFd;
         -1 => Forked::Failed(format!("clone: {}", std::io::Error::last_os_error())),
         0 => {
             let [socket, stderr] = fds;
-            child(node_pid, spec, socket, snapshot, stderr)
+            child(node_pid, spec, socket, image, stderr)
         }
         pid => Forked::Pid(pid as u32),
     }
@@ -139,8 +139,8 @@ fn fork_worker(node_pid: i32, request: &[u8], snapshot: &OwnedFd, fds: [OwnedFd;
 
 /// The forked child: lays out its descriptors as an exec'd worker finds
 /// them and becomes that worker. Never returns into the zygote's loop.
-fn child(node_pid: i32, spec: Spec, socket: OwnedFd, snapshot: &OwnedFd, stderr: OwnedFd) -> ! {
-    for (target, fd) in [socket.as_raw_fd(), snapshot.as_raw_fd(), stderr.as_raw_fd()].into_iter().enumerate() {
+fn child(node_pid: i32, spec: Spec, socket: OwnedFd, image: &OwnedFd, stderr: OwnedFd) -> ! {
+    for (target, fd) in [socket.as_raw_fd(), image.as_raw_fd(), stderr.as_raw_fd()].into_iter().enumerate() {
         // SAFETY: dup2 onto the standard descriptors of this new process;
         // every source is >= 3 (the zygote keeps 0-2 open), so none is
         // overwritten before it is copied.

@@ -2,6 +2,7 @@
 //! streams, the operator's system stream, slow readers, the CLI. Through
 //! the HTTP API of nodes running webtasks in worker processes and in-process.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -391,13 +392,20 @@ async fn an_embedded_engine_hands_console_lines_to_its_sink() {
 
 /// POSTs `code` to a node at `addr`.
 async fn post(addr: std::net::SocketAddr, container: &str, code: &str) -> u16 {
+    post_for_body(addr, container, code).await.0
+}
+
+/// Runs `code` in `container` on the node at `addr`: status and body.
+pub(crate) async fn post_for_body(addr: std::net::SocketAddr, container: &str, code: &str) -> (u16, String) {
     let client = Client::builder(TokioExecutor::new()).build_http();
     let req = http::Request::post(format!("http://{addr}/api/run/{container}"))
         .header("content-type", "application/javascript")
         .body(http_body_util::Full::new(Bytes::from(code.to_owned())))
         .unwrap();
     let res = tokio::time::timeout(Duration::from_secs(30), client.request(req)).await.expect("hung").expect("request");
-    res.status().as_u16()
+    let status = res.status().as_u16();
+    let body = tokio::time::timeout(Duration::from_secs(30), res.into_body().collect()).await.expect("hung").expect("body");
+    (status, String::from_utf8_lossy(&body.to_bytes()).into_owned())
 }
 
 /// A `webtask serve` process (the only kind with a system layer) with
@@ -406,6 +414,9 @@ pub(crate) struct ServeNode {
     child: tokio::process::Child,
     pub(crate) addr: std::net::SocketAddr,
     dir: std::path::PathBuf,
+    /// Every line the node (and the workers it relays) wrote to stderr.
+    stderr: Arc<Mutex<Vec<String>>>,
+    drain: tokio::task::JoinHandle<()>,
 }
 
 impl ServeNode {
@@ -423,23 +434,40 @@ impl ServeNode {
             .spawn()
             .unwrap();
         let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let stderr = Arc::new(Mutex::new(Vec::new()));
         let addr: std::net::SocketAddr = loop {
             let line = lines.next_line().await.unwrap().expect("node exited before listening");
-            if let Some(addr) = serde_json::from_str::<Value>(&line).ok().and_then(|v| v["addr"].as_str()?.parse().ok()) {
+            let addr = serde_json::from_str::<Value>(&line).ok().and_then(|v| v["addr"].as_str()?.parse().ok());
+            stderr.lock().unwrap().push(line);
+            if let Some(addr) = addr {
                 break addr;
             }
         };
         // The node's stderr must keep draining while it runs.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        ServeNode { child, addr, dir }
+        let kept = stderr.clone();
+        let drain = tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                kept.lock().unwrap().push(line);
+            }
+        });
+        ServeNode { child, addr, dir, stderr, drain }
     }
 
     /// SIGTERM, then the node must stop by itself, successfully.
-    pub(crate) async fn stop(mut self) {
+    pub(crate) async fn stop(self) {
+        self.stop_and_read_stderr().await;
+    }
+
+    /// As [`ServeNode::stop`]; then every line the node (and the workers it
+    /// relays) wrote to stderr.
+    pub(crate) async fn stop_and_read_stderr(mut self) -> Vec<String> {
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(self.child.id().unwrap() as i32, libc::SIGTERM) };
         let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await.expect("node did not stop").unwrap();
         assert!(status.success(), "{status:?}");
+        // Its workers die with it: the pipe ends, and so does the drain.
+        tokio::time::timeout(Duration::from_secs(20), &mut self.drain).await.expect("stderr still open").unwrap();
+        std::mem::take(&mut *self.stderr.lock().unwrap())
     }
 
     pub(crate) async fn metrics(&self) -> String {

@@ -294,3 +294,86 @@ async fn superagent_and_node_fetch_reach_an_allowed_server_and_stream() {
         assert_eq!(std::mem::take(&mut *log.lock().unwrap()), ["first sent", "release requested", "released"]);
     }
 }
+
+/// A webtask that loads what most real ones do.
+const LOADS_EXPRESS: &str = r#"
+    const express = require('express');
+    const app = express();
+    app.all('/', (req, res) => res.json({ lodash: require('lodash').VERSION, buffer: Buffer.from('hi').toString('hex') }));
+    module.exports = require('webtask-tools').fromExpress(app);
+"#;
+
+/// The module set and the Node shim compile from a code cache the engine
+/// builds once per process: V8 takes it for every file express loads, and
+/// rejects none.
+#[tokio::test]
+async fn an_engines_isolates_compile_shared_code_from_its_code_cache() {
+    use webtask::engine::code_cache;
+    let node = TestNode::with_config(modules_config()).await;
+    // Built in the background from the engine's start (well under a
+    // second in a release build; far more in a debug one on a busy CI).
+    crate::support::eventually_within("the code cache built", std::time::Duration::from_secs(240), || async {
+        code_cache::installed()
+    })
+    .await;
+    let (consumed, _) = code_cache::counts();
+    let res = node.request("POST", "/api/run/cc-fresh", Some("application/javascript"), LOADS_EXPRESS).await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(res.json(), json!({"lodash": "4.17.21", "buffer": "6869"}));
+    let (after, rejected) = code_cache::counts();
+    assert!(after - consumed >= 40, "express and its dependencies took {} caches", after - consumed);
+    assert_eq!(rejected, 0, "V8 rejected shared code caches");
+}
+
+/// A worker starts V8 with flags of its own (single-threaded, its stack
+/// size), so its node has the cache built by a process started the same
+/// way; were the flags to differ, every worker would log V8 rejecting it.
+#[tokio::test]
+async fn workers_compile_shared_code_from_the_cache_their_node_built() {
+    let toml = "[workers]\nmode = \"process\"\npool_size = 1\n[jail]\nmode = \"required\"\n\
+                [engine.limits]\ncpu_ms = 5000\nwall_ms = 10000\n";
+    let node = crate::logs::ServeNode::start("code-cache", toml).await;
+    for container in ["cc-a", "cc-b"] {
+        let (status, body) = crate::logs::post_for_body(node.addr, container, LOADS_EXPRESS).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), json!({"lodash": "4.17.21", "buffer": "6869"}));
+    }
+    let stderr = node.stop_and_read_stderr().await;
+    let records: Vec<Value> = stderr.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let built = records.iter().find(|r| r["message"] == "built the workers' code cache").expect("the node built a code cache");
+    assert!(built["bytes"].as_u64().is_some_and(|b| b > 1_000_000), "{built}");
+    let rejected: Vec<_> = stderr.iter().filter(|l| l.contains("rejected the shared code cache")).collect();
+    assert!(rejected.is_empty(), "{rejected:?}");
+}
+
+/// `workers.preload_modules`: a pooled worker loads them while idle, before
+/// any tenant has it, so a new container finds them loaded; without it a
+/// container's module cache starts empty. A module outside the set is a
+/// configuration error.
+#[tokio::test]
+async fn pooled_workers_preload_the_configured_modules() {
+    let code = "module.exports = function (cb) { \
+        cb(null, Object.keys(require.cache).some((f) => f.startsWith('/node_modules/express/'))); }";
+    let mut config = workers_config_from(modules_config());
+    config.workers.preload_modules = vec!["express".into()];
+    let node = TestNode::with_config(config).await;
+    let tries = std::sync::atomic::AtomicUsize::new(0);
+    // Each try takes a pooled worker; the next one needs a moment to be
+    // spawned and to load express while idle.
+    crate::support::eventually_within("a new container with express loaded", std::time::Duration::from_secs(120), || async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let n = tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        node.run(&format!("preloaded-{n}"), "", code).await.json() == json!(true)
+    })
+    .await;
+
+    let plain = workers_node().await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(plain.run("not-preloaded", "", code).await.json(), json!(false));
+
+    let err = webtask::config::Config::parse("[workers]\npreload_modules = [\"express\", \"left-pad\"]\n").unwrap_err();
+    assert_eq!(
+        format!("{err:#}"),
+        "workers.preload_modules: \"left-pad\" is not in the module set (GET /api/env/node/modules lists it)"
+    );
+}

@@ -93,10 +93,10 @@ fn status_field(pid: u32, field: &str) -> Option<String> {
     status.lines().find_map(|l| Some(l.strip_prefix(field)?.strip_prefix(':')?.trim().to_owned()))
 }
 
-/// Inode of the startup snapshot memfd `pid` has mapped.
-fn snapshot_inode(pid: u32) -> Option<u64> {
+/// Inode of the image memfd (snapshot and code cache) `pid` has mapped.
+fn image_inode(pid: u32) -> Option<u64> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-    maps.lines().find(|l| l.contains("memfd:webtask-snapshot"))?.split_whitespace().nth(4)?.parse().ok()
+    maps.lines().find(|l| l.contains("memfd:webtask-image"))?.split_whitespace().nth(4)?.parse().ok()
 }
 
 /// Targets of `pid`'s descriptors, with the inode of each.
@@ -111,15 +111,15 @@ fn descriptors(pid: u32) -> Vec<(String, u64)> {
 }
 
 /// The zygote `engine` was forked from: a root child of this process that
-/// holds the snapshot memfd `engine` maps.
+/// holds the image memfd `engine` maps.
 fn zygote_of(engine: u32) -> Option<u32> {
-    let snapshot = snapshot_inode(engine)?;
+    let image = image_inode(engine)?;
     let me = std::process::id().to_string();
     std::fs::read_dir("/proc").ok()?.filter_map(|e| e.ok()?.file_name().into_string().ok()?.parse::<u32>().ok()).find(|p| {
         status_field(*p, "PPid").as_deref() == Some(me.as_str())
             && status_field(*p, "Uid").is_some_and(|u| u.starts_with("0\t"))
             && process_alive(*p)
-            && descriptors(*p).iter().any(|(_, ino)| *ino == snapshot)
+            && descriptors(*p).iter().any(|(_, ino)| *ino == image)
     })
 }
 
@@ -132,7 +132,7 @@ async fn workers_are_the_nodes_children_forked_by_a_zygote_that_is_replaced_when
     assert_eq!(status_field(supervisor, "PPid"), Some(std::process::id().to_string()));
     let children = std::fs::read_to_string(format!("/proc/{supervisor}/task/{supervisor}/children")).unwrap();
     let engine: u32 = children.split_whitespace().next().unwrap().parse().unwrap();
-    let zygote = zygote_of(engine).expect("the zygote holding this worker's snapshot");
+    let zygote = zygote_of(engine).expect("the zygote holding this worker's image");
     // The worker holds none of the zygote's sockets (its line to the node).
     let zygote_sockets: Vec<u64> =
         descriptors(zygote).into_iter().filter(|(t, _)| t.starts_with("socket:")).map(|(_, ino)| ino).collect();

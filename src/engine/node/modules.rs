@@ -11,6 +11,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
 
 use deno_core::{op2, v8};
+
+use crate::engine::{code_cache, script};
 use deno_error::JsErrorBox;
 use serde::Deserialize;
 use serde_json::Value;
@@ -268,8 +270,11 @@ pub fn op_wt_module_compile<'s>(
     .ok_or_else(|| super::range_error("module source too large"))?;
     let name = v8::String::new(scope, path).ok_or_else(|| super::range_error("path too long"))?;
     let params = ["exports", "require", "module", "__filename", "__dirname"];
-    crate::engine::script::compile_function(scope, name, src, &params)
-        .map_err(|e| JsErrorBox::generic(format!("{path}: Uncaught {}", e.message)))
+    let key = code_cache::Key::ModuleFile(n);
+    let f = script::compile_function_cached(scope, name, src, &params, code_cache::lookup(key))
+        .map_err(|e| JsErrorBox::generic(format!("{path}: Uncaught {}", e.message)))?;
+    code_cache::record_function(scope, key, f);
+    Ok(f)
 }
 
 /// The text of file `n` (package.json and other JSON files), as a string.

@@ -1,0 +1,256 @@
+//! V8 code caches for the code every container shares and no tenant wrote:
+//! the Node shim's bundle, streams.js and the files of the module set. None
+//! of it is in the startup snapshot (it would cost every isolate its
+//! deserialisation), so without a cache each container's first
+//! `require('express')` parses and compiles some fifty files again.
+//!
+//! Built once per node ([`build`]): an isolate from the snapshot requires
+//! every module of the set and every built-in, and only then are the caches
+//! taken, so they hold the functions compiled while the modules ran, not
+//! only their top levels (what Chromium calls a cache after execution).
+//! Consumed by every isolate's first compile of that code. A cache V8
+//! rejects (another V8 or other flags) costs a normal compile, and is
+//! counted and logged once per process.
+//!
+//! Never for tenant code: a cache shared across containers would let one
+//! tenant time whether another compiled a given source, and one taken from
+//! an isolate a tenant ran in could carry bytecode of that tenant's making
+//! into everyone's. The builder runs only this binary's own code.
+//!
+//! The blob: `WTCC`, a count of slots, then for each slot its offset and
+//! length in the data that follows (length 0: no cache), all u32 little
+//! endian. Slot 0 is the bundle, 1 streams.js, 2 + n the set's file n.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+use deno_core::v8;
+
+const MAGIC: &[u8; 4] = b"WTCC";
+
+/// What a cache is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Key {
+    /// The Node shim's polyfill bundle.
+    Bundle,
+    /// js_runtime/node/streams.js.
+    Streams,
+    /// File `n` of the module set's table.
+    ModuleFile(u32),
+}
+
+impl Key {
+    fn slot(self) -> usize {
+        match self {
+            Key::Bundle => 0,
+            Key::Streams => 1,
+            Key::ModuleFile(n) => 2 + n as usize,
+        }
+    }
+}
+
+static INSTALLED: OnceLock<&'static [u8]> = OnceLock::new();
+static REJECTED: AtomicU64 = AtomicU64::new(0);
+static CONSUMED: AtomicU64 = AtomicU64::new(0);
+
+/// Makes `blob` (from [`build`], in this process or the node's) the cache
+/// every later compile of shared code consults; the first call wins.
+pub fn install(blob: &'static [u8]) {
+    if !blob.is_empty() && INSTALLED.set(blob).is_ok() {
+        tracing::debug!(bytes = blob.len(), "code cache installed");
+    }
+}
+
+/// Whether this process has a cache installed.
+pub fn installed() -> bool {
+    INSTALLED.get().is_some()
+}
+
+/// The cache for `key`, if one is installed and holds it.
+pub fn lookup(key: Key) -> Option<&'static [u8]> {
+    slot(INSTALLED.get()?, key.slot())
+}
+
+fn slot(blob: &[u8], slot: usize) -> Option<&[u8]> {
+    let word = |at: usize| -> Option<usize> { Some(u32::from_le_bytes(blob.get(at..at + 4)?.try_into().ok()?) as usize) };
+    if blob.get(..4)? != MAGIC || slot >= word(4)? {
+        return None;
+    }
+    let (off, len) = (word(8 + 8 * slot)?, word(12 + 8 * slot)?);
+    let data = 8 + 8 * word(4)?;
+    (len > 0).then(|| blob.get(data + off..data + off + len)).flatten()
+}
+
+/// Counts what V8 did with a cache offered to a compile.
+pub(super) fn note(rejected: bool) {
+    if !rejected {
+        CONSUMED.fetch_add(1, Ordering::Relaxed);
+    } else if REJECTED.fetch_add(1, Ordering::Relaxed) == 0 {
+        tracing::warn!("V8 rejected the shared code cache (built by another V8 or with other flags): compiling without it");
+    }
+}
+
+/// Caches V8 took and rejected in this process so far.
+pub fn counts() -> (u64, u64) {
+    (CONSUMED.load(Ordering::Relaxed), REJECTED.load(Ordering::Relaxed))
+}
+
+thread_local! {
+    /// While [`build`] runs on this thread: what was compiled, to take the
+    /// caches from once everything has run.
+    static RECORDING: RefCell<Option<Vec<(Key, Compiled)>>> = const { RefCell::new(None) };
+}
+
+enum Compiled {
+    Function(v8::Global<v8::Function>),
+    Script(v8::Global<v8::UnboundScript>),
+}
+
+/// Keeps `f` for the cache if [`build`] is running on this thread.
+pub(super) fn record_function(scope: &mut v8::PinScope, key: Key, f: v8::Local<v8::Function>) {
+    RECORDING.with(|r| {
+        if let Some(list) = r.borrow_mut().as_mut() {
+            list.push((key, Compiled::Function(v8::Global::new(scope, f))));
+        }
+    });
+}
+
+/// Keeps `script` for the cache if [`build`] is running on this thread.
+pub(super) fn record_script(scope: &mut v8::PinScope, key: Key, script: v8::Local<v8::Script>) {
+    RECORDING.with(|r| {
+        if let Some(list) = r.borrow_mut().as_mut() {
+            let unbound = script.get_unbound_script(scope);
+            list.push((key, Compiled::Script(v8::Global::new(scope, unbound))));
+        }
+    });
+}
+
+/// Built-ins [`build`] requires after the set (most are loaded by then).
+const BUILTINS: &[&str] = &[
+    "assert", "buffer", "crypto", "events", "http", "https", "os", "path", "process", "punycode", "querystring",
+    "stream", "stream/promises", "string_decoder", "timers", "url", "util", "zlib",
+];
+
+/// What [`build`] runs: every module of the set, every built-in (the
+/// bundle and streams.js load with the first that needs them) and the web
+/// APIs that load lazily; the names of those that failed to load.
+fn load_everything() -> String {
+    let set: Vec<String> = super::node::modules::list().into_iter().map(|(name, _)| name).collect();
+    let names = serde_json::to_string(&[set, BUILTINS.iter().map(|b| b.to_string()).collect()].concat()).expect("names serialise");
+    format!(
+        "module.exports = function (cb) {{\n\
+           const failed = [];\n\
+           for (const m of {names}) {{\n\
+             try {{ require(m); }} catch (e) {{ failed.push(m + ': ' + e); }}\n\
+           }}\n\
+           new Response('x').body.getReader();\n\
+           cb(null, failed);\n\
+         }};"
+    )
+}
+
+/// Runs everything shared in a fresh isolate on a thread of its own and
+/// returns the caches as one blob. V8 must have been started the way the
+/// isolates that will use the blob start it (same flags), and the
+/// snapshot be in place.
+pub fn build(limits: &super::Limits) -> Vec<u8> {
+    let limits = for_building(limits.clone());
+    std::thread::Builder::new()
+        .name("webtask-code-cache".into())
+        .spawn(move || build_here(limits))
+        .expect("spawn code-cache thread")
+        .join()
+        .unwrap_or_default()
+}
+
+/// Loading the whole set is far more than one request's worth.
+fn for_building(mut limits: super::Limits) -> super::Limits {
+    limits.cpu_ms = 120_000;
+    limits.wall_ms = 240_000;
+    limits.heap_mb = limits.heap_mb.max(512);
+    limits
+}
+
+/// Builds the cache on a thread of its own and installs it when done,
+/// once per process: for isolates in this process, which compile without
+/// it until then.
+pub fn build_in_background(limits: &super::Limits) {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let limits = limits.clone();
+        let spawned = std::thread::Builder::new().name("webtask-code-cache".into()).spawn(move || {
+            let started = std::time::Instant::now();
+            let blob = build_here(for_building(limits));
+            tracing::debug!(bytes = blob.len(), ms = started.elapsed().as_millis() as u64, "code cache built");
+            install(Box::leak(blob.into_boxed_slice()));
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no code cache: compiling shared code per isolate");
+        }
+    });
+}
+
+fn build_here(limits: super::Limits) -> Vec<u8> {
+    RECORDING.with(|r| *r.borrow_mut() = Some(Vec::new()));
+    let caches = super::isolate::run_once(&limits, &load_everything(), |scope| {
+        let recorded = RECORDING.with(|r| r.borrow_mut().take()).unwrap_or_default();
+        recorded.into_iter().filter_map(|(key, compiled)| Some((key, take(scope, compiled)?))).collect::<Vec<_>>()
+    });
+    match caches {
+        Ok((failed, caches)) => {
+            if failed.as_array().is_some_and(|f| !f.is_empty()) {
+                tracing::warn!(%failed, "modules that failed to load while building the code cache");
+            }
+            encode(caches)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "building the code cache failed: compiling shared code per isolate");
+            Vec::new()
+        }
+    }
+}
+
+fn take(scope: &mut v8::PinScope, compiled: Compiled) -> Option<Vec<u8>> {
+    let cache = match compiled {
+        Compiled::Function(f) => v8::Local::new(scope, f).create_code_cache(),
+        Compiled::Script(s) => v8::Local::new(scope, s).create_code_cache(),
+    }?;
+    Some(cache.to_vec())
+}
+
+fn encode(caches: Vec<(Key, Vec<u8>)>) -> Vec<u8> {
+    let slots = caches.iter().map(|(k, _)| k.slot() + 1).max().unwrap_or(0);
+    let mut index = vec![(0u32, 0u32); slots];
+    let mut data = Vec::new();
+    for (key, cache) in caches {
+        index[key.slot()] = (data.len() as u32, cache.len() as u32);
+        data.extend_from_slice(&cache);
+    }
+    let mut blob = Vec::with_capacity(8 + 8 * slots + data.len());
+    blob.extend_from_slice(MAGIC);
+    blob.extend_from_slice(&(slots as u32).to_le_bytes());
+    for (off, len) in index {
+        blob.extend_from_slice(&off.to_le_bytes());
+        blob.extend_from_slice(&len.to_le_bytes());
+    }
+    blob.extend_from_slice(&data);
+    blob
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_round_trip_and_bad_blobs_have_none() {
+        let blob = encode(vec![(Key::Streams, vec![1, 2, 3]), (Key::ModuleFile(3), vec![9])]);
+        assert_eq!(slot(&blob, Key::Streams.slot()), Some(&[1u8, 2, 3][..]));
+        assert_eq!(slot(&blob, Key::ModuleFile(3).slot()), Some(&[9u8][..]));
+        assert_eq!(slot(&blob, Key::Bundle.slot()), None);
+        assert_eq!(slot(&blob, Key::ModuleFile(4).slot()), None);
+        assert_eq!(slot(&blob[..blob.len() - 1], Key::ModuleFile(3).slot()), None);
+        assert_eq!(slot(b"WTCX\x01\0\0\0", 0), None);
+        assert_eq!(slot(b"", 0), None);
+    }
+}
