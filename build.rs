@@ -1,6 +1,6 @@
 //! Embeds the fixed module set's file table (`modules/dist/`, written by
 //! `make modules`; empty when it is absent, so a plain `cargo build` works,
-//! without the set), and links the `webtask` binary as a fixed-address (non-PIE) executable.
+//! without the set), stamps the code the engine caches, and links the `webtask` binary as a fixed-address (non-PIE) executable.
 //!
 //! The node, its worker zygote and every jail probe exec this binary, and
 //! V8 makes it large: as a PIE, the dynamic loader applies ~65,000
@@ -12,9 +12,27 @@
 
 fn main() {
     embed_modules();
+    stamp_shared_code();
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
         println!("cargo:rustc-link-arg-bins=-no-pie");
     }
+}
+
+/// A digest of the shared code the engine keeps V8 code caches for (the
+/// module set's files, the Node shim's bundle, streams.js): a cache built
+/// for other sources is refused, since V8 itself checks only their length.
+fn stamp_shared_code() {
+    use sha2::Digest;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    let mut digest = sha2::Sha256::new();
+    for path in [out.join("modules-files.bin"), "js_runtime/node/dist/builtins.js".into(), "js_runtime/node/streams.js".into()] {
+        println!("cargo:rerun-if-changed={}", path.display());
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        digest.update((bytes.len() as u64).to_le_bytes());
+        digest.update(&bytes);
+    }
+    let stamp = u64::from_le_bytes(digest.finalize()[..8].try_into().unwrap());
+    println!("cargo:rustc-env=WEBTASK_SHARED_CODE_STAMP={stamp}");
 }
 
 fn embed_modules() {

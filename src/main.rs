@@ -217,8 +217,10 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-async fn run_once(config: Config, file: PathBuf, data: Vec<(String, String)>) -> anyhow::Result<()> {
+async fn run_once(mut config: Config, file: PathBuf, data: Vec<(String, String)>) -> anyhow::Result<()> {
     let code = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    // One run: building the cache would cost more than it saves.
+    config.engine.code_cache = false;
     let egress = Egress::new(&config.egress, vec![]).map_err(anyhow::Error::msg)?;
     let engine = Engine::with_fetcher(config.engine, std::sync::Arc::new(egress));
     let mut context = Context::new();

@@ -17,9 +17,15 @@
 //! an isolate a tenant ran in could carry bytecode of that tenant's making
 //! into everyone's. The builder runs only this binary's own code.
 //!
-//! The blob: `WTCC`, a count of slots, then for each slot its offset and
-//! length in the data that follows (length 0: no cache), all u32 little
-//! endian. Slot 0 is the bundle, 1 streams.js, 2 + n the set's file n.
+//! V8 checks a cache against the length of its source only, and a release
+//! V8 does not checksum it: a blob carries the stamp of the sources it was
+//! built from (build.rs), and one built from others is refused whole.
+//!
+//! The blob: `WTCC`, a count of slots (u32), the stamp (u64), then for each
+//! slot its offset and length in the data that follows (u32 each; length 0:
+//! no cache), all little endian. Every cache starts 8-aligned, as V8 wants
+//! to read it in place. Slot 0 is the bundle, 1 streams.js, 2 + n the set's
+//! file n.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +34,13 @@ use std::sync::OnceLock;
 use deno_core::v8;
 
 const MAGIC: &[u8; 4] = b"WTCC";
+const HEADER: usize = 16;
+
+/// The sources this binary caches code for (see build.rs).
+const STAMP: u64 = match u64::from_str_radix(env!("WEBTASK_SHARED_CODE_STAMP"), 10) {
+    Ok(stamp) => stamp,
+    Err(_) => panic!("WEBTASK_SHARED_CODE_STAMP is not a number"),
+};
 
 /// What a cache is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,11 +68,41 @@ static REJECTED: AtomicU64 = AtomicU64::new(0);
 static CONSUMED: AtomicU64 = AtomicU64::new(0);
 
 /// Makes `blob` (from [`build`], in this process or the node's) the cache
-/// every later compile of shared code consults; the first call wins.
+/// every later compile of shared code consults; the first call wins. One
+/// that is malformed or built from other sources is refused, and said so.
 pub fn install(blob: &'static [u8]) {
-    if !blob.is_empty() && INSTALLED.set(blob).is_ok() {
-        tracing::debug!(bytes = blob.len(), "code cache installed");
+    if blob.is_empty() {
+        return;
     }
+    match check(blob) {
+        Ok(()) => {
+            if INSTALLED.set(blob).is_ok() {
+                tracing::debug!(bytes = blob.len(), "code cache installed");
+            }
+        }
+        Err(why) => tracing::warn!("code cache refused ({why}): compiling shared code without it"),
+    }
+}
+
+/// Whether `blob` is a well-formed cache for this binary's shared code.
+pub fn check(blob: &[u8]) -> Result<(), String> {
+    if blob.get(..4) != Some(MAGIC) || blob.len() < HEADER {
+        return Err("not a code cache".into());
+    }
+    let stamp = u64::from_le_bytes(blob[8..16].try_into().expect("8 bytes"));
+    if stamp != STAMP {
+        return Err(format!("built for other sources: stamp {stamp:x}, this binary's {STAMP:x}"));
+    }
+    let slots = u32::from_le_bytes(blob[4..8].try_into().expect("4 bytes")) as usize;
+    let data = slots.checked_mul(8).and_then(|i| i.checked_add(HEADER)).filter(|&d| d <= blob.len()).ok_or("index past the end")?;
+    for n in 0..slots {
+        let word = |at: usize| u32::from_le_bytes(blob[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let (off, len) = (word(HEADER + 8 * n), word(HEADER + 8 * n + 4));
+        if data.checked_add(off).and_then(|o| o.checked_add(len)).is_none_or(|end| end > blob.len()) || off % 8 != 0 {
+            return Err(format!("slot {n} out of bounds or unaligned"));
+        }
+    }
+    Ok(())
 }
 
 /// Whether this process has a cache installed.
@@ -72,13 +115,15 @@ pub fn lookup(key: Key) -> Option<&'static [u8]> {
     slot(INSTALLED.get()?, key.slot())
 }
 
+/// Slot `slot` of a blob [`check`] passed.
 fn slot(blob: &[u8], slot: usize) -> Option<&[u8]> {
     let word = |at: usize| -> Option<usize> { Some(u32::from_le_bytes(blob.get(at..at + 4)?.try_into().ok()?) as usize) };
-    if blob.get(..4)? != MAGIC || slot >= word(4)? {
+    let slots = word(4)?;
+    if slot >= slots {
         return None;
     }
-    let (off, len) = (word(8 + 8 * slot)?, word(12 + 8 * slot)?);
-    let data = 8 + 8 * word(4)?;
+    let (off, len) = (word(HEADER + 8 * slot)?, word(HEADER + 8 * slot + 4)?);
+    let data = HEADER + 8 * slots;
     (len > 0).then(|| blob.get(data + off..data + off + len)).flatten()
 }
 
@@ -144,7 +189,7 @@ fn load_everything() -> String {
            for (const m of {names}) {{\n\
              try {{ require(m); }} catch (e) {{ failed.push(m + ': ' + e); }}\n\
            }}\n\
-           new Response('x').body.getReader();\n\
+           try {{ new Response('x').body.getReader(); }} catch (e) {{ failed.push('streams: ' + e); }}\n\
            cb(null, failed);\n\
          }};"
     )
@@ -156,12 +201,16 @@ fn load_everything() -> String {
 /// snapshot be in place.
 pub fn build(limits: &super::Limits) -> Vec<u8> {
     let limits = for_building(limits.clone());
-    std::thread::Builder::new()
-        .name("webtask-code-cache".into())
+    builder_thread(&limits)
         .spawn(move || build_here(limits))
         .expect("spawn code-cache thread")
         .join()
         .unwrap_or_default()
+}
+
+/// The builder's thread: as a container's, room above V8's stack limit.
+fn builder_thread(limits: &super::Limits) -> std::thread::Builder {
+    std::thread::Builder::new().name("webtask-code-cache".into()).stack_size((limits.stack_kb as usize + 4096) * 1024)
 }
 
 /// Loading the whole set is far more than one request's worth.
@@ -179,7 +228,7 @@ pub fn build_in_background(limits: &super::Limits) {
     static STARTED: std::sync::Once = std::sync::Once::new();
     STARTED.call_once(|| {
         let limits = limits.clone();
-        let spawned = std::thread::Builder::new().name("webtask-code-cache".into()).spawn(move || {
+        let spawned = builder_thread(&limits).spawn(move || {
             let started = std::time::Instant::now();
             let blob = build_here(for_building(limits));
             tracing::debug!(bytes = blob.len(), ms = started.elapsed().as_millis() as u64, "code cache built");
@@ -193,10 +242,12 @@ pub fn build_in_background(limits: &super::Limits) {
 
 fn build_here(limits: super::Limits) -> Vec<u8> {
     RECORDING.with(|r| *r.borrow_mut() = Some(Vec::new()));
-    let caches = super::isolate::run_once(&limits, &load_everything(), |scope| {
+    let caches = super::isolate::run_offline(&limits, &load_everything(), |scope| {
         let recorded = RECORDING.with(|r| r.borrow_mut().take()).unwrap_or_default();
         recorded.into_iter().filter_map(|(key, compiled)| Some((key, take(scope, compiled)?))).collect::<Vec<_>>()
     });
+    // Left behind if the run failed before `after`; not kept past the build.
+    RECORDING.with(|r| r.borrow_mut().take());
     match caches {
         Ok((failed, caches)) => {
             if failed.as_array().is_some_and(|f| !f.is_empty()) {
@@ -220,16 +271,23 @@ fn take(scope: &mut v8::PinScope, compiled: Compiled) -> Option<Vec<u8>> {
 }
 
 fn encode(caches: Vec<(Key, Vec<u8>)>) -> Vec<u8> {
-    let slots = caches.iter().map(|(k, _)| k.slot() + 1).max().unwrap_or(0);
+    // A file compiled twice keeps its first cache.
+    let mut by_slot = std::collections::BTreeMap::new();
+    for (key, cache) in caches {
+        by_slot.entry(key.slot()).or_insert(cache);
+    }
+    let slots = by_slot.keys().next_back().map_or(0, |s| s + 1);
     let mut index = vec![(0u32, 0u32); slots];
     let mut data = Vec::new();
-    for (key, cache) in caches {
-        index[key.slot()] = (data.len() as u32, cache.len() as u32);
+    for (slot, cache) in by_slot {
+        index[slot] = (data.len() as u32, cache.len() as u32);
         data.extend_from_slice(&cache);
+        data.resize(data.len().next_multiple_of(8), 0);
     }
-    let mut blob = Vec::with_capacity(8 + 8 * slots + data.len());
+    let mut blob = Vec::with_capacity(HEADER + 8 * slots + data.len());
     blob.extend_from_slice(MAGIC);
     blob.extend_from_slice(&(slots as u32).to_le_bytes());
+    blob.extend_from_slice(&STAMP.to_le_bytes());
     for (off, len) in index {
         blob.extend_from_slice(&off.to_le_bytes());
         blob.extend_from_slice(&len.to_le_bytes());
@@ -243,14 +301,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn slots_round_trip_and_bad_blobs_have_none() {
-        let blob = encode(vec![(Key::Streams, vec![1, 2, 3]), (Key::ModuleFile(3), vec![9])]);
+    fn slots_round_trip_aligned_and_bad_blobs_are_refused() {
+        let blob = encode(vec![(Key::Streams, vec![1, 2, 3]), (Key::ModuleFile(3), vec![9]), (Key::Streams, vec![7])]);
+        assert_eq!(check(&blob), Ok(()));
         assert_eq!(slot(&blob, Key::Streams.slot()), Some(&[1u8, 2, 3][..]));
         assert_eq!(slot(&blob, Key::ModuleFile(3).slot()), Some(&[9u8][..]));
         assert_eq!(slot(&blob, Key::Bundle.slot()), None);
         assert_eq!(slot(&blob, Key::ModuleFile(4).slot()), None);
-        assert_eq!(slot(&blob[..blob.len() - 1], Key::ModuleFile(3).slot()), None);
-        assert_eq!(slot(b"WTCX\x01\0\0\0", 0), None);
-        assert_eq!(slot(b"", 0), None);
+        let data = HEADER + 8 * (Key::ModuleFile(3).slot() + 1);
+        let at = |key: Key| slot(&blob, key.slot()).unwrap().as_ptr() as usize - blob.as_ptr() as usize;
+        assert_eq!(((at(Key::Streams) - data) % 8, (at(Key::ModuleFile(3)) - data) % 8), (0, 0));
+
+        assert!(check(&blob[..blob.len() - 8]).is_err(), "cut short");
+        let mut other = blob.clone();
+        other[8] ^= 1;
+        assert!(check(&other).unwrap_err().starts_with("built for other sources"));
+        let mut far = blob.clone();
+        far[HEADER..HEADER + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(check(&far).is_err(), "offset past the end");
+        assert!(check(b"WTCX\x01\0\0\0").is_err());
+        assert!(check(b"").is_err());
     }
 }

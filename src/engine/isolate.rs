@@ -202,7 +202,7 @@ impl Isolate {
 /// Runs `code` once in a fresh isolate with no network, on a thread of the
 /// caller's that has no isolate, then `after` in the isolate's context; the
 /// webtask's answer as JSON and what `after` returned.
-pub(super) fn run_once<R>(
+pub(super) fn run_offline<R>(
     limits: &Limits,
     code: &str,
     after: impl FnOnce(&mut v8::PinScope) -> R,

@@ -4,8 +4,11 @@
 //! configuration (a test process starts many pools), before the zygote
 //! starts, so every worker has the cache from its first request.
 //!
-//! The cache is a speed-up: if it cannot be built, the node says so and
-//! its workers compile shared code per isolate, as they would without it.
+//! The cache is a speed-up: if it cannot be built (the builder fails,
+//! hangs, or hands back what `engine::code_cache::check` refuses), the node
+//! says so and its workers compile shared code per isolate. The builder is
+//! this binary running its own code, so what passes the check is trusted
+//! as the binary is.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -18,27 +21,32 @@ use tokio::io::AsyncReadExt;
 use crate::engine::{self, Error, Limits};
 use crate::worker::image;
 
-/// How long the builder may take (about 0.4 s on a 2-core machine).
-const BUILD_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the builder may take (about 0.5 s on a 2-core machine; a
+/// node's start waits for it).
+const BUILD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Largest cache the node takes from the builder (about 4 MB in practice).
 const MAX_CACHE: u64 = 256 << 20;
 
-/// The image for workers of `limits`, in a sealed memfd.
-pub async fn for_workers(exe: &std::path::Path, limits: &Limits) -> Result<OwnedFd, Error> {
+/// The image for workers of `limits` running `exe`, in a sealed memfd;
+/// without a code cache if `with_cache` is false.
+pub async fn for_workers(exe: &std::path::Path, limits: &Limits, with_cache: bool) -> Result<OwnedFd, Error> {
     let snapshot = engine::snapshot_blob(limits);
-    let cache = code_cache(exe, snapshot, limits).await;
+    let cache = match with_cache {
+        true => code_cache(exe, snapshot, limits).await,
+        false => Arc::default(),
+    };
     image::create(snapshot, &cache).map_err(Error::internal)
 }
 
-/// The code cache for workers with V8 configured by `limits` (its stack
-/// size and memory caps are V8 flags); built on first call.
+/// The code cache for workers of `exe` with V8 configured by `limits` (its
+/// stack size and memory caps are V8 flags); built on first call.
 async fn code_cache(exe: &std::path::Path, snapshot: &[u8], limits: &Limits) -> Arc<Vec<u8>> {
-    type Built = tokio::sync::Mutex<HashMap<(u32, u64), Arc<Vec<u8>>>>;
+    type Built = tokio::sync::Mutex<HashMap<(std::path::PathBuf, u32, u64), Arc<Vec<u8>>>>;
     static BUILT: OnceLock<Built> = OnceLock::new();
     // Held while building: pools starting together wait for one build.
     let mut built = BUILT.get_or_init(Built::default).lock().await;
-    let key = (limits.stack_kb, limits.array_buffer_mb);
+    let key = (exe.to_owned(), limits.stack_kb, limits.array_buffer_mb);
     if let Some(cache) = built.get(&key) {
         return cache.clone();
     }
@@ -75,13 +83,20 @@ async fn build(exe: &std::path::Path, snapshot: &[u8], limits: &Limits) -> Resul
     let mut stdout = process.stdout.take().expect("piped");
     let run = async {
         let mut cache = Vec::new();
-        (&mut stdout).take(MAX_CACHE).read_to_end(&mut cache).await?;
-        Ok::<_, std::io::Error>((cache, process.wait().await?))
+        (&mut stdout).take(MAX_CACHE + 1).read_to_end(&mut cache).await?;
+        if cache.len() as u64 > MAX_CACHE {
+            return Ok((cache, None));
+        }
+        Ok::<_, std::io::Error>((cache, Some(process.wait().await?)))
     };
-    match tokio::time::timeout(BUILD_TIMEOUT, run).await {
-        Ok(Ok((cache, status))) if status.success() => Ok(cache),
-        Ok(Ok((_, status))) => Err(Error::internal(format!("the code-cache builder failed ({status})"))),
-        Ok(Err(e)) => Err(Error::internal(format!("reading the code cache: {e}"))),
-        Err(_) => Err(Error::internal(format!("the code-cache builder took over {BUILD_TIMEOUT:?}"))),
-    }
+    // Dropped on every error path, the builder is killed (`kill_on_drop`).
+    let cache = match tokio::time::timeout(BUILD_TIMEOUT, run).await {
+        Ok(Ok((cache, Some(status)))) if status.success() => cache,
+        Ok(Ok((_, Some(status)))) => return Err(Error::internal(format!("the code-cache builder failed ({status})"))),
+        Ok(Ok((_, None))) => return Err(Error::internal(format!("the code cache is over {MAX_CACHE} bytes"))),
+        Ok(Err(e)) => return Err(Error::internal(format!("reading the code cache: {e}"))),
+        Err(_) => return Err(Error::internal(format!("the code-cache builder took over {BUILD_TIMEOUT:?}"))),
+    };
+    engine::code_cache::check(&cache).map_err(|why| Error::internal(format!("the builder's code cache is refused: {why}")))?;
+    Ok(cache)
 }

@@ -52,9 +52,14 @@ pub struct PoolConfig {
     /// load, so a new container's first `require` of them is free: memory
     /// (express: about 20 MB per pooled worker) and background CPU
     /// (express: about 30 ms per worker) for first requests as fast as
-    /// warm ones. Loaded before any tenant's code, inside the limits a
-    /// request has; a module that fails to load is left for the
-    /// container's own `require`.
+    /// warm ones. Loaded before any tenant's code, as a request under the
+    /// engine's limits (with a `cpu_ms` too small for them, the load is cut
+    /// off and its isolate replaced); what they keep counts against the
+    /// container's `heap_mb`. A module that fails to load is left for the
+    /// container's own `require`. A module that reads something at load
+    /// time reads it before the container's code has run. Workers spawned
+    /// for a waiting request (pool empty), and in-process mode, preload
+    /// nothing.
     pub preload_modules: Vec<String>,
     /// The `webtask` binary workers run as; this executable when unset
     /// (set it when the node is embedded in another program).
@@ -238,11 +243,12 @@ impl Pool {
     /// `image`), fills the pool in the background and starts the
     /// controller. Must be called inside a tokio runtime.
     pub async fn start(config: PoolConfig, engine: EngineConfig, jail: JailConfig, egress: Egress, logs: Logs) -> Result<Pool, Error> {
+        config.validate().map_err(Error::internal)?;
         let exe = match &config.exe {
             Some(exe) => exe.clone(),
             None => std::env::current_exe().map_err(Error::internal)?,
         };
-        let image = image::for_workers(&exe, &engine.limits).await?;
+        let image = image::for_workers(&exe, &engine.limits, engine.code_cache).await?;
         let zygote = zygote::Zygote::new(exe, image);
         let required = jail.mode == JailMode::Required;
         if jail.mode != JailMode::Off {

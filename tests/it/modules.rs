@@ -377,3 +377,33 @@ async fn pooled_workers_preload_the_configured_modules() {
         "workers.preload_modules: \"left-pad\" is not in the module set (GET /api/env/node/modules lists it)"
     );
 }
+
+/// A code-cache builder that hands back something else than a cache (here
+/// a wrapper around the binary that prints garbage) costs the node its
+/// cache, not its start: it says why and serves, compiling per isolate.
+#[tokio::test]
+async fn a_node_whose_code_cache_builder_misbehaves_serves_without_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("webtask-cc-garbage-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wrapper = dir.join("webtask");
+    let script = format!(
+        "#!/bin/sh\nif [ \"$1\" = code-cache ]; then echo 'not a cache'; exit 0; fi\nexec {} \"$@\"\n",
+        env!("CARGO_BIN_EXE_webtask")
+    );
+    std::fs::write(&wrapper, script).unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let toml = format!(
+        "[workers]\nmode = \"process\"\npool_size = 1\nexe = \"{}\"\n[jail]\nmode = \"required\"\n\
+         [engine.limits]\ncpu_ms = 5000\nwall_ms = 10000\n",
+        wrapper.display()
+    );
+    let node = crate::logs::ServeNode::start("cc-garbage", &toml).await;
+    let (status, body) = crate::logs::post_for_body(node.addr, "cc-garbage", LOADS_EXPRESS).await;
+    assert_eq!(status, 200, "{body}");
+    let stderr = node.stop_and_read_stderr().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let warned = stderr.iter().find(|l| l.contains("no code cache for workers")).expect("the node said it has no cache");
+    assert!(warned.contains("not a code cache"), "{warned}");
+    assert!(!stderr.iter().any(|l| l.contains("built the workers' code cache")));
+}
