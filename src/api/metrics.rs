@@ -49,6 +49,7 @@ pub struct Metrics {
     live_isolates: Gauge,
     isolates_created: Counter,
     compilations: Counter,
+    code_cache_bytes: Gauge,
     kills: Family<KindLabel, Counter>,
     workers_spawned: Counter,
     workers_retired: Family<ReasonLabel, Counter>,
@@ -77,6 +78,7 @@ impl Metrics {
         let live_isolates = Gauge::default();
         let isolates_created = Counter::default();
         let compilations = Counter::default();
+        let code_cache_bytes = Gauge::default();
         let kills = Family::<KindLabel, Counter>::default();
         let workers_spawned = Counter::default();
         let workers_retired = Family::<ReasonLabel, Counter>::default();
@@ -93,6 +95,11 @@ impl Metrics {
         registry.register("live_isolates", "V8 isolates alive", live_isolates.clone());
         registry.register("isolates_created", "V8 isolates created from the snapshot", isolates_created.clone());
         registry.register("compilations", "Webtask compilations (compile-cache misses)", compilations.clone());
+        registry.register(
+            "code_cache_bytes",
+            "Size of the V8 code cache for the Node shim and module set; 0 without one (building, off, or failed)",
+            code_cache_bytes.clone(),
+        );
         registry.register("limit_kills", "Requests ended by a limit, by kind", kills.clone());
         registry.register("workers_spawned", "Worker processes started", workers_spawned.clone());
         registry.register("workers_retired", "Worker processes ended, by reason", workers_retired.clone());
@@ -112,6 +119,7 @@ impl Metrics {
             live_isolates,
             isolates_created,
             compilations,
+            code_cache_bytes,
             kills,
             workers_spawned,
             workers_retired,
@@ -143,6 +151,7 @@ impl Metrics {
                 self.live_isolates.set(stats.live_isolates.load(Relaxed) as i64);
                 sync_counter(&self.isolates_created, stats.isolates_created.load(Relaxed));
                 sync_counter(&self.compilations, stats.compilations.load(Relaxed));
+                self.code_cache_bytes.set(crate::engine::code_cache::installed_bytes() as i64);
             }
             Runner::Workers(pool) => {
                 let stats = pool.stats();
@@ -151,6 +160,7 @@ impl Metrics {
                     sync_counter(&self.workers_retired.get_or_create(&ReasonLabel { reason }), n.load(Relaxed));
                 }
                 self.workers_idle.set(pool.idle_workers() as i64);
+                self.code_cache_bytes.set(pool.code_cache_bytes() as i64);
                 self.worker.clear();
                 for (container, pid) in pool.assignments() {
                     self.worker.get_or_create(&WorkerLabel { container: container.to_string(), pid }).set(1);

@@ -105,9 +105,9 @@ pub fn check(blob: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether this process has a cache installed.
-pub fn installed() -> bool {
-    INSTALLED.get().is_some()
+/// The size of the cache this process has installed; 0 without one.
+pub fn installed_bytes() -> usize {
+    INSTALLED.get().map_or(0, |blob| blob.len())
 }
 
 /// The cache for `key`, if one is installed and holds it.

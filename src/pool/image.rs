@@ -28,15 +28,16 @@ const BUILD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest cache the node takes from the builder (about 4 MB in practice).
 const MAX_CACHE: u64 = 256 << 20;
 
-/// The image for workers of `limits` running `exe`, in a sealed memfd;
-/// without a code cache if `with_cache` is false.
-pub async fn for_workers(exe: &std::path::Path, limits: &Limits, with_cache: bool) -> Result<OwnedFd, Error> {
+/// The image for workers of `limits` running `exe`, in a sealed memfd,
+/// and the size of the code cache in it; without one if `with_cache` is
+/// false.
+pub async fn for_workers(exe: &std::path::Path, limits: &Limits, with_cache: bool) -> Result<(OwnedFd, usize), Error> {
     let snapshot = engine::snapshot_blob(limits);
     let cache = match with_cache {
         true => code_cache(exe, snapshot, limits).await,
         false => Arc::default(),
     };
-    image::create(snapshot, &cache).map_err(Error::internal)
+    Ok((image::create(snapshot, &cache).map_err(Error::internal)?, cache.len()))
 }
 
 /// The code cache for workers of `exe` with V8 configured by `limits` (its

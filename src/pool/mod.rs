@@ -210,8 +210,10 @@ struct Inner {
     logs: Logs,
     /// Transient uids in use (offsets from `jail.uid_base`).
     uids: Arc<Mutex<std::collections::BTreeSet<u32>>>,
-    /// What every worker is forked from (and holds the snapshot).
+    /// What every worker is forked from (and holds the image).
     zygote: zygote::Zygote,
+    /// The size of the code cache in the image (0: none).
+    code_cache_bytes: usize,
     idle: Mutex<VecDeque<Arc<Worker>>>,
     assigned: Mutex<HashMap<Arc<str>, Arc<Worker>>>,
     /// Serialises first requests of one container while a worker is found.
@@ -248,7 +250,7 @@ impl Pool {
             Some(exe) => exe.clone(),
             None => std::env::current_exe().map_err(Error::internal)?,
         };
-        let image = image::for_workers(&exe, &engine.limits, engine.code_cache).await?;
+        let (image, code_cache_bytes) = image::for_workers(&exe, &engine.limits, engine.code_cache).await?;
         let zygote = zygote::Zygote::new(exe, image);
         let required = jail.mode == JailMode::Required;
         if jail.mode != JailMode::Off {
@@ -273,6 +275,7 @@ impl Pool {
                 logs,
                 uids: Arc::default(),
                 zygote,
+                code_cache_bytes,
                 idle: Mutex::default(),
                 assigned: Mutex::default(),
                 assigning: Mutex::default(),
@@ -295,6 +298,11 @@ impl Pool {
         tokio::spawn(control(Arc::downgrade(&pool.inner)));
         pool.inner.refill.notify_one();
         Ok(pool)
+    }
+
+    /// The size of the code cache workers share; 0 without one.
+    pub fn code_cache_bytes(&self) -> usize {
+        self.inner.code_cache_bytes
     }
 
     pub fn stats(&self) -> &PoolStats {

@@ -295,6 +295,12 @@ async fn superagent_and_node_fetch_reach_an_allowed_server_and_stream() {
     }
 }
 
+/// `webtask_code_cache_bytes` from a node's metrics.
+fn code_cache_bytes(metrics: &str) -> u64 {
+    let line = metrics.lines().find(|l| l.starts_with("webtask_code_cache_bytes ")).expect("the code cache gauge");
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
 /// A webtask that loads what most real ones do.
 const LOADS_EXPRESS: &str = r#"
     const express = require('express');
@@ -313,9 +319,10 @@ async fn an_engines_isolates_compile_shared_code_from_its_code_cache() {
     // Built in the background from the engine's start (well under a
     // second in a release build; far more in a debug one on a busy CI).
     crate::support::eventually_within("the code cache built", std::time::Duration::from_secs(240), || async {
-        code_cache::installed()
+        code_cache::installed_bytes() > 0
     })
     .await;
+    assert!(code_cache_bytes(&node.metrics().await) > 1_000_000);
     let (consumed, _) = code_cache::counts();
     let res = node.request("POST", "/api/run/cc-fresh", Some("application/javascript"), LOADS_EXPRESS).await;
     assert_eq!(res.status, 200, "{}", res.text());
@@ -333,6 +340,7 @@ async fn workers_compile_shared_code_from_the_cache_their_node_built() {
     let toml = "[workers]\nmode = \"process\"\npool_size = 1\n[jail]\nmode = \"required\"\n\
                 [engine.limits]\ncpu_ms = 5000\nwall_ms = 10000\n";
     let node = crate::logs::ServeNode::start("code-cache", toml).await;
+    assert!(code_cache_bytes(&node.metrics().await) > 1_000_000);
     for container in ["cc-a", "cc-b"] {
         let (status, body) = crate::logs::post_for_body(node.addr, container, LOADS_EXPRESS).await;
         assert_eq!(status, 200, "{body}");
@@ -399,6 +407,7 @@ async fn a_node_whose_code_cache_builder_misbehaves_serves_without_one() {
         wrapper.display()
     );
     let node = crate::logs::ServeNode::start("cc-garbage", &toml).await;
+    assert_eq!(code_cache_bytes(&node.metrics().await), 0);
     let (status, body) = crate::logs::post_for_body(node.addr, "cc-garbage", LOADS_EXPRESS).await;
     assert_eq!(status, 200, "{body}");
     let stderr = node.stop_and_read_stderr().await;
