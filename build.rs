@@ -25,8 +25,14 @@ fn stamp_shared_code() {
     use sha2::Digest;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR").unwrap());
     let mut digest = sha2::Sha256::new();
-    for path in [out.join("modules-files.bin"), "js_runtime/node/dist/builtins.js".into(), "js_runtime/node/streams.js".into()] {
-        println!("cargo:rerun-if-changed={}", path.display());
+    // modules-files.bin is rewritten by every run of this script, so it is
+    // not watched itself (that would rebuild the crate every time): its
+    // source, modules/dist/files.bin, is.
+    let sources = ["js_runtime/node/dist/builtins.js", "js_runtime/node/streams.js"];
+    for path in sources {
+        println!("cargo:rerun-if-changed={path}");
+    }
+    for path in [out.join("modules-files.bin")].into_iter().chain(sources.map(Into::into)) {
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         digest.update((bytes.len() as u64).to_le_bytes());
         digest.update(&bytes);

@@ -86,12 +86,20 @@ pub fn install(blob: &'static [u8]) {
 
 /// Whether `blob` is a well-formed cache for this binary's shared code.
 pub fn check(blob: &[u8]) -> Result<(), String> {
-    if blob.get(..4) != Some(MAGIC) || blob.len() < HEADER {
-        return Err("not a code cache".into());
-    }
+    check_shape(blob)?;
     let stamp = u64::from_le_bytes(blob[8..16].try_into().expect("8 bytes"));
     if stamp != STAMP {
         return Err(format!("built for other sources: stamp {stamp:x}, this binary's {STAMP:x}"));
+    }
+    Ok(())
+}
+
+/// Whether `blob` is a well-formed cache, for whichever sources: what a
+/// node can check of a cache for workers that may run another binary
+/// (`workers.exe`); each of them checks the stamp itself.
+pub fn check_shape(blob: &[u8]) -> Result<(), String> {
+    if blob.get(..4) != Some(MAGIC) || blob.len() < HEADER {
+        return Err("not a code cache".into());
     }
     let slots = u32::from_le_bytes(blob[4..8].try_into().expect("4 bytes")) as usize;
     let data = slots.checked_mul(8).and_then(|i| i.checked_add(HEADER)).filter(|&d| d <= blob.len()).ok_or("index past the end")?;

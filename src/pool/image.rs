@@ -5,7 +5,7 @@
 //! starts, so every worker has the cache from its first request.
 //!
 //! The cache is a speed-up: if it cannot be built (the builder fails,
-//! hangs, or hands back what `engine::code_cache::check` refuses), the node
+//! hangs, or hands back what `engine::code_cache::check_shape` refuses), the node
 //! says so and its workers compile shared code per isolate. The builder is
 //! this binary running its own code, so what passes the check is trusted
 //! as the binary is.
@@ -98,6 +98,6 @@ async fn build(exe: &std::path::Path, snapshot: &[u8], limits: &Limits) -> Resul
         Ok(Err(e)) => return Err(Error::internal(format!("reading the code cache: {e}"))),
         Err(_) => return Err(Error::internal(format!("the code-cache builder took over {BUILD_TIMEOUT:?}"))),
     };
-    engine::code_cache::check(&cache).map_err(|why| Error::internal(format!("the builder's code cache is refused: {why}")))?;
+    engine::code_cache::check_shape(&cache).map_err(|why| Error::internal(format!("the builder's code cache is refused: {why}")))?;
     Ok(cache)
 }

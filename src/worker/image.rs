@@ -55,8 +55,10 @@ pub fn map(fd: OwnedFd) -> anyhow::Result<Image> {
     split(unsafe { std::slice::from_raw_parts(ptr.as_ptr() as *const u8, len.get()) })
 }
 
+/// Zeros after a snapshot of `snapshot` bytes (0..=7; 0 if the length
+/// could not be padded, which [`split`] then refuses).
 fn padding(snapshot: usize) -> usize {
-    snapshot.next_multiple_of(8) - snapshot
+    snapshot.checked_next_multiple_of(8).map_or(0, |end| end - snapshot)
 }
 
 fn split(image: &'static [u8]) -> anyhow::Result<Image> {
