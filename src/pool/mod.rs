@@ -44,9 +44,9 @@ pub struct PoolConfig {
     pub max_requests: u64,
     /// Pooled workers left unassigned for 50 ms load the Node built-ins
     /// (about 8 ms of CPU each), so a container's first `require` of one
-    /// is free. Off by default: under churn that background work tripled
-    /// the p99 of every request (28 -> 87 ms in `compare`'s churn, before
-    /// the code cache made it a fifth of the work).
+    /// is free. Off by default: under churn that background work raises
+    /// the p99 of every request (`compare`'s churn: 17 ms off, 19–41 ms
+    /// on; 28 and 87 ms before the code cache made it a fifth of the work).
     pub warm_node_builtins: bool,
     /// Modules of the set that pooled workers left unassigned for 50 ms
     /// load, so a new container's first `require` of them is free: memory
