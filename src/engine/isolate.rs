@@ -199,48 +199,82 @@ impl Isolate {
     }
 }
 
-/// Runs `code` once in a fresh isolate with no network, on a thread of the
-/// caller's that has no isolate, then `after` in the isolate's context; the
-/// webtask's answer as JSON and what `after` returned.
-pub(super) fn run_offline<R>(
+/// Runs each webtask of `runs` once, in order, in one fresh isolate with
+/// no network, on a thread of the caller's that has no isolate, calling
+/// `after` in the isolate's context after each; each webtask's answer as
+/// JSON.
+pub(super) fn run_offline(
     limits: &Limits,
-    code: &str,
-    after: impl FnOnce(&mut v8::PinScope) -> R,
-) -> Result<(serde_json::Value, R), Error> {
+    runs: &[(&str, Context)],
+    mut after: impl FnMut(&mut v8::PinScope),
+) -> Result<Vec<serde_json::Value>, Error> {
     let tokio = tokio::runtime::Builder::new_current_thread().enable_time().build().map_err(Error::internal)?;
     let _enter = tokio.enter();
     let guard = CpuGuard::for_current_thread(limits.cpu_ms);
     let mut isolate = Isolate::new(&IsolateSpec::offline(limits.clone()), &guard, "".into())?;
-    let (tx, mut rx) = tokio::sync::oneshot::channel();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(limits.wall_ms);
-    let permit = super::host::Permit(Default::default());
-    let id = isolate.inflight().insert(tx, "run-once".into(), guard.now_ns(), deadline, permit);
-    isolate.start(id, &Code::from(code), &Context::new());
-    let reply = tokio.block_on(std::future::poll_fn(|cx| {
-        if let Poll::Ready(reply) = std::pin::Pin::new(&mut rx).poll(cx) {
-            return Poll::Ready(reply.map_err(|_| Error::internal("the run was dropped")));
+    let mut answers = Vec::with_capacity(runs.len());
+    for (code, context) in runs {
+        let body = tokio.block_on(isolate.run_to_end(&guard, limits, code, context))?;
+        if let Some(kill) = guard.killed() {
+            return Err(Error::internal(format!("killed: {kill:?}")));
         }
-        match isolate.poll_event_loop(cx) {
-            Poll::Ready(Err(e)) => Poll::Ready(Err(Error::internal(e))),
-            Poll::Ready(Ok(())) => match rx.try_recv() {
-                Ok(reply) => Poll::Ready(Ok(reply)),
-                Err(_) => Poll::Ready(Err(Error::internal("the run never answered"))),
-            },
-            Poll::Pending => Poll::Pending,
-        }
-    }))??;
-    if let Some(kill) = guard.killed() {
-        return Err(Error::internal(format!("killed: {kill:?}")));
+        answers.push(serde_json::from_slice(&body).map_err(Error::internal)?);
+        let context = isolate.rt.main_context();
+        v8::scope_with_context!(scope, isolate.rt.v8_isolate(), context);
+        after(scope);
     }
-    let body = match reply.body {
-        super::ReplyBody::Full(body) => body,
-        super::ReplyBody::Stream(_) => return Err(Error::internal("a streamed answer")),
-    };
-    let value = serde_json::from_slice(&body).map_err(Error::internal)?;
-    let context = isolate.rt.main_context();
-    v8::scope_with_context!(scope, isolate.rt.v8_isolate(), context);
-    let kept = after(scope);
-    Ok((value, kept))
+    Ok(answers)
+}
+
+impl Isolate {
+    /// Starts `code` and drives the event loop until it has answered in
+    /// full; the body.
+    async fn run_to_end(&mut self, guard: &CpuGuard, limits: &Limits, code: &str, context: &Context) -> Result<bytes::Bytes, Error> {
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(limits.wall_ms);
+        let permit = super::host::Permit(Default::default());
+        let id = self.inflight().insert(tx, "offline".into(), guard.now_ns(), deadline, permit);
+        self.start(id, &Code::from(code), context);
+        let reply = std::future::poll_fn(|cx| {
+            if let Poll::Ready(reply) = std::pin::Pin::new(&mut rx).poll(cx) {
+                return Poll::Ready(reply.map_err(|_| Error::internal("the run was dropped")));
+            }
+            match self.poll_event_loop(cx) {
+                Poll::Ready(Err(e)) => Poll::Ready(Err(Error::internal(e))),
+                Poll::Ready(Ok(())) => match rx.try_recv() {
+                    Ok(reply) => Poll::Ready(Ok(reply)),
+                    Err(_) => Poll::Ready(Err(Error::internal("the run never answered"))),
+                },
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await??;
+        let mut stream = match reply.body {
+            super::ReplyBody::Full(body) => return Ok(body),
+            super::ReplyBody::Stream(stream) => stream,
+        };
+        let mut body = Vec::new();
+        std::future::poll_fn(|cx| loop {
+            match stream.poll_recv(cx) {
+                Poll::Ready(Some(chunk)) => body.extend_from_slice(&chunk?),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => match self.poll_event_loop(cx) {
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::internal(e))),
+                    Poll::Pending => return Poll::Pending,
+                    // Nothing left to run: what the stream has is all it gets.
+                    Poll::Ready(Ok(())) => match stream.try_recv() {
+                        Ok(chunk) => body.extend_from_slice(&chunk?),
+                        Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => return Poll::Ready(Ok(())),
+                        Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {
+                            return Poll::Ready(Err(Error::internal("the answer never ended")))
+                        }
+                    },
+                },
+            }
+        })
+        .await?;
+        Ok(body.into())
+    }
 }
 
 /// Calls the runtime's one-time `__webtask_lockdown` (it removes itself and
