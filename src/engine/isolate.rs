@@ -200,25 +200,31 @@ impl Isolate {
 }
 
 /// Runs each webtask of `runs` once, in order, in one fresh isolate with
-/// no network, on a thread of the caller's that has no isolate, calling
-/// `after` in the isolate's context after each; each webtask's answer as
-/// JSON.
+/// no network, on a thread of the caller's that has no isolate, each within
+/// `limits.wall_ms`, calling `after` in the isolate's context after each
+/// (failed or not); each webtask's answer as JSON. Stops at a run that
+/// leaves the isolate killed.
 pub(super) fn run_offline(
     limits: &Limits,
     runs: &[(&str, Context)],
     mut after: impl FnMut(&mut v8::PinScope),
-) -> Result<Vec<serde_json::Value>, Error> {
+) -> Result<Vec<Result<serde_json::Value, Error>>, Error> {
     let tokio = tokio::runtime::Builder::new_current_thread().enable_time().build().map_err(Error::internal)?;
     let _enter = tokio.enter();
     let guard = CpuGuard::for_current_thread(limits.cpu_ms);
     let mut isolate = Isolate::new(&IsolateSpec::offline(limits.clone()), &guard, "".into())?;
+    let wall = std::time::Duration::from_millis(limits.wall_ms);
     let mut answers = Vec::with_capacity(runs.len());
     for (code, context) in runs {
-        let body = tokio.block_on(isolate.run_to_end(&guard, limits, code, context))?;
+        let body = match tokio.block_on(tokio::time::timeout(wall, isolate.run_to_end(&guard, limits, code, context))) {
+            Ok(body) => body,
+            Err(_) => Err(Error::WallLimit { limit_ms: limits.wall_ms }),
+        };
         if let Some(kill) = guard.killed() {
-            return Err(Error::internal(format!("killed: {kill:?}")));
+            answers.push(Err(Error::internal(format!("killed: {kill:?}"))));
+            break;
         }
-        answers.push(serde_json::from_slice(&body).map_err(Error::internal)?);
+        answers.push(body.and_then(|body| serde_json::from_slice(&body).map_err(Error::internal)));
         let context = isolate.rt.main_context();
         v8::scope_with_context!(scope, isolate.rt.v8_isolate(), context);
         after(scope);
