@@ -347,6 +347,33 @@ fn encode(caches: Vec<(Key, Vec<u8>)>) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    /// The builder's runs: one that fails or stalls is reported and the
+    /// next still runs, and the caches are taken after each.
+    #[test]
+    fn an_offline_run_that_fails_or_stalls_costs_only_itself() {
+        let limits = super::super::Limits { wall_ms: 300, cpu_ms: 5_000, ..Default::default() };
+        super::super::snapshot_blob(&limits);
+        let runs = [
+            ("module.exports = function (cb) { cb(null, 1); }", super::super::Context::new()),
+            ("module.exports = function (cb) { throw new Error('no'); }", super::super::Context::new()),
+            ("module.exports = function (cb) { setInterval(() => {}, 10); }", super::super::Context::new()),
+            ("module.exports = function (cb) { cb(null, 2); }", super::super::Context::new()),
+        ];
+        // On a thread of its own, as the builder: V8 wants no other isolate there.
+        let (answers, afters) = std::thread::spawn(move || {
+            let mut afters = 0;
+            let answers = super::super::isolate::run_offline(&limits, &runs, |_| afters += 1).unwrap();
+            (answers, afters)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(afters, 4);
+        assert_eq!(answers[0].as_ref().unwrap(), &serde_json::json!(1));
+        assert!(matches!(answers[1], Err(super::super::Error::Script(_))), "{:?}", answers[1]);
+        assert!(matches!(answers[2], Err(super::super::Error::WallLimit { limit_ms: 300 })), "{:?}", answers[2]);
+        assert_eq!(answers[3].as_ref().unwrap(), &serde_json::json!(2));
+    }
+
     #[test]
     fn slots_round_trip_aligned_and_bad_blobs_are_refused() {
         let blob = encode(vec![(Key::Streams, vec![1, 2, 3]), (Key::ModuleFile(3), vec![9]), (Key::Streams, vec![7])]);
