@@ -30,6 +30,7 @@
 //! file n.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
@@ -273,14 +274,14 @@ fn build_here(limits: super::Limits) -> Vec<u8> {
     // Taken after each run, keeping each file's largest: V8 flushes the
     // bytecode of functions that have not run for a few GCs, so a file's
     // cache after the request can lack what its loading compiled.
-    let mut best: std::collections::BTreeMap<usize, (Key, Vec<u8>)> = Default::default();
+    let mut best: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
     let answers = super::isolate::run_offline(&limits, &runs, |scope| {
         RECORDING.with(|r| {
             for (key, compiled) in r.borrow().iter().flatten() {
                 let Some(cache) = take(scope, compiled) else { continue };
-                let kept = best.entry(key.slot()).or_insert((*key, Vec::new()));
-                if cache.len() > kept.1.len() {
-                    kept.1 = cache;
+                let kept = best.entry(key.slot()).or_default();
+                if cache.len() > kept.len() {
+                    *kept = cache;
                 }
             }
         });
@@ -306,7 +307,7 @@ fn build_here(limits: super::Limits) -> Vec<u8> {
     if best.is_empty() {
         return Vec::new();
     }
-    encode(best.into_values().collect())
+    encode(best)
 }
 
 fn take(scope: &mut v8::PinScope, compiled: &Compiled) -> Option<Vec<u8>> {
@@ -317,12 +318,8 @@ fn take(scope: &mut v8::PinScope, compiled: &Compiled) -> Option<Vec<u8>> {
     Some(cache.to_vec())
 }
 
-fn encode(caches: Vec<(Key, Vec<u8>)>) -> Vec<u8> {
-    // A slot given twice keeps its first cache.
-    let mut by_slot = std::collections::BTreeMap::new();
-    for (key, cache) in caches {
-        by_slot.entry(key.slot()).or_insert(cache);
-    }
+/// The blob for the caches by slot.
+fn encode(by_slot: BTreeMap<usize, Vec<u8>>) -> Vec<u8> {
     let slots = by_slot.keys().next_back().map_or(0, |s| s + 1);
     let mut index = vec![(0u32, 0u32); slots];
     let mut data = Vec::new();
@@ -376,7 +373,7 @@ mod tests {
 
     #[test]
     fn slots_round_trip_aligned_and_bad_blobs_are_refused() {
-        let blob = encode(vec![(Key::Streams, vec![1, 2, 3]), (Key::ModuleFile(3), vec![9]), (Key::Streams, vec![7])]);
+        let blob = encode(BTreeMap::from([(Key::Streams.slot(), vec![1, 2, 3]), (Key::ModuleFile(3).slot(), vec![9])]));
         assert_eq!(check(&blob), Ok(()));
         assert_eq!(slot(&blob, Key::Streams.slot()), Some(&[1u8, 2, 3][..]));
         assert_eq!(slot(&blob, Key::ModuleFile(3).slot()), Some(&[9u8][..]));

@@ -147,13 +147,7 @@ fn evaluate<'s>(
 ) -> Result<v8::Local<'s, v8::Value>, deno_error::JsErrorBox> {
     let failed = || deno_error::JsErrorBox::generic(format!("{name} could not be loaded"));
     let name = v8::String::new(scope, name).ok_or_else(failed)?;
-    // ASCII (the bundle is): an external string over the binary's copy.
-    let source = if source.is_ascii() {
-        v8::String::new_external_onebyte_static(scope, source.as_bytes())
-    } else {
-        v8::String::new(scope, source)
-    }
-    .ok_or_else(failed)?;
+    let source = super::script::static_text(scope, source.as_bytes()).ok_or_else(failed)?;
     let origin = super::script::origin(scope, name);
     v8::tc_scope!(let tc, scope);
     let script = super::script::compile_script(tc, source, &origin, code_cache::lookup(key));

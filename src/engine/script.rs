@@ -12,6 +12,18 @@ pub struct CompileError {
     pub column: u32,
 }
 
+/// Source text that lives as long as the process (in the binary or a
+/// mapped image) as a V8 string: ASCII (nearly all of it) as an external
+/// string over those bytes, no copy per isolate; anything else copied.
+/// None if V8 cannot hold it.
+pub fn static_text<'s>(scope: &mut v8::PinScope<'s, '_>, bytes: &'static [u8]) -> Option<v8::Local<'s, v8::String>> {
+    if bytes.is_ascii() {
+        v8::String::new_external_onebyte_static(scope, bytes)
+    } else {
+        v8::String::new_from_utf8(scope, bytes, v8::NewStringType::Normal)
+    }
+}
+
 /// The origin of a classic script or function named `name`.
 pub fn origin<'s>(scope: &mut v8::PinScope<'s, '_>, name: v8::Local<'s, v8::String>) -> v8::ScriptOrigin<'s> {
     v8::ScriptOrigin::new(scope, name.into(), 0, 0, false, 0, None, false, false, false, None)

@@ -89,6 +89,11 @@ impl PoolConfig {
         }
     }
 
+    /// Whether pooled workers load anything while idle.
+    fn warms_up(&self) -> bool {
+        self.warm_node_builtins || !self.preload_modules.is_empty()
+    }
+
     /// What a pooled worker loads while idle, in order.
     fn warm_up(&self) -> Vec<String> {
         let builtins = COMMON_BUILTINS.iter().filter(|_| self.warm_node_builtins).map(|b| b.to_string());
@@ -429,7 +434,7 @@ impl Pool {
     /// the likeliest to have finished.
     fn take_idle(&self) -> Option<Fresh> {
         let mut idle = self.inner.idle.lock().unwrap();
-        let newest = !self.inner.config.warm_node_builtins && self.inner.config.preload_modules.is_empty();
+        let newest = !self.inner.config.warms_up();
         while let Some(w) = if newest { idle.pop_back() } else { idle.pop_front() } {
             if w.is_alive() {
                 return Some(Fresh { worker: w, slot: self.inner.held_slot() });

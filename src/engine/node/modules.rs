@@ -11,11 +11,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
 
 use deno_core::{op2, v8};
-
-use crate::engine::{code_cache, script};
 use deno_error::JsErrorBox;
 use serde::Deserialize;
 use serde_json::Value;
+
+use crate::engine::{code_cache, script};
 
 static INDEX: &str = include_str!(concat!(env!("OUT_DIR"), "/modules-index.json"));
 static FILES: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/modules-files.bin"));
@@ -262,12 +262,7 @@ pub fn op_wt_module_compile<'s>(
     #[string] path: &str,
 ) -> Result<v8::Local<'s, v8::Function>, JsErrorBox> {
     let bytes = file(n).ok_or_else(|| super::type_error(format!("no module file {n}")))?;
-    let src = if bytes.is_ascii() {
-        v8::String::new_external_onebyte_static(scope, bytes)
-    } else {
-        v8::String::new_from_utf8(scope, bytes, v8::NewStringType::Normal)
-    }
-    .ok_or_else(|| super::range_error("module source too large"))?;
+    let src = script::static_text(scope, bytes).ok_or_else(|| super::range_error("module source too large"))?;
     let name = v8::String::new(scope, path).ok_or_else(|| super::range_error("path too long"))?;
     let params = ["exports", "require", "module", "__filename", "__dirname"];
     let key = code_cache::Key::ModuleFile(n);
@@ -281,10 +276,5 @@ pub fn op_wt_module_compile<'s>(
 #[op2]
 pub fn op_wt_module_text<'s>(scope: &mut v8::PinScope<'s, '_>, #[smi] n: u32) -> Result<v8::Local<'s, v8::String>, JsErrorBox> {
     let bytes = file(n).ok_or_else(|| super::type_error(format!("no module file {n}")))?;
-    if bytes.is_ascii() {
-        v8::String::new_external_onebyte_static(scope, bytes)
-    } else {
-        v8::String::new_from_utf8(scope, bytes, v8::NewStringType::Normal)
-    }
-    .ok_or_else(|| super::range_error("module file too large"))
+    script::static_text(scope, bytes).ok_or_else(|| super::range_error("module file too large"))
 }
