@@ -14,7 +14,7 @@
 // only to find which files of node_modules are reachable from the set's
 // entry points, so the table holds those and not 60 MB of tests and docs.
 import * as esbuild from "esbuild";
-import { builtinModules } from "node:module";
+import { builtinModules, createRequire } from "node:module";
 import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -22,6 +22,7 @@ import { fileURLToPath } from "node:url";
 const here = path.dirname(fileURLToPath(import.meta.url));
 
 async function builtins() {
+  checkTr46FastPath();
   await esbuild.build({
     entryPoints: [path.join(here, "src/builtins-entry.js")],
     bundle: true,
@@ -40,7 +41,7 @@ async function builtins() {
         "// npm polyfills behind webtask's Node built-ins (see src/builtins-entry.js).",
     },
     logLevel: "warning",
-    plugins: [nodeStreamsFrom],
+    plugins: [nodeStreamsFrom, lazyTr46],
   });
 }
 
@@ -56,6 +57,50 @@ const nodeStreamsFrom = {
     }));
   },
 };
+
+// whatwg-url's `require("tr46")` gets src/tr46-lazy.js, which loads tr46
+// (and its tables) only for domains that need them.
+const lazyTr46 = {
+  name: "lazy-tr46",
+  setup(build) {
+    build.onResolve({ filter: /^tr46$/ }, () => ({ path: path.join(here, "src/tr46-lazy.js") }));
+  },
+};
+
+// The claim src/tr46-lazy.js rests on, checked against tr46 itself: with
+// the options whatwg-url parses URLs with, its answer for an ASCII domain
+// is tr46's. Every ASCII code point alone and between labels, then random
+// domains over an alphabet that makes "xn--" labels, dots and hyphens
+// common; a mismatch fails the build.
+function checkTr46FastPath() {
+  const require = createRequire(import.meta.url);
+  const tr46 = require("tr46");
+  const lazy = require("./src/tr46-lazy.js");
+  const options = { checkBidi: true, checkHyphens: false, checkJoiners: true, useSTD3ASCIIRules: false, verifyDNSLength: false };
+  const strict = { ...options, useSTD3ASCIIRules: true, verifyDNSLength: true };
+  const domains = [];
+  for (let c = 0; c < 128; c++) {
+    const ch = String.fromCharCode(c);
+    domains.push(ch, `a${ch}b`, `${ch}.com`, `xn--${ch}`, `XN--a${ch}`);
+  }
+  const alphabet = "xXnN-.-.aZ09_%* \t\u0000~";
+  let seed = 1;
+  const next = () => (seed = (seed * 1103515245 + 12345) % 2147483648);
+  for (let i = 0; i < 20000; i++) {
+    let d = "";
+    for (let n = next() % 12; n > 0; n--) d += alphabet[next() % alphabet.length];
+    domains.push(d, `xn--${d}`, d.replace(/x/g, "xn--"));
+  }
+  for (const d of domains) {
+    for (const o of [options, strict]) {
+      const want = tr46.toASCII(d, o);
+      const got = lazy.toASCII(d, o);
+      if (got !== want) {
+        throw new Error(`tr46-lazy.js differs from tr46 for ${JSON.stringify(d)} (${JSON.stringify(o)}): ${got} vs ${want}`);
+      }
+    }
+  }
+}
 
 const OPTIONAL = ["edge"];
 

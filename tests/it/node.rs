@@ -287,6 +287,23 @@ async fn url_parse_format_and_resolve_as_node() {
     assert_eq!(v["w"], json!(["https://example.org:8443/b?x=1&y=%20#f", "example.org:8443", "/b", " "]));
 }
 
+/// Hosts go through UTS #46 as in Node 20: ASCII ones are lowercased (the
+/// shim's fast path), others and "xn--" labels through tr46's tables.
+#[tokio::test]
+async fn url_hosts_are_mapped_as_node_maps_them() {
+    let v = eval(
+        r#"return function (cb) {
+            const host = (u) => { try { return new URL(u).host; } catch (e) { return e.name; } };
+            const ascii = ['http://EXAMPLE.com:80/a', 'http://a..b/', 'http://Ex-Am_ple.COM/'].map(host);
+            const unicode = ['http://Bücher.EXAMPLE/', 'http://ÉXAMPLE.com/', 'http://XN--bcher-kva.example/', 'http://xn--a.com/'].map(host);
+            cb(null, { ascii, unicode });
+        }"#,
+    )
+    .await;
+    assert_eq!(v["ascii"], json!(["example.com", "a..b", "ex-am_ple.com"]));
+    assert_eq!(v["unicode"], json!(["xn--bcher-kva.example", "xn--xample-9ua.com", "xn--bcher-kva.example", "TypeError"]));
+}
+
 #[tokio::test]
 async fn util_events_path_querystring_string_decoder() {
     let v = eval(
