@@ -74,6 +74,11 @@ const {
   ObjectPrototypeToString,
   ObjectPrototypeHasOwnProperty,
   ObjectAssign,
+  DateNow,
+  MathFloor,
+  MathMax,
+  NumberPrototypeToFixed,
+  StringPrototypeRepeat,
   PromisePrototypeThen,
   PromiseResolve,
   ReflectApply,
@@ -477,8 +482,201 @@ const guestConsole = { __proto__: null };
 for (const name of ObjectKeys(LEVELS)) {
   const level = LEVELS[name];
   guestConsole[name] = function (...args) {
-    op_wt_console(currentRequest(), level, format(args));
+    emit(level, format(args));
   };
+}
+
+// console.group's indentation, counters and timers: the isolate's, as a
+// Node process's console has them (a container's requests share them).
+let groupIndent = "";
+const counts = new SafeMap();
+const timings = new SafeMap();
+
+function emit(level, text) {
+  op_wt_console(currentRequest(), level, groupIndent === "" ? text : indent(text, groupIndent));
+}
+
+// Walks the text: a string's split or replace would look up
+// String.prototype's Symbol methods, which guest code may have replaced.
+function indent(text, by) {
+  let out = by;
+  let last = 0;
+  for (let i = StringPrototypeIndexOf(text, "\n"); i !== -1; i = StringPrototypeIndexOf(text, "\n", last)) {
+    out += StringPrototypeSlice(text, last, i + 1) + by;
+    last = i + 1;
+  }
+  return out + StringPrototypeSlice(text, last);
+}
+
+// The rest of Node 20's console, printed as Node prints it; what Node
+// writes to stderr is at warn level, the rest at info.
+ObjectAssign(guestConsole, {
+  dir(value) {
+    emit(LEVELS.log, typeof value === "string" ? quote(value) : inspect(value, 0, []));
+  },
+  dirxml(...args) {
+    emit(LEVELS.log, format(args));
+  },
+  assert(value, ...args) {
+    if (value) return;
+    args[0] = args.length === 0 ? "Assertion failed" : "Assertion failed: " + safeString(args[0]);
+    emit(LEVELS.warn, format(args));
+  },
+  count(label = "default") {
+    label = safeString(label);
+    const n = (counts.get(label) ?? 0) + 1;
+    counts.set(label, n);
+    emit(LEVELS.info, label + ": " + n);
+  },
+  countReset(label = "default") {
+    label = safeString(label);
+    if (!counts.has(label)) return emit(LEVELS.warn, `Warning: Count for '${label}' does not exist`);
+    counts.set(label, 0);
+  },
+  group(...label) {
+    if (label.length > 0) emit(LEVELS.log, format(label));
+    groupIndent += "  ";
+  },
+  groupCollapsed(...label) {
+    guestConsole.group(...label);
+  },
+  groupEnd() {
+    groupIndent = StringPrototypeSlice(groupIndent, 2);
+  },
+  time(label = "default") {
+    label = safeString(label);
+    if (timings.has(label)) return emit(LEVELS.warn, `Warning: Label '${label}' already exists for console.time()`);
+    timings.set(label, DateNow());
+  },
+  timeLog(label = "default", ...data) {
+    timeLog(safeString(label), "timeLog", data);
+  },
+  timeEnd(label = "default") {
+    label = safeString(label);
+    if (timeLog(label, "timeEnd", [])) timings.delete(label);
+  },
+  table(data, properties) {
+    if (data === null || typeof data !== "object") return guestConsole.log(data);
+    emit(LEVELS.log, table(data, properties));
+  },
+  clear() {},
+});
+
+function timeLog(label, method, data) {
+  const start = timings.get(label);
+  if (start === undefined) {
+    emit(LEVELS.warn, `Warning: No such label '${label}' for console.${method}()`);
+    return false;
+  }
+  emit(LEVELS.log, format(["%s: %s", label, formatTime(DateNow() - start), ...data]));
+  return true;
+}
+
+// As Node 20's console.timeEnd: "12.5ms", "1.234s", "1:02.345 (m:ss.mmm)".
+// The clock is the runtime's, at millisecond resolution.
+function formatTime(ms) {
+  if (ms < 1000) return NumberCtor(NumberPrototypeToFixed(ms, 3)) + "ms";
+  if (ms < 60000) return NumberPrototypeToFixed(ms / 1000, 3) + "s";
+  const hours = MathFloor(ms / 3600000);
+  const minutes = MathFloor((ms % 3600000) / 60000);
+  const seconds = NumberPrototypeToFixed((ms % 60000) / 1000, 3);
+  const pad = (n) => (StringCtor(n).length < 2 ? "0" + n : StringCtor(n));
+  const secs = seconds.length < 6 ? "0" + seconds : seconds;
+  return hours !== 0 ? `${hours}:${pad(minutes)}:${secs} (h:mm:ss.mmm)` : `${minutes}:${secs} (m:ss.mmm)`;
+}
+
+// console.table, drawn as Node 20 draws it: an (index) column, one column
+// per key of the rows (or per `properties`), Values for rows that are not
+// objects, every cell inspected one level deep and aligned left.
+function table(data, properties) {
+  const cell = (v) => {
+    const wide = v !== null && typeof v === "object" && !ArrayIsArray(v) && ObjectKeys(v).length > 2;
+    return wide ? "[" + (constructorName(v) || "Object") + "]" : inspect(v, INSPECT_DEPTH, []);
+  };
+  const t = tag(data);
+  let index;
+  let rows;
+  if (t === "[object Map]" || t === "[object Set]") {
+    index = [];
+    const keys = [];
+    const values = [];
+    let i = 0;
+    const add = (v, k) => {
+      ArrayPrototypePush(index, StringCtor(i++));
+      ArrayPrototypePush(values, cell(v));
+      if (t === "[object Map]") ArrayPrototypePush(keys, cell(k));
+    };
+    if (t === "[object Map]") MapPrototypeForEach(data, add);
+    else SetPrototypeForEach(data, add);
+    const head = t === "[object Map]" ? ["(iteration index)", "Key", "Values"] : ["(iteration index)", "Values"];
+    return drawTable(head, t === "[object Map]" ? [index, keys, values] : [index, values]);
+  }
+  index = ObjectKeys(data);
+  rows = { __proto__: null };
+  const columns = [];
+  const plain = [];
+  let hasPlain = false;
+  for (let i = 0; i < index.length; i++) {
+    const item = data[index[i]];
+    const primitive = item === null || (typeof item !== "function" && typeof item !== "object");
+    if (properties === undefined && primitive) {
+      hasPlain = true;
+      plain[i] = cell(item);
+      continue;
+    }
+    const keys = properties || ObjectKeys(item);
+    for (let j = 0; j < keys.length; j++) {
+      const key = keys[j];
+      if (rows[key] === undefined) {
+        rows[key] = [];
+        ArrayPrototypePush(columns, key);
+      }
+      rows[key][i] = primitive || !ObjectPrototypeHasOwnProperty(item, key) ? "" : cell(item[key]);
+    }
+  }
+  const head = ["(index)"];
+  const body = [index];
+  for (let j = 0; j < columns.length; j++) {
+    ArrayPrototypePush(head, StringCtor(columns[j]));
+    ArrayPrototypePush(body, rows[columns[j]]);
+  }
+  if (hasPlain) {
+    ArrayPrototypePush(head, "Values");
+    ArrayPrototypePush(body, plain);
+  }
+  return drawTable(head, body);
+}
+
+function drawTable(head, columns) {
+  let height = 0;
+  for (let i = 0; i < columns.length; i++) height = MathMax(height, columns[i].length);
+  const widths = [];
+  const lines = [];
+  for (let i = 0; i < head.length; i++) {
+    let width = head[i].length;
+    for (let j = 0; j < height; j++) {
+      if (lines[j] === undefined) lines[j] = [];
+      const v = columns[i][j] ?? "";
+      lines[j][i] = v;
+      width = MathMax(width, v.length);
+    }
+    widths[i] = width;
+  }
+  const rule = (left, middle, right) => {
+    let out = left;
+    for (let i = 0; i < widths.length; i++) out += (i === 0 ? "" : middle) + StringPrototypeRepeat("\u2500", widths[i] + 2);
+    return out + right;
+  };
+  const row = (cells) => {
+    let out = "\u2502";
+    for (let i = 0; i < widths.length; i++) {
+      out += " " + cells[i] + StringPrototypeRepeat(" ", widths[i] - cells[i].length) + " \u2502";
+    }
+    return out;
+  };
+  let out = rule("\u250c", "\u252c", "\u2510") + "\n" + row(head) + "\n" + rule("\u251c", "\u253c", "\u2524") + "\n";
+  for (let j = 0; j < lines.length; j++) out += row(lines[j]) + "\n";
+  return out + rule("\u2514", "\u2534", "\u2518");
 }
 
 // Guests get numeric ids; the core timer objects stay in this table.
@@ -599,7 +797,10 @@ class ServerResponse {
     return this.#headers.has(StringPrototypeToLowerCase(StringCtor(name)));
   }
   flushHeaders() {
+    if (this.#ended) return;
     this.#flushHead();
+    // The host holds a head until the first body bytes; none releases it.
+    op_wt_write(this.#id, "");
   }
   setTimeout() {
     return this;
@@ -608,13 +809,24 @@ class ServerResponse {
   uncork() {}
   addTrailers() {}
   setHeader(name, value) {
-    if (this.#sent) throw new ErrorCtor("Cannot set headers after they are sent");
-    const key = StringPrototypeToLowerCase(StringCtor(name));
+    if (this.#sent) throw codedError(ErrorCtor, "ERR_HTTP_HEADERS_SENT", "Cannot set headers after they are sent to the client");
+    if (typeof name !== "string" || !isHttpToken(name)) {
+      throw codedError(TypeErrorCtor, "ERR_INVALID_HTTP_TOKEN", `Header name must be a valid HTTP token ["${name}"]`);
+    }
+    if (value === undefined) {
+      throw codedError(TypeErrorCtor, "ERR_HTTP_INVALID_HEADER_VALUE", `Invalid value "undefined" for header "${name}"`);
+    }
+    const key = StringPrototypeToLowerCase(name);
     const values = [];
     if (ArrayIsArray(value)) {
       for (let i = 0; i < value.length; i++) ArrayPrototypePush(values, StringCtor(value[i]));
     } else {
       ArrayPrototypePush(values, StringCtor(value));
+    }
+    for (let i = 0; i < values.length; i++) {
+      if (!isHeaderValue(values[i])) {
+        throw codedError(TypeErrorCtor, "ERR_INVALID_CHAR", `Invalid character in header content ["${name}"]`);
+      }
     }
     // Counted here, before anything is copied to the host: headers are
     // part of the response and share its limit.
@@ -686,6 +898,35 @@ class ServerResponse {
     });
     return this;
   }
+}
+
+// Node's checks on a header set by the guest (its errors, with their
+// codes): one the HTTP layer could not send fails where it is set, never
+// vanishes on the way out.
+const TOKEN_PUNCTUATION = "!#$%&'*+-.^_`|~";
+
+function isHttpToken(s) {
+  if (s.length === 0) return false;
+  for (let i = 0; i < s.length; i++) {
+    const c = StringPrototypeCharCodeAt(s, i);
+    const alnum = (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a);
+    if (!alnum && StringPrototypeIndexOf(TOKEN_PUNCTUATION, s[i]) === -1) return false;
+  }
+  return true;
+}
+
+function isHeaderValue(s) {
+  for (let i = 0; i < s.length; i++) {
+    const c = StringPrototypeCharCodeAt(s, i);
+    if (c !== 0x09 && (c < 0x20 || c === 0x7f || c > 0xff)) return false;
+  }
+  return true;
+}
+
+function codedError(Ctor, code, message) {
+  const err = new Ctor(message);
+  err.code = code;
+  return err;
 }
 
 function toChunk(chunk) {

@@ -172,6 +172,10 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Result<Response<Body
         let mut res = reply::json(431, &serde_json::json!({"code": "header_limit", "limit_bytes": limit, "error": error}));
         // Whatever body follows is not read: the connection cannot go on.
         res.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        node.metrics.limit_fired("header_limit");
+        if req.uri().path().starts_with("/api/run/") {
+            node.metrics.observe(431, Duration::ZERO);
+        }
         return Ok(res);
     }
     let path = req.uri().path();
@@ -187,7 +191,8 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Result<Response<Body
         }
     } else if let Some(rest) = path.strip_prefix("/api/logs/") {
         match *req.method() {
-            Method::GET => logs::handle(&node, rest, &req).await,
+            // HEAD as any GET route: hyper sends the head and drops the stream.
+            Method::GET | Method::HEAD => logs::handle(&node, rest, &req).await,
             _ => reply::method_not_allowed("GET"),
         }
     } else {

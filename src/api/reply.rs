@@ -76,14 +76,21 @@ pub fn node_modules() -> Response<Body> {
 
 const HOP_BY_HOP: [&str; 6] = ["content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te"];
 
-/// An engine reply as an HTTP response; a streamed body stays streamed.
-pub fn from_reply(reply: Reply) -> Response<Body> {
+/// An engine reply as an HTTP response; a streamed body stays streamed,
+/// and one that fails midway is cut short (hyper ends the connection, the
+/// client sees a body that never finished) after `on_error` has seen why.
+pub fn from_reply(reply: Reply, on_error: impl FnOnce(&Error) + Send + Sync + 'static) -> Response<Body> {
     let body = match reply.body {
         ReplyBody::Full(bytes) => full(bytes),
         ReplyBody::Stream(rx) => {
-            let chunks = futures::stream::unfold(rx, |mut rx| async move {
+            let chunks = futures::stream::unfold((rx, Some(on_error)), |(mut rx, mut on_error)| async move {
                 let chunk = rx.recv().await?;
-                Some((chunk.map(Frame::data), rx))
+                if let Err(err) = &chunk {
+                    if let Some(report) = on_error.take() {
+                        report(err);
+                    }
+                }
+                Some((chunk.map(Frame::data), (rx, on_error)))
             });
             BodyExt::boxed(StreamBody::new(chunks))
         }

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use super::{reply, Body, Node};
 use crate::engine::console::truncate;
-use crate::engine::{valid_container, Code, Context, Error, ScriptError};
+use crate::engine::{valid_container, Code, Context, Error, Reply, ScriptError};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,31 +32,19 @@ struct Envelope {
     body: Option<Value>,
 }
 
-pub async fn handle(node: &Node, container: String, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(node: &Arc<Node>, container: String, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let req_id = crate::engine::new_req_id();
-    let outcome = run(node, &container, req, req_id.clone()).await;
-    let response = match outcome {
-        Ok(res) => res,
+    let response = match run(node, &container, req, req_id.clone()).await {
+        Ok(reply) => {
+            // A streamed body that fails after its head went out (a limit
+            // fired, the worker died) can only be cut short; it is still
+            // counted and logged as any failed request is.
+            let node = node.clone();
+            reply::from_reply(reply, move |err| report(&node, &container, &req_id, err))
+        }
         Err(err) => {
-            if let Some(kind) = err.limit_kind() {
-                node.metrics.limit_fired(kind);
-            }
-            if err.status() >= 500 {
-                // `figures` carries the error's numbers (limit_ms, used_ms, ...)
-                // into the system log record.
-                // The message is the node's own words: a script error's text
-                // is the guest's, and goes in the figures (as `error_message`).
-                // The guest's own text in it is cut short: a guest could
-                // otherwise write ~200 KB into the node's log per request.
-                let figures = serde_json::to_string(&guest_text_cut(&err)).unwrap_or_default();
-                let msg: std::borrow::Cow<'_, str> = match &err {
-                    Error::Script(_) => "script error".into(),
-                    Error::SyntaxError { .. } => "syntax error".into(),
-                    err => err.to_string().into(),
-                };
-                tracing::warn!(container, req_id = &*req_id, code = err.code(), figures, "{msg}");
-            }
+            report(node, &container, &req_id, &err);
             let mut res = reply::error(&err);
             if let Error::BodyTimeout { .. } = err {
                 // The rest of the body may still come; no request follows it.
@@ -69,7 +57,36 @@ pub async fn handle(node: &Node, container: String, req: Request<Incoming>) -> R
     response
 }
 
-async fn run(node: &Node, container: &str, req: Request<Incoming>, req_id: Arc<str>) -> Result<Response<Body>, Error> {
+/// Counts a request's failure in `/metrics` (a limit, by kind) and, when it
+/// is the node's or a limit's doing (5xx), writes it to the system log.
+fn report(node: &Node, container: &str, req_id: &str, err: &Error) {
+    if let Some(kind) = err.limit_kind() {
+        node.metrics.limit_fired(kind);
+    }
+    if err.status() >= 500 {
+        // `figures` carries the error's numbers (limit_ms, used_ms, ...)
+        // into the system log record.
+        // The message is the node's own words: a script error's text
+        // is the guest's, and goes in the figures (as `error_message`).
+        // The guest's own text in it is cut short: a guest could
+        // otherwise write ~200 KB into the node's log per request.
+        let figures = serde_json::to_string(&guest_text_cut(err)).unwrap_or_default();
+        let msg: std::borrow::Cow<'_, str> = match err {
+            Error::Script(_) => "script error".into(),
+            Error::SyntaxError { .. } => "syntax error".into(),
+            err => err.to_string().into(),
+        };
+        tracing::warn!(container, req_id, code = err.code(), figures, "{msg}");
+    }
+}
+
+/// A header value as Node hands it over: each byte one character (latin1),
+/// so a value that is not ASCII arrives, if not as its sender meant it.
+fn latin1(bytes: &[u8]) -> String {
+    bytes.iter().map(|&b| b as char).collect()
+}
+
+async fn run(node: &Node, container: &str, req: Request<Incoming>, req_id: Arc<str>) -> Result<Reply, Error> {
     if !valid_container(container) {
         return Err(Error::bad_request(format!(
             "invalid container name {container:?}: use 1-64 characters of A-Z, a-z, 0-9, '_' and '-'"
@@ -80,11 +97,7 @@ async fn run(node: &Node, container: &str, req: Request<Incoming>, req_id: Arc<s
     let media = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mut context = Context {
         query: parts.uri.query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default(),
-        headers: parts
-            .headers
-            .iter()
-            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
-            .collect(),
+        headers: parts.headers.iter().map(|(k, v)| (k.as_str().to_owned(), latin1(v.as_bytes()))).collect(),
         method: parts.method.as_str().to_owned(),
         url: parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default(),
         ..Context::default()
@@ -103,8 +116,7 @@ async fn run(node: &Node, container: &str, req: Request<Incoming>, req_id: Arc<s
     } else {
         Code::new(body)?
     };
-    let reply = node.runner.dispatch(container, code, context, req_id).await?;
-    Ok(reply::from_reply(reply))
+    node.runner.dispatch(container, code, context, req_id).await
 }
 
 fn is_json(media: &str) -> bool {

@@ -19,6 +19,10 @@ pub type ReplyTx = oneshot::Sender<Result<Reply, Error>>;
 
 struct Slot {
     reply: Option<ReplyTx>,
+    /// `res.writeHead`'s status and headers, held until the first body
+    /// byte (or `end`, or `flushHeaders`) as Node holds them: a first write
+    /// past the response limit can then still fail the request whole.
+    head: Option<(u16, Vec<(String, String)>)>,
     stream: Option<mpsc::UnboundedSender<Result<Bytes, Error>>>,
     sent: u64,
     cpu_start_ns: u64,
@@ -75,7 +79,7 @@ impl Inflight {
                 break;
             }
         }
-        let slot = Slot { reply: Some(reply), stream: None, sent: 0, cpu_start_ns, deadline, req_id, logged: 0, subrequests: 0, permit: Some(permit) };
+        let slot = Slot { reply: Some(reply), head: None, stream: None, sent: 0, cpu_start_ns, deadline, req_id, logged: 0, subrequests: 0, permit: Some(permit) };
         self.slots.insert(self.next_id, slot);
         self.next_id
     }
@@ -182,7 +186,9 @@ impl Inflight {
         }
     }
 
-    /// `res.writeHead`: status and headers go out now, the body streams.
+    /// `res.writeHead`: status and headers, sent with the first body bytes
+    /// or at `end` (`res.flushHeaders()` writes an empty chunk); the body
+    /// streams.
     pub fn head(&mut self, id: u32, status: u16, headers: Vec<(String, String)>) {
         // Counted as they go out, in UTF-8 (the runtime's own check counts
         // UTF-16 code units, a third of what CJK text takes).
@@ -191,14 +197,13 @@ impl Inflight {
             return self.fail(id, Error::ResponseLimit { limit_bytes: self.response_limit });
         }
         let Some(slot) = self.slots.get_mut(&id) else { return };
-        let Some(reply) = slot.reply.take() else { return };
-        let (tx, rx) = mpsc::unbounded_channel();
-        slot.stream = Some(tx);
-        let _ = reply.send(Ok(Reply { status, headers, body: ReplyBody::Stream(rx) }));
+        if slot.reply.is_some() {
+            slot.head = Some((status, headers));
+        }
     }
 
     /// `res.write`; false once the request is over (or just went over its
-    /// response limit and was ended).
+    /// response limit and was ended: failed whole if nothing had gone out).
     pub fn write(&mut self, id: u32, chunk: Bytes) -> bool {
         let limit = self.response_limit;
         let Some(slot) = self.slots.get_mut(&id) else { return false };
@@ -207,17 +212,32 @@ impl Inflight {
             self.fail(id, Error::ResponseLimit { limit_bytes: limit });
             return false;
         }
+        slot.send_head();
         match &slot.stream {
+            Some(_) if chunk.is_empty() => true,
             Some(tx) => tx.send(Ok(chunk)).is_ok(),
             None => false,
         }
     }
 
-    /// `res.end`: the stream is closed by dropping its sender.
+    /// `res.end`: the head goes out if it has not, and the stream is closed
+    /// by dropping its sender.
     pub fn end(&mut self, id: u32) {
         if let Some(mut slot) = self.slots.remove(&id) {
             slot.permit.take();
+            slot.send_head();
         }
+    }
+}
+
+impl Slot {
+    /// Sends the held head, if any, opening the body stream.
+    fn send_head(&mut self) {
+        let Some((status, headers)) = self.head.take() else { return };
+        let Some(reply) = self.reply.take() else { return };
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.stream = Some(tx);
+        let _ = reply.send(Ok(Reply { status, headers, body: ReplyBody::Stream(rx) }));
     }
 }
 

@@ -395,30 +395,50 @@ fn v8_str<'s>(scope: &mut v8::PinScope<'s, '_>, s: &str) -> v8::Local<'s, v8::Va
     v8::String::new(scope, s).map(Into::into).unwrap_or_else(|| v8::undefined(scope).into())
 }
 
-/// Header-style object: a repeated name joins its values with ", ".
+/// `context.headers`, as Node's `IncomingMessage.headers` joins a repeated
+/// name: `set-cookie` into an array, `cookie` with "; ", the names Node
+/// takes once (content-type, host, ...) keep their first value, any other
+/// with ", ". Names come lowercased.
 fn string_map<'s>(scope: &mut v8::PinScope<'s, '_>, pairs: &[(String, String)]) -> v8::Local<'s, v8::Object> {
     let obj = v8::Object::new(scope);
-    for (i, (k, v)) in pairs.iter().enumerate() {
+    for (i, (k, _)) in pairs.iter().enumerate() {
+        if pairs[..i].iter().any(|(k2, _)| k2 == k) {
+            continue;
+        }
+        let mut values = pairs[i..].iter().filter(|(k2, _)| k2 == k).map(|(_, v)| v.as_str());
         let key = v8::String::new(scope, k).unwrap();
-        let value = if pairs[..i].iter().any(|(k2, _)| k2 == k) {
-            let joined: Vec<&str> = pairs[..=i].iter().filter(|(k2, _)| k2 == k).map(|(_, v)| v.as_str()).collect();
-            v8_str(scope, &joined.join(", "))
-        } else {
-            v8_str(scope, v)
+        let value = match k.as_str() {
+            "set-cookie" => {
+                let items: Vec<_> = values.map(|v| v8_str(scope, v)).collect();
+                v8::Array::new_with_elements(scope, &items).into()
+            }
+            "cookie" => v8_str(scope, &values.collect::<Vec<_>>().join("; ")),
+            name if TAKEN_ONCE.contains(&name) => v8_str(scope, values.next().unwrap_or_default()),
+            _ => v8_str(scope, &values.collect::<Vec<_>>().join(", ")),
         };
         obj.create_data_property(scope, key.into(), value);
     }
     obj
 }
 
-/// Query object as Node's querystring builds it: repeated names become arrays.
+/// Headers whose repeats Node 20 discards (`message.headers`).
+const TAKEN_ONCE: [&str; 18] = [
+    "age", "authorization", "content-length", "content-type", "etag", "expires", "from", "host",
+    "if-modified-since", "if-unmodified-since", "last-modified", "location", "max-forwards",
+    "proxy-authorization", "referer", "retry-after", "server", "user-agent",
+];
+
+/// Query object as Node's querystring builds it: repeated names become
+/// arrays. Only own properties count as repeats: `?toString=a` is "a",
+/// and `__proto__` is a name like any other.
 fn query_object<'s>(scope: &mut v8::PinScope<'s, '_>, pairs: &[(String, String)]) -> v8::Local<'s, v8::Object> {
     let obj = v8::Object::new(scope);
     for (k, v) in pairs {
         let key = v8::String::new(scope, k).unwrap();
         let value = v8_str(scope, v);
-        match obj.get(scope, key.into()) {
-            Some(existing) if !existing.is_undefined() => {
+        let repeat = obj.has_own_property(scope, key.into()).unwrap_or(false);
+        match obj.get(scope, key.into()).filter(|_| repeat) {
+            Some(existing) => {
                 let arr = match v8::Local::<v8::Array>::try_from(existing) {
                     Ok(arr) => arr,
                     Err(_) => {

@@ -295,6 +295,45 @@ async fn streamed_response_over_limit_is_cut_off() {
     assert!(text.len() < 70_000 + 1000);
 }
 
+/// `res.writeHead` holds its head for the first body bytes, as Node does:
+/// a body past the limit in one go is then still a whole JSON refusal.
+#[tokio::test]
+async fn a_first_write_past_the_response_limit_fails_the_request_whole() {
+    for node in every_target().await {
+        for body in ["res.end('x'.repeat(70000))", "res.write('x'.repeat(70000)); res.end()"] {
+            let code = format!("module.exports = (c, req, res) => {{ res.writeHead(201, {{ 'x-a': '1' }}); {body}; }};");
+            let res = node.run("first", "", &code).await;
+            assert_eq!(res.status, 500, "{body}: {}", res.text());
+            assert_eq!(res.json(), json!({"code": "response_limit", "limit_bytes": 65536, "error": "response exceeds 65536 bytes"}));
+        }
+        // Held, not lost: a head with an empty body goes out at end, and
+        // flushHeaders() sends it before any body.
+        let code = "module.exports = (c, req, res) => { res.writeHead(202, { 'x-a': '1' }); res.flushHeaders(); setTimeout(() => res.end('late'), 20); };";
+        let res = node.run("first", "", code).await;
+        assert_eq!((res.status, res.headers.get("x-a").map(|v| v.to_str().unwrap()), res.text().as_str()), (202, Some("1"), "late"));
+        let res = node.run("first", "", "module.exports = (c, req, res) => { res.writeHead(204); res.end(); };").await;
+        assert_eq!((res.status, res.text().as_str()), (204, ""));
+    }
+}
+
+/// A stream a limit cuts short after its head went out can only end
+/// early; it is still counted, as a refusal in JSON would be.
+#[tokio::test]
+async fn a_stream_cut_short_by_a_limit_is_counted() {
+    for config in [test_config(), crate::support::workers_config()] {
+        let node = TestNode::with_config(config).await;
+        let code = "module.exports = (ctx, req, res) => { res.write('x'); setTimeout(() => res.end('y'.repeat(70000)), 10); };";
+        let mut conn = TcpStream::connect(node.addr).await.unwrap();
+        let req = format!("POST /api/run/cut HTTP/1.1\r\nhost: t\r\ncontent-length: {}\r\n\r\n{code}", code.len());
+        conn.write_all(req.as_bytes()).await.unwrap();
+        let text = read_until_close_or(&mut conn, b"\r\n0\r\n\r\n").await;
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert!(!text.ends_with("\r\n0\r\n\r\n"), "stream ended cleanly after passing the limit");
+        let metrics = node.metrics().await;
+        assert_eq!(sample(&metrics, r#"webtask_limit_kills_total{kind="response_limit"}"#), Some(1.0), "{metrics}");
+    }
+}
+
 #[tokio::test]
 async fn request_head_over_limit_is_431() {
     let node = TestNode::start().await;
@@ -314,6 +353,8 @@ async fn request_head_over_limit_is_431() {
     let _ = conn.write_all(huge.as_bytes()).await;
     let head = read_until_close_or(&mut conn, b"\r\n\r\n").await;
     assert!(head.starts_with("HTTP/1.1 431"), "{head}");
+    let metrics = node.metrics().await;
+    assert_eq!(sample(&metrics, r#"webtask_limit_kills_total{kind="header_limit"}"#), Some(1.0), "{metrics}");
 }
 
 #[tokio::test]
@@ -636,15 +677,16 @@ async fn a_native_built_in_cannot_run_on_past_the_cpu_limit_in_a_worker() {
 }
 
 /// Response headers count against the response limit as they go out, in
-/// UTF-8: 30,000 CJK characters are 30,000 UTF-16 units but 90,000 bytes.
-/// Before, they passed the runtime's check, and a worker's reply then broke
-/// the node's own bound (the worker was killed as faulty). A fetch's head
-/// has a bound of its own.
+/// UTF-8: 40,000 "é" are 40,000 UTF-16 units but 80,000 bytes. Before,
+/// such a header passed the runtime's check, and a worker's reply then
+/// broke the node's own bound (the worker was killed as faulty). (Past
+/// latin1, as CJK text, a value is refused where it is set, as in Node.)
+/// A fetch's head has a bound of its own.
 #[tokio::test]
 async fn headers_are_bounded_in_the_bytes_they_take() {
     for node in every_target().await {
         let code = r#"module.exports = function (ctx, req, res) {
-            res.setHeader('x-big', '\u4e00'.repeat(30000));
+            res.setHeader('x-big', '\u00e9'.repeat(40000));
             res.end('never');
         };"#;
         let v = node.run("cjk", "", code).await.json();

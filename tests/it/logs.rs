@@ -251,6 +251,10 @@ async fn bad_log_requests_get_json_errors() {
     assert_eq!(node.get("/api/logs/other").await.status, 404);
     let res = node.request("POST", "/api/logs/tenant/a", None, "").await;
     assert_eq!((res.status, res.json()["code"].as_str()), (405, Some("method_not_allowed")));
+    // HEAD answers as GET would, without the stream.
+    let res = node.request("HEAD", "/api/logs/tenant/a", None, "").await;
+    assert_eq!((res.status, res.headers["content-type"].to_str().unwrap(), res.body.len()), (200, "text/event-stream", 0));
+    assert_eq!(node.request("HEAD", "/api/logs/system", None, "").await.status, 401);
 }
 
 #[tokio::test]
@@ -292,6 +296,73 @@ async fn console_arguments_are_formatted_as_node_does() {
     assert_eq!(got[4]["level"], 20);
     assert_eq!(got[5]["level"], 10);
     assert_eq!(got[9]["msg"], format!("{}… [truncated 400 bytes]", "x".repeat(100)));
+}
+
+/// The rest of Node 20's console: tables, groups, counters, timers,
+/// assertions, dir; each line as Node 20.20 prints it (stderr ones at warn).
+#[tokio::test]
+async fn the_rest_of_nodes_console_prints_as_node_does() {
+    let node = TestNode::with_config(logs_config()).await;
+    let mut reader = Reader::tenant(&node, "con").await;
+    let code = r#"return function (cb) {
+        console.table([{ a: 1, b: "Y" }, { a: "Z", b: 2 }]);
+        console.table({ x: 1, y: "s", z: { p: 1 } });
+        console.table(new Map([["k", 1]]));
+        console.table([{ a: { b: 1, c: 2, d: 3 } }], ["a"]);
+        console.group("G"); console.log("in\nside"); console.groupEnd(); console.log("out");
+        console.count(); console.count(); console.count("x"); console.countReset(); console.count(); console.countReset("nope");
+        console.assert(1 === 2, "oops %s", "here"); console.assert(false); console.assert(true, "no");
+        console.dir("str"); console.dir({ a: "b" });
+        console.time("t"); console.time("t"); console.timeEnd("t"); console.timeEnd("t");
+        cb(null, 1);
+    }"#;
+    assert_eq!(node.run("con", "", code).await.status, 200);
+    let got = reader.until(|m| m.starts_with("Warning: No such label")).await;
+    let lines = msgs(&got);
+    let table = |rows: &[&str]| rows.join("\n");
+    assert_eq!(lines[0], table(&[
+        "┌─────────┬─────┬─────┐",
+        "│ (index) │ a   │ b   │",
+        "├─────────┼─────┼─────┤",
+        "│ 0       │ 1   │ 'Y' │",
+        "│ 1       │ 'Z' │ 2   │",
+        "└─────────┴─────┴─────┘",
+    ]));
+    assert_eq!(lines[1], table(&[
+        "┌─────────┬───┬────────┐",
+        "│ (index) │ p │ Values │",
+        "├─────────┼───┼────────┤",
+        "│ x       │   │ 1      │",
+        "│ y       │   │ 's'    │",
+        "│ z       │ 1 │        │",
+        "└─────────┴───┴────────┘",
+    ]));
+    assert_eq!(lines[2], table(&[
+        "┌───────────────────┬─────┬────────┐",
+        "│ (iteration index) │ Key │ Values │",
+        "├───────────────────┼─────┼────────┤",
+        "│ 0                 │ 'k' │ 1      │",
+        "└───────────────────┴─────┴────────┘",
+    ]));
+    assert_eq!(lines[3], table(&[
+        "┌─────────┬──────────┐",
+        "│ (index) │ a        │",
+        "├─────────┼──────────┤",
+        "│ 0       │ [Object] │",
+        "└─────────┴──────────┘",
+    ]));
+    let rest = [
+        "G", "  in\n  side", "out",
+        "default: 1", "default: 2", "x: 1", "default: 1", "Warning: Count for 'nope' does not exist",
+        "Assertion failed: oops here", "Assertion failed",
+        "'str'", "{ a: 'b' }",
+        "Warning: Label 't' already exists for console.time()",
+    ];
+    assert_eq!(&lines[4..17], rest);
+    assert!(lines[17].starts_with("t: ") && lines[17].ends_with("ms"), "{}", lines[17]);
+    assert_eq!(lines[18], "Warning: No such label 't' for console.timeEnd()");
+    let levels: Vec<_> = got.iter().map(|r| r["level"].as_u64().unwrap()).collect();
+    assert_eq!((levels[11], levels[12], levels[16], levels[18], levels[14]), (40, 40, 40, 40, 30), "{levels:?}");
 }
 
 #[tokio::test]

@@ -167,3 +167,71 @@ async fn same_code_compiles_once_per_container() {
     node.run("cache", "", "return function (cb) { cb(null, 'other'); }").await;
     assert_eq!(compiled().await - before, 2.0);
 }
+
+/// Names `Object.prototype` has are names like any other, in the query and
+/// in a form body; only a real repeat makes an array.
+#[tokio::test]
+async fn query_names_that_objects_inherit_are_plain_names() {
+    for node in every_target().await {
+        let code = "return function (c, cb) { cb(null, [c.query, Object.getPrototypeOf(c.query) === Object.prototype]); }";
+        let res = node.run("proto", "?toString=a&valueOf=b&constructor=c&__proto__=d&x=1&x=2", code).await;
+        assert_eq!(res.json(), json!([{"toString": "a", "valueOf": "b", "constructor": "c", "__proto__": "d", "x": ["1", "2"]}, true]));
+        // A urlencoded body (an embedder's request) is parsed the same way.
+        if let crate::support::Target::Lib(engine) = &node {
+            let mut ctx = webtask::Context::new();
+            ctx.body = Some(bytes::Bytes::from_static(b"hasOwnProperty=1&x=1&x=2"));
+            ctx.content_type = Some("application/x-www-form-urlencoded".into());
+            let out = engine.run_in("proto", "return function (c, cb) { cb(null, c.body); }", ctx).await.unwrap();
+            assert_eq!(serde_json::from_slice::<serde_json::Value>(&out.body).unwrap(), json!({"hasOwnProperty": "1", "x": ["1", "2"]}));
+        }
+    }
+}
+
+/// `context.headers` as Node's `req.headers`: repeated cookies joined with
+/// "; ", set-cookie an array, single-valued headers keep their first value,
+/// others joined with ", "; a value that is not ASCII arrives byte per char.
+#[tokio::test]
+async fn request_headers_join_and_decode_as_node_does() {
+    for node in [TestNode::start().await, TestNode::workers().await] {
+        let code = "return function (c, cb) { cb(null, [c.headers, c.headers['x-bin']]); }";
+        let mut conn = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+        let head = format!(
+            "POST /api/run/hdrs HTTP/1.1\r\nhost: t\r\ncookie: a=1\r\ncookie: b=2\r\nset-cookie: s=1\r\nset-cookie: s=2\r\n\
+             user-agent: one\r\nuser-agent: two\r\nx-dup: 1\r\nx-dup: 2\r\nx-bin: caf\u{e9}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+            code.len()
+        );
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        conn.write_all(head.as_bytes()).await.unwrap();
+        conn.write_all(code.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        conn.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8(answer).unwrap();
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"));
+        let h = &v[0];
+        assert_eq!((&h["cookie"], &h["set-cookie"]), (&json!("a=1; b=2"), &json!(["s=1", "s=2"])), "{v}");
+        assert_eq!((&h["user-agent"], &h["x-dup"]), (&json!("one"), &json!("1, 2")), "{v}");
+        // "é" went out as UTF-8 (C3 A9): two latin1 characters, as Node shows it.
+        assert_eq!(v[1], json!("caf\u{c3}\u{a9}"), "{v}");
+    }
+}
+
+/// A response header the HTTP layer could not send throws where it is set,
+/// with Node's error codes, instead of vanishing.
+#[tokio::test]
+async fn invalid_response_headers_throw_as_in_node() {
+    for node in every_target().await {
+        let code = r#"module.exports = (c, req, res) => {
+            const codes = [];
+            for (const [k, v] of [['x-a', 'a\r\nInjected: 1'], ['bad name', 'v'], ['', 'v'], ['x-u', undefined], ['x-wide', 'λ'], ['x-ok', 'caf\u00e9\tok']]) {
+                try { res.setHeader(k, v); codes.push('set'); } catch (e) { codes.push(e.code); }
+            }
+            res.end(JSON.stringify(codes));
+        };"#;
+        let res = node.run("badhdr", "", code).await;
+        assert_eq!(res.status, 200, "{}", res.text());
+        let want = json!(["ERR_INVALID_CHAR", "ERR_INVALID_HTTP_TOKEN", "ERR_INVALID_HTTP_TOKEN", "ERR_HTTP_INVALID_HEADER_VALUE", "ERR_INVALID_CHAR", "set"]);
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&res.body).unwrap(), want);
+        assert!(res.headers.get("injected").is_none());
+    }
+}
