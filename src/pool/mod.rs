@@ -38,9 +38,11 @@ pub struct PoolConfig {
     pub max: usize,
     /// A worker with no request for this long is retired.
     pub idle_timeout_ms: u64,
-    /// A worker older than this is retired once idle.
+    /// A worker older than this takes no new request; it is retired once
+    /// idle.
     pub max_age_ms: u64,
-    /// A worker that served this many requests is retired.
+    /// A worker that served this many requests takes no new one; it is
+    /// retired once idle.
     pub max_requests: u64,
     /// Pooled workers left unassigned for 50 ms load the Node built-ins
     /// (about 8 ms of CPU each), so a container's first `require` of one
@@ -189,14 +191,18 @@ const SWEEP_EVERY_TICKS: u64 = 600;
 /// worker before killing it.
 const WORKER_GRACE: Duration = Duration::from_secs(2);
 
-/// Why workers end, for metrics.
-pub const RETIRE_REASONS: [&str; 5] = ["idle", "max_age", "max_requests", "evicted", "crashed"];
+/// Why workers end, for metrics: the lifetime policy (`idle`, `max_age`,
+/// `max_requests`), room for another container (`evicted`), the node
+/// killing one that overran a request's wall-clock limit (`wall_limit`),
+/// dying on its own (`crashed`), or spawned for a request whose client
+/// left before it was ready (`abandoned`).
+pub const RETIRE_REASONS: [&str; 7] = ["idle", "max_age", "max_requests", "evicted", "wall_limit", "crashed", "abandoned"];
 
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
 pub struct PoolStats {
     pub spawned: AtomicU64,
-    pub retired: [AtomicU64; 5],
+    pub retired: [AtomicU64; RETIRE_REASONS.len()],
 }
 
 impl PoolStats {
@@ -221,6 +227,10 @@ struct Inner {
     code_cache_bytes: usize,
     idle: Mutex<VecDeque<Arc<Worker>>>,
     assigned: Mutex<HashMap<Arc<str>, Arc<Worker>>>,
+    /// Workers past `max_requests` or `max_age` while busy: no longer
+    /// assigned (their container's next request gets a new worker), ended
+    /// once the requests still on them are done.
+    draining: Mutex<Vec<(Arc<Worker>, &'static str)>>,
     /// Serialises first requests of one container while a worker is found.
     assigning: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>,
     /// Live processes, pooled and assigned, plus those being spawned.
@@ -283,6 +293,7 @@ impl Pool {
                 code_cache_bytes,
                 idle: Mutex::default(),
                 assigned: Mutex::default(),
+                draining: Mutex::default(),
                 assigning: Mutex::default(),
                 live: Arc::default(),
                 closing: AtomicBool::new(false),
@@ -334,6 +345,7 @@ impl Pool {
         self.inner.closing.store(true, Ordering::Release);
         let mut workers: Vec<Arc<Worker>> = self.inner.idle.lock().unwrap().drain(..).collect();
         workers.extend(self.inner.assigned.lock().unwrap().drain().map(|(_, w)| w));
+        workers.extend(self.inner.draining.lock().unwrap().drain(..).map(|(w, _)| w));
         for worker in &workers {
             worker.kill();
         }
@@ -362,7 +374,7 @@ impl Pool {
             Ok(outcome) => outcome,
             Err(_) => {
                 tracing::warn!(container, pid = worker.pid, "worker overran the wall-clock limit; killing it");
-                worker.kill();
+                worker.kill_for("wall_limit");
                 Err(Error::WallLimit { limit_ms: self.inner.engine.limits.wall_ms })
             }
         }
@@ -376,6 +388,10 @@ impl Pool {
         let limit = self.inner.engine.max_concurrency;
         loop {
             let worker = self.worker_for(container).await?;
+            if let Some(reason) = self.inner.past_lifetime(&worker) {
+                self.inner.drain(container, &worker, reason);
+                continue;
+            }
             let before = worker.running.fetch_add(1, Ordering::Acquire);
             if before >= RETIRING {
                 worker.running.fetch_sub(1, Ordering::Release);
@@ -403,8 +419,12 @@ impl Pool {
             None => self.spawn_on_request_path().await?,
         };
         let name: Arc<str> = container.into();
-        // Failed, the worker is dropped (killed) and its slot given back.
-        fresh.worker.assign(name.clone())?;
+        // Failed (it died), the worker is dropped (killed) and its slot
+        // given back.
+        if let Err(e) = fresh.worker.assign(name.clone()) {
+            self.inner.stats.retired("crashed");
+            return Err(e);
+        }
         let worker = fresh.keep();
         log_assigned(name.clone(), worker.pid);
         self.inner.placement.claim(container);
@@ -422,7 +442,7 @@ impl Pool {
         }
         assigned.remove(container);
         drop(assigned);
-        self.inner.forget(&worker, "crashed", Slot::Release);
+        self.inner.forget(&worker, worker.end_reason(), Slot::Release);
         None
     }
 
@@ -459,7 +479,10 @@ impl Pool {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = self.inner.clone();
         tokio::spawn(async move {
-            let _ = tx.send(task.spawn_reserved(Purpose::Request, slot).await);
+            if let Err(Ok(abandoned)) = tx.send(task.spawn_reserved(Purpose::Request, slot).await) {
+                task.stats.retired("abandoned");
+                drop(abandoned);
+            }
         });
         rx.await.unwrap_or_else(|_| Err(Error::internal("the worker spawn task ended")))
     }
@@ -616,7 +639,7 @@ impl Inner {
             // A live worker is retired only if nothing runs on it, decided
             // in one step with any request counting itself (see `claim`):
             // one that just did keeps its worker, retired another time.
-            if reason != "crashed" && worker.running.compare_exchange(0, RETIRING, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            if worker.is_alive() && worker.running.compare_exchange(0, RETIRING, Ordering::AcqRel, Ordering::Acquire).is_err() {
                 return false;
             }
             assigned.remove(container).expect("found under the same lock")
@@ -625,6 +648,57 @@ impl Inner {
         self.forget(&worker, reason, slot);
         tracing::info!(container, pid = worker.pid, reason, "worker retired");
         true
+    }
+
+    /// Why `worker` should take no more requests: past `max_requests` or
+    /// `max_age`. A worker that has served none yet is never past (a
+    /// pooled one may be older than `max_age`): it serves one first.
+    fn past_lifetime(&self, worker: &Worker) -> Option<&'static str> {
+        let served = worker.requests.load(Ordering::Relaxed);
+        if served == 0 {
+            return None;
+        }
+        if served >= self.config.max_requests {
+            return Some("max_requests");
+        }
+        (worker.started.elapsed() >= Duration::from_millis(self.config.max_age_ms)).then_some("max_age")
+    }
+
+    /// Takes `worker` off `container` (if still its worker), so the next
+    /// request gets a new one; it ends once what runs on it is done
+    /// ([`Inner::end_drained`]), counted under `reason`.
+    fn drain(&self, container: &str, worker: &Arc<Worker>, reason: &'static str) {
+        {
+            let mut assigned = self.assigned.lock().unwrap();
+            if !assigned.get(container).is_some_and(|w| Arc::ptr_eq(w, worker)) {
+                return;
+            }
+            assigned.remove(container);
+        }
+        tracing::info!(container, pid = worker.pid, reason, "worker draining");
+        self.draining.lock().unwrap().push((worker.clone(), reason));
+    }
+
+    /// Ends the draining workers with nothing left running (or dead).
+    fn end_drained(&self) {
+        let done: Vec<(Arc<Worker>, &'static str)> = {
+            let mut draining = self.draining.lock().unwrap();
+            let (done, busy) = std::mem::take(&mut *draining).into_iter().partition(|(w, _)| {
+                !w.is_alive() || w.running.compare_exchange(0, RETIRING, Ordering::AcqRel, Ordering::Acquire).is_ok()
+            });
+            *draining = busy;
+            done
+        };
+        for (worker, reason) in done {
+            let reason = if worker.is_alive() { reason } else { worker.end_reason() };
+            worker.kill();
+            // Its container has another worker by now, or will: the
+            // placement stays.
+            self.stats.retired(reason);
+            self.live.fetch_sub(1, Ordering::AcqRel);
+            self.refill.notify_one();
+            tracing::info!(container = worker.container().as_deref(), pid = worker.pid, reason, "worker retired");
+        }
     }
 
     /// Drops pooled workers that died while they waited (killed, or
@@ -730,6 +804,7 @@ async fn control(pool: std::sync::Weak<Inner>) {
             crate::jail::cgroup::sweep_stale(&inner.jail.cgroup_parent);
         }
         inner.prune_pooled();
+        inner.end_drained();
         let cfg = &inner.config;
         let due: Vec<(Arc<str>, &'static str)> = {
             let assigned = inner.assigned.lock().unwrap();
@@ -738,7 +813,7 @@ async fn control(pool: std::sync::Weak<Inner>) {
                 .filter_map(|(c, w)| {
                     let idle = w.running.load(Ordering::Acquire) == 0;
                     let reason = if !w.is_alive() {
-                        "crashed"
+                        w.end_reason()
                     } else if w.requests.load(Ordering::Relaxed) >= cfg.max_requests && idle {
                         "max_requests"
                     } else if idle && w.idle_for() >= Duration::from_millis(cfg.idle_timeout_ms) {

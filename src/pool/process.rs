@@ -230,6 +230,8 @@ pub struct Worker {
     out: Outbox,
     shared: Arc<Shared>,
     next_id: AtomicU64,
+    /// Why the node killed it, if it did (see `pool::RETIRE_REASONS`).
+    killed_for: std::sync::OnceLock<&'static str>,
 }
 
 impl Worker {
@@ -289,6 +291,7 @@ impl Worker {
             out,
             shared,
             next_id: AtomicU64::new(1),
+            killed_for: std::sync::OnceLock::new(),
         }))
     }
 
@@ -345,6 +348,19 @@ impl Worker {
     /// Ends the process now (SIGKILL); requests on it fail with `worker_crashed`.
     pub fn kill(&self) {
         self.shared.kill();
+    }
+
+    /// As [`Worker::kill`], for `reason`, which its retirement is then
+    /// counted under instead of `crashed`.
+    pub fn kill_for(&self, reason: &'static str) {
+        let _ = self.killed_for.set(reason);
+        self.kill();
+    }
+
+    /// Why a dead worker ended, for metrics: what the node killed it for,
+    /// or `crashed`.
+    pub fn end_reason(&self) -> &'static str {
+        self.killed_for.get().copied().unwrap_or("crashed")
     }
 
     /// Reaped, its cgroup and uid given back (the lease goes last).

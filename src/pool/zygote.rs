@@ -70,6 +70,9 @@ impl Zygote {
     }
 }
 
+/// How long the zygote may take to fork a worker (about a millisecond).
+const FORK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl State {
     async fn fork(&self, seq: u64, request: &[u8]) -> Result<Spawned, Error> {
         let mut running = self.running.lock().await;
@@ -79,7 +82,13 @@ impl State {
                 *running = Some(self.start()?);
             }
             let zygote = running.as_mut().expect("started above");
-            match ask(&zygote.control, seq, request).await {
+            // A zygote that does not answer (stopped, stuck) is replaced as
+            // a dead one is: a spawn must not wait on it for ever, holding
+            // its slot and every spawn queued behind it.
+            let answer = tokio::time::timeout(FORK_TIMEOUT, ask(&zygote.control, seq, request))
+                .await
+                .unwrap_or_else(|_| Err(Asked::Gone(std::io::Error::other(format!("no answer in {FORK_TIMEOUT:?}")))));
+            match answer {
                 Ok(forked) => return Ok(forked),
                 Err(Asked::Refused(why)) => return Err(Error::internal(format!("forking a worker: {why}"))),
                 Err(Asked::Gone(e)) => {

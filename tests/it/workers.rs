@@ -323,6 +323,61 @@ async fn workers_are_retired_after_max_requests() {
     assert_ne!(worker_pid(&node, "busy").await, pid);
 }
 
+/// A request always in flight does not keep a worker past `max_requests`:
+/// the worker takes no new request, the container's next one gets a new
+/// worker, and the old one ends once its last request is done.
+#[tokio::test]
+async fn a_worker_kept_busy_is_still_retired_after_max_requests() {
+    let mut config = workers_config();
+    config.workers.max_requests = 3;
+    config.engine.limits.wall_ms = 10_000;
+    let node = TestNode::with_config(config).await;
+    let long = node.run("kept", "", "return function (cb) { setTimeout(() => cb(null, 'long'), 1500); }");
+    let rest = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let first = worker_pid(&node, "kept").await.expect("assigned");
+        for _ in 0..2 {
+            assert_eq!(node.run("kept", "", HELLO).await.json(), json!("alive"));
+        }
+        assert_eq!(worker_pid(&node, "kept").await, Some(first), "three requests, one worker");
+        assert_eq!(node.run("kept", "", HELLO).await.json(), json!("alive"));
+        let second = worker_pid(&node, "kept").await.expect("assigned");
+        assert_ne!(second, first, "a fourth request went to the worker past max_requests");
+        first
+    };
+    let (long, first) = tokio::join!(long, rest);
+    assert_eq!(long.json(), json!("long"), "the draining worker finished what it had");
+    eventually("the drained worker retired", || async {
+        sample(&node.metrics().await, r#"webtask_workers_retired_total{reason="max_requests"}"#) == Some(1.0)
+    })
+    .await;
+    eventually("its process gone", || async { !process_alive(first) }).await;
+}
+
+/// A worker the node kills for overrunning a request's wall clock (it does
+/// not answer: stopped here) is counted as such, not as a crash.
+#[tokio::test]
+async fn a_worker_killed_for_the_wall_clock_is_counted_under_wall_limit() {
+    let mut config = workers_config();
+    config.engine.limits.wall_ms = 300;
+    let node = TestNode::with_config(config).await;
+    node.run("frozen", "", HELLO).await;
+    let supervisor = worker_pid(&node, "frozen").await.unwrap();
+    let children = std::fs::read_to_string(format!("/proc/{supervisor}/task/{supervisor}/children")).unwrap();
+    let engine: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    // SAFETY: kill(2) on a worker process this test's node spawned.
+    assert_eq!(unsafe { libc::kill(engine, libc::SIGSTOP) }, 0);
+    let res = node.run("frozen", "", HELLO).await;
+    assert_eq!((res.status, res.json()["code"].as_str()), (504, Some("wall_limit")), "{}", res.text());
+    assert_eq!(node.run("frozen", "", HELLO).await.json(), json!("alive"));
+    eventually("counted under wall_limit", || async {
+        let m = node.metrics().await;
+        sample(&m, r#"webtask_workers_retired_total{reason="wall_limit"}"#) == Some(1.0)
+            && sample(&m, r#"webtask_workers_retired_total{reason="crashed"}"#) == Some(0.0)
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn at_the_cap_the_least_recently_used_container_makes_room() {
     let mut config = workers_config();
