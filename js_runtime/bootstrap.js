@@ -511,8 +511,17 @@ function indent(text, by) {
 // The rest of Node 20's console, printed as Node prints it; what Node
 // writes to stderr is at warn level, the rest at info.
 ObjectAssign(guestConsole, {
-  dir(value) {
-    emit(LEVELS.log, typeof value === "string" ? quote(value) : inspect(value, 0, []));
+  dir(value, options) {
+    // `depth`: levels shown below the top (Node's default 2; null for all).
+    let depth = INSPECT_DEPTH;
+    try {
+      const d = options?.depth;
+      if (d === null || d === Infinity) depth = Infinity;
+      else if (typeof d === "number" && d >= 0) depth = d;
+    } catch {
+      // A throwing getter on the guest's options: the default.
+    }
+    emit(LEVELS.log, typeof value === "string" ? quote(value) : inspect(value, INSPECT_DEPTH - depth, []));
   },
   dirxml(...args) {
     emit(LEVELS.log, format(args));

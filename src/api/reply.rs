@@ -74,6 +74,35 @@ pub fn node_modules() -> Response<Body> {
     json(200, &Value::Array(list))
 }
 
+/// A streamed body and who hears of its failure: when hyper reads it, or,
+/// if the body is dropped first (its client left, or stalled and was cut
+/// off), from what was already queued, so a client cannot hide a limit
+/// that fired from the metrics and the log by not reading.
+struct Reported<F: FnOnce(&Error)> {
+    rx: tokio::sync::mpsc::UnboundedReceiver<Result<Bytes, Error>>,
+    on_error: Option<F>,
+}
+
+impl<F: FnOnce(&Error)> Reported<F> {
+    fn report(&mut self, err: &Error) {
+        if let Some(report) = self.on_error.take() {
+            report(err);
+        }
+    }
+}
+
+impl<F: FnOnce(&Error)> Drop for Reported<F> {
+    fn drop(&mut self) {
+        while self.on_error.is_some() {
+            match self.rx.try_recv() {
+                Ok(Err(err)) => self.report(&err),
+                Ok(Ok(_)) => continue,
+                Err(_) => break,
+            }
+        }
+    }
+}
+
 const HOP_BY_HOP: [&str; 6] = ["content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te"];
 
 /// An engine reply as an HTTP response; a streamed body stays streamed,
@@ -83,14 +112,12 @@ pub fn from_reply(reply: Reply, on_error: impl FnOnce(&Error) + Send + Sync + 's
     let body = match reply.body {
         ReplyBody::Full(bytes) => full(bytes),
         ReplyBody::Stream(rx) => {
-            let chunks = futures::stream::unfold((rx, Some(on_error)), |(mut rx, mut on_error)| async move {
-                let chunk = rx.recv().await?;
+            let chunks = futures::stream::unfold(Reported { rx, on_error: Some(on_error) }, |mut body| async move {
+                let chunk = body.rx.recv().await?;
                 if let Err(err) = &chunk {
-                    if let Some(report) = on_error.take() {
-                        report(err);
-                    }
+                    body.report(err);
                 }
-                Some((chunk.map(Frame::data), (rx, on_error)))
+                Some((chunk.map(Frame::data), body))
             });
             BodyExt::boxed(StreamBody::new(chunks))
         }

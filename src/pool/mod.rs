@@ -639,7 +639,7 @@ impl Inner {
             // A live worker is retired only if nothing runs on it, decided
             // in one step with any request counting itself (see `claim`):
             // one that just did keeps its worker, retired another time.
-            if worker.is_alive() && worker.running.compare_exchange(0, RETIRING, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            if !retirable(worker) {
                 return false;
             }
             assigned.remove(container).expect("found under the same lock")
@@ -675,6 +675,11 @@ impl Inner {
             }
             assigned.remove(container);
         }
+        // Idle, it ends now: its slot is free for the worker that replaces
+        // it (at `workers.max`, that request would otherwise be refused).
+        if retirable(worker) {
+            return self.end_drained_worker(worker, reason);
+        }
         tracing::info!(container, pid = worker.pid, reason, "worker draining");
         self.draining.lock().unwrap().push((worker.clone(), reason));
     }
@@ -683,22 +688,24 @@ impl Inner {
     fn end_drained(&self) {
         let done: Vec<(Arc<Worker>, &'static str)> = {
             let mut draining = self.draining.lock().unwrap();
-            let (done, busy) = std::mem::take(&mut *draining).into_iter().partition(|(w, _)| {
-                !w.is_alive() || w.running.compare_exchange(0, RETIRING, Ordering::AcqRel, Ordering::Acquire).is_ok()
-            });
+            let (done, busy) = std::mem::take(&mut *draining).into_iter().partition(|(w, _)| retirable(w));
             *draining = busy;
             done
         };
         for (worker, reason) in done {
-            let reason = if worker.is_alive() { reason } else { worker.end_reason() };
-            worker.kill();
-            // Its container has another worker by now, or will: the
-            // placement stays.
-            self.stats.retired(reason);
-            self.live.fetch_sub(1, Ordering::AcqRel);
-            self.refill.notify_one();
-            tracing::info!(container = worker.container().as_deref(), pid = worker.pid, reason, "worker retired");
+            self.end_drained_worker(&worker, reason);
         }
+    }
+
+    fn end_drained_worker(&self, worker: &Worker, reason: &'static str) {
+        let reason = if worker.is_alive() { reason } else { worker.end_reason() };
+        worker.kill();
+        // Its container has another worker by now, or will: the placement
+        // stays.
+        self.stats.retired(reason);
+        self.live.fetch_sub(1, Ordering::AcqRel);
+        self.refill.notify_one();
+        tracing::info!(container = worker.container().as_deref(), pid = worker.pid, reason, "worker retired");
     }
 
     /// Drops pooled workers that died while they waited (killed, or
@@ -728,6 +735,12 @@ impl Inner {
             self.refill.notify_one();
         }
     }
+}
+
+/// Dead, or live with nothing running, and then claimed for retirement in
+/// one step with any request counting itself (see `Pool::claim`).
+fn retirable(worker: &Worker) -> bool {
+    !worker.is_alive() || worker.running.compare_exchange(0, RETIRING, Ordering::AcqRel, Ordering::Acquire).is_ok()
 }
 
 /// Logs an assignment once the request that caused it has gone out to

@@ -173,6 +173,8 @@ struct Shared {
     /// Console bytes a second this worker may send (`logs.worker_log_rate`):
     /// a worker that ignores its engine's budgets still cannot flood the node.
     log_rate: Mutex<crate::engine::console::Rate>,
+    /// Why the node killed it, if it did (see `pool::RETIRE_REASONS`).
+    killed_for: OnceLock<&'static str>,
 }
 
 impl Drop for Shared {
@@ -199,6 +201,11 @@ impl Shared {
         if let Some(child) = self.child.lock().unwrap().as_ref() {
             child.start_kill();
         }
+    }
+
+    fn kill_for(&self, reason: &'static str) {
+        let _ = self.killed_for.set(reason);
+        self.kill();
     }
 
     fn fail_all(&self, err: &Error) {
@@ -230,8 +237,6 @@ pub struct Worker {
     out: Outbox,
     shared: Arc<Shared>,
     next_id: AtomicU64,
-    /// Why the node killed it, if it did (see `pool::RETIRE_REASONS`).
-    killed_for: std::sync::OnceLock<&'static str>,
 }
 
 impl Worker {
@@ -278,6 +283,7 @@ impl Worker {
             subrequests: spec.limits.subrequests,
             wall_ms: spec.limits.wall_ms,
             log_rate,
+            killed_for: OnceLock::new(),
         });
         let (out, out_rx) = Outbox::new();
         tokio::spawn(io(framed, out.clone(), out_rx, shared.clone(), egress));
@@ -291,7 +297,6 @@ impl Worker {
             out,
             shared,
             next_id: AtomicU64::new(1),
-            killed_for: std::sync::OnceLock::new(),
         }))
     }
 
@@ -353,14 +358,13 @@ impl Worker {
     /// As [`Worker::kill`], for `reason`, which its retirement is then
     /// counted under instead of `crashed`.
     pub fn kill_for(&self, reason: &'static str) {
-        let _ = self.killed_for.set(reason);
-        self.kill();
+        self.shared.kill_for(reason);
     }
 
     /// Why a dead worker ended, for metrics: what the node killed it for,
     /// or `crashed`.
     pub fn end_reason(&self) -> &'static str {
-        self.killed_for.get().copied().unwrap_or("crashed")
+        self.shared.killed_for.get().copied().unwrap_or("crashed")
     }
 
     /// Reaped, its cgroup and uid given back (the lease goes last).
@@ -610,7 +614,7 @@ fn watch(shared: &Arc<Shared>, id: u64, deadline: tokio::time::Instant) -> onesh
         let Some(overran) = shared.pending.lock().unwrap().remove(&id) else { return };
         tracing::warn!(pid = shared.pid, "worker overran the wall-clock limit; killing it");
         overran.state.fail(Error::WallLimit { limit_ms: shared.wall_ms });
-        shared.kill();
+        shared.kill_for("wall_limit");
     });
     watch
 }

@@ -334,6 +334,34 @@ async fn a_stream_cut_short_by_a_limit_is_counted() {
     }
 }
 
+/// A client that stops reading (its socket full) and leaves cannot hide a
+/// limit that fired behind the bytes it never read: the error still
+/// queued when the body is dropped is counted.
+#[tokio::test]
+async fn a_limit_behind_unread_bytes_is_counted_when_the_client_leaves() {
+    for mode in [webtask::pool::Mode::InProcess, webtask::pool::Mode::Process] {
+        let mut config = test_config();
+        config.workers.mode = mode;
+        config.engine.limits.response_bytes = 8_000_000;
+        let node = TestNode::with_config(config).await;
+        let code = "module.exports = (c, req, res) => { res.write('x'.repeat(6e6)); setTimeout(() => { res.write('y'.repeat(3e6)); res.end(); }, 50); };";
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut conn = socket.connect(node.addr).await.unwrap();
+        let req = format!("POST /api/run/stall HTTP/1.1\r\nhost: t\r\ncontent-length: {}\r\n\r\n{code}", code.len());
+        conn.write_all(req.as_bytes()).await.unwrap();
+        let mut head = [0u8; 64];
+        let n = conn.read(&mut head).await.unwrap();
+        assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head[..n]));
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        drop(conn);
+        crate::support::eventually_within("the limit counted", Duration::from_secs(10), || async {
+            sample(&node.metrics().await, r#"webtask_limit_kills_total{kind="response_limit"}"#) == Some(1.0)
+        })
+        .await;
+    }
+}
+
 #[tokio::test]
 async fn request_head_over_limit_is_431() {
     let node = TestNode::start().await;

@@ -313,6 +313,7 @@ async fn the_rest_of_nodes_console_prints_as_node_does() {
         console.count(); console.count(); console.count("x"); console.countReset(); console.count(); console.countReset("nope");
         console.assert(1 === 2, "oops %s", "here"); console.assert(false); console.assert(true, "no");
         console.dir("str"); console.dir({ a: "b" });
+        console.dir({ a: { b: { c: { d: 1 } } } }, { depth: 0 }); console.dir({ a: { b: { c: { d: 1 } } } });
         console.time("t"); console.time("t"); console.timeEnd("t"); console.timeEnd("t");
         cb(null, 1);
     }"#;
@@ -355,14 +356,14 @@ async fn the_rest_of_nodes_console_prints_as_node_does() {
         "G", "  in\n  side", "out",
         "default: 1", "default: 2", "x: 1", "default: 1", "Warning: Count for 'nope' does not exist",
         "Assertion failed: oops here", "Assertion failed",
-        "'str'", "{ a: 'b' }",
+        "'str'", "{ a: 'b' }", "{ a: [Object] }", "{ a: { b: { c: [Object] } } }",
         "Warning: Label 't' already exists for console.time()",
     ];
-    assert_eq!(&lines[4..17], rest);
-    assert!(lines[17].starts_with("t: ") && lines[17].ends_with("ms"), "{}", lines[17]);
-    assert_eq!(lines[18], "Warning: No such label 't' for console.timeEnd()");
+    assert_eq!(&lines[4..19], rest);
+    assert!(lines[19].starts_with("t: ") && lines[19].ends_with("ms"), "{}", lines[19]);
+    assert_eq!(lines[20], "Warning: No such label 't' for console.timeEnd()");
     let levels: Vec<_> = got.iter().map(|r| r["level"].as_u64().unwrap()).collect();
-    assert_eq!((levels[11], levels[12], levels[16], levels[18], levels[14]), (40, 40, 40, 40, 30), "{levels:?}");
+    assert_eq!((levels[11], levels[12], levels[18], levels[20], levels[14]), (40, 40, 40, 40, 30), "{levels:?}");
 }
 
 #[tokio::test]

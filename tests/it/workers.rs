@@ -354,6 +354,23 @@ async fn a_worker_kept_busy_is_still_retired_after_max_requests() {
     eventually("its process gone", || async { !process_alive(first) }).await;
 }
 
+/// At `workers.max`, a worker past `max_requests` and idle ends at once,
+/// so its successor has its slot: no request is refused at the boundary.
+#[tokio::test]
+async fn at_the_cap_a_worker_past_max_requests_makes_room_for_its_successor() {
+    let mut config = workers_config();
+    config.workers.max = 1;
+    config.workers.pool_size = 1;
+    config.workers.max_requests = 3;
+    let node = TestNode::with_config(config).await;
+    for i in 0..7 {
+        let res = node.run("full", "", HELLO).await;
+        assert_eq!(res.status, 200, "request {i}: {}", res.text());
+    }
+    let m = node.metrics().await;
+    assert_eq!(sample(&m, r#"webtask_workers_retired_total{reason="max_requests"}"#), Some(2.0), "{m}");
+}
+
 /// A worker the node kills for overrunning a request's wall clock (it does
 /// not answer: stopped here) is counted as such, not as a crash.
 #[tokio::test]
