@@ -427,8 +427,13 @@ impl Pool {
         }
         let worker = fresh.keep();
         log_assigned(name.clone(), worker.pid);
-        self.inner.placement.claim(container);
-        self.inner.assigned.lock().unwrap().insert(name, worker.clone());
+        {
+            // Claimed under the map's lock: a drained worker ending now
+            // (`end_drained_worker`) sees this one and keeps the claim.
+            let mut assigned = self.inner.assigned.lock().unwrap();
+            self.inner.placement.claim(container);
+            assigned.insert(name, worker.clone());
+        }
         self.inner.refill.notify_one();
         Ok(worker)
     }
@@ -700,8 +705,14 @@ impl Inner {
     fn end_drained_worker(&self, worker: &Worker, reason: &'static str) {
         let reason = if worker.is_alive() { reason } else { worker.end_reason() };
         worker.kill();
-        // Its container has another worker by now, or will: the placement
-        // stays.
+        // The placement goes with the container's last worker here, not
+        // from under the one that replaced it (whose claim it shares).
+        if let Some(c) = worker.container() {
+            let assigned = self.assigned.lock().unwrap();
+            if !assigned.contains_key(&c) {
+                self.placement.release(&c);
+            }
+        }
         self.stats.retired(reason);
         self.live.fetch_sub(1, Ordering::AcqRel);
         self.refill.notify_one();
