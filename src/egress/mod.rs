@@ -14,6 +14,14 @@
 //! body as it streams (a declared `content-length` over it is refused
 //! before the guest sees the head).
 //!
+//! Names are resolved with hickory-resolver from `/etc/resolv.conf` and
+//! `/etc/hosts`, asynchronously: getaddrinfo would hold one of tokio's
+//! blocking threads per lookup for as long as a slow name server takes, so
+//! one tenant fetching names that never resolve could hold all of them and
+//! stall every other tenant's fetches. Nothing is cached here: a cache
+//! shared by tenants would tell one, by timing, which names another looked
+//! up (the name server's own cache is as it always was).
+//!
 //! `https:` is verified with rustls against the host's trust store
 //! (`/etc/ssl/certs`, as curl uses) plus `egress.ca_file`, if set. The
 //! certificate must name the URL's host; the TCP connection still goes to
@@ -50,11 +58,14 @@ pub struct EgressConfig {
     /// PEM file of extra certificate authorities trusted for `https:`
     /// besides the host's store (a private CA, a test server's).
     pub ca_file: Option<std::path::PathBuf>,
+    /// Name servers egress asks (`"10.0.0.2:53"`), over UDP and TCP,
+    /// instead of `/etc/resolv.conf`'s; `/etc/hosts` still applies.
+    pub nameservers: Vec<SocketAddr>,
 }
 
 impl Default for EgressConfig {
     fn default() -> Self {
-        EgressConfig { allow: Vec::new(), timeout_ms: 10_000, max_response_bytes: 10 * 1024 * 1024, ca_file: None }
+        EgressConfig { allow: Vec::new(), timeout_ms: 10_000, max_response_bytes: 10 * 1024 * 1024, ca_file: None, nameservers: Vec::new() }
     }
 }
 
@@ -76,6 +87,47 @@ pub struct Egress {
     timeout: Duration,
     max_response: u64,
     tls: Arc<rustls::ClientConfig>,
+    resolver: Resolver,
+}
+
+/// The name resolver, shared by clones of one [`Egress`].
+#[derive(Clone)]
+struct Resolver(Arc<hickory_resolver::TokioResolver>);
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Resolver")
+    }
+}
+
+impl Resolver {
+    /// Asking `nameservers`, or those of the host's configuration; without
+    /// either, one that knows IP addresses, `localhost` and `/etc/hosts`
+    /// only (never a public name server the operator did not choose).
+    fn new(nameservers: &[SocketAddr]) -> Resolver {
+        use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+        use hickory_resolver::name_server::TokioConnectionProvider;
+        use hickory_resolver::proto::xfer::Protocol;
+        use hickory_resolver::TokioResolver;
+        let with = |config| TokioResolver::builder_with_config(config, TokioConnectionProvider::default());
+        let mut builder = if nameservers.is_empty() {
+            TokioResolver::builder_tokio().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "no usable /etc/resolv.conf: egress resolves addresses, localhost and /etc/hosts only");
+                with(ResolverConfig::new())
+            })
+        } else {
+            let servers: Vec<_> = nameservers
+                .iter()
+                .flat_map(|a| [NameServerConfig::new(*a, Protocol::Udp), NameServerConfig::new(*a, Protocol::Tcp)])
+                .collect();
+            with(ResolverConfig::from_parts(None, vec![], servers))
+        };
+        let options = builder.options_mut();
+        options.cache_size = 0;
+        options.positive_max_ttl = Some(Duration::ZERO);
+        options.negative_max_ttl = Some(Duration::ZERO);
+        Resolver(Arc::new(builder.build()))
+    }
 }
 
 impl Egress {
@@ -98,6 +150,7 @@ impl Egress {
             timeout: Duration::from_millis(config.timeout_ms),
             max_response: config.max_response_bytes,
             tls: tls_config(config.ca_file.as_deref())?,
+            resolver: Resolver::new(&config.nameservers),
         })
     }
 
@@ -228,9 +281,14 @@ impl Egress {
     /// The first address of `host` the policy permits; refused naming the
     /// address when none is.
     async fn resolve(&self, host: &str, port: u16) -> Result<SocketAddr, FetchError> {
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        let addrs: Vec<SocketAddr> = self
+            .resolver
+            .0
+            .lookup_ip(host)
             .await
             .map_err(|e| FetchError::new("egress_failed", format!("cannot resolve {host}: {e}")).with_syscode("ENOTFOUND"))?
+            .iter()
+            .map(|ip| SocketAddr::new(ip, port))
             .collect();
         if let Some(ok) = addrs.iter().find(|a| self.permits(**a)) {
             // Connected to as checked: an IPv4-mapped address as the IPv4

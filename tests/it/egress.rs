@@ -971,3 +971,71 @@ async fn an_unread_exchange_ends_with_its_requests_wall_clock_limit() {
         }
     }
 }
+
+/// A name server on loopback that takes every query and never answers;
+/// counts the queries it got.
+async fn silent_name_server() -> (SocketAddr, Arc<AtomicU64>) {
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = udp.local_addr().unwrap();
+    // TCP on the same port too, accepting and never answering, so a
+    // resolver that tries TCP waits as it does on UDP.
+    let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let queries = Arc::new(AtomicU64::new(0));
+    let counted = queries.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        let mut buf = [0u8; 512];
+        loop {
+            tokio::select! {
+                Ok(_) = udp.recv_from(&mut buf) => { counted.fetch_add(1, Ordering::Relaxed); }
+                Ok((conn, _)) = tcp.accept() => held.push(conn),
+            }
+        }
+    });
+    (addr, queries)
+}
+
+/// One tenant fetching hundreds of names whose server never answers holds
+/// nothing another tenant's fetch needs: lookups wait without a thread
+/// each, the other tenant's fetch goes through while they wait, and they
+/// end as the egress timeout says.
+#[tokio::test]
+async fn names_whose_server_never_answers_hold_nothing_another_tenant_needs() {
+    let server = echo_server().await;
+    let (dns, queries) = silent_name_server().await;
+    let mut config = allowing(server, None);
+    config.egress.nameservers = vec![dns];
+    config.egress.timeout_ms = 3000;
+    config.engine.limits.wall_ms = 8000;
+    config.engine.limits.cpu_ms = 2000;
+    let node = TestNode::with_config(config).await;
+    let lookups = r#"module.exports = async (ctx) => {
+        const names = Array.from({ length: 50 }, (_, i) => `http://n${i}-${ctx.data.c}.silent.webtask-test/`);
+        const out = await Promise.allSettled(names.map((u) => fetch(u)));
+        return [...new Set(out.map((o) => o.status === 'rejected' ? o.reason.code : 'answered'))];
+    };"#;
+    let done = Arc::new(AtomicBool::new(false));
+    let stuck = async {
+        let names: Vec<(String, String)> = (0..24).map(|i| (format!("stuck{}", i % 3), format!("?c={i}"))).collect();
+        let runs = names.iter().map(|(container, query)| node.run(container, query, lookups));
+        let answers = futures::future::join_all(runs).await;
+        done.store(true, Ordering::Release);
+        answers
+    };
+    let other = async {
+        // Hundreds of lookups are waiting on the silent server...
+        eventually_within("lookups in flight", Duration::from_secs(10), || async { queries.load(Ordering::Relaxed) >= 600 }).await;
+        // ...while another tenant's fetch goes through.
+        let res = node.run("other", &format!("?url=http://{server}/x"), CATCH).await;
+        let still_waiting = !done.load(Ordering::Acquire);
+        (res, still_waiting)
+    };
+    let (answers, (res, still_waiting)) = tokio::join!(stuck, other);
+    assert_eq!(res.json(), json!({"status": 200}));
+    assert!(still_waiting, "the other tenant's fetch waited for the lookups to end");
+    for a in answers {
+        assert_eq!(a.status, 200, "{}", a.text());
+        let codes = a.json();
+        assert!(codes.as_array().unwrap().iter().all(|c| c == "egress_timeout" || c == "egress_failed"), "{codes}");
+    }
+}
