@@ -156,7 +156,7 @@ function createHttp(defaultProtocol) {
     if (e.syscode === "ECONNRESET") return connReset("socket hang up");
     let message = e.message;
     if (e.syscode === "ECONNREFUSED") message = `connect ECONNREFUSED ${req.host}:${req._port}`;
-    else if (e.syscode === "ENOTFOUND") message = `getaddrinfo ENOTFOUND ${req.host}`;
+    else if (e.syscode === "ENOTFOUND" || e.syscode === "EAI_AGAIN") message = `getaddrinfo ${e.syscode} ${req.host}`;
     const err = new Error(message);
     err.code = e.syscode ?? e.code;
     if (e.syscode !== undefined) err.egress = e.code;

@@ -14,13 +14,16 @@
 //! body as it streams (a declared `content-length` over it is refused
 //! before the guest sees the head).
 //!
-//! Names are resolved with hickory-resolver from `/etc/resolv.conf` and
-//! `/etc/hosts`, asynchronously: getaddrinfo would hold one of tokio's
-//! blocking threads per lookup for as long as a slow name server takes, so
-//! one tenant fetching names that never resolve could hold all of them and
-//! stall every other tenant's fetches. Nothing is cached here: a cache
-//! shared by tenants would tell one, by timing, which names another looked
-//! up (the name server's own cache is as it always was).
+//! Names are resolved asynchronously (hickory-resolver): getaddrinfo would
+//! hold one of tokio's blocking threads per lookup for as long as a slow
+//! name server takes, so one tenant fetching names that never resolve could
+//! hold all of them and stall every other tenant's fetches. It is set up to
+//! answer as glibc would: `/etc/hosts` first, read per lookup, then the
+//! name servers, search list and options of `/etc/resolv.conf` (read as
+//! glibc reads it) or `egress.nameservers`; an IP address is never asked
+//! of DNS. Nothing is cached here: a cache shared by tenants would tell
+//! one, by timing, which names another looked up (the name server's own
+//! cache is as it always was).
 //!
 //! `https:` is verified with rustls against the host's trust store
 //! (`/etc/ssl/certs`, as curl uses) plus `egress.ca_file`, if set. The
@@ -101,33 +104,96 @@ impl std::fmt::Debug for Resolver {
 }
 
 impl Resolver {
-    /// Asking `nameservers`, or those of the host's configuration; without
-    /// either, one that knows IP addresses, `localhost` and `/etc/hosts`
-    /// only (never a public name server the operator did not choose).
+    /// Asking `nameservers`, or those of `/etc/resolv.conf`.
     fn new(nameservers: &[SocketAddr]) -> Resolver {
-        use hickory_resolver::config::{NameServerConfig, ResolverConfig};
-        use hickory_resolver::name_server::TokioConnectionProvider;
-        use hickory_resolver::proto::xfer::Protocol;
-        use hickory_resolver::TokioResolver;
-        let with = |config| TokioResolver::builder_with_config(config, TokioConnectionProvider::default());
-        let mut builder = if nameservers.is_empty() {
-            TokioResolver::builder_tokio().unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "no usable /etc/resolv.conf: egress resolves addresses, localhost and /etc/hosts only");
-                with(ResolverConfig::new())
-            })
-        } else {
-            let servers: Vec<_> = nameservers
-                .iter()
-                .flat_map(|a| [NameServerConfig::new(*a, Protocol::Udp), NameServerConfig::new(*a, Protocol::Tcp)])
-                .collect();
-            with(ResolverConfig::from_parts(None, vec![], servers))
+        use hickory_resolver::config::{LookupIpStrategy, ResolveHosts, ResolverConfig, ResolverOpts};
+        let (config, mut options) = match nameservers {
+            [] => system_config(),
+            _ => (ResolverConfig::from_parts(None, vec![], name_servers(nameservers)), ResolverOpts::default()),
         };
-        let options = builder.options_mut();
         options.cache_size = 0;
         options.positive_max_ttl = Some(Duration::ZERO);
         options.negative_max_ttl = Some(Duration::ZERO);
-        Resolver(Arc::new(builder.build()))
+        // `/etc/hosts` is read here, first and per lookup (`hosts_file`).
+        options.use_hosts_file = ResolveHosts::Never;
+        // Both families: the first address the policy permits is taken.
+        options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+        let provider = hickory_resolver::name_server::TokioConnectionProvider::default();
+        Resolver(Arc::new(hickory_resolver::TokioResolver::builder_with_config(config, provider).with_options(options).build()))
     }
+
+    /// The addresses of the domain `name`: `/etc/hosts` first, as glibc's
+    /// `files` before `dns`, then DNS. Errors name the name, never the
+    /// node's search domains.
+    async fn lookup(&self, name: &str) -> Result<Vec<IpAddr>, FetchError> {
+        if let Some(found) = hosts_file(name) {
+            return Ok(found);
+        }
+        match self.0.lookup_ip(name).await {
+            Ok(found) => Ok(found.iter().collect()),
+            Err(e) if e.is_no_records_found() || e.is_nx_domain() => {
+                Err(FetchError::new("egress_failed", format!("cannot resolve {name}: no such name")).with_syscode("ENOTFOUND"))
+            }
+            Err(_) => Err(FetchError::new("egress_failed", format!("cannot resolve {name}: the name servers did not answer"))
+                .with_syscode("EAI_AGAIN")),
+        }
+    }
+}
+
+/// `name`'s entries in `/etc/hosts`, read now (an edit applies at once, as
+/// with glibc).
+fn hosts_file(name: &str) -> Option<Vec<IpAddr>> {
+    use hickory_resolver::proto::op::Query;
+    use hickory_resolver::proto::rr::{RData, RecordType};
+    let hosts = hickory_resolver::Hosts::from_system().ok()?;
+    let name = hickory_resolver::Name::from_str_relaxed(name).ok()?;
+    let found: Vec<IpAddr> = [RecordType::A, RecordType::AAAA]
+        .into_iter()
+        .filter_map(|t| hosts.lookup_static_host(&Query::query(name.clone(), t)))
+        .flat_map(|lookup| lookup.iter().cloned().collect::<Vec<_>>())
+        .filter_map(|r| match r {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+            _ => None,
+        })
+        .collect();
+    (!found.is_empty()).then_some(found)
+}
+
+/// Name servers, search list and options of `/etc/resolv.conf`, read as
+/// glibc reads it: lines it does not know are skipped (logged), and with no
+/// `nameserver` line it asks 127.0.0.1. The search list is `search`'s, or
+/// `domain`'s without one, never a domain guessed from the hostname.
+fn system_config() -> (hickory_resolver::config::ResolverConfig, hickory_resolver::config::ResolverOpts) {
+    use hickory_resolver::config::{ResolverConfig, ResolverOpts};
+    let text = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+    let (parsed, errors) = resolv_conf::Config::parse_with_errors(&text);
+    if !errors.is_empty() {
+        let skipped: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        tracing::warn!(skipped = skipped.join("; "), "egress skips lines of /etc/resolv.conf it cannot read");
+    }
+    let mut servers: Vec<SocketAddr> = parsed.nameservers.iter().map(|ip| SocketAddr::new(ip.into(), 53)).collect();
+    if servers.is_empty() {
+        servers.push(SocketAddr::from(([127, 0, 0, 1], 53)));
+    }
+    let search = parsed
+        .get_last_search_or_domain()
+        .filter(|d| *d != "--")
+        .filter_map(|d| hickory_resolver::Name::from_str_relaxed(d).ok())
+        .collect();
+    let mut options = ResolverOpts::default();
+    options.ndots = parsed.ndots as usize;
+    options.timeout = Duration::from_secs(u64::from(parsed.timeout));
+    options.attempts = parsed.attempts as usize;
+    options.edns0 = parsed.edns0;
+    (ResolverConfig::from_parts(None, search, name_servers(&servers)), options)
+}
+
+/// Each server over UDP, and over TCP for answers too long for UDP.
+fn name_servers(addrs: &[SocketAddr]) -> Vec<hickory_resolver::config::NameServerConfig> {
+    use hickory_resolver::config::NameServerConfig;
+    use hickory_resolver::proto::xfer::Protocol;
+    addrs.iter().flat_map(|a| [NameServerConfig::new(*a, Protocol::Udp), NameServerConfig::new(*a, Protocol::Tcp)]).collect()
 }
 
 impl Egress {
@@ -279,31 +345,31 @@ impl Egress {
     }
 
     /// The first address of `host` the policy permits; refused naming the
-    /// address when none is.
-    async fn resolve(&self, host: &str, port: u16) -> Result<SocketAddr, FetchError> {
-        let addrs: Vec<SocketAddr> = self
-            .resolver
-            .0
-            .lookup_ip(host)
-            .await
-            .map_err(|e| FetchError::new("egress_failed", format!("cannot resolve {host}: {e}")).with_syscode("ENOTFOUND"))?
-            .iter()
-            .map(|ip| SocketAddr::new(ip, port))
-            .collect();
+    /// address when none is. An IP address is taken as it is, never asked
+    /// of DNS (with a resolv.conf `ndots` of 5, as in Kubernetes pods, a
+    /// resolver would try it under every search domain first).
+    async fn resolve(&self, host: &deno_core::url::Host<&str>, port: u16) -> Result<SocketAddr, FetchError> {
+        let addrs: Vec<SocketAddr> = match host {
+            deno_core::url::Host::Ipv4(ip) => vec![SocketAddr::new(IpAddr::V4(*ip), port)],
+            deno_core::url::Host::Ipv6(ip) => vec![SocketAddr::new(IpAddr::V6(*ip), port)],
+            deno_core::url::Host::Domain(name) => self.resolver.lookup(name).await?.into_iter().map(|ip| SocketAddr::new(ip, port)).collect(),
+        };
         if let Some(ok) = addrs.iter().find(|a| self.permits(**a)) {
             // Connected to as checked: an IPv4-mapped address as the IPv4
             // address it is, so the socket is the one the policy judged.
             return Ok(SocketAddr::new(canonical(ok.ip()), ok.port()));
         }
-        let named = addrs.first().map(|a| a.to_string()).unwrap_or_else(|| host.to_owned());
+        let host = host.to_string();
+        let named = addrs.first().map(|a| a.to_string()).unwrap_or(host);
         Err(FetchError::new("egress_denied", format!("egress to {named} is not allowed")))
     }
 
     /// Resolves, checks the policy, connects to exactly the address
     /// checked (TLS for `https:`) and hands back an HTTP/1.1 connection.
     async fn connect(&self, url: &deno_core::url::Url) -> Result<(SendRequest, Connection), FetchError> {
+        let Some(target) = url.host() else { return Err(FetchError::new("egress_failed", "URL has no host")) };
+        let addr = self.resolve(&target, url.port_or_known_default().unwrap_or(80)).await?;
         let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']);
-        let addr = self.resolve(host, url.port_or_known_default().unwrap_or(80)).await?;
         let failed = |e: &dyn std::fmt::Display| FetchError::new("egress_failed", format!("{url}: {e}"));
         let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| {
             let err = failed(&e);

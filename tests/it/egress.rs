@@ -1039,3 +1039,41 @@ async fn names_whose_server_never_answers_hold_nothing_another_tenant_needs() {
         assert!(codes.as_array().unwrap().iter().all(|c| c == "egress_timeout" || c == "egress_failed"), "{codes}");
     }
 }
+
+/// A name server on loopback that answers every query "no such name".
+async fn nxdomain_name_server() -> SocketAddr {
+    use hickory_resolver::proto::op::{Message, ResponseCode};
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = udp.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = udp.recv_from(&mut buf).await {
+            let Ok(query) = Message::from_vec(&buf[..n]) else { continue };
+            let mut answer = Message::error_msg(query.id(), query.op_code(), ResponseCode::NXDomain);
+            answer.add_queries(query.queries().to_vec());
+            let _ = udp.send_to(&answer.to_vec().unwrap(), from).await;
+        }
+    });
+    addr
+}
+
+/// A name that does not exist fails as Node says it does (`ENOTFOUND`),
+/// and the message names the name only: not the node's search domains or
+/// the query its resolver sent last.
+#[tokio::test]
+async fn a_name_that_does_not_exist_fails_as_in_node_naming_only_the_name() {
+    let mut config = test_config();
+    config.egress.nameservers = vec![nxdomain_name_server().await];
+    let code = r#"module.exports = async () => {
+        let viaFetch, viaHttp;
+        try { await fetch('http://nope.webtask-test/'); } catch (e) { viaFetch = [e.code, e.cause?.code, e.message]; }
+        viaHttp = await new Promise((resolve) => require('http').get('http://nope.webtask-test/', () => resolve('answered'))
+            .on('error', (e) => resolve([e.code, e.message])));
+        return { viaFetch, viaHttp };
+    };"#;
+    for node in every_target_with(config).await {
+        let v = node.run("nx", "", code).await.json();
+        assert_eq!(v["viaFetch"], json!(["egress_failed", "ENOTFOUND", "cannot resolve nope.webtask-test: no such name"]), "{v}");
+        assert_eq!(v["viaHttp"], json!(["ENOTFOUND", "getaddrinfo ENOTFOUND nope.webtask-test"]), "{v}");
+    }
+}
