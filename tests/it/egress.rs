@@ -989,6 +989,7 @@ async fn silent_name_server() -> (SocketAddr, Arc<AtomicU64>) {
             tokio::select! {
                 Ok(_) = udp.recv_from(&mut buf) => { counted.fetch_add(1, Ordering::Relaxed); }
                 Ok((conn, _)) = tcp.accept() => held.push(conn),
+                else => break,
             }
         }
     });
@@ -1016,7 +1017,7 @@ async fn names_whose_server_never_answers_hold_nothing_another_tenant_needs() {
     };"#;
     let done = Arc::new(AtomicBool::new(false));
     let stuck = async {
-        let names: Vec<(String, String)> = (0..24).map(|i| (format!("stuck{}", i % 3), format!("?c={i}"))).collect();
+        let names: Vec<(String, String)> = (0..12).map(|i| (format!("stuck{}", i % 3), format!("?c={i}"))).collect();
         let runs = names.iter().map(|(container, query)| node.run(container, query, lookups));
         let answers = futures::future::join_all(runs).await;
         done.store(true, Ordering::Release);
@@ -1024,7 +1025,7 @@ async fn names_whose_server_never_answers_hold_nothing_another_tenant_needs() {
     };
     let other = async {
         // Hundreds of lookups are waiting on the silent server...
-        eventually_within("lookups in flight", Duration::from_secs(10), || async { queries.load(Ordering::Relaxed) >= 600 }).await;
+        eventually_within("lookups in flight", Duration::from_secs(10), || async { queries.load(Ordering::Relaxed) >= 300 }).await;
         // ...while another tenant's fetch goes through.
         let res = node.run("other", &format!("?url=http://{server}/x"), CATCH).await;
         let still_waiting = !done.load(Ordering::Acquire);
