@@ -82,8 +82,12 @@ fn report(node: &Node, container: &str, req_id: &str, err: &Error) {
 
 /// A header value as Node hands it over: each byte one character (latin1),
 /// so a value that is not ASCII arrives, if not as its sender meant it.
-fn latin1(bytes: &[u8]) -> String {
-    bytes.iter().map(|&b| b as char).collect()
+/// Visible ASCII, nearly every value, is copied as it is.
+fn header_text(v: &http::HeaderValue) -> String {
+    match v.to_str() {
+        Ok(ascii) => ascii.to_owned(),
+        Err(_) => v.as_bytes().iter().map(|&b| b as char).collect(),
+    }
 }
 
 async fn run(node: &Node, container: &str, req: Request<Incoming>, req_id: Arc<str>) -> Result<Reply, Error> {
@@ -97,7 +101,7 @@ async fn run(node: &Node, container: &str, req: Request<Incoming>, req_id: Arc<s
     let media = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mut context = Context {
         query: parts.uri.query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default(),
-        headers: parts.headers.iter().map(|(k, v)| (k.as_str().to_owned(), latin1(v.as_bytes()))).collect(),
+        headers: parts.headers.iter().map(|(k, v)| (k.as_str().to_owned(), header_text(v))).collect(),
         method: parts.method.as_str().to_owned(),
         url: parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default(),
         ..Context::default()

@@ -401,13 +401,16 @@ fn v8_str<'s>(scope: &mut v8::PinScope<'s, '_>, s: &str) -> v8::Local<'s, v8::Va
 /// with ", ". Names come lowercased.
 fn string_map<'s>(scope: &mut v8::PinScope<'s, '_>, pairs: &[(String, String)]) -> v8::Local<'s, v8::Object> {
     let obj = v8::Object::new(scope);
-    for (i, (k, _)) in pairs.iter().enumerate() {
+    for (i, (k, v)) in pairs.iter().enumerate() {
         if pairs[..i].iter().any(|(k2, _)| k2 == k) {
             continue;
         }
         let mut values = pairs[i..].iter().filter(|(k2, _)| k2 == k).map(|(_, v)| v.as_str());
         let key = v8::String::new(scope, k).unwrap();
+        let repeated = pairs[i + 1..].iter().any(|(k2, _)| k2 == k);
         let value = match k.as_str() {
+            // Nearly every header: its one value, nothing joined.
+            name if !repeated && name != "set-cookie" => v8_str(scope, v),
             "set-cookie" => {
                 let items: Vec<_> = values.map(|v| v8_str(scope, v)).collect();
                 v8::Array::new_with_elements(scope, &items).into()

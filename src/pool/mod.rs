@@ -428,8 +428,8 @@ impl Pool {
         let worker = fresh.keep();
         log_assigned(name.clone(), worker.pid);
         {
-            // Claimed under the map's lock: a drained worker ending now
-            // (`end_drained_worker`) sees this one and keeps the claim.
+            // Claimed under the map's lock: a worker ending now (`forget`)
+            // sees this one and leaves the claim alone.
             let mut assigned = self.inner.assigned.lock().unwrap();
             self.inner.placement.claim(container);
             assigned.insert(name, worker.clone());
@@ -705,17 +705,7 @@ impl Inner {
     fn end_drained_worker(&self, worker: &Worker, reason: &'static str) {
         let reason = if worker.is_alive() { reason } else { worker.end_reason() };
         worker.kill();
-        // The placement goes with the container's last worker here, not
-        // from under the one that replaced it (whose claim it shares).
-        if let Some(c) = worker.container() {
-            let assigned = self.assigned.lock().unwrap();
-            if !assigned.contains_key(&c) {
-                self.placement.release(&c);
-            }
-        }
-        self.stats.retired(reason);
-        self.live.fetch_sub(1, Ordering::AcqRel);
-        self.refill.notify_one();
+        self.forget(worker, reason, Slot::Release);
         tracing::info!(container = worker.container().as_deref(), pid = worker.pid, reason, "worker retired");
     }
 
@@ -736,9 +726,17 @@ impl Inner {
         }
     }
 
+    /// Counts `worker`'s end and gives back its slot and its container's
+    /// placement. The placement goes only with the container's last
+    /// worker, not from under one that replaced it (a drained worker
+    /// ending, or a retirement racing a new assignment, which claims under
+    /// the same lock). Callers hold no lock of the pool's.
     fn forget(&self, worker: &Worker, reason: &'static str, slot: Slot) {
         if let Some(c) = worker.container() {
-            self.placement.release(&c);
+            let assigned = self.assigned.lock().unwrap();
+            if !assigned.contains_key(&c) {
+                self.placement.release(&c);
+            }
         }
         self.stats.retired(reason);
         if slot == Slot::Release {

@@ -240,19 +240,27 @@ async fn crashed_by_kill(request: impl std::future::Future<Output = crate::suppo
     v
 }
 
+/// Gives `container` a worker (one request), then stops (SIGSTOP) the
+/// process that runs its isolate, under the pid namespace's supervisor;
+/// returns the supervisor's pid.
+async fn stop_engine(node: &TestNode, container: &str) -> u32 {
+    node.run(container, "", HELLO).await;
+    let supervisor = worker_pid(node, container).await.unwrap();
+    let children = std::fs::read_to_string(format!("/proc/{supervisor}/task/{supervisor}/children")).unwrap();
+    let engine: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    // SAFETY: kill(2) on a worker process this test's node spawned.
+    assert_eq!(unsafe { libc::kill(engine, libc::SIGSTOP) }, 0);
+    supervisor
+}
+
 #[tokio::test]
 async fn a_worker_that_dies_while_the_node_waits_to_write_to_it_is_reported_by_its_exit() {
     let mut config = workers_config();
     config.http.body_bytes = 1 << 20;
     let node = TestNode::with_config(config).await;
-    node.run("stuck", "", HELLO).await;
-    let supervisor = worker_pid(&node, "stuck").await.unwrap();
-    let children = std::fs::read_to_string(format!("/proc/{supervisor}/task/{supervisor}/children")).unwrap();
-    let engine: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
     // A stopped worker reads nothing: a frame bigger than its socket holds
     // leaves the node's write waiting for room.
-    // SAFETY: kill(2) on a worker process this test's node spawned.
-    assert_eq!(unsafe { libc::kill(engine, libc::SIGSTOP) }, 0);
+    let supervisor = stop_engine(&node, "stuck").await;
     let big = format!("{HELLO} //{}", "x".repeat(900 * 1024));
     // The stopped worker dies with its supervisor.
     let v = crashed_by_kill(node.run("stuck", "", &big), supervisor, Duration::from_millis(300)).await;
@@ -378,12 +386,7 @@ async fn a_worker_killed_for_the_wall_clock_is_counted_under_wall_limit() {
     let mut config = workers_config();
     config.engine.limits.wall_ms = 300;
     let node = TestNode::with_config(config).await;
-    node.run("frozen", "", HELLO).await;
-    let supervisor = worker_pid(&node, "frozen").await.unwrap();
-    let children = std::fs::read_to_string(format!("/proc/{supervisor}/task/{supervisor}/children")).unwrap();
-    let engine: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
-    // SAFETY: kill(2) on a worker process this test's node spawned.
-    assert_eq!(unsafe { libc::kill(engine, libc::SIGSTOP) }, 0);
+    stop_engine(&node, "frozen").await;
     let res = node.run("frozen", "", HELLO).await;
     assert_eq!((res.status, res.json()["code"].as_str()), (504, Some("wall_limit")), "{}", res.text());
     assert_eq!(node.run("frozen", "", HELLO).await.json(), json!("alive"));
