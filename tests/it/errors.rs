@@ -121,6 +121,28 @@ async fn syntax_error_names_line_and_column() {
     }
 }
 
+/// Short code is compiled eagerly and long code lazily (see
+/// `engine::script::EAGER_MAX_CHARS`): the guest cannot tell which.
+#[tokio::test]
+async fn short_and_long_code_compile_alike() {
+    let mut config = crate::support::test_config();
+    config.http.body_bytes = 64 * 1024;
+    let node = TestNode::with_config(config).await;
+    let long_tail = format!("\n//{}", "x".repeat(10 * 1024));
+    for tail in ["", long_tail.as_str()] {
+        let inner_error = format!("return function (cb) {{\n  function f() {{\n    return 1 +;\n  }}\n  cb(null, 1);\n}}{tail}");
+        let v = node.run("alike", "", &inner_error).await.json();
+        assert_eq!((v["code"].as_str(), v["line"].as_u64(), v["column"].as_u64()), (Some("syntax_error"), Some(3), Some(15)), "{v}");
+
+        let code = format!(
+            "function helper(x) {{ return x * 2; }}\nreturn function (cb) {{\n  const g = () => {{ throw new Error('inner ' + helper(2)); }};\n  try {{ g(); }} catch (e) {{ return cb(null, [helper.toString(), e.stack.split('\\n')[1].trim()]); }}\n}}{tail}"
+        );
+        let res = node.run("alike", "", &code).await;
+        assert_eq!(res.status, 200, "{}", res.text());
+        assert_eq!(res.json(), json!(["function helper(x) { return x * 2; }", "at g (webtask.js:3:27)"]));
+    }
+}
+
 #[tokio::test]
 async fn bad_container_names_are_refused() {
     for node in every_target().await {
