@@ -41,7 +41,7 @@ async function builtins() {
         "// npm polyfills behind webtask's Node built-ins (see src/builtins-entry.js).",
     },
     logLevel: "warning",
-    plugins: [nodeStreamsFrom, lazyTr46],
+    plugins: [nodeStreamsFrom, lazyTr46, nodeInvalidUrl],
   });
 }
 
@@ -64,6 +64,30 @@ const lazyTr46 = {
   name: "lazy-tr46",
   setup(build) {
     build.onResolve({ filter: /^tr46$/ }, () => ({ path: path.join(here, "src/tr46-lazy.js") }));
+  },
+};
+
+// whatwg-url throws `TypeError("Invalid URL: <input>")`; Node throws its
+// ERR_INVALID_URL (src/invalid-url.js). Each throw is rewritten, and a
+// whatwg-url whose throws read otherwise fails the build.
+const nodeInvalidUrl = {
+  name: "node-invalid-url",
+  setup(build) {
+    build.onLoad({ filter: /whatwg-url[\\/]lib[\\/]URL-impl\.js$/ }, (args) => {
+      const throws = [
+        ["throw new TypeError(`Invalid base URL: ${base}`);", "throw invalidUrl(url, base);"],
+        ["throw new TypeError(`Invalid URL: ${url}`);", "throw invalidUrl(url, base);"],
+        ["throw new TypeError(`Invalid URL: ${v}`);", "throw invalidUrl(v);"],
+      ];
+      let contents = fs.readFileSync(args.path, "utf8");
+      for (const [from, to] of throws) {
+        if (!contents.includes(from)) throw new Error(`${args.path} no longer reads ${from}`);
+        contents = contents.replace(from, to);
+      }
+      if (contents.includes("new TypeError(`Invalid")) throw new Error(`${args.path} has a URL error build.mjs does not rewrite`);
+      const helper = JSON.stringify(path.join(here, "src/invalid-url.js"));
+      return { contents: `const invalidUrl = require(${helper});\n${contents}`, resolveDir: path.dirname(args.path), loader: "js" };
+    });
   },
 };
 

@@ -304,6 +304,56 @@ async fn url_hosts_are_mapped_as_node_maps_them() {
     assert_eq!(v["unicode"], json!(["xn--bcher-kva.example", "xn--xample-9ua.com", "xn--bcher-kva.example", "TypeError"]));
 }
 
+/// A URL that does not parse fails with Node's ERR_INVALID_URL, naming its
+/// input (and base); `url` has what Node 20 adds to the legacy API. The
+/// expected values are Node 20.20's (a webtask's working directory is "/").
+#[tokio::test]
+async fn url_errors_and_helpers_are_nodes() {
+    let v = eval(
+        r#"return function (cb) {
+            const url = require('url');
+            const fail = (f) => { try { f(); return 'no error'; } catch (e) { return [e.name, e.message, e.code, e.input, e.base, Object.keys(e)]; } };
+            const domains = ['español.com', 'xn--espaol-zwa.com', 'xn--iñvalid.com', 'EXAMPLE.com', 'exa%41mple.com', '0x7f.1', '[::1]', '::1', 'a:b', 'a/b', 'foo.09', 'x', ''];
+            cb(null, {
+                invalid: fail(() => new URL('nope')),
+                invalidBase: fail(() => new URL('/x', 'also bad')),
+                invalidHref: fail(() => { new URL('http://a').href = 'bad'; }),
+                stillTypeError: fail(() => { try { new URL('nope'); } catch (e) { if (e instanceof TypeError) throw new Error(String(e)); } }),
+                same: [url.URL === URL, url.URLSearchParams === URLSearchParams],
+                ascii: domains.map((d) => url.domainToASCII(d)),
+                unicode: domains.map((d) => url.domainToUnicode(d)),
+                toUrl: ['/a b/%/#?/', '/a/b/', '/tmp/x\ny\tz\\w', 'a/../b', '/ü/€'].map((p) => url.pathToFileURL(p).href),
+                toPath: [url.fileURLToPath('file:///a/b%20c'), url.fileURLToPath('file://localhost/x'), url.fileURLToPath(new URL('file:///%E2%82%AC'))],
+                badPaths: [fail(() => url.fileURLToPath('file:///a%2fb')), fail(() => url.fileURLToPath('http://x/y')), fail(() => url.fileURLToPath('file://host/x')), fail(() => url.fileURLToPath(5))],
+                options: url.urlToHttpOptions(new URL('https://u%40:p%3a@[::1]:8080/p/a?q=1#h')),
+            });
+        }"#,
+    )
+    .await;
+    assert_eq!(v["invalid"], json!(["TypeError", "Invalid URL", "ERR_INVALID_URL", "nope", null, ["code", "input"]]));
+    assert_eq!(v["invalidBase"], json!(["TypeError", "Invalid URL", "ERR_INVALID_URL", "/x", "also bad", ["code", "input", "base"]]));
+    assert_eq!(v["invalidHref"], json!(["TypeError", "Invalid URL", "ERR_INVALID_URL", "bad", null, ["code", "input"]]));
+    assert_eq!(v["stillTypeError"][1], json!("TypeError: Invalid URL"));
+    assert_eq!(v["same"], json!([true, true]));
+    assert_eq!(
+        v["ascii"],
+        json!(["xn--espaol-zwa.com", "xn--espaol-zwa.com", "", "example.com", "exaample.com", "127.0.0.1", "[::1]", "", "", "a", "", "x", ""])
+    );
+    assert_eq!(v["unicode"], json!(["español.com", "español.com", "", "example.com", "exaample.com", "127.0.0.1", "[::1]", "", "", "a", "", "x", ""]));
+    assert_eq!(
+        v["toUrl"],
+        json!(["file:///a%20b/%25/%23%3F/", "file:///a/b/", "file:///tmp/x%0Ay%09z%5Cw", "file:///b", "file:///%C3%BC/%E2%82%AC"])
+    );
+    assert_eq!(v["toPath"], json!(["/a/b c", "/x", "/€"]));
+    let codes: Vec<_> = v["badPaths"].as_array().unwrap().iter().map(|e| e[2].clone()).collect();
+    assert_eq!(codes, json!(["ERR_INVALID_FILE_URL_PATH", "ERR_INVALID_URL_SCHEME", "ERR_INVALID_FILE_URL_HOST", "ERR_INVALID_ARG_TYPE"]).as_array().unwrap().clone());
+    assert_eq!(v["badPaths"][3][1], json!("The \"path\" argument must be of type string or an instance of URL. Received type number (5)"));
+    assert_eq!(
+        v["options"],
+        json!({"protocol": "https:", "hostname": "::1", "hash": "#h", "search": "?q=1", "pathname": "/p/a", "path": "/p/a?q=1", "href": "https://u%40:p%3a@[::1]:8080/p/a?q=1#h", "port": 8080, "auth": "u@:p:"})
+    );
+}
+
 #[tokio::test]
 async fn util_events_path_querystring_string_decoder() {
     let v = eval(

@@ -11,7 +11,7 @@ export const polyfills = {
   querystring: () => require("querystring-es3"),
   stream: () => require("stream-browserify"),
   string_decoder: () => require("string_decoder/"),
-  url: () => require("url/"),
+  url: () => require("./url-node.js"),
   util: () => require("util/"),
   whatwg_url: () => require("whatwg-url"),
 };
