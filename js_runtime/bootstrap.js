@@ -25,7 +25,7 @@
 // `--log-function-events`).
 
 import { builtin, polyfill, registerBuiltin, webtaskModule } from "ext:webtask_runtime/node/require.js";
-import { process as guestProcess } from "ext:webtask_runtime/node/process.js";
+import { performance, process as guestProcess } from "ext:webtask_runtime/node/process.js";
 import "ext:webtask_runtime/node/crypto.js";
 import "ext:webtask_runtime/node/zlib.js";
 import { incomingMessage, provideServerResponse } from "ext:webtask_runtime/node/http.js";
@@ -1194,6 +1194,7 @@ globalThis.__webtask_lockdown = (function lockdown(limitBytes) {
   g.setImmediate = (cb, ...args) => createGuestTimer(cb, 0, args, false);
   g.clearImmediate = clearGuestTimer;
   g.process = guestProcess;
+  g.performance = performance;
   g.ArrayBuffer = fixedLengthOnly(g.ArrayBuffer, "ArrayBuffer");
   if (g.SharedArrayBuffer !== undefined) g.SharedArrayBuffer = fixedLengthOnly(g.SharedArrayBuffer, "SharedArrayBuffer");
   // `Buffer` loads the polyfills on first use.

@@ -959,6 +959,11 @@ function createCrypto() {
   return {
     ...absent,
     createHash: (algorithm) => new Hash(algorithm),
+    // Node 20.12's one-shot digest: hex unless told otherwise.
+    hash(algorithm, data, outputEncoding = "hex") {
+      if (typeof data !== "string" && !ArrayBufferIsView(data)) toBytes(null);
+      return new Hash(algorithm).update(data).digest(outputEncoding === "buffer" ? undefined : outputEncoding);
+    },
     createHmac: (algorithm, key) => new Hmac(algorithm, key),
     Hash,
     Hmac,

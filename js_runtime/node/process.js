@@ -1,13 +1,17 @@
-// The sanitised `process` (global and built-in) and `os`: what Node code
+// The sanitised `process` (global and built-in), `performance` (global and
+// `perf_hooks`) and `os`: what Node code
 // reads to find its footing, with nothing of the host in it. `env` is empty,
 // `exit` and `kill` throw instead of ending anything, the clock is the
 // guest's Date (millisecond resolution, monotonic: a coarse clock is also a
 // poor timer for side channels), and `os` reports harmless constants.
 
 import { registerBuiltin, unavailableError } from "ext:webtask_runtime/node/require.js";
+import { DOMException } from "ext:webtask_runtime/node/web.js";
 
 const {
   ArrayIsArray,
+  ArrayPrototypeFilter,
+  ArrayPrototypePush,
   BigInt: BigIntCtor,
   DateNow,
   MathFloor,
@@ -46,6 +50,84 @@ function hrtime(prev) {
   return [sec, ns];
 }
 hrtime.bigint = () => BigIntCtor(nowMs()) * 1000000n;
+
+// `performance`: Node's clock API on the same coarse clock as `hrtime`
+// (milliseconds since the process started), with marks and measures. The
+// entries are the container's own, kept until it clears them, as in Node.
+const entries = [];
+
+function entryTime(value) {
+  if (value === undefined) return nowMs();
+  if (typeof value === "number") return value;
+  const mark = findMark(value);
+  if (mark === undefined) throw new DOMException(`The "${value}" performance mark has not been set`, "SyntaxError");
+  return mark.startTime;
+}
+
+function findMark(name) {
+  for (let i = entries.length - 1; i >= 0; i--) {
+    if (entries[i].entryType === "mark" && entries[i].name === name) return entries[i];
+  }
+  return undefined;
+}
+
+function entry(name, entryType, startTime, duration, detail) {
+  const e = { name: `${name}`, entryType, startTime, duration, detail: detail ?? null };
+  e.toJSON = () => ({ name: e.name, entryType, startTime, duration, detail: e.detail });
+  return e;
+}
+
+function clear(entryType) {
+  return function (name) {
+    const kept = ArrayPrototypeFilter(entries, (e) => e.entryType !== entryType || (name !== undefined && e.name !== name));
+    entries.length = 0;
+    for (const e of kept) ArrayPrototypePush(entries, e);
+  };
+}
+
+export const performance = {
+  timeOrigin: start,
+  now: () => nowMs(),
+  mark(name, options = {}) {
+    const e = entry(name, "mark", options.startTime ?? nowMs(), 0, options.detail);
+    ArrayPrototypePush(entries, e);
+    return e;
+  },
+  measure(name, startOrOptions, endMark) {
+    let start, end, detail;
+    if (startOrOptions !== null && typeof startOrOptions === "object") {
+      start = entryTime(startOrOptions.start ?? 0);
+      end = startOrOptions.end !== undefined ? entryTime(startOrOptions.end) : startOrOptions.duration !== undefined ? start + startOrOptions.duration : nowMs();
+      detail = startOrOptions.detail;
+    } else {
+      start = startOrOptions === undefined ? 0 : entryTime(startOrOptions);
+      end = entryTime(endMark);
+    }
+    const e = entry(name, "measure", start, end - start, detail);
+    ArrayPrototypePush(entries, e);
+    return e;
+  },
+  getEntries: () => ArrayPrototypeFilter(entries, () => true),
+  getEntriesByName: (name, type) => ArrayPrototypeFilter(entries, (e) => e.name === name && (type === undefined || e.entryType === type)),
+  getEntriesByType: (type) => ArrayPrototypeFilter(entries, (e) => e.entryType === type),
+  clearMarks: clear("mark"),
+  clearMeasures: clear("measure"),
+  toJSON: () => ({ timeOrigin: start }),
+};
+Object.defineProperty(performance, Symbol.toStringTag, { value: "Performance", configurable: true });
+registerBuiltin("perf_hooks", () => ({
+  performance,
+  constants: ObjectFreeze({ NODE_PERFORMANCE_GC_MAJOR: 4, NODE_PERFORMANCE_GC_MINOR: 1, NODE_PERFORMANCE_GC_INCREMENTAL: 8, NODE_PERFORMANCE_GC_WEAKCB: 16 }),
+  PerformanceObserver: function PerformanceObserver() {
+    throw unavailableError("perf_hooks.PerformanceObserver");
+  },
+  monitorEventLoopDelay() {
+    throw unavailableError("perf_hooks.monitorEventLoopDelay");
+  },
+  createHistogram() {
+    throw unavailableError("perf_hooks.createHistogram");
+  },
+}));
 
 function nextTick(callback, ...args) {
   if (typeof callback !== "function") {

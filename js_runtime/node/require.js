@@ -41,6 +41,7 @@ const {
   JSONParse,
   NumberParseInt,
   ObjectCreate,
+  ObjectDefineProperty,
   ObjectFreeze,
   ObjectKeys,
   ObjectPrototypeHasOwnProperty,
@@ -81,6 +82,9 @@ registerBuiltin("stream", () => {
   // derives from EventEmitter directly.
   ObjectSetPrototypeOf(stream.Readable.prototype, stream.prototype);
   ObjectSetPrototypeOf(stream.Writable.prototype, stream.prototype);
+  // `stream.promises` is `stream/promises`, made on first use (it needs
+  // this module).
+  ObjectDefineProperty(stream, "promises", { __proto__: null, get: () => builtin("stream/promises"), enumerable: true, configurable: true });
   return stream;
 });
 registerBuiltin("assert/strict", () => builtin("assert").strict);
@@ -98,7 +102,7 @@ registerBuiltin("stream/promises", () => {
 // throws. No partial escape hatches.
 const UNAVAILABLE = [
   "child_process", "cluster", "dgram", "dns", "dns/promises", "fs", "fs/promises", "http2", "inspector", "module",
-  "net", "perf_hooks", "readline", "repl", "tls", "trace_events", "v8", "vm", "wasi", "worker_threads",
+  "net", "readline", "repl", "tls", "trace_events", "v8", "vm", "wasi", "worker_threads",
 ];
 
 export function unavailableError(what, why) {

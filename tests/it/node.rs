@@ -353,6 +353,35 @@ async fn url_errors_and_helpers_are_nodes() {
         json!({"protocol": "https:", "hostname": "::1", "hash": "#h", "search": "?q=1", "pathname": "/p/a", "path": "/p/a?q=1", "href": "https://u%40:p%3a@[::1]:8080/p/a?q=1#h", "port": 8080, "auth": "u@:p:"})
     );
 }
+/// What Node 20 added to `util`, `buffer`, `querystring`, `stream` and
+/// `crypto` beyond the polyfills, and `performance` (global and
+/// `perf_hooks`); the expected values are Node 20.20's.
+#[tokio::test]
+async fn node_20_additions_answer_as_node() {
+    let v = eval(
+        r#"return function (cb) {
+            const util = require("util"), buffer = require("buffer"), qs = require("querystring"), stream = require("stream"), crypto = require("crypto"), ph = require("perf_hooks");
+            const out = {};
+            out.util = [util.isDeepStrictEqual({a:[1,{b:2}]}, {a:[1,{b:2}]}), util.isDeepStrictEqual([1], ["1"]), util.stripVTControlCharacters("\u001b[31mred\u001b[0m \u001b]8;;http://x\u0007link\u001b]8;;\u0007"), util.toUSVString("a\ud800b"), util.TextEncoder === TextEncoder, util.TextDecoder === TextDecoder];
+            try { util.stripVTControlCharacters(5) } catch (e) { out.utilErr = [e.code, e.message] }
+            out.buffer = [buffer.isUtf8(Buffer.from("héllo")), buffer.isUtf8(Buffer.from([0xff, 0xfe])), buffer.isAscii(Buffer.from("abc")), buffer.isAscii(Buffer.from("é")), buffer.atob === atob, buffer.btoa("hi"), buffer.Blob === Blob, buffer.File === File, buffer.constants.MAX_LENGTH === buffer.kMaxLength, buffer.constants.MAX_STRING_LENGTH, buffer.isUtf8(new Uint8Array([0x61]).buffer)];
+            try { buffer.isUtf8("x") } catch (e) { out.bufErr = [e.code, e.message] }
+            out.qs = [qs.escape("a b&c=d/é~!*()'"), qs.unescape("a%20b%zz%C3%A9"), qs.unescape("%E0%A4%A"), qs.escape(5)];
+            out.stream = [stream.promises === require("stream/promises"), typeof stream.promises.pipeline];
+            out.crypto = [crypto.hash("sha256", "abc"), crypto.hash("md5", Buffer.from("abc"), "base64"), Buffer.isBuffer(crypto.hash("sha1", "x", "buffer"))];
+            try { crypto.hash("sha256", 5) } catch (e) { out.cryptoErr = [e.code, e.name] }
+            performance.mark("a");
+            const m = performance.measure("m", "a");
+            out.perf = [typeof performance.now(), performance.now() >= 0, Math.abs(performance.timeOrigin + performance.now() - Date.now()) < 50, ph.performance === performance, m.entryType, m.name, performance.getEntriesByType("mark").map(e => e.name), Object.prototype.toString.call(performance), JSON.stringify(performance.getEntriesByName("a")[0]).includes('"entryType":"mark"')];
+            try { performance.measure("x", "nope") } catch (e) { out.perfErr = [e.name, e.message, e instanceof DOMException] }
+            performance.clearMarks(); out.cleared = performance.getEntries().map(e => e.entryType);
+            cb(null, out);
+        }"#,
+    )
+    .await;
+    let node: serde_json::Value = serde_json::from_str(r##"{"util":[true,false,"red link","a�b",true,true],"utilErr":["ERR_INVALID_ARG_TYPE","The \"str\" argument must be of type string. Received type number (5)"],"buffer":[true,false,true,false,true,"aGk=",true,true,true,536870888,true],"bufErr":["ERR_INVALID_ARG_TYPE","The \"input\" argument must be an instance of ArrayBuffer, Buffer, or TypedArray. Received type string ('x')"],"qs":["a%20b%26c%3Dd%2F%C3%A9~!*()'","a b%zzé","�%A","5"],"stream":[true,"function"],"crypto":["ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad","kAFQmDzST7DWlj99KOF/cg==",true],"cryptoErr":["ERR_INVALID_ARG_TYPE","TypeError"],"perf":["number",true,true,true,"measure","m",["a"],"[object Performance]",true],"perfErr":["SyntaxError","The \"nope\" performance mark has not been set",true],"cleared":["measure"]}"##).unwrap();
+    assert_eq!(v, node);
+}
 
 #[tokio::test]
 async fn util_events_path_querystring_string_decoder() {

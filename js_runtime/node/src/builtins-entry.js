@@ -4,15 +4,15 @@
 // the same instance (esbuild caches every CommonJS module once).
 export const polyfills = {
   assert: () => require("assert/"),
-  buffer: () => withBase64url(require("buffer/")),
+  buffer: () => withNode20Buffer(withBase64url(require("buffer/"))),
   events: () => require("events/"),
   path: () => require("path-browserify"),
   punycode: () => require("punycode/"),
-  querystring: () => require("querystring-es3"),
+  querystring: () => withEscape(require("querystring-es3")),
   stream: () => require("stream-browserify"),
   string_decoder: () => require("string_decoder/"),
   url: () => require("./url-node.js"),
-  util: () => require("util/"),
+  util: () => withNode20Util(require("util/")),
   whatwg_url: () => require("whatwg-url"),
 };
 
@@ -56,4 +56,99 @@ function withBase64url(mod) {
     return write.apply(this, arguments);
   };
   return mod;
+}
+
+// What Node 20's `util` has beyond the polyfill (util@0.12). The web classes
+// are the globals, as in Node.
+function withNode20Util(util) {
+  if (util.isDeepStrictEqual) return util;
+  const assert = require("assert/");
+  util.isDeepStrictEqual = (a, b) => {
+    try {
+      assert.deepStrictEqual(a, b);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  // Node's pattern for ANSI escape sequences (lib/internal/util/inspect.js).
+  const ansi = new RegExp(
+    "[\\u001B\\u009B][[\\]()#;?]*" +
+      "(?:(?:(?:(?:;[-a-zA-Z\\d\\/\\#&.:=?%@~_]+)*" +
+      "|[a-zA-Z\\d]+(?:;[-a-zA-Z\\d\\/\\#&.:=?%@~_]*)*)?" +
+      "(?:\\u0007|\\u001B\\u005C|\\u009C))" +
+      "|(?:(?:\\d{1,4}(?:;\\d{0,4})*)?[\\dA-PR-TZcf-ntqry=><~]))",
+    "g",
+  );
+  util.stripVTControlCharacters = (str) => {
+    if (typeof str !== "string") throw argType("str", "string", str);
+    return str.replace(ansi, "");
+  };
+  util.toUSVString = (input) => `${input}`.toWellFormed();
+  util.TextEncoder = globalThis.TextEncoder;
+  util.TextDecoder = globalThis.TextDecoder;
+  return util;
+}
+
+// What Node 20's `buffer` has beyond the polyfill (buffer@6).
+function withNode20Buffer(mod) {
+  if (mod.isUtf8) return mod;
+  const bytes = (input) => {
+    if (ArrayBuffer.isView(input)) return new Uint8Array(input.buffer, input.byteOffset, input.byteLength);
+    if (input instanceof ArrayBuffer) return new Uint8Array(input);
+    throw argType("input", "an instance of ArrayBuffer, Buffer, or TypedArray", input);
+  };
+  mod.isUtf8 = (input) => {
+    try {
+      new TextDecoder("utf-8", { fatal: true }).decode(bytes(input));
+      return true;
+    } catch (e) {
+      if (e.code === "ERR_INVALID_ARG_TYPE") throw e;
+      return false;
+    }
+  };
+  mod.isAscii = (input) => bytes(input).every((b) => b < 0x80);
+  mod.atob = globalThis.atob;
+  mod.btoa = globalThis.btoa;
+  mod.Blob = globalThis.Blob;
+  mod.File = globalThis.File;
+  // V8's longest string: (1 << 29) - 24 UTF-16 code units.
+  mod.constants = Object.freeze({ MAX_LENGTH: mod.kMaxLength, MAX_STRING_LENGTH: 536870888 });
+  return mod;
+}
+
+// Node's querystring.escape/unescape; the polyfill only uses them inside.
+function withEscape(qs) {
+  if (qs.escape) return qs;
+  qs.escape = (str) => encodeURIComponent(typeof str === "string" ? str : `${str}`);
+  qs.unescape = (str) => {
+    try {
+      return decodeURIComponent(str);
+    } catch {
+      // As Node: each valid %XX is a byte, the rest as it is, read as UTF-8
+      // (an invalid sequence is one U+FFFD, as WHATWG decoding has it).
+      const out = [];
+      const input = new TextEncoder().encode(str);
+      for (let i = 0; i < input.length; i++) {
+        const hex = (c) => (c >= 48 && c <= 57 ? c - 48 : (c | 32) >= 97 && (c | 32) <= 102 ? (c | 32) - 87 : -1);
+        if (input[i] === 37 && i + 2 < input.length && hex(input[i + 1]) >= 0 && hex(input[i + 2]) >= 0) {
+          out.push(hex(input[i + 1]) * 16 + hex(input[i + 2]));
+          i += 2;
+        } else {
+          out.push(input[i]);
+        }
+      }
+      return new TextDecoder().decode(new Uint8Array(out));
+    }
+  };
+  return qs;
+}
+
+function argType(name, expected, value) {
+  let shown = String(value);
+  if (typeof value === "string") shown = `'${shown.length > 25 ? shown.slice(0, 25) + "..." : shown}'`;
+  const kind = value === null ? "null" : typeof value === "object" ? `an instance of ${value.constructor?.name ?? "Object"}` : `type ${typeof value} (${shown})`;
+  const err = new TypeError(`The "${name}" argument must be ${expected.startsWith("an ") ? expected : `of type ${expected}`}. Received ${kind}`);
+  err.code = "ERR_INVALID_ARG_TYPE";
+  return err;
 }
