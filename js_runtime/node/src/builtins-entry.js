@@ -2,6 +2,8 @@
 // built-in backed by an npm polyfill, as a thunk, so a module is evaluated
 // only when an isolate first requires it. Polyfills requiring each other get
 // the same instance (esbuild caches every CommonJS module once).
+const { argType } = require("./node-errors.js");
+
 export const polyfills = {
   assert: () => require("assert/"),
   buffer: () => withNode20Buffer(withBase64url(require("buffer/"))),
@@ -81,7 +83,7 @@ function withNode20Util(util) {
     "g",
   );
   util.stripVTControlCharacters = (str) => {
-    if (typeof str !== "string") throw argType("str", "string", str);
+    if (typeof str !== "string") throw argType("str", "of type string", str);
     return str.replace(ansi, "");
   };
   util.toUSVString = (input) => `${input}`.toWellFormed();
@@ -142,13 +144,4 @@ function withEscape(qs) {
     }
   };
   return qs;
-}
-
-function argType(name, expected, value) {
-  let shown = String(value);
-  if (typeof value === "string") shown = `'${shown.length > 25 ? shown.slice(0, 25) + "..." : shown}'`;
-  const kind = value === null ? "null" : typeof value === "object" ? `an instance of ${value.constructor?.name ?? "Object"}` : `type ${typeof value} (${shown})`;
-  const err = new TypeError(`The "${name}" argument must be ${expected.startsWith("an ") ? expected : `of type ${expected}`}. Received ${kind}`);
-  err.code = "ERR_INVALID_ARG_TYPE";
-  return err;
 }

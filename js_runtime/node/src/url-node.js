@@ -8,6 +8,7 @@
 const legacy = require("url/");
 const whatwg = require("whatwg-url");
 const tr46 = require("tr46");
+const { argType, coded } = require("./node-errors.js");
 
 // Node answers "" for a domain its URL parser would refuse as a host.
 // Node parses it as the host of "ws://x" (a special scheme, as the host
@@ -46,7 +47,7 @@ function fileURLToPath(path) {
   let url = path;
   if (typeof path === "string") url = new whatwg.URL(path);
   else if (!(path instanceof whatwg.URL)) {
-    throw coded(TypeError, "ERR_INVALID_ARG_TYPE", `The "path" argument must be of type string or an instance of URL. Received ${received(path)}`);
+    throw argType("path", "of type string or an instance of URL", path);
   }
   if (url.protocol !== "file:") throw coded(TypeError, "ERR_INVALID_URL_SCHEME", "The URL must be of scheme file");
   if (url.hostname !== "") throw coded(TypeError, "ERR_INVALID_FILE_URL_HOST", 'File URL host must be "localhost" or empty on linux');
@@ -60,7 +61,7 @@ function fileURLToPath(path) {
 // A webtask's working directory is "/" (process.cwd()).
 function pathToFileURL(filepath) {
   if (typeof filepath !== "string") {
-    throw coded(TypeError, "ERR_INVALID_ARG_TYPE", `The "path" argument must be of type string. Received ${received(filepath)}`);
+    throw argType("path", "of type string", filepath);
   }
   let resolved = require("path-browserify").resolve("/", filepath);
   if (filepath.endsWith("/") && !resolved.endsWith("/")) resolved += "/";
@@ -88,24 +89,8 @@ function urlToHttpOptions(url) {
   return options;
 }
 
-function coded(Ctor, code, message) {
-  const err = new Ctor(message);
-  err.code = code;
-  return err;
-}
-
 function missingArgs(name) {
   return coded(TypeError, "ERR_MISSING_ARGS", `The "${name}" argument must be specified`);
-}
-
-function received(value) {
-  if (value === null) return "null";
-  if (value === undefined) return "undefined";
-  if (typeof value === "function") return `function ${value.name}`;
-  if (typeof value === "object") return value.constructor && value.constructor.name ? `an instance of ${value.constructor.name}` : "an instance of Object";
-  let shown = String(value);
-  if (typeof value === "string") shown = `'${shown.length > 25 ? shown.slice(0, 25) + "..." : shown}'`;
-  return `type ${typeof value} (${shown})`;
 }
 
 module.exports = {
