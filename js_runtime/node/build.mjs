@@ -41,7 +41,7 @@ async function builtins() {
         "// npm polyfills behind webtask's Node built-ins (see src/builtins-entry.js).",
     },
     logLevel: "warning",
-    plugins: [nodeStreamsFrom, lazyTr46, nodeInvalidUrl],
+    plugins: [nodeStreamsFrom, lazyTr46, nodeInvalidUrl, nodeEvents],
   });
 }
 
@@ -87,6 +87,19 @@ const nodeInvalidUrl = {
       if (contents.includes("new TypeError(`Invalid")) throw new Error(`${args.path} has a URL error build.mjs does not rewrite`);
       const helper = JSON.stringify(path.join(here, "src/invalid-url.js"));
       return { contents: `const invalidUrl = require(${helper});\n${contents}`, resolveDir: path.dirname(args.path), loader: "js" };
+    });
+  },
+};
+
+// The events polyfill's module gets what Node 20 adds (src/events-node20.js)
+// as it loads, whoever requires it first (streams do, from within).
+const nodeEvents = {
+  name: "node-events",
+  setup(build) {
+    build.onLoad({ filter: /[\\/]node_modules[\\/]events[\\/]events\.js$/ }, (args) => {
+      const helper = JSON.stringify(path.join(here, "src/events-node20.js"));
+      const contents = `${fs.readFileSync(args.path, "utf8")}\nrequire(${helper})(module.exports);\n`;
+      return { contents, resolveDir: path.dirname(args.path), loader: "js" };
     });
   },
 };

@@ -383,6 +383,56 @@ async fn node_20_additions_answer_as_node() {
     assert_eq!(v, node);
 }
 
+/// What Node 20's `events` adds to the polyfill: errorMonitor (streams'
+/// emitters too), on() as an async iterator (error, abort, close), and the
+/// listener-count helpers. The expected values are Node 20.20's.
+#[tokio::test]
+async fn events_has_what_node_20_adds() {
+    let v = eval(
+        r#"return function (cb) {
+            const events = require("events"); const { EventEmitter, errorMonitor, on, getEventListeners, setMaxListeners, getMaxListeners, captureRejectionSymbol } = events;
+            const out = {};
+            const seen = [];
+            const e = new EventEmitter();
+            e.on(errorMonitor, (err) => seen.push("monitor " + err.message));
+            e.on("error", (err) => seen.push("handler " + err.message));
+            e.emit("error", new Error("boom"));
+            const bare = new EventEmitter(); bare.on(errorMonitor, (err) => seen.push("monitor2 " + err.message));
+            try { bare.emit("error", new Error("unhandled")); } catch (err) { seen.push("threw " + err.message); }
+            out.seen = seen;
+            out.symbols = [typeof errorMonitor, String(errorMonitor), captureRejectionSymbol === Symbol.for("nodejs.rejection"), events === EventEmitter, events.errorMonitor === EventEmitter.errorMonitor];
+            const f = () => {}; e.on("x", f); out.listeners = [getEventListeners(e, "x").length === 1 && getEventListeners(e, "x")[0] === f, getMaxListeners(e)];
+            setMaxListeners(3, e); out.max = [e.getMaxListeners(), EventEmitter.defaultMaxListeners];
+            setMaxListeners(20, new EventTarget()); out.maxTarget = EventEmitter.defaultMaxListeners;
+            try { setMaxListeners(-1); } catch (err) { out.badMax = [err.code, err.name]; }
+            const src = new EventEmitter();
+            (async () => {
+              const got = [];
+              setTimeout(() => { src.emit("data", 1, "a"); src.emit("data", 2); src.emit("error", new Error("stop")); }, 1);
+              try { for await (const args of on(src, "data")) got.push(args); } catch (err) { got.push("caught " + err.message); }
+              out.on = got;
+              out.onLeft = [src.listenerCount("data"), src.listenerCount("error")];
+              const ac = new AbortController();
+              const src2 = new EventEmitter();
+              const got2 = [];
+              setTimeout(() => { src2.emit("tick", 1); ac.abort(); }, 1);
+              try { for await (const [n] of on(src2, "tick", { signal: ac.signal })) got2.push(n); } catch (err) { got2.push([err.name, err.code, err.message]); }
+              out.aborted = got2;
+              const src3 = new EventEmitter(); const got3 = [];
+              setTimeout(() => { src3.emit("line", "x"); src3.emit("close"); }, 1);
+              for await (const [l] of on(src3, "line", { close: ["close"] })) got3.push(l);
+              out.closed = [got3, src3.listenerCount("line")];
+              const s = new (require("stream").PassThrough)(); const sseen = [];
+              s.on(errorMonitor, () => sseen.push("monitor")); s.on("error", () => sseen.push("handler")); s.destroy(new Error("x"));
+              setTimeout(() => { out.stream = sseen; cb(null, out); }, 5);
+            })();
+        }"#,
+    )
+    .await;
+    let node: serde_json::Value = serde_json::from_str(r##"{"seen":["monitor boom","handler boom","monitor2 unhandled","threw unhandled"],"symbols":["symbol","Symbol(events.errorMonitor)",true,true,true],"listeners":[true,10],"max":[3,10],"maxTarget":10,"badMax":["ERR_OUT_OF_RANGE","RangeError"],"on":[[1,"a"],[2],"caught stop"],"onLeft":[0,0],"aborted":[1,["AbortError","ABORT_ERR","The operation was aborted"]],"closed":[["x"],0],"stream":["monitor","handler"]}"##).unwrap();
+    assert_eq!(v, node);
+}
+
 #[tokio::test]
 async fn util_events_path_querystring_string_decoder() {
     let v = eval(
