@@ -310,10 +310,31 @@ class Event {
   stopImmediatePropagation() {
     this._stop = true;
   }
+  get [Symbol.toStringTag]() {
+    return "Event";
+  }
+}
+
+class CustomEvent extends Event {
+  #detail;
+  constructor(type, init = {}) {
+    if (arguments.length === 0) throw new TypeErrorCtor("1 argument required");
+    super(type, init);
+    this.#detail = init.detail ?? null;
+  }
+  get detail() {
+    return this.#detail;
+  }
+  get [Symbol.toStringTag]() {
+    return "CustomEvent";
+  }
 }
 
 class EventTarget {
   #listeners = new SafeMap();
+  get [Symbol.toStringTag]() {
+    return "EventTarget";
+  }
   addEventListener(type, listener, options) {
     if (listener === null || listener === undefined) return;
     const once = typeof options === "object" && options !== null && !!options.once;
@@ -1717,6 +1738,7 @@ export const install = (function install(g) {
   define("btoa", btoa);
   define("DOMException", DOMException);
   define("Event", Event);
+  define("CustomEvent", CustomEvent);
   define("EventTarget", EventTarget);
   define("AbortController", AbortController);
   define("AbortSignal", AbortSignal);
@@ -1736,6 +1758,7 @@ export const install = (function install(g) {
     return op_structured_clone(value);
   });
   define("crypto", webcrypto);
+  define("CryptoKey", webcrypto.CryptoKey);
   // URL and URLSearchParams load whatwg-url on first use, the streams
   // beyond ReadableStream streams.js.
   const lazy = (name) => (name === "URL" ? URLCtor() : name === "URLSearchParams" ? URLSearchParamsCtor() : webStreams()[name]);

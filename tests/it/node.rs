@@ -433,6 +433,30 @@ async fn events_has_what_node_20_adds() {
     assert_eq!(v, node);
 }
 
+/// `CustomEvent` and `CryptoKey` are globals, as in Node 20; events name
+/// their class to `Object.prototype.toString`.
+#[tokio::test]
+async fn custom_events_and_crypto_keys_are_globals() {
+    let v = eval(
+        r#"return function (cb) {
+            const t = new EventTarget(); const got = [];
+            t.addEventListener("hi", (e) => got.push([e.type, e.detail, e instanceof Event, e instanceof CustomEvent]));
+            t.dispatchEvent(new CustomEvent("hi", { detail: { n: 1 } }));
+            t.dispatchEvent(new CustomEvent("hi"));
+            let err; try { new CustomEvent(); } catch (e) { err = e.name; }
+            const tags = [new Event("x"), new CustomEvent("x"), t].map((o) => Object.prototype.toString.call(o));
+            crypto.subtle.importKey("raw", new Uint8Array(16), { name: "HMAC", hash: "SHA-256" }, false, ["sign"]).then((k) => {
+                cb(null, [got, err, tags, k instanceof CryptoKey, k.constructor === CryptoKey]);
+            });
+        }"#,
+    )
+    .await;
+    assert_eq!(
+        v,
+        json!([[["hi", {"n": 1}, true, true], ["hi", null, true, true]], "TypeError", ["[object Event]", "[object CustomEvent]", "[object EventTarget]"], true, true])
+    );
+}
+
 #[tokio::test]
 async fn util_events_path_querystring_string_decoder() {
     let v = eval(
