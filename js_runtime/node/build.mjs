@@ -25,6 +25,9 @@ async function builtins() {
   checkTr46FastPath();
   await esbuild.build({
     entryPoints: [path.join(here, "src/builtins-entry.js")],
+    // Module names in the bundle are relative to this directory, wherever
+    // the build runs from (the bundle is committed).
+    absWorkingDir: here,
     bundle: true,
     format: "esm",
     platform: "browser",

@@ -961,6 +961,8 @@ function createCrypto() {
     createHash: (algorithm) => new Hash(algorithm),
     // Node 20.12's one-shot digest: hex unless told otherwise.
     hash(algorithm, data, outputEncoding = "hex") {
+      // Not an ArrayBuffer, unlike createHash's update: toBytes throws
+      // Node's ERR_INVALID_ARG_TYPE for it.
       if (typeof data !== "string" && !ArrayBufferIsView(data)) toBytes(null);
       return new Hash(algorithm).update(data).digest(outputEncoding === "buffer" ? undefined : outputEncoding);
     },

@@ -1,9 +1,9 @@
 // The sanitised `process` (global and built-in), `performance` (global and
-// `perf_hooks`) and `os`: what Node code
-// reads to find its footing, with nothing of the host in it. `env` is empty,
-// `exit` and `kill` throw instead of ending anything, the clock is the
-// guest's Date (millisecond resolution, monotonic: a coarse clock is also a
-// poor timer for side channels), and `os` reports harmless constants.
+// `perf_hooks`) and `os`: what Node code reads to find its footing, with
+// nothing of the host in it. `env` is empty, `exit` and `kill` throw instead
+// of ending anything, the clock is the guest's Date (millisecond resolution,
+// monotonic: a coarse clock is also a poor timer for side channels), and
+// `os` reports harmless constants.
 
 import { registerBuiltin, unavailableError } from "ext:webtask_runtime/node/require.js";
 import { DOMException } from "ext:webtask_runtime/node/web.js";
