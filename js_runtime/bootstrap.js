@@ -1121,6 +1121,8 @@ registerBuiltin("stream/web", () => {
     TextDecoderStream: more.TextDecoderStream,
     CountQueuingStrategy: more.CountQueuingStrategy,
     ByteLengthQueuingStrategy: more.ByteLengthQueuingStrategy,
+    CompressionStream: web.CompressionStream,
+    DecompressionStream: web.DecompressionStream,
   };
 });
 

@@ -11,6 +11,7 @@
 
 import { polyfill } from "ext:webtask_runtime/node/require.js";
 import { webcrypto } from "ext:webtask_runtime/node/crypto.js";
+import { webCodec } from "ext:webtask_runtime/node/zlib.js";
 import {
   abort as abortExchange,
   BODY_FULL,
@@ -858,6 +859,71 @@ export function webStreams() {
 }
 
 /// The globals that come from streams.js.
+// CompressionStream and DecompressionStream: a TransformStream over the
+// zlib ops, one codec per stream. Chunks are bytes or, as Node takes them,
+// strings (as UTF-8).
+const CODEC_MODES = { __proto__: null, gzip: ["gzip", "gunzip"], deflate: ["deflate", "inflate"], "deflate-raw": ["deflateRaw", "inflateRaw"] };
+
+function codecStream(format, compress) {
+  const modes = typeof format === "string" ? CODEC_MODES[format] : undefined;
+  if (modes === undefined) {
+    const shown = typeof format === "string" ? `'${format}'` : StringCtor(format);
+    const err = new TypeErrorCtor(`The argument 'format' is invalid. Received ${shown}`);
+    err.code = "ERR_INVALID_ARG_VALUE";
+    throw err;
+  }
+  const codec = webCodec(modes[compress ? 0 : 1]);
+  return new (webStreams().TransformStream)({
+    transform(chunk, controller) {
+      for (const out of new SafeArrayIterator(codec.push(codecInput(chunk)))) controller.enqueue(out);
+    },
+    flush(controller) {
+      for (const out of new SafeArrayIterator(codec.finish())) controller.enqueue(out);
+    },
+  });
+}
+
+function codecInput(chunk) {
+  if (typeof chunk === "string") return encode(chunk);
+  if (ArrayBufferIsView(chunk)) return new Uint8ArrayCtor(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+  if (chunk instanceof ArrayBufferCtor) return new Uint8ArrayCtor(chunk);
+  const err = new TypeErrorCtor('The "chunk" argument must be of type string or an instance of Buffer, TypedArray, DataView, or ArrayBuffer.');
+  err.code = "ERR_INVALID_ARG_TYPE";
+  throw err;
+}
+
+class CompressionStream {
+  #stream;
+  constructor(format) {
+    this.#stream = codecStream(format, true);
+  }
+  get readable() {
+    return this.#stream.readable;
+  }
+  get writable() {
+    return this.#stream.writable;
+  }
+  get [Symbol.toStringTag]() {
+    return "CompressionStream";
+  }
+}
+
+class DecompressionStream {
+  #stream;
+  constructor(format) {
+    this.#stream = codecStream(format, false);
+  }
+  get readable() {
+    return this.#stream.readable;
+  }
+  get writable() {
+    return this.#stream.writable;
+  }
+  get [Symbol.toStringTag]() {
+    return "DecompressionStream";
+  }
+}
+
 const STREAM_GLOBALS = [
   "WritableStream",
   "WritableStreamDefaultWriter",
@@ -1757,6 +1823,8 @@ export const install = (function install(g) {
   define("structuredClone", function structuredClone(value) {
     return op_structured_clone(value);
   });
+  define("CompressionStream", CompressionStream);
+  define("DecompressionStream", DecompressionStream);
   define("crypto", webcrypto);
   define("CryptoKey", webcrypto.CryptoKey);
   // URL and URLSearchParams load whatwg-url on first use, the streams
@@ -1783,6 +1851,8 @@ const guestFetch = fetch;
 
 export {
   Blob,
+  CompressionStream,
+  DecompressionStream,
   DOMException,
   FormData,
   Headers,

@@ -19,13 +19,83 @@ const {
   SafeWeakMap,
   TypeError: TypeErrorCtor,
   Uint8Array: Uint8ArrayCtor,
+  Uint32Array: Uint32ArrayCtor,
 } = globalThis.__bootstrap.primordials;
 const nativeQueueMicrotask = globalThis.queueMicrotask;
+
+// Output buffer per op call (Node's default chunk is 16 KiB).
+const CHUNK = 64 * 1024;
+// The op's [input used, output written] after each call.
+let info;
+
+function zlibError(e) {
+  if (e instanceof RangeError) {
+    if (/^Cannot create a Buffer larger than/.test(e.message)) e.code = "ERR_BUFFER_TOO_LARGE";
+    return e;
+  }
+  const text = String(e.message);
+  const colon = text.indexOf(": ");
+  const code = colon > 0 ? text.slice(0, colon) : "Z_DATA_ERROR";
+  const err = new Error(colon > 0 ? text.slice(colon + 2) : text);
+  err.code = code;
+  err.errno = { Z_DATA_ERROR: -3, Z_BUF_ERROR: -5, Z_STREAM_ERROR: -2 }[code] ?? -3;
+  return err;
+}
+
+function options(mode, options, oneShot) {
+  const level = options && typeof options.level === "number" ? options.level : -1;
+  const max = options && typeof options.maxOutputLength === "number" ? options.maxOutputLength : Infinity;
+  try {
+    return op_wt_zlib_new(mode, level, max, oneShot);
+  } catch (e) {
+    throw zlibError(e);
+  }
+}
+
+// Runs `stream` over `bytes`, handing each piece of output to `emit`.
+// Returns true once the stream has ended.
+function drive(stream, bytes, finish, emit) {
+  info ??= new Uint32ArrayCtor(2);
+  let at = 0;
+  for (;;) {
+    const out = new Uint8ArrayCtor(CHUNK);
+    let status;
+    try {
+      status = op_wt_zlib_run(stream, bytes, at, finish, out, info);
+    } catch (e) {
+      throw zlibError(e);
+    }
+    const before = at;
+    at = info[0];
+    const n = info[1];
+    if (n > 0) emit(n === CHUNK ? out : out.slice(0, n));
+    if (status === 1) return true;
+    // Out of input (a truncated stream at the end is the op's error); a
+    // call without progress otherwise means the isolate is being stopped.
+    if (n === 0 && at === before && !finish && at === bytes.length) return false;
+  }
+}
+
+/// A compressor or decompressor (`mode`: "gzip", "inflateRaw", ...) for
+/// the web's CompressionStream and DecompressionStream: each `push` of
+/// bytes, and the `finish`, returns the output it made.
+export function webCodec(mode) {
+  const stream = options(mode, undefined, false);
+  let ended = false;
+  const step = (bytes, finish) => {
+    const out = [];
+    if (!ended) ended = drive(stream, bytes, finish, (chunk) => ArrayPrototypePush(out, chunk));
+    return out;
+  };
+  return { push: (bytes) => step(bytes, false), finish: () => step(new Uint8ArrayCtor(0), true) };
+}
 
 function createZlib() {
   const { Buffer } = builtin("buffer");
   const { Transform } = builtin("stream");
   const { inherits } = builtin("util");
+  // Stream object to its host stream, out of the guest's reach.
+  const streams = new SafeWeakMap();
 
   function input(data) {
     if (typeof data === "string") return Buffer.from(data, "utf8");
@@ -36,59 +106,6 @@ function createZlib() {
     );
     err.code = "ERR_INVALID_ARG_TYPE";
     throw err;
-  }
-
-  // Output buffer per op call (Node's default chunk is 16 KiB).
-  const CHUNK = 64 * 1024;
-  const info = new Uint32Array(2);
-  // Stream object to its host stream, out of the guest's reach.
-  const streams = new SafeWeakMap();
-
-  function zlibError(e) {
-    if (e instanceof RangeError) {
-      if (/^Cannot create a Buffer larger than/.test(e.message)) e.code = "ERR_BUFFER_TOO_LARGE";
-      return e;
-    }
-    const text = String(e.message);
-    const colon = text.indexOf(": ");
-    const code = colon > 0 ? text.slice(0, colon) : "Z_DATA_ERROR";
-    const err = new Error(colon > 0 ? text.slice(colon + 2) : text);
-    err.code = code;
-    err.errno = { Z_DATA_ERROR: -3, Z_BUF_ERROR: -5, Z_STREAM_ERROR: -2 }[code] ?? -3;
-    return err;
-  }
-
-  function options(mode, options, oneShot) {
-    const level = options && typeof options.level === "number" ? options.level : -1;
-    const max = options && typeof options.maxOutputLength === "number" ? options.maxOutputLength : Infinity;
-    try {
-      return op_wt_zlib_new(mode, level, max, oneShot);
-    } catch (e) {
-      throw zlibError(e);
-    }
-  }
-
-  // Runs `stream` over `bytes`, handing each piece of output to `emit`.
-  // Returns true once the stream has ended.
-  function drive(stream, bytes, finish, emit) {
-    let at = 0;
-    for (;;) {
-      const out = new Uint8ArrayCtor(CHUNK);
-      let status;
-      try {
-        status = op_wt_zlib_run(stream, bytes, at, finish, out, info);
-      } catch (e) {
-        throw zlibError(e);
-      }
-      const before = at;
-      at = info[0];
-      const n = info[1];
-      if (n > 0) emit(n === CHUNK ? out : out.slice(0, n));
-      if (status === 1) return true;
-      // Out of input (a truncated stream at the end is the op's error); a
-      // call without progress otherwise means the isolate is being stopped.
-      if (n === 0 && at === before && !finish && at === bytes.length) return false;
-    }
   }
 
   function run(mode, data, opts) {

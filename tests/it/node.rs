@@ -457,6 +457,42 @@ async fn custom_events_and_crypto_keys_are_globals() {
     );
 }
 
+/// CompressionStream and DecompressionStream (global and `stream/web`):
+/// gzip, deflate and deflate-raw round trips, a gzip made by Node's zlib,
+/// and Node's errors; the expected values are Node 20.20's.
+#[tokio::test]
+async fn compression_streams_answer_as_node() {
+    let v = eval(
+        r#"return function (cb) {
+            const out = {};
+            const collect = async (readable) => { const parts = []; for await (const c of readable) parts.push(...c); return parts; };
+            const run = async (stream, chunks) => { const w = stream.writable.getWriter(); const r = collect(stream.readable); r.catch(() => {}); for (const c of chunks) await w.write(c); await w.close(); return await r; };
+            (async () => {
+              const text = "hello hello hello hello webtask ".repeat(20);
+              const bytes = new TextEncoder().encode(text);
+              for (const f of ["gzip", "deflate", "deflate-raw"]) {
+                const z = await run(new CompressionStream(f), [bytes.subarray(0, 100), bytes.subarray(100)]);
+                const back = await run(new DecompressionStream(f), [new Uint8Array(z)]);
+                out[f] = [z.length < bytes.length, new TextDecoder().decode(new Uint8Array(back)) === text];
+              }
+              // A gzip made by Node's zlib (of "abc").
+              const nodeGzip = Uint8Array.from([31,139,8,0,0,0,0,0,0,3,75,76,74,6,0,194,65,36,53,3,0,0,0]);
+              out.nodeGzip = new TextDecoder().decode(new Uint8Array(await run(new DecompressionStream("gzip"), [nodeGzip])));
+              try { new CompressionStream("brotli"); } catch (e) { out.badFormat = [e.name, e.code, e.message]; }
+              try { await run(new DecompressionStream("gzip"), [new Uint8Array([1, 2, 3, 4])]); out.garbage = "no error"; } catch (e) { out.garbage = [e.name, e.code]; }
+              try { await run(new CompressionStream("gzip"), ["text"]); out.notBytes = "no error"; } catch (e) { out.notBytes = [e.name, e.code]; }
+              const sw = require("stream/web");
+              out.streamWeb = [sw.CompressionStream === CompressionStream, sw.DecompressionStream === DecompressionStream];
+              out.tags = [Object.prototype.toString.call(new CompressionStream("gzip")), Object.prototype.toString.call(new DecompressionStream("gzip"))];
+              cb(null, out);
+            })().catch((e) => cb(e));
+        }"#,
+    )
+    .await;
+    let node: serde_json::Value = serde_json::from_str(r##"{"gzip":[true,true],"deflate":[true,true],"deflate-raw":[true,true],"nodeGzip":"abc","badFormat":["TypeError","ERR_INVALID_ARG_VALUE","The argument 'format' is invalid. Received 'brotli'"],"garbage":["Error","Z_DATA_ERROR"],"notBytes":"no error","streamWeb":[true,true],"tags":["[object CompressionStream]","[object DecompressionStream]"]}"##).unwrap();
+    assert_eq!(v, node);
+}
+
 #[tokio::test]
 async fn util_events_path_querystring_string_decoder() {
     let v = eval(
