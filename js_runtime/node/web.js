@@ -892,37 +892,28 @@ function codecInput(chunk) {
   throw err;
 }
 
-class CompressionStream {
-  #stream;
-  constructor(format) {
-    this.#stream = codecStream(format, true);
-  }
-  get readable() {
-    return this.#stream.readable;
-  }
-  get writable() {
-    return this.#stream.writable;
-  }
-  get [Symbol.toStringTag]() {
-    return "CompressionStream";
-  }
+function codecClass(name, compress) {
+  const Class = class {
+    #stream;
+    constructor(format) {
+      this.#stream = codecStream(format, compress);
+    }
+    get readable() {
+      return this.#stream.readable;
+    }
+    get writable() {
+      return this.#stream.writable;
+    }
+    get [Symbol.toStringTag]() {
+      return name;
+    }
+  };
+  ObjectDefineProperty(Class, "name", { __proto__: null, value: name });
+  return Class;
 }
 
-class DecompressionStream {
-  #stream;
-  constructor(format) {
-    this.#stream = codecStream(format, false);
-  }
-  get readable() {
-    return this.#stream.readable;
-  }
-  get writable() {
-    return this.#stream.writable;
-  }
-  get [Symbol.toStringTag]() {
-    return "DecompressionStream";
-  }
-}
+const CompressionStream = codecClass("CompressionStream", true);
+const DecompressionStream = codecClass("DecompressionStream", false);
 
 const STREAM_GLOBALS = [
   "WritableStream",
