@@ -16,7 +16,7 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use deno_core::{op2, v8, GarbageCollected, OpState};
+use deno_core::{op2, v8, GarbageCollected};
 use deno_error::JsErrorBox;
 use flate2::{Compress, Compression, Crc, Decompress, FlushCompress, FlushDecompress, Status};
 
@@ -85,16 +85,28 @@ unsafe impl GarbageCollected for ZStream {
 #[op2]
 #[cppgc]
 pub fn op_wt_zlib_new(
-    state: &OpState,
+    scope: &mut v8::PinScope<'_, '_>,
     #[string] mode: &str,
     level: f64,
     max_output: f64,
     one_shot: bool,
 ) -> Result<ZStream, JsErrorBox> {
-    new_stream(state.borrow::<Arc<Budget>>(), mode, level, max_output, one_shot)
+    let budget = crate::engine::alloc::budget(scope);
+    // Streams a guest dropped unfinished hold their charge until V8
+    // collects them, and nothing else would prompt a collection: a charge
+    // that does not fit asks for one (as V8 does itself before it fails an
+    // ArrayBuffer allocation) and is tried once more.
+    new_stream(&budget, mode, level, max_output, one_shot, || scope.low_memory_notification())
 }
 
-fn new_stream(budget: &Arc<Budget>, mode: &str, level: f64, max_output: f64, one_shot: bool) -> Result<ZStream, JsErrorBox> {
+fn new_stream(
+    budget: &Arc<Budget>,
+    mode: &str,
+    level: f64,
+    max_output: f64,
+    one_shot: bool,
+    collect_garbage: impl FnOnce(),
+) -> Result<ZStream, JsErrorBox> {
     let level = if level == -1.0 {
         Compression::default()
     } else if (0.0..=9.0).contains(&level) && level.fract() == 0.0 {
@@ -123,7 +135,10 @@ fn new_stream(budget: &Arc<Budget>, mode: &str, level: f64, max_output: f64, one
         other => return Err(type_error(format!("unknown zlib mode {other:?}"))),
     };
     let size = if matches!(codec, Codec::Deflate { .. }) { DEFLATE_STATE } else { INFLATE_STATE };
-    let charge = Charge::new(budget, size)?;
+    let charge = Charge::new(budget, size).or_else(|_| {
+        collect_garbage();
+        Charge::new(budget, size)
+    })?;
     let max_out = if max_output.is_finite() && max_output >= 1.0 { max_output as u64 } else { u64::MAX };
     Ok(ZStream(RefCell::new(Some(ZRun { codec, pending, total_out: 0, max_out, one_shot, ended: false, charge }))))
 }
@@ -424,7 +439,7 @@ mod tests {
     use super::*;
 
     fn stream(mode: &str, level: f64) -> ZStream {
-        new_stream(&Budget::detached(1 << 30), mode, level, f64::INFINITY, true).unwrap()
+        new_stream(&Budget::detached(1 << 30), mode, level, f64::INFINITY, true, || {}).unwrap()
     }
 
     /// Runs `mode` over `input` in `out_size` output pieces.
