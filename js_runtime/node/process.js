@@ -85,22 +85,48 @@ function clear(entryType) {
   };
 }
 
+function perfError(Ctor, code, message) {
+  const err = new Ctor(message);
+  err.code = code;
+  return err;
+}
+
+function needName(args) {
+  if (args.length === 0) throw perfError(TypeErrorCtor, "ERR_MISSING_ARGS", 'The "name" argument must be specified');
+}
+
 export const performance = {
   timeOrigin: start,
   now: () => nowMs(),
-  mark(name, options = {}) {
-    const e = entry(name, "mark", options.startTime ?? nowMs(), 0, options.detail);
+  mark(name, options) {
+    needName(arguments);
+    let startTime = options?.startTime;
+    if (startTime === undefined) startTime = nowMs();
+    else if (typeof startTime !== "number") {
+      const shown = typeof startTime === "string" ? `'${startTime}'` : typeof startTime === "object" ? "an object" : String(startTime);
+      throw perfError(TypeErrorCtor, "ERR_INVALID_ARG_TYPE", `The "startTime" argument must be of type number. Received type ${typeof startTime} (${shown})`);
+    } else if (!(startTime >= 0)) {
+      throw perfError(TypeErrorCtor, "ERR_PERFORMANCE_INVALID_TIMESTAMP", `${startTime} is not a valid timestamp`);
+    }
+    const e = entry(name, "mark", startTime, 0, options?.detail);
     ArrayPrototypePush(entries, e);
     return e;
   },
   measure(name, startOrOptions, endMark) {
+    needName(arguments);
     let start, end, detail;
     if (startOrOptions !== null && typeof startOrOptions === "object") {
-      start = entryTime(startOrOptions.start ?? 0);
-      end = startOrOptions.end !== undefined ? entryTime(startOrOptions.end) : startOrOptions.duration !== undefined ? start + startOrOptions.duration : nowMs();
+      const { start: from, end: to, duration } = startOrOptions;
+      if (from !== undefined && to !== undefined && duration !== undefined) {
+        throw perfError(TypeErrorCtor, "ERR_PERFORMANCE_MEASURE_INVALID_OPTIONS", "Must not have options.start, options.end, and options.duration specified");
+      }
+      // Node's order: the end from `end`, or `start` + `duration`, or now;
+      // the start from `start`, or end - `duration`, or the time origin.
+      end = to !== undefined ? entryTime(to) : from !== undefined && duration !== undefined ? entryTime(from) + duration : nowMs();
+      start = from !== undefined ? entryTime(from) : duration !== undefined ? end - duration : 0;
       detail = startOrOptions.detail;
     } else {
-      start = startOrOptions === undefined ? 0 : entryTime(startOrOptions);
+      start = startOrOptions === undefined || startOrOptions === null ? 0 : entryTime(startOrOptions);
       end = entryTime(endMark);
     }
     const e = entry(name, "measure", start, end - start, detail);

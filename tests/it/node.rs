@@ -509,6 +509,43 @@ async fn abandoned_compression_streams_do_not_use_up_the_budget() {
     assert_eq!(res.json(), json!(true), "{}", res.text());
 }
 
+/// `performance.mark`/`measure` take their arguments as Node 20 does
+/// (options, durations, marks by name) and refuse what it refuses.
+#[tokio::test]
+async fn performance_marks_and_measures_are_nodes() {
+    let v = eval(
+        r#"return function (cb) {
+            const t = (f) => { try { const r = f(); return r && r.entryType ? [r.name, r.startTime, r.duration] : r; } catch (e) { return [e.name, e.code, e.message]; } };
+            performance.mark("m0", { startTime: 5 });
+            cb(null, [
+              t(() => performance.mark()), t(() => performance.mark("a", null).name), t(() => performance.mark("b", { startTime: -1 })), t(() => performance.mark("c", { startTime: "3" })),
+              t(() => performance.measure("x", { duration: 4, end: 20 })), t(() => performance.measure("y", { duration: 4, start: 2 })), t(() => performance.measure("z", null).startTime),
+              t(() => performance.measure()), t(() => performance.measure("w", { start: 1, end: 3, duration: 2 })), t(() => performance.measure("v", { detail: 1 }).startTime), t(() => performance.measure("u", "m0", "m0")),
+            ]);
+        }"#,
+    )
+    .await;
+    let node: serde_json::Value = serde_json::from_str(r##"[["TypeError","ERR_MISSING_ARGS","The \"name\" argument must be specified"],"a",["TypeError","ERR_PERFORMANCE_INVALID_TIMESTAMP","-1 is not a valid timestamp"],["TypeError","ERR_INVALID_ARG_TYPE","The \"startTime\" argument must be of type number. Received type string ('3')"],["x",16,4],["y",2,4],0,["TypeError","ERR_MISSING_ARGS","The \"name\" argument must be specified"],["TypeError","ERR_PERFORMANCE_MEASURE_INVALID_OPTIONS","Must not have options.start, options.end, and options.duration specified"],0,["u",5,0]]"##).unwrap();
+    assert_eq!(v, node);
+}
+
+/// `url.pathToFileURL` encodes each ASCII character as Node 20.20 does.
+#[tokio::test]
+async fn path_to_file_url_encodes_as_node() {
+    let v = eval(
+        r#"return function (cb) {
+            const url = require("url");
+            const out = [];
+            for (let c = 1; c < 128; c++) { const ch = String.fromCharCode(c); if (ch === "/") continue; const h = url.pathToFileURL("/a" + ch + "b").href; const m = h.slice("file:///a".length, -1); if (m !== ch) out.push([c, ch, m]); }
+            out.push(url.pathToFileURL("/é€😀").href);
+            cb(null, out);
+        }"#,
+    )
+    .await;
+    let node: serde_json::Value = serde_json::from_str(r##"[[1,"\u0001","%01"],[2,"\u0002","%02"],[3,"\u0003","%03"],[4,"\u0004","%04"],[5,"\u0005","%05"],[6,"\u0006","%06"],[7,"\u0007","%07"],[8,"\b","%08"],[9,"\t","%09"],[10,"\n","%0A"],[11,"\u000b","%0B"],[12,"\f","%0C"],[13,"\r","%0D"],[14,"\u000e","%0E"],[15,"\u000f","%0F"],[16,"\u0010","%10"],[17,"\u0011","%11"],[18,"\u0012","%12"],[19,"\u0013","%13"],[20,"\u0014","%14"],[21,"\u0015","%15"],[22,"\u0016","%16"],[23,"\u0017","%17"],[24,"\u0018","%18"],[25,"\u0019","%19"],[26,"\u001a","%1A"],[27,"\u001b","%1B"],[28,"\u001c","%1C"],[29,"\u001d","%1D"],[30,"\u001e","%1E"],[31,"\u001f","%1F"],[32," ","%20"],[34,"\"","%22"],[35,"#","%23"],[37,"%","%25"],[60,"<","%3C"],[62,">","%3E"],[63,"?","%3F"],[91,"[","%5B"],[92,"\\","%5C"],[93,"]","%5D"],[94,"^","%5E"],[96,"`","%60"],[123,"{","%7B"],[124,"|","%7C"],[125,"}","%7D"],[126,"~","%7E"],[127,"","%7F"],"file:///%C3%A9%E2%82%AC%F0%9F%98%80"]"##).unwrap();
+    assert_eq!(v, node);
+}
+
 #[tokio::test]
 async fn util_events_path_querystring_string_decoder() {
     let v = eval(
