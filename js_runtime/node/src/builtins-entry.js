@@ -129,10 +129,10 @@ function withEscape(qs) {
     } catch {
       // As Node: each valid %XX is a byte, the rest as it is, read as UTF-8
       // (an invalid sequence is one U+FFFD, as WHATWG decoding has it).
+      const hex = (c) => (c >= 48 && c <= 57 ? c - 48 : (c | 32) >= 97 && (c | 32) <= 102 ? (c | 32) - 87 : -1);
       const out = [];
       const input = new TextEncoder().encode(str);
       for (let i = 0; i < input.length; i++) {
-        const hex = (c) => (c >= 48 && c <= 57 ? c - 48 : (c | 32) >= 97 && (c | 32) <= 102 ? (c | 32) - 87 : -1);
         if (input[i] === 37 && i + 2 < input.length && hex(input[i + 1]) >= 0 && hex(input[i + 2]) >= 0) {
           out.push(hex(input[i + 1]) * 16 + hex(input[i + 2]));
           i += 2;

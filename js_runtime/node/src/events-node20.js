@@ -14,8 +14,9 @@ module.exports = function addNode20(EventEmitter) {
   // whether or not there are any).
   EventEmitter.prototype.emit = function emitWithMonitor(type) {
     if (type === "error" && this._events !== undefined && this._events[errorMonitor] !== undefined) {
-      const args = Array.prototype.slice.call(arguments, 1);
-      emit.apply(this, [errorMonitor, ...args]);
+      const args = Array.prototype.slice.call(arguments);
+      args[0] = errorMonitor;
+      emit.apply(this, args);
     }
     return emit.apply(this, arguments);
   };
