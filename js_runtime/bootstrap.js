@@ -24,7 +24,7 @@
 // every new isolate compiled them again (about 1 ms, measured with
 // `--log-function-events`).
 
-import { builtin, polyfill, registerBuiltin, webtaskModule } from "ext:webtask_runtime/node/require.js";
+import { builtin, registerBuiltin, webtaskModule } from "ext:webtask_runtime/node/require.js";
 import { performance, process as guestProcess } from "ext:webtask_runtime/node/process.js";
 import "ext:webtask_runtime/node/crypto.js";
 import "ext:webtask_runtime/node/zlib.js";
@@ -1124,18 +1124,6 @@ registerBuiltin("stream/web", () => {
     CompressionStream: web.CompressionStream,
     DecompressionStream: web.DecompressionStream,
   };
-});
-
-// util, with format and inspect as console prints them (Node 20's `%i`,
-// `%o`, `%s` of objects, `Map(1) {...}`), not the polyfill's older ones.
-registerBuiltin("util", () => {
-  const util = polyfill("util");
-  // Strings alone come back quoted, as util.inspect('a') does in Node.
-  const inspectValue = (value) => inspect(value, typeof value === "string" ? 1 : 0, []);
-  ObjectAssign(inspectValue, util.inspect);
-  util.inspect = inspectValue;
-  util.format = (...args) => format(args);
-  return util;
 });
 
 provideServerResponse(ServerResponse, emitterPrototype);

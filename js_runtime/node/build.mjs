@@ -34,6 +34,10 @@ async function builtins() {
     target: "es2022",
     outfile: path.join(here, "dist/builtins.js"),
     define: { global: "globalThis" },
+    // Bundling renames a top-level name that two modules share (buffer's
+    // `Buffer` became `Buffer2`); Node code reads `.name` (`constructor.name
+    // === "Buffer"`, error messages, util.inspect), so it keeps the original.
+    keepNames: true,
     legalComments: "inline",
     // Whitespace and syntax only (names stay): a smaller source string in
     // the snapshot.
@@ -44,7 +48,7 @@ async function builtins() {
         "// npm polyfills behind webtask's Node built-ins (see src/builtins-entry.js).",
     },
     logLevel: "warning",
-    plugins: [nodeStreamsFrom, lazyTr46, nodeInvalidUrl, nodeEvents],
+    plugins: [nodeStreamsFrom, lazyTr46, nodeInvalidUrl, nodeEvents, inspectHost, nodeFacts],
   });
 }
 
@@ -103,6 +107,75 @@ const nodeEvents = {
       const helper = JSON.stringify(path.join(here, "src/events-node20.js"));
       const contents = `${fs.readFileSync(args.path, "utf8")}\nrequire(${helper})(module.exports);\n`;
       return { contents, resolveDir: path.dirname(args.path), loader: "js" };
+    });
+  },
+};
+
+// node-inspect-extracted stands in for what Node's inspect reads from V8
+// (a promise's state and result, a collection's entries) with "pending"
+// and "none"; it reads src/inspect-host.js instead, which util fills with
+// the host's answers.
+// A package whose stand-in reads otherwise fails the build.
+const inspectHost = {
+  name: "inspect-host",
+  setup(build) {
+    build.onLoad({ filter: /node-inspect-extracted[\\/]dist[\\/]inspect\.js$/ }, (args) => {
+      // Node's previewEntries(value, isIterator): [entries, isKeyValue]
+      // for an iterator, the entries alone otherwise.
+      const standIns = [
+        ["getPromiseDetails:()=>[g,void 0]", "getPromiseDetails:(p)=>{const d=inspectHost.promiseDetails(p);return d[0]===0?[g,void 0]:[d[0]===2?h:d[0],d[1]]}"],
+        ["previewEntries:t=>[[],!1]", "previewEntries:(t,i)=>{const d=inspectHost.previewEntries(t)??[[],!1];return i?d:d[0]}"],
+        // Its type checks are duck typing (a forged Symbol.toStringTag
+        // passes); the host's are V8's.
+        ["isBigIntObject:yn}=n(499)", "isBigIntObject:yn}=inspectHost.types"],
+        // Node's "built-in" constructors are the JavaScript ones, not the
+        // globals a host adds (`util.format("%s", buffer)` is its text).
+        ["An=new Mt(f(yt(ve),", "An=new Mt(f(inspectHost.intrinsics,"],
+        // Newer Node writes a symbol key bare; Node 20 in brackets, and a
+        // non-enumerable one no differently.
+        [
+          'if("symbol"==typeof r){const e=jt(On,ae(r),Un);s=t.stylize(e,"symbol")}else s=null!==It(Ln,r)?"__proto__"===r?"[\'__proto__\']":t.stylize(r,"name"):t.stylize(Gn(r),"string");return!1===i.enumerable&&(s=`[${s}]`),`${s}:${a}${c}`',
+          'if("symbol"==typeof r){const e=jt(On,ae(r),Un);s=`[${t.stylize(e,"symbol")}]`}else if("__proto__"===r)s="[\'__proto__\']";else if(!1===i.enumerable)s=`[${jt(On,r,Un)}]`;else s=null!==It(Ln,r)?t.stylize(r,"name"):t.stylize(Gn(r),"string");return`${s}:${a}${c}`',
+        ],
+        // Node 20 shows an ArrayBuffer's or DataView's byteLength (and
+        // offset and buffer) as plain fields; brackets are for a typed
+        // array's hidden ones.
+        [
+          "function Or(t,e,n,r,o){t.indentationLvl+=2;const i=nr(t,e[r],n,o);return t.indentationLvl-=2,`${t.stylize(`[${r}]`,\"string\")}: ${i}`}",
+          "function Or(t,e,n,r,o){t.indentationLvl+=2;const i=nr(t,e[r],n,o);return t.indentationLvl-=2,`${Ge(e)||qe(e)?r:t.stylize(`[${r}]`,\"string\")}: ${i}`}",
+        ],
+        ["return n+`{ [byteLength]: ${ur(t.stylize,e.byteLength,!1)} }`", "return n+`{ byteLength: ${ur(t.stylize,e.byteLength,!1)} }`"],
+      ];
+      let contents = fs.readFileSync(args.path, "utf8");
+      if (!contents.includes('g=p("kPending"),h=p("kRejected")')) throw new Error(`${args.path} names its promise states otherwise`);
+      for (const [from, to] of standIns) {
+        if (contents.split(from).length !== 2) throw new Error(`${args.path} no longer reads ${from}`);
+        contents = contents.replace(from, to);
+      }
+      const helper = JSON.stringify(path.join(here, "src/inspect-host.js"));
+      return { contents: `const inspectHost = require(${helper});\n${contents}`, resolveDir: path.dirname(args.path), loader: "js" };
+    });
+  },
+};
+
+// `webtask:node-facts`, read from the Node 20 that runs this build:
+// `errnos`, util.getSystemErrorMap() (Linux numbers, names, messages), and
+// `intrinsics`, the global names a fresh V8 context has (what Node's
+// inspect counts as built-in constructors).
+const nodeFacts = {
+  name: "node-facts",
+  setup(build) {
+    build.onResolve({ filter: /^webtask:node-facts$/ }, (args) => ({ path: args.path, namespace: "node-facts" }));
+    build.onLoad({ filter: /.*/, namespace: "node-facts" }, async () => {
+      if (process.platform !== "linux") throw new Error("the errno map is Linux's: build the bundle on Linux");
+      if (!process.version.startsWith("v20.")) throw new Error(`the bundle is built by Node 20, not ${process.version}`);
+      const util = await import("node:util");
+      const vm = await import("node:vm");
+      const facts = {
+        errnos: [...util.getSystemErrorMap()],
+        intrinsics: vm.runInNewContext("Object.getOwnPropertyNames(globalThis)"),
+      };
+      return { contents: `module.exports = ${JSON.stringify(facts)};`, loader: "js" };
     });
   },
 };

@@ -20,16 +20,18 @@
 const core = globalThis.Deno.core;
 const { op_wt_module_resolve, op_wt_module_version, op_wt_module_compile, op_wt_module_text, op_wt_load_builtins } =
   core.ops;
+const { op_get_promise_details, op_wt_preview_entries } = core.ops;
 // The polyfill bundle: compiled and evaluated on an isolate's first require
 // of a built-in backed by it (see op_wt_load_builtins).
 let polyfills;
 
-/// The exports of polyfill `name` of the bundle (src/builtins-entry.js).
-export function polyfill(name) {
+/// The exports of polyfill `name` of the bundle (src/builtins-entry.js);
+/// `host` is what it needs from the host, if anything.
+export function polyfill(name, host) {
   if (!polyfills) {
     polyfills = op_wt_load_builtins();
   }
-  return polyfills[name]();
+  return polyfills[name](host);
 }
 const {
   ArrayIsArray,
@@ -72,7 +74,7 @@ export function registerBuiltin(name, factory) {
   builtinFactories.set(name, factory);
 }
 
-for (const name of ["assert", "buffer", "events", "path", "punycode", "querystring", "string_decoder", "url", "util"]) {
+for (const name of ["assert", "buffer", "events", "path", "punycode", "querystring", "string_decoder", "url"]) {
   registerBuiltin(name, () => polyfill(name));
 }
 registerBuiltin("stream", () => {
@@ -87,6 +89,77 @@ registerBuiltin("stream", () => {
   ObjectDefineProperty(stream, "promises", { __proto__: null, get: () => builtin("stream/promises"), enumerable: true, configurable: true });
   return stream;
 });
+// util with what Node reads from V8 (see src/util-node20.js): a promise's
+// state, a collection's or iterator's entries, and util.types from V8's
+// own checks.
+registerBuiltin("util", () => polyfill("util", { promiseDetails, previewEntries: op_wt_preview_entries, types: utilTypes() }));
+
+function promiseDetails(promise) {
+  try {
+    return op_get_promise_details(promise);
+  } catch {
+    // Not a promise after all (a forged Symbol.toStringTag).
+    return [0];
+  }
+}
+
+function utilTypes() {
+  const ops = core.ops;
+  const types = {
+    isAnyArrayBuffer: ops.op_is_any_array_buffer,
+    isArgumentsObject: ops.op_is_arguments_object,
+    isArrayBuffer: ops.op_is_array_buffer,
+    isArrayBufferView: ops.op_is_array_buffer_view,
+    isAsyncFunction: ops.op_is_async_function,
+    isBigIntObject: ops.op_is_big_int_object,
+    isBooleanObject: ops.op_is_boolean_object,
+    isBoxedPrimitive: ops.op_is_boxed_primitive,
+    isDataView: ops.op_is_data_view,
+    isDate: ops.op_is_date,
+    isGeneratorFunction: ops.op_is_generator_function,
+    isGeneratorObject: ops.op_is_generator_object,
+    isMap: ops.op_is_map,
+    isMapIterator: ops.op_is_map_iterator,
+    isModuleNamespaceObject: ops.op_is_module_namespace_object,
+    isNativeError: ops.op_is_native_error,
+    isNumberObject: ops.op_is_number_object,
+    isPromise: ops.op_is_promise,
+    isProxy: ops.op_is_proxy,
+    isRegExp: ops.op_is_reg_exp,
+    isSet: ops.op_is_set,
+    isSetIterator: ops.op_is_set_iterator,
+    isSharedArrayBuffer: ops.op_is_shared_array_buffer,
+    isStringObject: ops.op_is_string_object,
+    isSymbolObject: ops.op_is_symbol_object,
+    isTypedArray: ops.op_is_typed_array,
+    isWeakMap: ops.op_is_weak_map,
+    isWeakSet: ops.op_is_weak_set,
+  };
+  // Each a function of its own name and no declared parameters, as
+  // Node's (an op's function shows the op's name).
+  const out = ObjectCreate(null);
+  const names = ObjectKeys(types);
+  for (let i = 0; i < names.length; i++) {
+    const name = names[i];
+    const check = types[name];
+    out[name] = {
+      [name]() {
+        return check(arguments[0]);
+      },
+    }[name];
+  }
+  // Nothing the guest can reach is a V8 External.
+  out.isExternal = function isExternal(_value) {
+    return false;
+  };
+  out.isKeyObject = function isKeyObject(value) {
+    return value instanceof builtin("crypto").KeyObject;
+  };
+  out.isCryptoKey = function isCryptoKey(value) {
+    return value instanceof builtin("crypto").webcrypto.CryptoKey;
+  };
+  return out;
+}
 registerBuiltin("assert/strict", () => builtin("assert").strict);
 registerBuiltin("path/posix", () => builtin("path"));
 registerBuiltin("util/types", () => builtin("util").types);
@@ -116,13 +189,17 @@ function unavailableModule(name) {
   return new ProxyCtor(ObjectCreate(null), {
     __proto__: null,
     get(_target, key) {
-      if (typeof key !== "string" || key === "then" || key === "__esModule") return undefined;
+      // "constructor" too: util.inspect reads it for the class name.
+      if (typeof key !== "string" || key === "then" || key === "__esModule" || key === "constructor") return undefined;
       let fn = fns.get(key);
       if (fn === undefined) {
         const what = `${name}.${key}`;
-        fn = function () {
-          throw unavailableError(what);
-        };
+        // Named as Node's (`fs.readFileSync.name`).
+        fn = {
+          [key]() {
+            throw unavailableError(what);
+          },
+        }[key];
         fns.set(key, fn);
       }
       return fn;

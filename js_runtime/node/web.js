@@ -51,6 +51,7 @@ const {
   NumberPrototypeToString,
   ObjectCreate,
   ObjectDefineProperty,
+  SymbolFor,
   ObjectGetPrototypeOf,
   ObjectKeys,
   ObjectPrototypeHasOwnProperty,
@@ -1836,6 +1837,59 @@ export const install = (function install(g) {
       enumerable: false,
     });
   }
+});
+
+// How Node 20's util.inspect shows these classes (each is its
+// `[util.inspect.custom]` in Node's lib/). The `inspect` passed in is the
+// caller's (util's), so the runtime needs nothing from the bundle; the
+// getters read throw for anything but an instance, as Node's do.
+const kInspect = SymbolFor("nodejs.util.inspect.custom");
+const inspectAs = (function inspectAs(ctor, show) {
+  ObjectDefineProperty(ctor.prototype, kInspect, {
+    __proto__: null,
+    value: {
+      [kInspect](depth, options, inspect) {
+        return show(this, depth, options, inspect);
+      },
+    }[kInspect],
+    writable: true,
+    configurable: true,
+    enumerable: false,
+  });
+});
+
+// Node's `customInspect` of internal/abort_controller.js and blob.js:
+// `Name { fields }`, one level deeper.
+function fieldsOf(fields) {
+  return function (self, depth, options, inspect) {
+    if (depth < 0) return self;
+    const opts = { ...options, depth: options.depth == null ? null : options.depth - 1 };
+    return `${self.constructor.name} ${inspect(fields(self), opts)}`;
+  };
+}
+inspectAs(AbortController, fieldsOf((c) => ({ signal: c.signal })));
+inspectAs(AbortSignal, fieldsOf((s) => ({ aborted: s.aborted })));
+inspectAs(Blob, fieldsOf((b) => ({ size: b.size, type: b.type })));
+inspectAs(File, fieldsOf((f) => ({ size: f.size, type: f.type, name: f.name, lastModified: f.lastModified })));
+inspectAs(Headers, (h, depth, options, inspect) => {
+  const entries = {};
+  for (const [k, v] of h.entries()) entries[k] = v;
+  return `Headers ${inspect(entries, { ...options, depth: options.depth ?? depth })}`;
+});
+// Node 20 shows a TextEncoder as a plain object of its one field.
+inspectAs(TextEncoder, (e, depth, options, inspect) => {
+  if (typeof depth === "number" && depth < 0) return e;
+  const obj = ObjectCreate({ constructor: e.constructor });
+  obj.encoding = e.encoding;
+  return inspect(obj, options);
+});
+inspectAs(TextDecoder, (d, depth, options, inspect) => {
+  if (typeof depth === "number" && depth < 0) return d;
+  const obj = ObjectCreate({ constructor: d.constructor });
+  obj.encoding = d.encoding;
+  obj.fatal = d.fatal;
+  obj.ignoreBOM = d.ignoreBOM;
+  return `${d.constructor.name} ${inspect(obj)}`;
 });
 
 const guestFetch = fetch;

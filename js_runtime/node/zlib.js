@@ -16,6 +16,7 @@ const {
   ArrayBufferIsView,
   ArrayBuffer: ArrayBufferCtor,
   ArrayPrototypePush,
+  ObjectDefineProperty,
   SafeWeakMap,
   TypeError: TypeErrorCtor,
   Uint8Array: Uint8ArrayCtor,
@@ -145,6 +146,8 @@ function createZlib() {
       streams.set(this, options(mode, opts, false));
       this._ended = false;
     };
+    // `Gzip.name` is "Gzip", as in Node, not the variable's name.
+    ObjectDefineProperty(Class, "name", { __proto__: null, value: name, configurable: true });
     inherits(Class, Transform);
     Class.prototype._run = function (bytes, finish, cb) {
       if (this._ended) return cb();

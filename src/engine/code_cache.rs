@@ -189,8 +189,9 @@ const BUILTINS: &[&str] = &[
 ];
 
 /// What [`build`] runs: every module of the set, every built-in (the
-/// bundle and streams.js load with the first that needs them) and the web
-/// APIs that load lazily; the names of those that failed to load.
+/// bundle and streams.js load with the first that needs them), the web
+/// APIs and util's inspect, which load lazily; the names of those that
+/// failed to load.
 fn load_everything() -> String {
     let set: Vec<String> = super::node::modules::list().into_iter().map(|(name, _)| name).collect();
     let names = serde_json::to_string(&[set, BUILTINS.iter().map(|b| b.to_string()).collect()].concat()).expect("names serialise");
@@ -201,6 +202,7 @@ fn load_everything() -> String {
              try {{ require(m); }} catch (e) {{ failed.push(m + ': ' + e); }}\n\
            }}\n\
            try {{ new Response('x').body.getReader(); }} catch (e) {{ failed.push('streams: ' + e); }}\n\
+           try {{ require('util').format('%s %o', new Map([[1, {{ a: [2] }}]]), new Error('e')); }} catch (e) {{ failed.push('inspect: ' + e); }}\n\
            cb(null, failed);\n\
          }};"
     )

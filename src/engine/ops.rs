@@ -70,6 +70,7 @@ deno_core::extension!(
         op_wt_module_compile, op_wt_module_text,
         op_wt_load_builtins,
         op_wt_load_streams,
+        op_wt_preview_entries,
     ],
     esm_entry_point = "ext:webtask_runtime/bootstrap.js",
     customizer = |ext: &mut deno_core::Extension| ext.esm_files = std::borrow::Cow::Borrowed(&RUNTIME_MODULES),
@@ -136,6 +137,20 @@ const STREAMS_NAME: &str = "ext:webtask_runtime/node/streams.js";
 #[op2(reentrant)]
 fn op_wt_load_streams<'s>(scope: &mut v8::PinScope<'s, '_>) -> Result<v8::Local<'s, v8::Value>, deno_error::JsErrorBox> {
     evaluate(scope, STREAMS_NAME, STREAMS, Key::Streams)
+}
+
+/// What Node's `util.inspect` shows of a collection or an iterator without
+/// running guest code (iterating would consume an iterator, and call
+/// whatever replaced `next`): V8's preview, `[entries, isKeyValue]`;
+/// undefined for anything else. Only the guest's own objects reach it,
+/// and what it returns is what the guest could read from them anyway.
+#[op2]
+fn op_wt_preview_entries<'s>(scope: &mut v8::PinScope<'s, '_>, value: v8::Local<'s, v8::Value>) -> v8::Local<'s, v8::Value> {
+    let undefined = v8::undefined(scope).into();
+    let Ok(object) = v8::Local::<v8::Object>::try_from(value) else { return undefined };
+    let (Some(entries), key_value) = object.preview_entries(scope) else { return undefined };
+    let key_value = v8::Boolean::new(scope, key_value).into();
+    v8::Array::new_with_elements(scope, &[entries.into(), key_value]).into()
 }
 
 /// Compiles and runs the classic script `source` named `name`; its value.

@@ -1456,3 +1456,150 @@ async fn a_hash_copy_goes_on_independently_and_a_finished_hash_refuses_more() {
         ])
     );
 }
+
+/// Wraps a JS block that returns a value into a webtask answering it.
+fn answering(block: &str) -> String {
+    format!("return function (cb) {{ cb(null, (function () {{\n{block}\n}})()); }}")
+}
+
+#[tokio::test]
+async fn util_inspect_is_nodes_own() {
+    // Node's inspect (options, line breaking, promise state, iterator
+    // entries, symbol keys, custom hooks) and the web and Node classes
+    // that show themselves their own way in Node 20 (URL, Buffer, ...).
+    let block = r##"
+        const util = require('util');
+        const ac = new AbortController();
+        return [
+          util.inspect({ a: 1n, b: Symbol('s'), c: undefined, d: null, e: () => 1, f: class Foo {}, g: new Date(0), h: /x/g }),
+          util.inspect({ c: { d: { e: { f: 1 } } } }),
+          util.format('%o', { c: { d: { e: { f: 1 } } } }),
+          util.inspect([, 1, , 2]),
+          util.inspect('a\nb'),
+          util.inspect(-0),
+          util.inspect(Promise.resolve(4)),
+          util.inspect(new Promise(() => {})),
+          util.inspect(new WeakMap()),
+          util.inspect(new Map([[1, 2], [3, 4]]).entries()),
+          util.inspect({ [Symbol('k')]: 1, 'a-b': 2 }),
+          util.inspect(Array.from({ length: 30 }, (_, i) => i * 1000)),
+          util.inspect({ b: 1, a: { x: [1, 2] } }, { sorted: true, compact: false }),
+          util.inspect('x'.repeat(3), { colors: true }),
+          util.inspect({ get g() { return 5; } }, { getters: true }),
+          util.inspect({ [util.inspect.custom](depth, opts) { return opts.stylize('custom', 'special'); } }),
+          util.inspect(new ArrayBuffer(2)),
+          util.inspect(new Uint8Array(2), { showHidden: true }),
+          util.inspect(Buffer.from('hi')),
+          util.inspect(Buffer.alloc(53)),
+          util.inspect(new URL('http://u:p@x.com:81/a?b=1#h')),
+          util.inspect(new URLSearchParams('a=1&b=2&a=3')),
+          util.inspect(ac),
+          util.inspect(new TextDecoder()),
+          util.inspect(new Blob(['abc'], { type: 'text/plain' })),
+          util.inspect(Object.create(Promise.prototype)),
+          util.format('%s|%d|%i|%j', Buffer.from('hi'), '0x10', 42.9, { j: 1 }),
+          util.formatWithOptions({ compact: false }, 'v=%O', { a: 1 }),
+        ];
+    "##;
+    assert_answers_as_node(
+        &answering(block),
+        r##"["{\n  a: 1n,\n  b: Symbol(s),\n  c: undefined,\n  d: null,\n  e: [Function: e],\n  f: [class Foo],\n  g: 1970-01-01T00:00:00.000Z,\n  h: /x/g\n}","{ c: { d: { e: [Object] } } }","{\n  c: { d: { e: { f: 1 } } }\n}","[ <1 empty item>, 1, <1 empty item>, 2 ]","'a\\nb'","-0","Promise { 4 }","Promise { <pending> }","WeakMap { <items unknown> }","[Map Entries] { [ 1, 2 ], [ 3, 4 ] }","{ 'a-b': 2, [Symbol(k)]: 1 }","[\n      0,  1000,  2000,  3000,  4000,\n   5000,  6000,  7000,  8000,  9000,\n  10000, 11000, 12000, 13000, 14000,\n  15000, 16000, 17000, 18000, 19000,\n  20000, 21000, 22000, 23000, 24000,\n  25000, 26000, 27000, 28000, 29000\n]","{\n  a: {\n    x: [\n      1,\n      2\n    ]\n  },\n  b: 1\n}","\u001b[32m'xxx'\u001b[39m","{ g: [Getter: 5] }","custom","ArrayBuffer { [Uint8Contents]: <00 00>, byteLength: 2 }","Uint8Array(2) [\n  0,\n  0,\n  [BYTES_PER_ELEMENT]: 1,\n  [length]: 2,\n  [byteLength]: 2,\n  [byteOffset]: 0,\n  [buffer]: ArrayBuffer { byteLength: 2 }\n]","<Buffer 68 69>","<Buffer 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 ... 3 more bytes>","URL {\n  href: 'http://u:p@x.com:81/a?b=1#h',\n  origin: 'http://x.com:81',\n  protocol: 'http:',\n  username: 'u',\n  password: 'p',\n  host: 'x.com:81',\n  hostname: 'x.com',\n  port: '81',\n  pathname: '/a',\n  search: '?b=1',\n  searchParams: URLSearchParams { 'b' => '1' },\n  hash: '#h'\n}","URLSearchParams { 'a' => '1', 'b' => '2', 'a' => '3' }","AbortController { signal: AbortSignal { aborted: false } }","TextDecoder { encoding: 'utf-8', fatal: false, ignoreBOM: false }","Blob { size: 3, type: 'text/plain' }","Promise {}","hi|16|42|{\"j\":1}","v={\n  a: 1\n}"]"##,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn util_has_what_node_20_adds() {
+    // errno names, parseArgs, styleText (no colours: not a terminal),
+    // formatWithOptions, util.types as V8 answers (a thenable is not a
+    // promise), the class names Node gives, and the errors' codes.
+    let block = r##"
+        const util = require('util');
+        const codes = [];
+        const code = (f) => { try { f(); codes.push(null); } catch (e) { codes.push(e.code); } };
+        code(() => util.getSystemErrorName(1));
+        code(() => util.getSystemErrorName('x'));
+        code(() => util.styleText('nope', 'x'));
+        code(() => util.styleText('red', 1));
+        code(() => util.formatWithOptions(null, 'x'));
+        code(() => util.parseArgs({ args: ['--nope'], options: {} }));
+        const parsed = util.parseArgs({
+          args: ['-f', '--bar', 'b', 'pos', '--list=1', '--list', '2'],
+          options: { foo: { type: 'boolean', short: 'f' }, bar: { type: 'string' }, list: { type: 'string', multiple: true }, d: { type: 'string', default: 'dflt' } },
+          allowPositionals: true,
+        });
+        return [
+          util.getSystemErrorName(-2), util.getSystemErrorName(-13), util.getSystemErrorName(-99999),
+          util.getSystemErrorMap().get(-111), util.getSystemErrorMap().size > 50,
+          util.styleText('red', 'plain'),
+          util.formatWithOptions({ breakLength: 20 }, '%O', { alpha: 1, beta: 2, gamma: 3 }),
+          { ...parsed.values }, parsed.positionals,
+          typeof util.debug, util.debug === util.debuglog,
+          util.types.isPromise({ then() {}, catch() {} }), util.types.isPromise(Promise.resolve()),
+          util.types.isProxy(new Proxy({}, {})), util.types.isProxy({}),
+          util.types.isGeneratorObject((function* () {})()), util.types.isAsyncFunction(async () => {}),
+          util.types.isBoxedPrimitive(Object(1n)), util.types.isNativeError(Object.create(Error.prototype)),
+          util.types.isExternal({}), util.types.isKeyObject(require('crypto').createSecretKey(Buffer.from('k'))),
+          util.types.isCryptoKey({}), util.types.isUint8Array(Buffer.alloc(1)),
+          util.types.isProxy.name, util.types.isProxy.length, util.inspect.length, util.inspect.custom === Symbol.for('nodejs.util.inspect.custom'),
+          require('buffer').Buffer.name, Buffer.from('a').constructor.name, require('assert').AssertionError.name,
+          require('zlib').Gzip.name, require('zlib').createDeflate().constructor.name,
+          codes,
+        ];
+    "##;
+    assert_answers_as_node(
+        &answering(block),
+        r##"["ENOENT","EACCES","Unknown system error -99999",["ECONNREFUSED","connection refused"],true,"plain","{\n  alpha: 1,\n  beta: 2,\n  gamma: 3\n}",{"foo":true,"bar":"b","list":["1","2"],"d":"dflt"},["pos"],"function",true,false,true,true,false,true,true,true,false,false,true,false,true,"isProxy",0,2,true,"Buffer","Buffer","AssertionError","Gzip","Deflate",["ERR_OUT_OF_RANGE","ERR_INVALID_ARG_TYPE","ERR_INVALID_ARG_VALUE","ERR_INVALID_ARG_TYPE","ERR_INVALID_ARG_TYPE","ERR_PARSE_ARGS_UNKNOWN_OPTION"]]"##,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn util_aborted_waits_for_the_signal_and_rejects_bad_arguments() {
+    let v = eval(
+        r#"return function (cb) {
+            const util = require('util');
+            const ac = new AbortController();
+            const order = [];
+            util.aborted(ac.signal, {}).then(() => {
+                order.push('aborted');
+                util.aborted({}, {}).catch((e) => cb(null, { order, code: e.code }));
+            });
+            order.push('waiting');
+            setTimeout(() => ac.abort(), 5);
+        }"#,
+    )
+    .await;
+    assert_eq!(v, json!({ "order": ["waiting", "aborted"], "code": "ERR_INVALID_ARG_TYPE" }));
+}
+
+#[tokio::test]
+async fn inspect_hands_guest_hooks_no_runtime_internals() {
+    // Node's inspect formats a proxy's target in its place, and calls the
+    // target's `[util.inspect.custom]`, which a guest can define on
+    // Object.prototype. The runtime guards host objects with proxies (the
+    // ArrayBuffer constructor that refuses resizable buffers, the modules
+    // that only throw): no hook may be handed what they guard.
+    let v = eval(&answering(
+        r#"
+        const util = require('util');
+        const seen = [];
+        const grab = function () { seen.push(this); return 'x'; };
+        Object.prototype[util.inspect.custom] = grab;
+        Function.prototype[util.inspect.custom] = grab;
+        for (const v of [require('fs'), require('vm'), ArrayBuffer, new ArrayBuffer(1)]) {
+            util.inspect(v, { showProxy: true });
+            util.inspect(v);
+            util.inspect({ v }, { showHidden: true, depth: 5 });
+        }
+        delete Object.prototype[util.inspect.custom];
+        delete Function.prototype[util.inspect.custom];
+        const resizable = seen.filter((f) => {
+            try { return typeof f === 'function' && new f(8, { maxByteLength: 1 << 20 }).resizable === true; } catch { return false; }
+        });
+        return { hooked: seen.length > 0, resizable: resizable.length, fs: util.inspect(require('fs')) };
+    "#,
+    ))
+    .await;
+    assert_eq!(v, json!({ "hooked": true, "resizable": 0, "fs": "[Object: null prototype] {}" }));
+}

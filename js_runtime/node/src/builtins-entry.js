@@ -14,8 +14,9 @@ export const polyfills = {
   stream: () => require("stream-browserify"),
   string_decoder: () => require("string_decoder/"),
   url: () => require("./url-node.js"),
-  util: () => withNode20Util(require("util/")),
-  whatwg_url: () => require("whatwg-url"),
+  // `host`: what Node reads from V8 (see src/util-node20.js).
+  util: (host) => require("./util-node20.js")(require("util/"), host),
+  whatwg_url: () => withInspect(require("whatwg-url")),
 };
 
 // Node 20's Buffer speaks "base64url" (RFC 4648 section 5); the polyfill
@@ -60,36 +61,43 @@ function withBase64url(mod) {
   return mod;
 }
 
-// What Node 20's `util` has beyond the polyfill (util@0.12). The web classes
-// are the globals, as in Node.
-function withNode20Util(util) {
-  if (util.isDeepStrictEqual) return util;
-  const assert = require("assert/");
-  util.isDeepStrictEqual = (a, b) => {
-    try {
-      assert.deepStrictEqual(a, b);
-      return true;
-    } catch {
-      return false;
-    }
-  };
-  // Node's pattern for ANSI escape sequences (lib/internal/util/inspect.js).
-  const ansi = new RegExp(
-    "[\\u001B\\u009B][[\\]()#;?]*" +
-      "(?:(?:(?:(?:;[-a-zA-Z\\d\\/\\#&.:=?%@~_]+)*" +
-      "|[a-zA-Z\\d]+(?:;[-a-zA-Z\\d\\/\\#&.:=?%@~_]*)*)?" +
-      "(?:\\u0007|\\u001B\\u005C|\\u009C))" +
-      "|(?:(?:\\d{1,4}(?:;\\d{0,4})*)?[\\dA-PR-TZcf-ntqry=><~]))",
-    "g",
-  );
-  util.stripVTControlCharacters = (str) => {
-    if (typeof str !== "string") throw argType("str", "of type string", str);
-    return str.replace(ansi, "");
-  };
-  util.toUSVString = (input) => `${input}`.toWellFormed();
-  util.TextEncoder = globalThis.TextEncoder;
-  util.TextDecoder = globalThis.TextDecoder;
-  return util;
+const kInspect = Symbol.for("nodejs.util.inspect.custom");
+
+// URL and URLSearchParams as Node 20's util.inspect shows them (their
+// `[util.inspect.custom]` in Node's lib/internal/url.js).
+function withInspect(whatwg) {
+  const { URL, URLSearchParams } = whatwg;
+  if (Object.hasOwn(URL.prototype, kInspect)) return whatwg;
+  Object.defineProperty(URL.prototype, kInspect, {
+    value: function (depth, opts, inspect) {
+      if (typeof depth === "number" && depth < 0) return this;
+      const constructor = this.constructor || URL;
+      const obj = { __proto__: { constructor } };
+      for (const key of ["href", "origin", "protocol", "username", "password", "host", "hostname", "port", "pathname", "search", "searchParams", "hash"]) {
+        obj[key] = this[key];
+      }
+      return `${constructor.name} ${inspect(obj, opts)}`;
+    },
+    writable: true,
+    configurable: true,
+  });
+  Object.defineProperty(URLSearchParams.prototype, kInspect, {
+    value: function (recurseTimes, ctx, inspect) {
+      if (typeof recurseTimes === "number" && recurseTimes < 0) return ctx.stylize("[Object]", "special");
+      const innerOpts = { ...ctx };
+      if (recurseTimes !== null) innerOpts.depth = recurseTimes - 1;
+      const output = [];
+      for (const [name, value] of this) output.push(`${inspect(name, innerOpts)} => ${inspect(value, innerOpts)}`);
+      const plain = (s) => s.replace(/\u001b\[\d\d?m/g, "");
+      const length = output.reduce((prev, cur) => prev + plain(cur).length + 2, -2);
+      if (length > ctx.breakLength) return `${this.constructor.name} {\n  ${output.join(",\n  ")} }`;
+      if (output.length) return `${this.constructor.name} { ${output.join(", ")} }`;
+      return `${this.constructor.name} {}`;
+    },
+    writable: true,
+    configurable: true,
+  });
+  return whatwg;
 }
 
 // What Node 20's `buffer` has beyond the polyfill (buffer@6).
@@ -110,6 +118,33 @@ function withNode20Buffer(mod) {
     }
   };
   mod.isAscii = (input) => bytes(input).every((b) => b < 0x80);
+  // Node 20's `<Buffer 61 62 ... 10 more bytes>`, own properties after the
+  // bytes (buffer@6 ends a long one in " ... " and shows none).
+  Object.defineProperty(mod.Buffer.prototype, kInspect, {
+    value: function inspect(recurseTimes, ctx, inspect) {
+      const max = mod.INSPECT_MAX_BYTES;
+      const remaining = this.length - max;
+      let str = this.toString("hex", 0, Math.min(max, this.length)).replace(/(.{2})/g, "$1 ").trim();
+      if (remaining > 0) str += ` ... ${remaining} more byte${remaining > 1 ? "s" : ""}`;
+      if (ctx && inspect) {
+        const obj = { __proto__: null };
+        let extras = false;
+        for (const key of Object.keys(this)) {
+          if (/^(0|[1-9][0-9]*)$/.test(key) && Number(key) < 2 ** 32 - 1) continue;
+          extras = true;
+          obj[key] = this[key];
+        }
+        if (extras) {
+          if (this.length !== 0) str += ", ";
+          str += inspect(obj, { ...ctx, breakLength: Infinity, compact: true }).slice(27, -2);
+        }
+      }
+      return `<${this.constructor.name} ${str}>`;
+    },
+    writable: true,
+    configurable: true,
+  });
+  mod.Buffer.prototype.inspect = mod.Buffer.prototype[kInspect];
   mod.atob = globalThis.atob;
   mod.btoa = globalThis.btoa;
   mod.Blob = globalThis.Blob;
