@@ -14,7 +14,7 @@
 // passing the last ciphertext block on; GCM streams as in Node (update()
 // returns text at once, final() checks the tag).
 
-import { builtin, registerBuiltin, unavailableError } from "ext:webtask_runtime/node/require.js";
+import { builtin, provideCryptoKey, registerBuiltin, unavailableError } from "ext:webtask_runtime/node/require.js";
 
 const core = globalThis.Deno.core;
 const {
@@ -49,13 +49,17 @@ const {
   Error: ErrorCtor,
   MathFloor,
   NumberIsSafeInteger,
+  ObjectDefineProperty,
   ObjectFreeze,
+  ObjectKeys,
+  ObjectSetPrototypeOf,
   Promise: PromiseCtor,
   PromiseResolve,
   PromiseReject,
   String: StringCtor,
   StringPrototypeToLowerCase,
   StringPrototypeToUpperCase,
+  SymbolToStringTag,
   TypeError: TypeErrorCtor,
   RangeError: RangeErrorCtor,
   TypedArrayPrototypeSubarray,
@@ -936,8 +940,46 @@ export const webcrypto = {
   getRandomValues,
   randomUUID,
   subtle,
-  CryptoKey,
 };
+
+// Web Crypto's interfaces, globals in Node 20: `crypto` is a Crypto and
+// `crypto.subtle` a SubtleCrypto, their methods on the prototypes (so
+// `Object.keys(crypto)` is empty and util.inspect shows `Crypto {}`),
+// neither constructible. What Node has and webtask does not (encrypt,
+// generateKey, ...) stays absent, so a feature check sees it missing.
+function illegalConstructor() {
+  const err = new TypeErrorCtor("Illegal constructor");
+  err.code = "ERR_ILLEGAL_CONSTRUCTOR";
+  return err;
+}
+
+export class Crypto {
+  constructor() {
+    throw illegalConstructor();
+  }
+}
+
+export class SubtleCrypto {
+  constructor() {
+    throw illegalConstructor();
+  }
+}
+
+function becomeInstance(object, Class) {
+  const keys = ObjectKeys(object);
+  for (let i = 0; i < keys.length; i++) {
+    const value = object[keys[i]];
+    ObjectDefineProperty(Class.prototype, keys[i], { __proto__: null, value, writable: true, enumerable: true, configurable: true });
+    delete object[keys[i]];
+  }
+  ObjectDefineProperty(Class.prototype, SymbolToStringTag, { __proto__: null, value: Class.name, configurable: true });
+  ObjectSetPrototypeOf(object, Class.prototype);
+}
+becomeInstance(subtle, SubtleCrypto);
+becomeInstance(webcrypto, Crypto);
+
+export { CryptoKey, getRandomValues };
+provideCryptoKey(CryptoKey);
 
 // The parts of Node's crypto webtask does not offer: present (libraries
 // promisify them at load), throwing a clear error when called.

@@ -94,6 +94,13 @@ registerBuiltin("stream", () => {
 // own checks.
 registerBuiltin("util", () => polyfill("util", { promiseDetails, previewEntries: op_wt_preview_entries, types: utilTypes() }));
 
+// crypto.js's CryptoKey (it imports this module, so it hands the class
+// over rather than being imported).
+let CryptoKeyClass;
+export function provideCryptoKey(Class) {
+  CryptoKeyClass = Class;
+}
+
 function promiseDetails(promise) {
   try {
     return op_get_promise_details(promise);
@@ -156,7 +163,7 @@ function utilTypes() {
     return value instanceof builtin("crypto").KeyObject;
   };
   out.isCryptoKey = function isCryptoKey(value) {
-    return value instanceof builtin("crypto").webcrypto.CryptoKey;
+    return value instanceof CryptoKeyClass;
   };
   return out;
 }
@@ -194,12 +201,12 @@ function unavailableModule(name) {
       let fn = fns.get(key);
       if (fn === undefined) {
         const what = `${name}.${key}`;
-        // Named as Node's (`fs.readFileSync.name`).
-        fn = {
-          [key]() {
-            throw unavailableError(what);
-          },
-        }[key];
+        // A function (with a prototype: `x instanceof fs.Stats` must not
+        // throw), named as Node's (`fs.readFileSync.name`).
+        fn = function () {
+          throw unavailableError(what);
+        };
+        ObjectDefineProperty(fn, "name", { __proto__: null, value: key, configurable: true });
         fns.set(key, fn);
       }
       return fn;

@@ -10,7 +10,7 @@
 // Not here: BYOB readers, CompressionStream.
 
 import { polyfill } from "ext:webtask_runtime/node/require.js";
-import { webcrypto } from "ext:webtask_runtime/node/crypto.js";
+import { Crypto, CryptoKey, getRandomValues, SubtleCrypto, webcrypto } from "ext:webtask_runtime/node/crypto.js";
 import { webCodec } from "ext:webtask_runtime/node/zlib.js";
 import {
   abort as abortExchange,
@@ -916,6 +916,8 @@ function codecClass(name, compress) {
 const CompressionStream = codecClass("CompressionStream", true);
 const DecompressionStream = codecClass("DecompressionStream", false);
 
+const MESSAGING_GLOBALS = ["MessageChannel", "MessagePort", "MessageEvent", "BroadcastChannel"];
+
 const STREAM_GLOBALS = [
   "WritableStream",
   "WritableStreamDefaultWriter",
@@ -1124,7 +1126,7 @@ const crlf = (s) => StringPrototypeReplace(s, /\r?\n|\r/g, "\r\n");
 
 /// multipart/form-data (RFC 7578), as undici writes it.
 function encodeForm(form) {
-  const random = webcrypto.getRandomValues(new Uint8ArrayCtor(8));
+  const random = getRandomValues(new Uint8ArrayCtor(8));
   let boundary = "----formdata-webtask-";
   for (let i = 0; i < random.length; i++) boundary += StringPrototypePadStart(NumberPrototypeToString(random[i], 16), 2, "0");
   const chunks = [];
@@ -1813,16 +1815,32 @@ export const install = (function install(g) {
     return guestFetch(input, init);
   });
   define("structuredClone", function structuredClone(value) {
-    return op_structured_clone(value);
+    try {
+      return op_structured_clone(value);
+    } catch (e) {
+      // V8's serializer says a value cannot be cloned with a TypeError;
+      // the web (and Node) with a DataCloneError.
+      if (e instanceof TypeErrorCtor && RegExpPrototypeTest(/could not be cloned|cannot be cloned/, e.message)) {
+        throw new DOMException(e.message, "DataCloneError");
+      }
+      throw e;
+    }
   });
   define("CompressionStream", CompressionStream);
   define("DecompressionStream", DecompressionStream);
   define("crypto", webcrypto);
-  define("CryptoKey", webcrypto.CryptoKey);
-  // URL and URLSearchParams load whatwg-url on first use, the streams
-  // beyond ReadableStream streams.js.
-  const lazy = (name) => (name === "URL" ? URLCtor() : name === "URLSearchParams" ? URLSearchParamsCtor() : webStreams()[name]);
-  for (const name of ["URL", "URLSearchParams", ...STREAM_GLOBALS]) {
+  define("Crypto", Crypto);
+  define("CryptoKey", CryptoKey);
+  define("SubtleCrypto", SubtleCrypto);
+  // URL and URLSearchParams load whatwg-url on first use, the messaging
+  // classes the bundle, the streams beyond ReadableStream streams.js.
+  const lazy = (name) => {
+    if (name === "URL") return URLCtor();
+    if (name === "URLSearchParams") return URLSearchParamsCtor();
+    if (ArrayPrototypeIncludes(MESSAGING_GLOBALS, name)) return polyfill("messaging")[name];
+    return webStreams()[name];
+  };
+  for (const name of ["URL", "URLSearchParams", ...MESSAGING_GLOBALS, ...STREAM_GLOBALS]) {
     ObjectDefineProperty(g, name, {
       __proto__: null,
       get() {

@@ -981,6 +981,10 @@ async fn host_reaching_modules_only_throw() {
             try { require('express')().listen(8080); } catch (e) { out.listen = e.message; }
             try { require('node:nope'); } catch (e) { out.nope = e.code; }
             try { require('left-pad'); } catch (e) { out.missing = [e.message, e.code]; }
+            // What modules do with them at load or per request (etag checks
+            // `instanceof fs.Stats`): no throw, and Node's names.
+            const fs = require('fs');
+            out.shape = [({}) instanceof fs.Stats, fs.readFileSync.name, typeof fs.constructor];
             cb(null, out);
         }"#;
         let v = node.run("node-env", "", code).await.json();
@@ -994,6 +998,7 @@ async fn host_reaching_modules_only_throw() {
         assert!(v["listen"].as_str().unwrap().starts_with("http.createServer is not available in webtask"), "{v}");
         assert_eq!(v["nope"], "ERR_UNKNOWN_BUILTIN_MODULE");
         assert_eq!(v["missing"], json!(["Cannot find module 'left-pad'", "MODULE_NOT_FOUND"]));
+        assert_eq!(v["shape"], json!([false, "readFileSync", "undefined"]), "{v}");
     }
 }
 
@@ -1602,4 +1607,96 @@ async fn inspect_hands_guest_hooks_no_runtime_internals() {
     ))
     .await;
     assert_eq!(v, json!({ "hooked": true, "resizable": 0, "fs": "[Object: null prototype] {}" }));
+}
+
+#[tokio::test]
+async fn message_channels_and_broadcast_channels_are_nodes() {
+    // Ports deliver structured clones, in order, as tasks once started;
+    // Node's EventEmitter-style `on` gets the value; closing one port
+    // closes both; a BroadcastChannel reaches the others of its name, not
+    // itself; the errors are Node's (DataCloneError from structuredClone
+    // too).
+    let code = r##"return function (cb) {
+        const done = (v) => cb(null, v);
+        const out = [];
+        const err = (f) => { try { f(); out.push('no error'); } catch (e) { out.push(`${e.name}:${e.code}:${e.message}`); } };
+        err(() => new MessagePort());
+        err(() => new BroadcastChannel());
+        err(() => structuredClone(() => 1));
+        const { port1, port2 } = new MessageChannel();
+        err(() => port1.postMessage(() => 1));
+        err(() => port1.postMessage(Symbol('s')));
+        const ev = new MessageEvent('message', { data: { a: 1 } });
+        out.push(ev.data, ev.origin, ev.lastEventId, ev.source, ev.ports, ev.type, String(ev), String(port1), ev instanceof Event);
+        out.push(typeof port1.ref, typeof port1.unref, typeof port1.start, typeof port1.close, port1 instanceof EventTarget, port1 instanceof MessagePort);
+        const bc = new BroadcastChannel('x');
+        out.push(bc.name, String(bc));
+        bc.close();
+        err(() => bc.postMessage(1));
+        const a = new BroadcastChannel('room'), b = new BroadcastChannel('room'), c = new BroadcastChannel('other');
+        b.onmessage = (e) => out.push('b:' + JSON.stringify(e.data));
+        c.onmessage = (e) => out.push('c:' + JSON.stringify(e.data));
+        a.onmessage = (e) => out.push('a (never):' + JSON.stringify(e.data));
+        a.postMessage({ hi: [1, 2] });
+        setTimeout(() => {
+        port2.on('message', (m) => out.push('on:' + JSON.stringify(m)));
+        port2.addEventListener('message', (e) => out.push('ev:' + JSON.stringify(e.data) + ':' + (e instanceof MessageEvent)));
+        const sent = { x: [1] };
+        port1.postMessage(sent);
+        sent.x.push(2);
+        port1.postMessage('second');
+        queueMicrotask(() => out.push('micro'));
+        port1.on('close', () => out.push('close1'));
+        port2.once('close', () => {
+          out.push('close2');
+          a.close(); b.close(); c.close();
+          setTimeout(() => done(out), 5);
+        });
+        setTimeout(() => port1.close(), 20);
+        }, 20);
+    }"##;
+    assert_answers_as_node(code, r##"["TypeError:ERR_CONSTRUCT_CALL_INVALID:Constructor cannot be called","TypeError:ERR_MISSING_ARGS:The \"name\" argument must be specified","DataCloneError:25:() => 1 could not be cloned.","DataCloneError:25:() => 1 could not be cloned.","DataCloneError:25:Symbol(s) could not be cloned.",{"a":1},"","",null,[],"message","[object Event]","[object EventTarget]",true,"function","function","function","function",true,true,"x","[object EventTarget]","InvalidStateError:11:BroadcastChannel is closed.","b:{\"hi\":[1,2]}","micro","on:{\"x\":[1]}","ev:{\"x\":[1]}:true","on:\"second\"","ev:\"second\":true","close1","close2"]"##).await;
+}
+
+#[tokio::test]
+async fn a_broadcast_channel_reaches_its_own_container_only() {
+    // Requests of one container share an isolate, so a channel one request
+    // opened hears another's; a container's channel of the same name
+    // never hears another container's.
+    let node = TestNode::workers().await;
+    let listen = r#"return function (cb) {
+        global.heard = [];
+        global.channel = new BroadcastChannel('room');
+        global.channel.onmessage = (e) => global.heard.push(e.data);
+        cb(null, 'listening');
+    }"#;
+    let post = r#"return function (cb) {
+        const c = new BroadcastChannel('room');
+        c.postMessage(require('os').hostname() + ' ' + Date.now());
+        c.close();
+        setTimeout(() => cb(null, 'posted'), 20);
+    }"#;
+    let heard = "return function (cb) { cb(null, global.heard.length); }";
+    for tenant in ["tenant-a", "tenant-b"] {
+        assert_eq!(node.run(tenant, "", listen).await.json(), json!("listening"));
+    }
+    assert_eq!(node.run("tenant-b", "", post).await.json(), json!("posted"));
+    assert_eq!(node.run("tenant-b", "", heard).await.json(), json!(1));
+    assert_eq!(node.run("tenant-a", "", heard).await.json(), json!(0));
+}
+
+#[tokio::test]
+async fn web_crypto_interfaces_are_nodes() {
+    // `crypto` a Crypto and `crypto.subtle` a SubtleCrypto, methods on the
+    // prototypes, neither constructible.
+    let block = r##"
+        const u = require('util');
+        const out = [];
+        const err = (f) => { try { f(); out.push('no error'); } catch (e) { out.push(`${e.name}:${e.code}:${e.message}`); } };
+        err(() => new Crypto());
+        err(() => new SubtleCrypto());
+        out.push(crypto instanceof Crypto, crypto.subtle instanceof SubtleCrypto, Object.prototype.toString.call(crypto), Object.prototype.toString.call(crypto.subtle), require('crypto').webcrypto === crypto, require('crypto').subtle === crypto.subtle, Object.keys(crypto), Object.keys(crypto.subtle), typeof crypto.CryptoKey, u.inspect(crypto), u.inspect(crypto.subtle), typeof crypto.getRandomValues, crypto.randomUUID().length, typeof crypto.subtle.digest, typeof CryptoKey);
+        return out;
+    "##;
+    assert_answers_as_node(&answering(block), r##"["TypeError:ERR_ILLEGAL_CONSTRUCTOR:Illegal constructor","TypeError:ERR_ILLEGAL_CONSTRUCTOR:Illegal constructor",true,true,"[object Crypto]","[object SubtleCrypto]",true,true,[],[],"undefined","Crypto {}","SubtleCrypto {}","function",36,"function","function"]"##).await;
 }

@@ -8,6 +8,7 @@ export const polyfills = {
   assert: () => require("assert/"),
   buffer: () => withNode20Buffer(withBase64url(require("buffer/"))),
   events: () => require("events/"),
+  messaging: () => require("./messaging.js"),
   path: () => require("path-browserify"),
   punycode: () => require("punycode/"),
   querystring: () => withEscape(require("querystring-es3")),
