@@ -990,6 +990,42 @@ const ABSENT = [
   "X509Certificate", "checkPrime", "checkPrimeSync",
 ];
 
+// What OpenSSL (so Node) says of the ciphers webtask has.
+const CIPHER_INFO = [
+  { mode: "cbc", name: "aes-128-cbc", nid: 419, blockSize: 16, ivLength: 16, keyLength: 16 },
+  { mode: "cbc", name: "aes-192-cbc", nid: 423, blockSize: 16, ivLength: 16, keyLength: 24 },
+  { mode: "cbc", name: "aes-256-cbc", nid: 427, blockSize: 16, ivLength: 16, keyLength: 32 },
+  { mode: "gcm", name: "id-aes128-gcm", nid: 895, blockSize: 1, ivLength: 12, keyLength: 16, alias: "aes-128-gcm" },
+  { mode: "gcm", name: "id-aes192-gcm", nid: 898, blockSize: 1, ivLength: 12, keyLength: 24, alias: "aes-192-gcm" },
+  { mode: "gcm", name: "id-aes256-gcm", nid: 901, blockSize: 1, ivLength: 12, keyLength: 32, alias: "aes-256-gcm" },
+];
+
+// Node's crypto.getCipherInfo: by name (any case) or nid; undefined for a
+// cipher webtask lacks, or a key or IV length it cannot take.
+function getCipherInfo(nameOrNid, options) {
+  if (typeof nameOrNid !== "string" && typeof nameOrNid !== "number") {
+    const err = new TypeErrorCtor(`The "nameOrNid" argument must be one of type string or number. Received ${nameOrNid === null ? "null" : typeof nameOrNid === "object" ? "an instance of " + (nameOrNid.constructor?.name || "Object") : `type ${typeof nameOrNid} (${StringCtor(nameOrNid)})`}`);
+    err.code = "ERR_INVALID_ARG_TYPE";
+    throw err;
+  }
+  const key = typeof nameOrNid === "string" ? StringPrototypeToLowerCase(nameOrNid) : nameOrNid;
+  let found;
+  for (let i = 0; i < CIPHER_INFO.length; i++) {
+    const c = CIPHER_INFO[i];
+    if (c.nid === key || c.name === key || c.alias === key) found = c;
+  }
+  if (found === undefined) return undefined;
+  const { keyLength, ivLength } = options ?? {};
+  if (keyLength !== undefined && keyLength !== found.keyLength) return undefined;
+  const info = { mode: found.mode, name: found.name, nid: found.nid, blockSize: found.blockSize, ivLength: found.ivLength, keyLength: found.keyLength };
+  if (ivLength !== undefined) {
+    // CBC takes its block; GCM any IV from 1 byte (as createCipheriv here).
+    if (found.mode === "cbc" ? ivLength !== 16 : !(ivLength >= 1 && ivLength <= 128)) return undefined;
+    info.ivLength = ivLength;
+  }
+  return info;
+}
+
 function createCrypto() {
   const absent = {};
   for (let i = 0; i < ABSENT.length; i++) {
@@ -1041,6 +1077,12 @@ function createCrypto() {
     KeyObject,
     getHashes: () => [...HASHES],
     getCiphers: () => ["aes-128-cbc", "aes-128-gcm", "aes-192-cbc", "aes-192-gcm", "aes-256-cbc", "aes-256-gcm"],
+    getCipherInfo,
+    getFips: () => 0,
+    setFips() {
+      throw unavailableError("crypto.setFips");
+    },
+    secureHeapUsed: () => ({ total: 0, used: 0, utilization: 0, min: 0 }),
     getCurves: () => [],
     webcrypto,
     subtle,

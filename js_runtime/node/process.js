@@ -5,7 +5,7 @@
 // monotonic: a coarse clock is also a poor timer for side channels), and
 // `os` reports harmless constants.
 
-import { registerBuiltin, unavailableError } from "ext:webtask_runtime/node/require.js";
+import { builtin, isBuiltin, registerBuiltin, unavailableError } from "ext:webtask_runtime/node/require.js";
 import { DOMException } from "ext:webtask_runtime/node/web.js";
 
 const {
@@ -17,6 +17,9 @@ const {
   MathFloor,
   ObjectFreeze,
   ReflectApply,
+  String: StringCtor,
+  StringPrototypeSlice,
+  StringPrototypeStartsWith,
   TypeError: TypeErrorCtor,
 } = globalThis.__bootstrap.primordials;
 const nativeQueueMicrotask = globalThis.queueMicrotask;
@@ -203,6 +206,28 @@ export const process = {
   uptime: () => nowMs() / 1000,
   memoryUsage: () => ({ rss: 0, heapTotal: 0, heapUsed: 0, external: 0, arrayBuffers: 0 }),
   cpuUsage: () => ({ user: 0, system: 0 }),
+  resourceUsage: () => ({
+    userCPUTime: 0, systemCPUTime: 0, maxRSS: 0, sharedMemorySize: 0, unsharedDataSize: 0, unsharedStackSize: 0,
+    minorPageFault: 0, majorPageFault: 0, swappedOut: 0, fsRead: 0, fsWrite: 0, ipcSent: 0, ipcReceived: 0,
+    signalsCount: 0, voluntaryContextSwitches: 0, involuntaryContextSwitches: 0,
+  }),
+  // Node 20.16's way to reach a built-in without require (ESM code and
+  // bundles use it to tell Node from a browser).
+  getBuiltinModule(id) {
+    if (typeof id !== "string") {
+      const shown = id === null || id === undefined ? `${id}` : typeof id === "object" || typeof id === "function" ? `an instance of ${typeof id}` : `type ${typeof id} (${StringCtor(id)})`;
+      throw perfError(TypeErrorCtor, "ERR_INVALID_ARG_TYPE", `The "id" argument must be of type string. Received ${shown}`);
+    }
+    if (!isBuiltin(id)) return undefined;
+    return builtin(StringPrototypeStartsWith(id, "node:") ? StringPrototypeSlice(id, 5) : id);
+  },
+  hasUncaughtExceptionCaptureCallback: () => false,
+  setUncaughtExceptionCaptureCallback() {
+    throw unavailableError("process.setUncaughtExceptionCaptureCallback");
+  },
+  getActiveResourcesInfo: () => [],
+  sourceMapsEnabled: false,
+  setSourceMapsEnabled() {},
   emitWarning(warning) {
     globalThis.console.warn(typeof warning === "string" ? "Warning: " + warning : String(warning));
   },

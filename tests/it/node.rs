@@ -1700,3 +1700,46 @@ async fn web_crypto_interfaces_are_nodes() {
     "##;
     assert_answers_as_node(&answering(block), r##"["TypeError:ERR_ILLEGAL_CONSTRUCTOR:Illegal constructor","TypeError:ERR_ILLEGAL_CONSTRUCTOR:Illegal constructor",true,true,"[object Crypto]","[object SubtleCrypto]",true,true,[],[],"undefined","Crypto {}","SubtleCrypto {}","function",36,"function","function"]"##).await;
 }
+
+#[tokio::test]
+async fn node_20_odds_and_ends_answer_as_node() {
+    // crypto.getCipherInfo/getFips/secureHeapUsed, buffer.transcode and
+    // kStringMaxLength, querystring.unescapeBuffer, path.toNamespacedPath,
+    // events.addAbortListener (disposable, on a later microtask when
+    // already aborted), process.getBuiltinModule and friends.
+    let code = r##"return function (cb) {
+        const done = (v) => cb(null, v);
+        const out = [];
+        const err = (f) => { try { out.push(f()); } catch (e) { out.push(`${e.name}:${e.code}:${e.message}`); } };
+        const c = require('crypto'), b = require('buffer'), qs = require('querystring'), path = require('path'), events = require('events');
+        for (const n of ['aes-128-cbc', 'AES-256-CBC', 'aes-128-gcm', 'aes-256-gcm', 'nope', 419, 901]) out.push(c.getCipherInfo(n) ?? 'none');
+        out.push(c.getCipherInfo('aes-128-gcm', { ivLength: 16 }), c.getCipherInfo('aes-128-cbc', { ivLength: 12 }) ?? 'none', c.getCipherInfo('aes-128-cbc', { keyLength: 32 }) ?? 'none');
+        err(() => c.getCipherInfo(null));
+        out.push(c.getFips(), c.secureHeapUsed());
+        out.push(b.kStringMaxLength, b.constants.MAX_STRING_LENGTH);
+        out.push([...b.transcode(Buffer.from('héllo €'), 'utf8', 'latin1')], [...b.transcode(Buffer.from('héllo €'), 'utf8', 'ascii')], [...b.transcode(Buffer.from('hé'), 'utf8', 'ucs2')], [...b.transcode(Buffer.from('h\u00e9', 'latin1'), 'latin1', 'utf8')], [...b.transcode(Buffer.from('hé', 'ucs2'), 'ucs2', 'utf8')]);
+        err(() => b.transcode(Buffer.from('a'), 'utf8', 'hex'));
+        err(() => b.transcode('a', 'utf8', 'ascii'));
+        out.push(b.resolveObjectURL('blob:nodedata:x') ?? 'none');
+        out.push([...qs.unescapeBuffer('a%20b+c%zz%E2%82%AC')], [...qs.unescapeBuffer('a+b', true)], qs.unescape('%E2%82%AC%zz'));
+        out.push(path.toNamespacedPath('/a/b'), path.toNamespacedPath(5));
+        out.push(typeof events.addAbortListener, events.captureRejections, events.usingDomains);
+        err(() => events.addAbortListener(1, () => {}));
+        err(() => events.addAbortListener(new AbortController().signal, 1));
+        const p = process;
+        out.push(typeof p.getBuiltinModule, p.getBuiltinModule('node:path') === require('path'), p.getBuiltinModule('nope') ?? 'none', p.getBuiltinModule('fs') === require('fs'), p.hasUncaughtExceptionCaptureCallback(), p.sourceMapsEnabled, Object.keys(p.resourceUsage()), p.getActiveResourcesInfo());
+        err(() => p.getBuiltinModule(1));
+        const ac = new AbortController();
+        const disposable = events.addAbortListener(ac.signal, () => { out.push('aborted'); });
+        const ac2 = new AbortController();
+        const gone = events.addAbortListener(ac2.signal, () => { out.push('never'); });
+        gone[Symbol.dispose]();
+        ac2.abort();
+        ac.abort();
+        out.push(typeof disposable[Symbol.dispose]);
+        const pre = new AbortController(); pre.abort();
+        events.addAbortListener(pre.signal, () => { out.push('already'); done(out); });
+        out.push('sync end');
+    }"##;
+    assert_answers_as_node(code, r##"[{"mode":"cbc","name":"aes-128-cbc","nid":419,"blockSize":16,"ivLength":16,"keyLength":16},{"mode":"cbc","name":"aes-256-cbc","nid":427,"blockSize":16,"ivLength":16,"keyLength":32},{"mode":"gcm","name":"id-aes128-gcm","nid":895,"blockSize":1,"ivLength":12,"keyLength":16},{"mode":"gcm","name":"id-aes256-gcm","nid":901,"blockSize":1,"ivLength":12,"keyLength":32},"none",{"mode":"cbc","name":"aes-128-cbc","nid":419,"blockSize":16,"ivLength":16,"keyLength":16},{"mode":"gcm","name":"id-aes256-gcm","nid":901,"blockSize":1,"ivLength":12,"keyLength":32},{"mode":"gcm","name":"id-aes128-gcm","nid":895,"blockSize":1,"ivLength":16,"keyLength":16},"none","none","TypeError:ERR_INVALID_ARG_TYPE:The \"nameOrNid\" argument must be one of type string or number. Received null",0,{"total":0,"used":0,"utilization":0,"min":0},536870888,536870888,[104,233,108,108,111,32,63],[104,63,108,108,111,32,63],[104,0,233,0],[104,195,169],[104,195,169],"Error:U_ILLEGAL_ARGUMENT_ERROR:Unable to transcode Buffer [U_ILLEGAL_ARGUMENT_ERROR]","TypeError:ERR_INVALID_ARG_TYPE:The \"source\" argument must be an instance of Buffer or Uint8Array. Received type string ('a')","none",[97,32,98,43,99,37,122,122,226,130,172],[97,32,98],"€%zz","/a/b",5,"function",false,false,"TypeError:ERR_INVALID_ARG_TYPE:The \"signal\" argument must be an instance of AbortSignal. Received type number (1)","TypeError:ERR_INVALID_ARG_TYPE:The \"listener\" argument must be of type function. Received type number (1)","function",true,"none",true,false,false,["userCPUTime","systemCPUTime","maxRSS","sharedMemorySize","unsharedDataSize","unsharedStackSize","minorPageFault","majorPageFault","swappedOut","fsRead","fsWrite","ipcSent","ipcReceived","signalsCount","voluntaryContextSwitches","involuntaryContextSwitches"],[],"TypeError:ERR_INVALID_ARG_TYPE:The \"id\" argument must be of type string. Received type number (1)","aborted","function","sync end","already"]"##).await;
+}

@@ -9,7 +9,7 @@ export const polyfills = {
   buffer: () => withNode20Buffer(withBase64url(require("buffer/"))),
   events: () => require("events/"),
   messaging: () => require("./messaging.js"),
-  path: () => require("path-browserify"),
+  path: () => withNamespacedPath(require("path-browserify")),
   punycode: () => require("punycode/"),
   querystring: () => withEscape(require("querystring-es3")),
   stream: () => require("stream-browserify"),
@@ -151,11 +151,47 @@ function withNode20Buffer(mod) {
   mod.Blob = globalThis.Blob;
   mod.File = globalThis.File;
   // V8's longest string: (1 << 29) - 24 UTF-16 code units.
-  mod.constants = Object.freeze({ MAX_LENGTH: mod.kMaxLength, MAX_STRING_LENGTH: 536870888 });
+  mod.kStringMaxLength = 536870888;
+  mod.constants = Object.freeze({ MAX_LENGTH: mod.kMaxLength, MAX_STRING_LENGTH: mod.kStringMaxLength });
+  mod.transcode = (source, fromEnc, toEnc) => transcode(mod.Buffer, source, fromEnc, toEnc);
+  // No blob: URLs are made here (URL.createObjectURL is not offered).
+  mod.resolveObjectURL = (id) => {
+    void `${id}`;
+    return undefined;
+  };
   return mod;
 }
 
-// Node's querystring.escape/unescape; the polyfill only uses them inside.
+// Node's buffer.transcode between the encodings ICU converts: what the
+// target cannot hold becomes "?" (U+FFFD from UTF-16 to UTF-8 for a lone
+// surrogate, as ICU).
+const TRANSCODE = { ascii: "ascii", latin1: "latin1", binary: "latin1", ucs2: "utf16le", "ucs-2": "utf16le", utf16le: "utf16le", "utf-16le": "utf16le", utf8: "utf8", "utf-8": "utf8" };
+function transcode(Buffer, source, fromEnc, toEnc) {
+  if (!(source instanceof Uint8Array)) throw argType("source", "an instance of Buffer or Uint8Array", source);
+  const from = TRANSCODE[`${fromEnc}`.toLowerCase()];
+  const to = TRANSCODE[`${toEnc}`.toLowerCase()];
+  if (from === undefined || to === undefined) {
+    const err = new Error("Unable to transcode Buffer [U_ILLEGAL_ARGUMENT_ERROR]");
+    err.code = "U_ILLEGAL_ARGUMENT_ERROR";
+    err.errno = 1;
+    throw err;
+  }
+  if (source.length === 0) return Buffer.alloc(0);
+  let text = Buffer.from(source.buffer, source.byteOffset, source.byteLength).toString(from);
+  if (to === "ascii") text = text.replace(/[^\x00-\x7f]/gu, "?");
+  else if (to === "latin1") text = text.replace(/[^\x00-\xff]/gu, "?");
+  else text = text.toWellFormed();
+  return Buffer.from(text, to);
+}
+
+// Node's path.toNamespacedPath: on POSIX, what it is given.
+function withNamespacedPath(path) {
+  path.toNamespacedPath ??= (p) => p;
+  return path;
+}
+
+// Node's querystring.escape/unescape (the polyfill only uses them inside)
+// and unescapeBuffer.
 function withEscape(qs) {
   if (qs.escape) return qs;
   qs.escape = (str) => encodeURIComponent(typeof str === "string" ? str : `${str}`);
@@ -163,21 +199,28 @@ function withEscape(qs) {
     try {
       return decodeURIComponent(str);
     } catch {
-      // As Node: each valid %XX is a byte, the rest as it is, read as UTF-8
-      // (an invalid sequence is one U+FFFD, as WHATWG decoding has it).
-      const hex = (c) => (c >= 48 && c <= 57 ? c - 48 : (c | 32) >= 97 && (c | 32) <= 102 ? (c | 32) - 87 : -1);
-      const out = [];
-      const input = new TextEncoder().encode(str);
-      for (let i = 0; i < input.length; i++) {
-        if (input[i] === 37 && i + 2 < input.length && hex(input[i + 1]) >= 0 && hex(input[i + 2]) >= 0) {
-          out.push(hex(input[i + 1]) * 16 + hex(input[i + 2]));
-          i += 2;
-        } else {
-          out.push(input[i]);
-        }
-      }
-      return new TextDecoder().decode(new Uint8Array(out));
+      // As Node: the bytes read as UTF-8 (an invalid sequence is one
+      // U+FFFD, as WHATWG decoding has it).
+      return new TextDecoder().decode(unescapeBytes(str, false));
     }
   };
+  qs.unescapeBuffer = (str, decodeSpaces) => require("buffer/").Buffer.from(unescapeBytes(`${str}`, !!decodeSpaces));
   return qs;
+}
+
+// Each valid %XX of `str` as that byte, the rest as its UTF-8; with
+// `decodeSpaces`, "+" as a space.
+function unescapeBytes(str, decodeSpaces) {
+  const hex = (c) => (c >= 48 && c <= 57 ? c - 48 : (c | 32) >= 97 && (c | 32) <= 102 ? (c | 32) - 87 : -1);
+  const out = [];
+  const input = new TextEncoder().encode(str);
+  for (let i = 0; i < input.length; i++) {
+    if (input[i] === 37 && i + 2 < input.length && hex(input[i + 1]) >= 0 && hex(input[i + 2]) >= 0) {
+      out.push(hex(input[i + 1]) * 16 + hex(input[i + 2]));
+      i += 2;
+    } else {
+      out.push(decodeSpaces && input[i] === 43 ? 32 : input[i]);
+    }
+  }
+  return new Uint8Array(out);
 }

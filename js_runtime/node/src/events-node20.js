@@ -1,6 +1,7 @@
 // What Node 20's `events` has beyond the polyfill (events@3): errorMonitor,
 // captureRejectionSymbol, on() (an event as an async iterator),
-// getEventListeners, getMaxListeners and setMaxListeners. build.mjs runs
+// getEventListeners, getMaxListeners, setMaxListeners and
+// addAbortListener. build.mjs runs
 // this on the polyfill's own module, so every EventEmitter (the streams'
 // too) has them, whoever loads `events` first.
 "use strict";
@@ -31,6 +32,9 @@ module.exports = function addNode20(EventEmitter) {
     if (typeof emitter?.getMaxListeners === "function") return emitter.getMaxListeners();
     throw eventTargetUnavailable("getMaxListeners");
   };
+  EventEmitter.captureRejections = false;
+  EventEmitter.usingDomains = false;
+  EventEmitter.addAbortListener = addAbortListener;
   EventEmitter.setMaxListeners = (n = EventEmitter.defaultMaxListeners, ...targets) => {
     if (typeof n !== "number" || n < 0 || Number.isNaN(n)) {
       throw coded(RangeError, "ERR_OUT_OF_RANGE", `The value of "n" is out of range. It must be a non-negative number. Received ${n}`);
@@ -46,6 +50,26 @@ module.exports = function addNode20(EventEmitter) {
     }
   };
 };
+
+// `listener` once `signal` aborts (on a later microtask if it already
+// has); disposing of the result (`using`) lets go of it.
+function addAbortListener(signal, listener) {
+  if (!(signal instanceof AbortSignal)) throw argType("signal", "an instance of AbortSignal", signal);
+  if (typeof listener !== "function") throw argType("listener", "of type function", listener);
+  let remove;
+  if (signal.aborted) {
+    queueMicrotask(() => listener());
+  } else {
+    signal.addEventListener("abort", listener, { once: true });
+    remove = () => signal.removeEventListener("abort", listener);
+  }
+  return {
+    __proto__: null,
+    [Symbol.dispose]() {
+      remove?.();
+    },
+  };
+}
 
 function eventTargetUnavailable(what) {
   return coded(TypeError, "ERR_WEBTASK_UNAVAILABLE", `events.${what} of an EventTarget is not available in webtask`);
