@@ -25,7 +25,14 @@
 // `--log-function-events`).
 
 import { builtin, registerBuiltin, webtaskModule } from "ext:webtask_runtime/node/require.js";
-import { performance, process as guestProcess } from "ext:webtask_runtime/node/process.js";
+import {
+  performance,
+  Performance,
+  PerformanceEntry,
+  PerformanceMark,
+  PerformanceMeasure,
+  process as guestProcess,
+} from "ext:webtask_runtime/node/process.js";
 import "ext:webtask_runtime/node/crypto.js";
 import "ext:webtask_runtime/node/zlib.js";
 import { incomingMessage, provideServerResponse } from "ext:webtask_runtime/node/http.js";
@@ -1185,6 +1192,10 @@ globalThis.__webtask_lockdown = (function lockdown(limitBytes) {
   g.clearImmediate = clearGuestTimer;
   g.process = guestProcess;
   g.performance = performance;
+  const perfClasses = { Performance, PerformanceEntry, PerformanceMark, PerformanceMeasure };
+  for (const name in perfClasses) {
+    ObjectDefineProperty(g, name, { __proto__: null, value: perfClasses[name], writable: true, configurable: true, enumerable: false });
+  }
   g.ArrayBuffer = fixedLengthOnly(g.ArrayBuffer, "ArrayBuffer");
   if (g.SharedArrayBuffer !== undefined) g.SharedArrayBuffer = fixedLengthOnly(g.SharedArrayBuffer, "SharedArrayBuffer");
   // `Buffer` loads the polyfills on first use.

@@ -6,7 +6,7 @@
 // `os` reports harmless constants.
 
 import { builtin, isBuiltin, registerBuiltin, unavailableError } from "ext:webtask_runtime/node/require.js";
-import { DOMException } from "ext:webtask_runtime/node/web.js";
+import { DOMException, structuredClone } from "ext:webtask_runtime/node/web.js";
 
 const {
   ArrayIsArray,
@@ -16,8 +16,14 @@ const {
   DateNow,
   MathFloor,
   ObjectFreeze,
+  ObjectCreate,
+  ObjectDefineProperty,
+  ArrayPrototypeSort,
   ReflectApply,
   String: StringCtor,
+  Symbol: SymbolCtor,
+  SymbolFor,
+  SymbolToStringTag,
   StringPrototypeSlice,
   StringPrototypeStartsWith,
   TypeError: TypeErrorCtor,
@@ -74,10 +80,111 @@ function findMark(name) {
   return undefined;
 }
 
-function entry(name, entryType, startTime, duration, detail) {
-  const e = { name: `${name}`, entryType, startTime, duration, detail: detail ?? null };
-  e.toJSON = () => ({ name: e.name, entryType, startTime, duration, detail: e.detail });
-  return e;
+// The entry classes and Performance, globals in Node 20: an entry's
+// fields are getters (own keys: none), `detail` a structured clone taken
+// when it is made, util.inspect shows `PerformanceMark { name, ... }`.
+// Only PerformanceMark is constructible (it then joins no timeline).
+const kCreate = SymbolCtor("create");
+const kInspect = SymbolFor("nodejs.util.inspect.custom");
+
+function illegalConstructor() {
+  return perfError(TypeErrorCtor, "ERR_ILLEGAL_CONSTRUCTOR", "Illegal constructor");
+}
+
+function cloneDetail(detail) {
+  return detail === undefined || detail === null ? null : structuredClone(detail);
+}
+
+export class PerformanceEntry {
+  #name;
+  #entryType;
+  #startTime;
+  #duration;
+
+  constructor(token, name, entryType, startTime, duration) {
+    if (token !== kCreate) throw illegalConstructor();
+    this.#name = `${name}`;
+    this.#entryType = entryType;
+    this.#startTime = startTime;
+    this.#duration = duration;
+  }
+
+  get name() {
+    return this.#name;
+  }
+
+  get entryType() {
+    return this.#entryType;
+  }
+
+  get startTime() {
+    return this.#startTime;
+  }
+
+  get duration() {
+    return this.#duration;
+  }
+
+  toJSON() {
+    return { name: this.#name, entryType: this.#entryType, startTime: this.#startTime, duration: this.#duration };
+  }
+
+  [kInspect](depth, options, inspect) {
+    if (depth < 0) return this;
+    const opts = { ...options, depth: options.depth == null ? null : options.depth - 1 };
+    return `${this.constructor.name} ${inspect(this.toJSON(), opts)}`;
+  }
+}
+
+export class PerformanceMark extends PerformanceEntry {
+  #detail;
+
+  constructor(name, options) {
+    needName(arguments);
+    let startTime = options?.startTime;
+    if (startTime === undefined) startTime = nowMs();
+    else if (typeof startTime !== "number") {
+      const shown = typeof startTime === "string" ? `'${startTime}'` : typeof startTime === "object" ? "an object" : StringCtor(startTime);
+      throw perfError(TypeErrorCtor, "ERR_INVALID_ARG_TYPE", `The "startTime" argument must be of type number. Received type ${typeof startTime} (${shown})`);
+    } else if (!(startTime >= 0)) {
+      throw perfError(TypeErrorCtor, "ERR_PERFORMANCE_INVALID_TIMESTAMP", `${startTime} is not a valid timestamp`);
+    }
+    const detail = cloneDetail(options?.detail);
+    super(kCreate, name, "mark", startTime, 0);
+    this.#detail = detail;
+  }
+
+  get detail() {
+    return this.#detail;
+  }
+
+  toJSON() {
+    return { ...super.toJSON(), detail: this.#detail };
+  }
+}
+
+export class PerformanceMeasure extends PerformanceEntry {
+  #detail;
+
+  constructor(token, name, startTime, duration, detail) {
+    if (token !== kCreate) throw illegalConstructor();
+    super(kCreate, name, "measure", startTime, duration);
+    this.#detail = cloneDetail(detail);
+  }
+
+  get detail() {
+    return this.#detail;
+  }
+
+  toJSON() {
+    return { ...super.toJSON(), detail: this.#detail };
+  }
+}
+
+// The timeline, oldest start first (entries starting together in the
+// order they were made), as Node returns it.
+function sorted(kept) {
+  return ArrayPrototypeSort(kept, (a, b) => a.startTime - b.startTime);
 }
 
 function clear(entryType) {
@@ -98,23 +205,26 @@ function needName(args) {
   if (args.length === 0) throw perfError(TypeErrorCtor, "ERR_MISSING_ARGS", 'The "name" argument must be specified');
 }
 
-export const performance = {
-  timeOrigin: start,
-  now: () => nowMs(),
+export class Performance {
+  constructor() {
+    throw illegalConstructor();
+  }
+
+  get timeOrigin() {
+    return start;
+  }
+
+  now() {
+    return nowMs();
+  }
+
   mark(name, options) {
     needName(arguments);
-    let startTime = options?.startTime;
-    if (startTime === undefined) startTime = nowMs();
-    else if (typeof startTime !== "number") {
-      const shown = typeof startTime === "string" ? `'${startTime}'` : typeof startTime === "object" ? "an object" : String(startTime);
-      throw perfError(TypeErrorCtor, "ERR_INVALID_ARG_TYPE", `The "startTime" argument must be of type number. Received type ${typeof startTime} (${shown})`);
-    } else if (!(startTime >= 0)) {
-      throw perfError(TypeErrorCtor, "ERR_PERFORMANCE_INVALID_TIMESTAMP", `${startTime} is not a valid timestamp`);
-    }
-    const e = entry(name, "mark", startTime, 0, options?.detail);
+    const e = new PerformanceMark(name, options);
     ArrayPrototypePush(entries, e);
     return e;
-  },
+  }
+
   measure(name, startOrOptions, endMark) {
     needName(arguments);
     let start, end, detail;
@@ -132,20 +242,46 @@ export const performance = {
       start = startOrOptions === undefined || startOrOptions === null ? 0 : entryTime(startOrOptions);
       end = entryTime(endMark);
     }
-    const e = entry(name, "measure", start, end - start, detail);
+    const e = new PerformanceMeasure(kCreate, name, start, end - start, detail);
     ArrayPrototypePush(entries, e);
     return e;
-  },
-  getEntries: () => ArrayPrototypeFilter(entries, () => true),
-  getEntriesByName: (name, type) => ArrayPrototypeFilter(entries, (e) => e.name === name && (type === undefined || e.entryType === type)),
-  getEntriesByType: (type) => ArrayPrototypeFilter(entries, (e) => e.entryType === type),
-  clearMarks: clear("mark"),
-  clearMeasures: clear("measure"),
-  toJSON: () => ({ timeOrigin: start }),
-};
-Object.defineProperty(performance, Symbol.toStringTag, { value: "Performance", configurable: true });
+  }
+
+  getEntries() {
+    return sorted(ArrayPrototypeFilter(entries, () => true));
+  }
+
+  getEntriesByName(name, type) {
+    return sorted(ArrayPrototypeFilter(entries, (e) => e.name === name && (type === undefined || e.entryType === type)));
+  }
+
+  getEntriesByType(type) {
+    return sorted(ArrayPrototypeFilter(entries, (e) => e.entryType === type));
+  }
+
+  clearMarks(name) {
+    clearMarks(name);
+  }
+
+  clearMeasures(name) {
+    clearMeasures(name);
+  }
+
+  toJSON() {
+    return { timeOrigin: start };
+  }
+}
+ObjectDefineProperty(Performance.prototype, SymbolToStringTag, { __proto__: null, value: "Performance", configurable: true });
+const clearMarks = clear("mark");
+const clearMeasures = clear("measure");
+
+export const performance = ObjectCreate(Performance.prototype);
 registerBuiltin("perf_hooks", () => ({
   performance,
+  Performance,
+  PerformanceEntry,
+  PerformanceMark,
+  PerformanceMeasure,
   constants: ObjectFreeze({ NODE_PERFORMANCE_GC_MAJOR: 4, NODE_PERFORMANCE_GC_MINOR: 1, NODE_PERFORMANCE_GC_INCREMENTAL: 8, NODE_PERFORMANCE_GC_WEAKCB: 16 }),
   PerformanceObserver: function PerformanceObserver() {
     throw unavailableError("perf_hooks.PerformanceObserver");

@@ -1814,18 +1814,7 @@ export const install = (function install(g) {
   define("fetch", function fetch(input, init = undefined) {
     return guestFetch(input, init);
   });
-  define("structuredClone", function structuredClone(value) {
-    try {
-      return op_structured_clone(value);
-    } catch (e) {
-      // V8's serializer says a value cannot be cloned with a TypeError;
-      // the web (and Node) with a DataCloneError.
-      if (e instanceof TypeErrorCtor && RegExpPrototypeTest(/could not be cloned|cannot be cloned/, e.message)) {
-        throw new DOMException(e.message, "DataCloneError");
-      }
-      throw e;
-    }
-  });
+  define("structuredClone", structuredClone);
   define("CompressionStream", CompressionStream);
   define("DecompressionStream", DecompressionStream);
   define("crypto", webcrypto);
@@ -1910,9 +1899,23 @@ inspectAs(TextDecoder, (d, depth, options, inspect) => {
   return `${d.constructor.name} ${inspect(obj)}`;
 });
 
+function structuredClone(value) {
+  try {
+    return op_structured_clone(value);
+  } catch (e) {
+    // V8's serializer says a value cannot be cloned with a TypeError; the
+    // web (and Node) with a DataCloneError.
+    if (e instanceof TypeErrorCtor && RegExpPrototypeTest(/could not be cloned|cannot be cloned/, e.message)) {
+      throw new DOMException(e.message, "DataCloneError");
+    }
+    throw e;
+  }
+}
+
 const guestFetch = fetch;
 
 export {
+  structuredClone,
   Blob,
   CompressionStream,
   DecompressionStream,

@@ -1743,3 +1743,34 @@ async fn node_20_odds_and_ends_answer_as_node() {
     }"##;
     assert_answers_as_node(code, r##"[{"mode":"cbc","name":"aes-128-cbc","nid":419,"blockSize":16,"ivLength":16,"keyLength":16},{"mode":"cbc","name":"aes-256-cbc","nid":427,"blockSize":16,"ivLength":16,"keyLength":32},{"mode":"gcm","name":"id-aes128-gcm","nid":895,"blockSize":1,"ivLength":12,"keyLength":16},{"mode":"gcm","name":"id-aes256-gcm","nid":901,"blockSize":1,"ivLength":12,"keyLength":32},"none",{"mode":"cbc","name":"aes-128-cbc","nid":419,"blockSize":16,"ivLength":16,"keyLength":16},{"mode":"gcm","name":"id-aes256-gcm","nid":901,"blockSize":1,"ivLength":12,"keyLength":32},{"mode":"gcm","name":"id-aes128-gcm","nid":895,"blockSize":1,"ivLength":16,"keyLength":16},"none","none","TypeError:ERR_INVALID_ARG_TYPE:The \"nameOrNid\" argument must be one of type string or number. Received null",0,{"total":0,"used":0,"utilization":0,"min":0},536870888,536870888,[104,233,108,108,111,32,63],[104,63,108,108,111,32,63],[104,0,233,0],[104,195,169],[104,195,169],"Error:U_ILLEGAL_ARGUMENT_ERROR:Unable to transcode Buffer [U_ILLEGAL_ARGUMENT_ERROR]","TypeError:ERR_INVALID_ARG_TYPE:The \"source\" argument must be an instance of Buffer or Uint8Array. Received type string ('a')","none",[97,32,98,43,99,37,122,122,226,130,172],[97,32,98],"€%zz","/a/b",5,"function",false,false,"TypeError:ERR_INVALID_ARG_TYPE:The \"signal\" argument must be an instance of AbortSignal. Received type number (1)","TypeError:ERR_INVALID_ARG_TYPE:The \"listener\" argument must be of type function. Received type number (1)","function",true,"none",true,false,false,["userCPUTime","systemCPUTime","maxRSS","sharedMemorySize","unsharedDataSize","unsharedStackSize","minorPageFault","majorPageFault","swappedOut","fsRead","fsWrite","ipcSent","ipcReceived","signalsCount","voluntaryContextSwitches","involuntaryContextSwitches"],[],"TypeError:ERR_INVALID_ARG_TYPE:The \"id\" argument must be of type string. Received type number (1)","aborted","function","sync end","already"]"##).await;
 }
+
+#[tokio::test]
+async fn performance_entries_are_nodes_classes() {
+    // PerformanceMark/Measure instances with getter fields and a detail
+    // cloned when made, the timeline by start time, the classes global
+    // and in perf_hooks, only PerformanceMark constructible.
+    let block = r##"
+        const u = require('util');
+        const out = [];
+        const err = (f) => { try { out.push(f()); } catch (e) { out.push(`${e.name}:${e.code}:${e.message}`); } };
+        const { PerformanceEntry: PE, PerformanceMark: PM, PerformanceMeasure: PMe, Performance: P } = require('perf_hooks');
+        out.push(PE === PerformanceEntry, PM === PerformanceMark, PMe === PerformanceMeasure, P === Performance);
+        out.push(performance instanceof Performance, Object.prototype.toString.call(performance));
+        err(() => new Performance());
+        err(() => new PerformanceEntry());
+        err(() => new PerformanceMeasure());
+        err(() => new PerformanceMark());
+        const detail = { a: [1] };
+        const m = performance.mark('m1', { startTime: 5, detail });
+        detail.a.push(2);
+        out.push(m instanceof PerformanceMark, m instanceof PerformanceEntry, m.name, m.entryType, m.startTime, m.duration, m.detail, Object.keys(m), JSON.stringify(m), u.inspect(m));
+        const own = new PerformanceMark('own', { startTime: 1 });
+        out.push(own.name, own.startTime, own.detail, performance.getEntriesByName('own').length);
+        performance.mark('m0', { startTime: 2 });
+        const me = performance.measure('me', 'm0', 'm1');
+        out.push(me instanceof PerformanceMeasure, me.startTime, me.duration, me.entryType, u.inspect(me));
+        out.push(performance.getEntries().map((e) => e.name), performance.getEntriesByType('mark').map((e) => e.startTime));
+        return out;
+    "##;
+    assert_answers_as_node(&answering(block), r##"[true,true,true,true,true,"[object Performance]","TypeError:ERR_ILLEGAL_CONSTRUCTOR:Illegal constructor","TypeError:ERR_ILLEGAL_CONSTRUCTOR:Illegal constructor","TypeError:ERR_ILLEGAL_CONSTRUCTOR:Illegal constructor","TypeError:ERR_MISSING_ARGS:The \"name\" argument must be specified",true,true,"m1","mark",5,0,{"a":[1]},[],"{\"name\":\"m1\",\"entryType\":\"mark\",\"startTime\":5,\"duration\":0,\"detail\":{\"a\":[1]}}","PerformanceMark {\n  name: 'm1',\n  entryType: 'mark',\n  startTime: 5,\n  duration: 0,\n  detail: { a: [Array] }\n}","own",1,null,0,true,2,3,"measure","PerformanceMeasure {\n  name: 'me',\n  entryType: 'measure',\n  startTime: 2,\n  duration: 3,\n  detail: null\n}",["m0","me","m1"],[2,5]]"##).await;
+}
