@@ -95,6 +95,13 @@ const {
   StringPrototypeSlice,
   StringPrototypeToLowerCase,
   StringPrototypeToUpperCase,
+  StringFromCharCode,
+  SafeSet,
+  ObjectGetOwnPropertyNames,
+  StringPrototypePadStart,
+  NumberPrototypeToString,
+  FunctionPrototypeCall,
+  SymbolFor,
   JSONParse,
   TypeError: TypeErrorCtor,
   Uint8Array: Uint8ArrayCtor,
@@ -271,7 +278,7 @@ function specifier(spec, arg) {
       case "s":
         if (typeof arg === "bigint") return BigIntPrototypeToString(arg) + "n";
         if (typeof arg === "symbol") return SymbolPrototypeToString(arg);
-        if (typeof arg === "object" && arg !== null) return inspect(arg, 1, []);
+        if (typeof arg === "object" && arg !== null && hasBuiltInToString(arg)) return inspect(arg, 1, []);
         return safeString(arg);
       case "d":
         if (typeof arg === "bigint") return BigIntPrototypeToString(arg) + "n";
@@ -335,18 +342,29 @@ function inspect(value, depth, seen) {
 
 // Quoting and the identifier test walk characters: a RegExp method would
 // dispatch through RegExp.prototype, which guest code may have replaced.
+// As Node's strEscape: single quotes unless the string has one (then
+// double, or backticks if it has both), control characters escaped.
 function quote(s) {
-  let out = "'";
+  let q = 39; // '
+  if (StringPrototypeIndexOf(s, "'") !== -1) {
+    if (StringPrototypeIndexOf(s, '"') === -1) q = 34;
+    else if (StringPrototypeIndexOf(s, "`") === -1 && StringPrototypeIndexOf(s, "${") === -1) q = 96;
+  }
+  const mark = StringFromCharCode(q);
+  let out = mark;
   let last = 0;
   for (let i = 0; i < s.length; i++) {
     const c = StringPrototypeCharCodeAt(s, i);
-    if (c === 39 || c === 92) { // ' and backslash
-      out += StringPrototypeSlice(s, last, i) + "\\";
-      last = i;
-    }
+    let escaped;
+    if (c === q || c === 92) escaped = "\\" + StringFromCharCode(c);
+    else if (c < 32 || c === 127) escaped = CONTROL_ESCAPES[c] ?? "\\x" + StringPrototypeToUpperCase(StringPrototypePadStart(NumberPrototypeToString(c, 16), 2, "0"));
+    else continue;
+    out += StringPrototypeSlice(s, last, i) + escaped;
+    last = i + 1;
   }
-  return out + StringPrototypeSlice(s, last) + "'";
+  return out + StringPrototypeSlice(s, last) + mark;
 }
+const CONTROL_ESCAPES = { __proto__: null, 8: "\\b", 9: "\\t", 10: "\\n", 12: "\\f", 13: "\\r" };
 
 function isIdentifier(key) {
   if (key.length === 0) return false;
@@ -379,6 +397,14 @@ function tag(value) {
 
 function inspectObject(value, depth, seen) {
   if (ArrayPrototypeIndexOf(seen, value) !== -1) return "[Circular]";
+  // `[util.inspect.custom]`, as Node calls it (Buffer's `<Buffer 61 62>`,
+  // URL, moment, a library's own types): with the depth left, options,
+  // and an inspect of this formatter's.
+  const custom = value[kInspectCustom];
+  if (typeof custom === "function") {
+    const shown = FunctionPrototypeCall(custom, value, INSPECT_DEPTH - depth, customOptions(INSPECT_DEPTH - depth), inspectForCustom);
+    if (shown !== value) return typeof shown === "string" ? shown : inspect(shown, depth, seen);
+  }
   const t = tag(value);
   if (value instanceof ErrorCtor) return field(value, "stack", safeString(value));
   if (t === "[object Date]") return DatePrototypeToISOString(value);
@@ -400,15 +426,80 @@ function inspectObject(value, depth, seen) {
   }
 }
 
+const kInspectCustom = SymbolFor("nodejs.util.inspect.custom");
+
+function inspectForCustom(value) {
+  return inspect(value, 1, []);
+}
+
+// The options Node hands a custom inspector (no colours: a log line).
+function customOptions(depth) {
+  return {
+    depth,
+    colors: false,
+    customInspect: true,
+    showHidden: false,
+    showProxy: false,
+    maxArrayLength: INSPECT_ITEMS,
+    maxStringLength: 10000,
+    breakLength: Infinity,
+    compact: 3,
+    sorted: false,
+    getters: false,
+    numericSeparator: false,
+    stylize: (text) => text,
+  };
+}
+
+// As Node's getConstructorName: the first `constructor` up the chain that
+// `value` is an instance of ("" when there is none; null for a null
+// prototype). `{ __proto__: { constructor: URL } }` is not a URL.
 function constructorName(value) {
   try {
-    const proto = ObjectGetPrototypeOf(value);
+    let proto = ObjectGetPrototypeOf(value);
     if (proto === null) return null;
-    const ctor = ObjectGetOwnPropertyDescriptor(proto, "constructor");
-    const name = ctor && typeof ctor.value === "function" ? ctor.value.name : "";
-    return typeof name === "string" ? name : "";
+    for (; proto !== null; proto = ObjectGetPrototypeOf(proto)) {
+      const ctor = ObjectGetOwnPropertyDescriptor(proto, "constructor");
+      const name = ctor && typeof ctor.value === "function" ? ctor.value.name : "";
+      if (typeof name === "string" && name !== "" && isInstance(value, ctor.value)) return name;
+    }
+    return "";
   } catch {
     return "";
+  }
+}
+
+function isInstance(value, ctor) {
+  try {
+    return value instanceof ctor;
+  } catch {
+    return false;
+  }
+}
+
+// Node's hasBuiltInToString, for `%s`: an object whose toString is its
+// own or a non-built-in class's is printed with it, others inspected.
+// The built-ins: the global constructors V8 made (captured before any
+// webtask global exists, as Node captures them at its start).
+const BUILT_IN_NAMES = new SafeSet();
+for (const name of ObjectGetOwnPropertyNames(globalThis)) {
+  const c = StringPrototypeCharCodeAt(name, 0);
+  if (c >= 65 && c <= 90 && typeof globalThis[name] === "function") BUILT_IN_NAMES.add(name);
+}
+
+function hasBuiltInToString(value) {
+  try {
+    if (typeof value.toString !== "function") return true;
+    if (ObjectPrototypeHasOwnProperty(value, "toString")) return false;
+    let pointer = value;
+    do {
+      pointer = ObjectGetPrototypeOf(pointer);
+    } while (pointer !== null && !ObjectPrototypeHasOwnProperty(pointer, "toString"));
+    if (pointer === null) return true;
+    const ctor = ObjectGetOwnPropertyDescriptor(pointer, "constructor");
+    return ctor !== undefined && typeof ctor.value === "function" && BUILT_IN_NAMES.has(ctor.value.name);
+  } catch {
+    return true;
   }
 }
 
@@ -426,7 +517,15 @@ function inspectArray(arr, depth, seen) {
   const len = arr.length;
   const shown = len < INSPECT_ITEMS ? len : INSPECT_ITEMS;
   for (let i = 0; i < shown; i++) {
-    ArrayPrototypePush(items, i in arr ? inspect(arr[i], depth + 1, seen) : "<empty>");
+    if (i in arr) {
+      ArrayPrototypePush(items, inspect(arr[i], depth + 1, seen));
+      continue;
+    }
+    // A run of holes is one item, as Node shows it.
+    let holes = 1;
+    while (i + holes < shown && !(i + holes in arr)) holes++;
+    ArrayPrototypePush(items, "<" + holes + " empty item" + (holes > 1 ? "s>" : ">"));
+    i += holes - 1;
   }
   more(items, len - shown);
   return braces("", "[", "]", items);

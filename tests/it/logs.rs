@@ -624,3 +624,43 @@ async fn a_guest_can_neither_forge_nor_drown_the_nodes_own_records() {
     assert!(dropped > 0.0, "{metrics}");
     node.stop().await;
 }
+
+#[tokio::test]
+async fn console_honours_custom_inspectors_and_quotes_as_node() {
+    // `[util.inspect.custom]` (Buffer, URL, a library's own), `%s` of an
+    // object with its own toString, Node's quotes and escapes, runs of
+    // holes: each line as Node 20 formats the same arguments on one line
+    // (`util.formatWithOptions({ breakLength: Infinity }, ...)`).
+    let node = TestNode::with_config(logs_config()).await;
+    let mut reader = Reader::tenant(&node, "custom").await;
+    let code = r##"return function (cb) {
+        const rows = (function () {
+            const rows = [
+              [Buffer.from('ab')],
+              ['%s', Buffer.from('hi')],
+              [{ b: Buffer.from('x') }],
+              ['a\nb', { s: 'a\nb', q: "it's", d: 'say "hi"', both: `'"` }],
+              [[1, , , 2, , 3]],
+              [new URL('http://x.com/a')],
+              [{ [Symbol.for('nodejs.util.inspect.custom')]() { return 'CUSTOM'; } }],
+              [{ [Symbol.for('nodejs.util.inspect.custom')](depth, opts) { return { depth, colors: opts.colors }; } }],
+              [new URLSearchParams('a=1')],
+              [new AbortController().signal],
+              [{ k: '\t\u0001' }],
+              ['%s|%s|%s|%s', { toString() { return 'T'; } }, new (class A { toString() { return 'A!'; } })(), [1, 2], new Error('e').message],
+              ['%s', { a: 1 }],
+              [Object.create({ constructor: Map })],
+            ];
+            return rows;
+        })();
+        for (const row of rows) console.log(...row);
+        cb(null, 1);
+    }"##;
+    assert_eq!(node.run("custom", "", code).await.status, 200);
+    let want: Vec<String> = serde_json::from_str(r##"["<Buffer 61 62>","hi","{ b: <Buffer 78> }","a\nb { s: 'a\\nb', q: \"it's\", d: 'say \"hi\"', both: `'\"` }","[ 1, <2 empty items>, 2, <1 empty item>, 3 ]","URL { href: 'http://x.com/a', origin: 'http://x.com', protocol: 'http:', username: '', password: '', host: 'x.com', hostname: 'x.com', port: '', pathname: '/a', search: '', searchParams: URLSearchParams {}, hash: '' }","CUSTOM","{ depth: 2, colors: false }","URLSearchParams { 'a' => '1' }","AbortSignal { aborted: false }","{ k: '\\t\\x01' }","T|A!|[ 1, 2 ]|e","{ a: 1 }","{}"]"##).unwrap();
+    let mut got = Vec::new();
+    for _ in 0..want.len() {
+        got.push(reader.next().await);
+    }
+    assert_eq!(msgs(&got), want);
+}
