@@ -1774,3 +1774,25 @@ async fn performance_entries_are_nodes_classes() {
     "##;
     assert_answers_as_node(&answering(block), r##"[true,true,true,true,true,"[object Performance]","TypeError:ERR_ILLEGAL_CONSTRUCTOR:Illegal constructor","TypeError:ERR_ILLEGAL_CONSTRUCTOR:Illegal constructor","TypeError:ERR_ILLEGAL_CONSTRUCTOR:Illegal constructor","TypeError:ERR_MISSING_ARGS:The \"name\" argument must be specified",true,true,"m1","mark",5,0,{"a":[1]},[],"{\"name\":\"m1\",\"entryType\":\"mark\",\"startTime\":5,\"duration\":0,\"detail\":{\"a\":[1]}}","PerformanceMark {\n  name: 'm1',\n  entryType: 'mark',\n  startTime: 5,\n  duration: 0,\n  detail: { a: [Array] }\n}","own",1,null,0,true,2,3,"measure","PerformanceMeasure {\n  name: 'me',\n  entryType: 'measure',\n  startTime: 2,\n  duration: 3,\n  detail: null\n}",["m0","me","m1"],[2,5]]"##).await;
 }
+
+#[tokio::test]
+async fn a_port_lets_go_of_one_events_listener_only() {
+    // One function on 'message' and 'close': off('message') leaves the
+    // close listener (Node 20 answers ["close"]).
+    let v = eval(
+        r#"return function (cb) {
+            const { port1, port2 } = new MessageChannel();
+            const seen = [];
+            const f = (v) => seen.push(v === undefined || v instanceof Event ? 'close' : 'msg:' + v);
+            port2.on('message', f);
+            port2.on('close', f);
+            port2.off('message', f);
+            port2.start();
+            port1.postMessage('one');
+            setTimeout(() => port1.close(), 10);
+            setTimeout(() => cb(null, seen), 30);
+        }"#,
+    )
+    .await;
+    assert_eq!(v, json!(["close"]));
+}

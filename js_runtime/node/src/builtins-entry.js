@@ -122,12 +122,12 @@ function withNode20Buffer(mod) {
   // Node 20's `<Buffer 61 62 ... 10 more bytes>`, own properties after the
   // bytes (buffer@6 ends a long one in " ... " and shows none).
   Object.defineProperty(mod.Buffer.prototype, kInspect, {
-    value: function inspect(recurseTimes, ctx, inspect) {
+    value: function inspect(recurseTimes, ctx, inspectValue) {
       const max = mod.INSPECT_MAX_BYTES;
       const remaining = this.length - max;
       let str = this.toString("hex", 0, Math.min(max, this.length)).replace(/(.{2})/g, "$1 ").trim();
       if (remaining > 0) str += ` ... ${remaining} more byte${remaining > 1 ? "s" : ""}`;
-      if (ctx && inspect) {
+      if (ctx && inspectValue) {
         const obj = { __proto__: null };
         let extras = false;
         for (const key of Object.keys(this)) {
@@ -137,7 +137,7 @@ function withNode20Buffer(mod) {
         }
         if (extras) {
           if (this.length !== 0) str += ", ";
-          str += inspect(obj, { ...ctx, breakLength: Infinity, compact: true }).slice(27, -2);
+          str += inspectValue(obj, { ...ctx, breakLength: Infinity, compact: true }).slice(27, -2);
         }
       }
       return `<${this.constructor.name} ${str}>`;
@@ -155,10 +155,7 @@ function withNode20Buffer(mod) {
   mod.constants = Object.freeze({ MAX_LENGTH: mod.kMaxLength, MAX_STRING_LENGTH: mod.kStringMaxLength });
   mod.transcode = (source, fromEnc, toEnc) => transcode(mod.Buffer, source, fromEnc, toEnc);
   // No blob: URLs are made here (URL.createObjectURL is not offered).
-  mod.resolveObjectURL = (id) => {
-    void `${id}`;
-    return undefined;
-  };
+  mod.resolveObjectURL = () => undefined;
   return mod;
 }
 

@@ -94,28 +94,30 @@ class Receiver extends EventTarget {
   // Node's MessagePort is an EventEmitter too: listeners get the message
   // itself, not the event.
   on(type, listener) {
-    const wrapped = (event) => listener.call(this, type === "message" ? event.data : event);
-    this.#emitterListeners.set(listener, wrapped);
-    this.addEventListener(type, wrapped);
-    return this;
+    return this.#listen(type, listener, false);
   }
 
   once(type, listener) {
-    const wrapped = (event) => {
-      this.off(type, listener);
-      listener.call(this, type === "message" ? event.data : event);
-    };
-    this.#emitterListeners.set(listener, wrapped);
-    this.addEventListener(type, wrapped);
-    return this;
+    return this.#listen(type, listener, true);
   }
 
   off(type, listener) {
-    const wrapped = this.#emitterListeners.get(listener);
+    const wrapped = this.#emitterListeners.get(type)?.get(listener);
     if (wrapped) {
-      this.#emitterListeners.delete(listener);
+      this.#emitterListeners.get(type).delete(listener);
       this.removeEventListener(type, wrapped);
     }
+    return this;
+  }
+
+  #listen(type, listener, once) {
+    const wrapped = (event) => {
+      if (once) this.off(type, listener);
+      listener.call(this, type === "message" ? event.data : event);
+    };
+    if (!this.#emitterListeners.has(type)) this.#emitterListeners.set(type, new Map());
+    this.#emitterListeners.get(type).set(listener, wrapped);
+    this.addEventListener(type, wrapped);
     return this;
   }
 

@@ -15,9 +15,9 @@
 //   ops), not the polyfill's duck typing: `isPromise({then, catch})` is
 //   false, as in Node.
 // - isDeepStrictEqual, stripVTControlCharacters, toUSVString,
-//   formatWithOptions, getSystemErrorName and getSystemErrorMap, aborted,
-//   parseArgs (@pkgjs/parseargs, Node's implementation), styleText,
-//   debug, and the web classes as the globals.
+//   getSystemErrorName and getSystemErrorMap, aborted, parseArgs
+//   (@pkgjs/parseargs, Node's implementation), styleText, debug, and the
+//   web classes as the globals.
 "use strict";
 
 const { argType, coded } = require("./node-errors.js");
@@ -61,16 +61,16 @@ module.exports = function withNode20Util(util, host) {
   return util;
 };
 
-// Node's inspect costs an isolate about 10 ms to load (its primordials
-// alone are most of it), and most code that requires util never calls it:
-// it loads on first use. What modules read from util.inspect as they load
+// Node's inspect costs an isolate 5-10 ms to load, its functions from the
+// code cache (its primordials are most of it), and most code that
+// requires util never calls it: it loads on first use. What modules read from util.inspect as they load
 // (`util.inspect.custom`) is there before.
 function loadInspect() {
   nodeInspect ??= require("node-inspect-extracted");
   return nodeInspect;
 }
 
-// eslint-disable-next-line no-unused-vars -- Node's inspect.length is 2
+// The parameters only make `inspect.length` 2, as Node's.
 function inspect(value, options) {
   return loadInspect().inspect.apply(this, arguments);
 }
