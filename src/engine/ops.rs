@@ -34,7 +34,7 @@ use super::node::keys::{
     op_wt_sign_start, op_wt_verify_start,
 };
 use super::node::modules::{op_wt_module_compile, op_wt_module_resolve, op_wt_module_text, op_wt_module_version};
-use super::node::zlib::{op_wt_zlib_new, op_wt_zlib_run};
+use super::node::zlib::{op_wt_crc32, op_wt_zlib_new, op_wt_zlib_run};
 use super::{Error, ScriptError};
 
 /// Console output one request may produce (each line counted with
@@ -66,7 +66,8 @@ deno_core::extension!(
         op_wt_pbkdf2_new, op_wt_pbkdf2_run, op_wt_random, op_wt_aes_cbc, op_wt_gcm_new, op_wt_gcm_aad,
         op_wt_gcm_update, op_wt_gcm_tag, op_wt_gcm_check, op_wt_key_import, op_wt_key_from_jwk,
         op_wt_key_from_ec_point, op_wt_key_public, op_wt_key_info, op_wt_key_der, op_wt_sign_start,
-        op_wt_verify_start, op_wt_job_run, op_wt_zlib_new, op_wt_zlib_run, op_wt_module_resolve, op_wt_module_version,
+        op_wt_verify_start, op_wt_job_run, op_wt_zlib_new, op_wt_zlib_run, op_wt_crc32,
+        op_wt_module_resolve, op_wt_module_version,
         op_wt_module_compile, op_wt_module_text,
         op_wt_load_builtins,
         op_wt_load_streams,

@@ -1796,3 +1796,23 @@ async fn a_port_lets_go_of_one_events_listener_only() {
     .await;
     assert_eq!(v, json!(["close"]));
 }
+
+#[tokio::test]
+async fn zlib_crc32_is_nodes() {
+    // Node 20.15's zlib.crc32: strings as UTF-8, any view's bytes, a
+    // running value carried on, and Node's errors.
+    let code = r#"return function (cb) {
+        const z = require('zlib');
+        const out = [z.crc32('hello'), z.crc32(Buffer.from('hello')), z.crc32('world', z.crc32('hello ')), z.crc32('hello world'),
+                     z.crc32(new Uint16Array([1, 2])), z.crc32(new DataView(new ArrayBuffer(3))), z.crc32(''), z.crc32('€')];
+        for (const f of [() => z.crc32(1), () => z.crc32('a', 'x'), () => z.crc32('a', -1), () => z.crc32('a', 1.5), () => z.crc32('a', 2 ** 32)]) {
+            try { f(); out.push('no'); } catch (e) { out.push(e.code + ':' + e.message); }
+        }
+        cb(null, out);
+    }"#;
+    assert_answers_as_node(
+        code,
+        r#"[907060870,907060870,222957957,222957957,2882460411,4282505490,0,2213726422,"ERR_INVALID_ARG_TYPE:The \"data\" argument must be of type string or an instance of Buffer, TypedArray, or DataView. Received type number (1)","ERR_INVALID_ARG_TYPE:The \"value\" argument must be of type number. Received type string ('x')","ERR_OUT_OF_RANGE:The value of \"value\" is out of range. It must be >= 0 && <= 4294967295. Received -1","ERR_OUT_OF_RANGE:The value of \"value\" is out of range. It must be an integer. Received 1.5","ERR_OUT_OF_RANGE:The value of \"value\" is out of range. It must be >= 0 && <= 4294967295. Received 4294967296"]"#,
+    )
+    .await;
+}

@@ -78,6 +78,15 @@ unsafe impl GarbageCollected for ZStream {
     }
 }
 
+/// Node 20.15's `zlib.crc32`: the CRC-32 (IEEE, as zlib's) of `data`,
+/// continuing from `value`.
+#[op2(fast)]
+pub fn op_wt_crc32(#[buffer] data: &[u8], value: u32) -> u32 {
+    let mut hasher = crc32fast::Hasher::new_with_initial(value);
+    hasher.update(data);
+    hasher.finalize()
+}
+
 /// A stream in `mode` (gzip, deflate, deflateRaw, gunzip, inflate,
 /// inflateRaw, unzip). `max_output`: Node's `maxOutputLength` (any number;
 /// out of range means none). `one_shot`: the shim will join the output into
