@@ -24,7 +24,7 @@
 // every new isolate compiled them again (about 1 ms, measured with
 // `--log-function-events`).
 
-import { builtin, registerBuiltin, webtaskModule } from "ext:webtask_runtime/node/require.js";
+import { builtin, codedError, registerBuiltin, webtaskModule } from "ext:webtask_runtime/node/require.js";
 import {
   performance,
   Performance,
@@ -1036,12 +1036,6 @@ function isHeaderValue(s) {
     if (c !== 0x09 && (c < 0x20 || c === 0x7f || c > 0xff)) return false;
   }
   return true;
-}
-
-function codedError(Ctor, code, message) {
-  const err = new Ctor(message);
-  err.code = code;
-  return err;
 }
 
 function toChunk(chunk) {

@@ -14,7 +14,15 @@
 // passing the last ciphertext block on; GCM streams as in Node (update()
 // returns text at once, final() checks the tag).
 
-import { builtin, provideCryptoKey, registerBuiltin, unavailableError } from "ext:webtask_runtime/node/require.js";
+import {
+  builtin,
+  codedError,
+  illegalConstructor,
+  provideCryptoKey,
+  received,
+  registerBuiltin,
+  unavailableError,
+} from "ext:webtask_runtime/node/require.js";
 
 const core = globalThis.Deno.core;
 const {
@@ -947,12 +955,6 @@ export const webcrypto = {
 // `Object.keys(crypto)` is empty and util.inspect shows `Crypto {}`),
 // neither constructible. What Node has and webtask does not (encrypt,
 // generateKey, ...) stays absent, so a feature check sees it missing.
-function illegalConstructor() {
-  const err = new TypeErrorCtor("Illegal constructor");
-  err.code = "ERR_ILLEGAL_CONSTRUCTOR";
-  return err;
-}
-
 export class Crypto {
   constructor() {
     throw illegalConstructor();
@@ -1004,9 +1006,7 @@ const CIPHER_INFO = [
 // cipher webtask lacks, or a key or IV length it cannot take.
 function getCipherInfo(nameOrNid, options) {
   if (typeof nameOrNid !== "string" && typeof nameOrNid !== "number") {
-    const err = new TypeErrorCtor(`The "nameOrNid" argument must be one of type string or number. Received ${nameOrNid === null ? "null" : typeof nameOrNid === "object" ? "an instance of " + (nameOrNid.constructor?.name || "Object") : `type ${typeof nameOrNid} (${StringCtor(nameOrNid)})`}`);
-    err.code = "ERR_INVALID_ARG_TYPE";
-    throw err;
+    throw codedError(TypeErrorCtor, "ERR_INVALID_ARG_TYPE", `The "nameOrNid" argument must be one of type string or number. Received ${received(nameOrNid)}`);
   }
   const key = typeof nameOrNid === "string" ? StringPrototypeToLowerCase(nameOrNid) : nameOrNid;
   let found;

@@ -5,7 +5,15 @@
 // monotonic: a coarse clock is also a poor timer for side channels), and
 // `os` reports harmless constants.
 
-import { builtin, isBuiltin, registerBuiltin, unavailableError } from "ext:webtask_runtime/node/require.js";
+import {
+  builtin,
+  codedError,
+  illegalConstructor,
+  isBuiltin,
+  received,
+  registerBuiltin,
+  unavailableError,
+} from "ext:webtask_runtime/node/require.js";
 import { DOMException, structuredClone } from "ext:webtask_runtime/node/web.js";
 
 const {
@@ -87,10 +95,6 @@ function findMark(name) {
 const kCreate = SymbolCtor("create");
 const kInspect = SymbolFor("nodejs.util.inspect.custom");
 
-function illegalConstructor() {
-  return perfError(TypeErrorCtor, "ERR_ILLEGAL_CONSTRUCTOR", "Illegal constructor");
-}
-
 function cloneDetail(detail) {
   return detail === undefined || detail === null ? null : structuredClone(detail);
 }
@@ -145,9 +149,9 @@ export class PerformanceMark extends PerformanceEntry {
     if (startTime === undefined) startTime = nowMs();
     else if (typeof startTime !== "number") {
       const shown = typeof startTime === "string" ? `'${startTime}'` : typeof startTime === "object" ? "an object" : StringCtor(startTime);
-      throw perfError(TypeErrorCtor, "ERR_INVALID_ARG_TYPE", `The "startTime" argument must be of type number. Received type ${typeof startTime} (${shown})`);
+      throw codedError(TypeErrorCtor, "ERR_INVALID_ARG_TYPE", `The "startTime" argument must be of type number. Received type ${typeof startTime} (${shown})`);
     } else if (!(startTime >= 0)) {
-      throw perfError(TypeErrorCtor, "ERR_PERFORMANCE_INVALID_TIMESTAMP", `${startTime} is not a valid timestamp`);
+      throw codedError(TypeErrorCtor, "ERR_PERFORMANCE_INVALID_TIMESTAMP", `${startTime} is not a valid timestamp`);
     }
     const detail = cloneDetail(options?.detail);
     super(kCreate, name, "mark", startTime, 0);
@@ -195,14 +199,8 @@ function clear(entryType) {
   };
 }
 
-function perfError(Ctor, code, message) {
-  const err = new Ctor(message);
-  err.code = code;
-  return err;
-}
-
 function needName(args) {
-  if (args.length === 0) throw perfError(TypeErrorCtor, "ERR_MISSING_ARGS", 'The "name" argument must be specified');
+  if (args.length === 0) throw codedError(TypeErrorCtor, "ERR_MISSING_ARGS", 'The "name" argument must be specified');
 }
 
 export class Performance {
@@ -231,7 +229,7 @@ export class Performance {
     if (startOrOptions !== null && typeof startOrOptions === "object") {
       const { start: from, end: to, duration } = startOrOptions;
       if (from !== undefined && to !== undefined && duration !== undefined) {
-        throw perfError(TypeErrorCtor, "ERR_PERFORMANCE_MEASURE_INVALID_OPTIONS", "Must not have options.start, options.end, and options.duration specified");
+        throw codedError(TypeErrorCtor, "ERR_PERFORMANCE_MEASURE_INVALID_OPTIONS", "Must not have options.start, options.end, and options.duration specified");
       }
       // Node's order: the end from `end`, or `start` + `duration`, or now;
       // the start from `start`, or end - `duration`, or the time origin.
@@ -351,8 +349,7 @@ export const process = {
   // bundles use it to tell Node from a browser).
   getBuiltinModule(id) {
     if (typeof id !== "string") {
-      const shown = id === null || id === undefined ? `${id}` : typeof id === "object" || typeof id === "function" ? `an instance of ${typeof id}` : `type ${typeof id} (${StringCtor(id)})`;
-      throw perfError(TypeErrorCtor, "ERR_INVALID_ARG_TYPE", `The "id" argument must be of type string. Received ${shown}`);
+      throw codedError(TypeErrorCtor, "ERR_INVALID_ARG_TYPE", `The "id" argument must be of type string. Received ${received(id)}`);
     }
     if (!isBuiltin(id)) return undefined;
     return builtin(StringPrototypeStartsWith(id, "node:") ? StringPrototypeSlice(id, 5) : id);

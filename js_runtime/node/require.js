@@ -185,6 +185,29 @@ const UNAVAILABLE = [
   "net", "readline", "repl", "tls", "trace_events", "v8", "vm", "wasi", "worker_threads",
 ];
 
+/// An error as Node throws it: `Ctor`, Node's `code`, Node's message.
+/// Shared by the snapshot's modules (the bundle has src/node-errors.js).
+export function codedError(Ctor, code, message) {
+  const err = new Ctor(message);
+  err.code = code;
+  return err;
+}
+
+/// How Node's ERR_INVALID_ARG_TYPE describes the value it got.
+export function received(value) {
+  if (value === null || value === undefined) return `${value}`;
+  if (typeof value === "function") return `function ${value.name}`;
+  if (typeof value === "object") return `an instance of ${value.constructor?.name || "Object"}`;
+  let shown = StringCtor(value);
+  if (typeof value === "string") shown = `'${value.length > 25 ? StringPrototypeSlice(value, 0, 25) + "..." : value}'`;
+  return `type ${typeof value} (${shown})`;
+}
+
+/// What Node throws for `new` of a Web interface that has no constructor.
+export function illegalConstructor() {
+  return codedError(TypeErrorCtor, "ERR_ILLEGAL_CONSTRUCTOR", "Illegal constructor");
+}
+
 export function unavailableError(what, why) {
   const err = new ErrorCtor(`${what} is not available in webtask${why ? ": " + why : ""}`);
   err.code = "ERR_WEBTASK_UNAVAILABLE";

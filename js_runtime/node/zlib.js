@@ -6,7 +6,7 @@
 // isolate's ArrayBuffer limit, and the CPU limit can stop a long run
 // between calls); this file loops until the input is used up.
 
-import { builtin, registerBuiltin } from "ext:webtask_runtime/node/require.js";
+import { builtin, codedError, received, registerBuiltin } from "ext:webtask_runtime/node/require.js";
 
 const core = globalThis.Deno.core;
 const { op_wt_zlib_new, op_wt_zlib_run, op_wt_crc32 } = core.ops;
@@ -191,28 +191,13 @@ function crc32(data, value = 0) {
   let bytes;
   if (typeof data === "string") bytes = builtin("buffer").Buffer.from(data, "utf8");
   else if (ArrayBufferIsView(data)) bytes = new Uint8ArrayCtor(data.buffer, data.byteOffset, data.byteLength);
-  else throw argError(TypeErrorCtor, "ERR_INVALID_ARG_TYPE", `The "data" argument must be of type string or an instance of Buffer, TypedArray, or DataView. Received ${received(data)}`);
-  if (typeof value !== "number") throw argError(TypeErrorCtor, "ERR_INVALID_ARG_TYPE", `The "value" argument must be of type number. Received ${received(value)}`);
-  if (!NumberIsInteger(value)) throw argError(RangeErrorCtor, "ERR_OUT_OF_RANGE", `The value of "value" is out of range. It must be an integer. Received ${value}`);
+  else throw codedError(TypeErrorCtor, "ERR_INVALID_ARG_TYPE", `The "data" argument must be of type string or an instance of Buffer, TypedArray, or DataView. Received ${received(data)}`);
+  if (typeof value !== "number") throw codedError(TypeErrorCtor, "ERR_INVALID_ARG_TYPE", `The "value" argument must be of type number. Received ${received(value)}`);
+  if (!NumberIsInteger(value)) throw codedError(RangeErrorCtor, "ERR_OUT_OF_RANGE", `The value of "value" is out of range. It must be an integer. Received ${value}`);
   if (value < 0 || value > 0xffffffff) {
-    throw argError(RangeErrorCtor, "ERR_OUT_OF_RANGE", `The value of "value" is out of range. It must be >= 0 && <= 4294967295. Received ${value}`);
+    throw codedError(RangeErrorCtor, "ERR_OUT_OF_RANGE", `The value of "value" is out of range. It must be >= 0 && <= 4294967295. Received ${value}`);
   }
   return op_wt_crc32(bytes, value);
-}
-
-function argError(Ctor, code, message) {
-  const err = new Ctor(message);
-  err.code = code;
-  return err;
-}
-
-// How Node's ERR_INVALID_ARG_TYPE shows what it got.
-function received(value) {
-  if (value === null || value === undefined) return `${value}`;
-  if (typeof value === "function") return `function ${value.name}`;
-  if (typeof value === "object") return `an instance of ${value.constructor?.name || "Object"}`;
-  const shown = typeof value === "string" ? `'${value.length > 25 ? value.slice(0, 25) + "..." : value}'` : `${String(value)}`;
-  return `type ${typeof value} (${shown})`;
 }
 
 registerBuiltin("zlib", createZlib);

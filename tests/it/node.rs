@@ -1816,3 +1816,27 @@ async fn zlib_crc32_is_nodes() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn argument_errors_describe_objects_as_node() {
+    // Node's ERR_INVALID_ARG_TYPE names an object's class and a function's
+    // name (one helper for every snapshot module; Node 20.20's messages).
+    let v = eval(&answering(
+        r#"
+        const out = [];
+        for (const f of [() => process.getBuiltinModule({}), () => process.getBuiltinModule(function f() {}), () => require('zlib').crc32([])]) {
+            try { f(); out.push('no'); } catch (e) { out.push(e.message); }
+        }
+        return out;
+    "#,
+    ))
+    .await;
+    assert_eq!(
+        v,
+        json!([
+            "The \"id\" argument must be of type string. Received an instance of Object",
+            "The \"id\" argument must be of type string. Received function f",
+            "The \"data\" argument must be of type string or an instance of Buffer, TypedArray, or DataView. Received an instance of Array",
+        ])
+    );
+}

@@ -2,7 +2,7 @@
 // built-in backed by an npm polyfill, as a thunk, so a module is evaluated
 // only when an isolate first requires it. Polyfills requiring each other get
 // the same instance (esbuild caches every CommonJS module once).
-const { argType } = require("./node-errors.js");
+const { argType, coded } = require("./node-errors.js");
 
 export const polyfills = {
   assert: () => require("assert/"),
@@ -168,8 +168,7 @@ function transcode(Buffer, source, fromEnc, toEnc) {
   const from = TRANSCODE[`${fromEnc}`.toLowerCase()];
   const to = TRANSCODE[`${toEnc}`.toLowerCase()];
   if (from === undefined || to === undefined) {
-    const err = new Error("Unable to transcode Buffer [U_ILLEGAL_ARGUMENT_ERROR]");
-    err.code = "U_ILLEGAL_ARGUMENT_ERROR";
+    const err = coded(Error, "U_ILLEGAL_ARGUMENT_ERROR", "Unable to transcode Buffer [U_ILLEGAL_ARGUMENT_ERROR]");
     err.errno = 1;
     throw err;
   }

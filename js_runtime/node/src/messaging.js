@@ -18,10 +18,10 @@ const kEntangle = Symbol("entangle");
 const setTask = globalThis.setTimeout;
 const clone = globalThis.structuredClone;
 
+const { coded } = require("./node-errors.js");
+
 function missingArgs(name) {
-  const err = new TypeError(`The "${name}" argument must be specified`);
-  err.code = "ERR_MISSING_ARGS";
-  return err;
+  return coded(TypeError, "ERR_MISSING_ARGS", `The "${name}" argument must be specified`);
 }
 
 class MessageEvent extends Event {
@@ -163,11 +163,7 @@ class MessagePort extends Receiver {
   #closed = false;
 
   constructor(token) {
-    if (token !== kCreate) {
-      const err = new TypeError("Constructor cannot be called");
-      err.code = "ERR_CONSTRUCT_CALL_INVALID";
-      throw err;
-    }
+    if (token !== kCreate) throw coded(TypeError, "ERR_CONSTRUCT_CALL_INVALID", "Constructor cannot be called");
     super();
   }
 
