@@ -975,11 +975,19 @@ async fn an_unread_exchange_ends_with_its_requests_wall_clock_limit() {
 /// A name server on loopback that takes every query and never answers;
 /// counts the queries it got.
 async fn silent_name_server() -> (SocketAddr, Arc<AtomicU64>) {
-    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = udp.local_addr().unwrap();
     // TCP on the same port too, accepting and never answering, so a
-    // resolver that tries TCP waits as it does on UDP.
-    let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+    // resolver that tries TCP waits as it does on UDP. The kernel picks the
+    // UDP port without looking at TCP's, so that port may be taken for TCP
+    // by another test's connection: pick again until both are ours.
+    let (udp, tcp) = loop {
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        match tokio::net::TcpListener::bind(udp.local_addr().unwrap()).await {
+            Ok(tcp) => break (udp, tcp),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => panic!("binding the name server's TCP port: {e}"),
+        }
+    };
+    let addr = udp.local_addr().unwrap();
     let queries = Arc::new(AtomicU64::new(0));
     let counted = queries.clone();
     tokio::spawn(async move {
