@@ -18,10 +18,31 @@ use crate::support::{sample, test_config, workers_config_from, TestNode};
 /// A tansu broker on a loopback port of its own; killed on drop.
 struct Broker {
     addr: SocketAddr,
+    /// Holds the port while no broker listens on it (see [`reserve_port`]).
+    _reserved: tokio::net::TcpSocket,
     child: Option<Child>,
 }
 
+/// A loopback port bound, not listening, with SO_REUSEADDR: no connection
+/// anywhere on the host is given it as its own port while the broker is
+/// down (a probe listener dropped at once would leave it free for that,
+/// and the broker's bind would fail), a client connecting to it is refused
+/// as by a stopped broker, and the broker (which binds with SO_REUSEADDR
+/// too, as tokio does) can still listen on it.
+fn reserve_port() -> (SocketAddr, tokio::net::TcpSocket) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_reuseaddr(true).unwrap();
+    socket.bind(([127, 0, 0, 1], 0).into()).unwrap();
+    (socket.local_addr().unwrap(), socket)
+}
+
 impl Broker {
+    /// A broker not started yet, on a port of its own.
+    fn unstarted() -> Broker {
+        let (addr, reserved) = reserve_port();
+        Broker { addr, _reserved: reserved, child: None }
+    }
+
     fn binary() -> PathBuf {
         let path = std::env::var_os("WEBTASK_TANSU")
             .map(PathBuf::from)
@@ -31,8 +52,7 @@ impl Broker {
     }
 
     async fn start() -> Broker {
-        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let mut broker = Broker { addr, child: None };
+        let mut broker = Broker::unstarted();
         broker.restart().await;
         broker
     }
@@ -211,7 +231,7 @@ async fn topics(broker: &Broker) -> BTreeSet<String> {
 #[tokio::test]
 async fn past_the_bound_records_are_dropped_and_counted_and_the_rest_delivered() {
     // Nothing listens yet: every message waits in the producer's queue.
-    let mut broker = Broker { addr: std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap(), child: None };
+    let mut broker = Broker::unstarted();
     // Six messages: three records, each to its container's topic and the system topic.
     let node = TestNode::with_config(kafka_config(&broker, 6)).await;
     let code = "return function (cb) { for (let i = 0; i < 10; i++) console.log('line ' + i); cb(null, 'served'); }";
