@@ -48,20 +48,30 @@ async function builtins() {
         "// npm polyfills behind webtask's Node built-ins (see src/builtins-entry.js).",
     },
     logLevel: "warning",
-    plugins: [nodeStreamsFrom, lazyTr46, nodeInvalidUrl, nodeEvents, inspectHost, nodeFacts],
+    plugins: [nodeStreams, lazyTr46, nodeInvalidUrl, nodeEvents, inspectHost, nodeFacts],
   });
 }
 
-// readable-stream's browser build leaves out Readable.from (browsers had
-// no async iterators then); its Node version needs nothing the shim lacks.
-const nodeStreamsFrom = {
-  name: "readable-stream-from",
+// readable-stream 4 (Node's own streams, exported from Node 20's lib) asks
+// its host for three things: `process/` and `abort-controller`, which are
+// the isolate's own (src/host-globals.js), and the adapters to the WHATWG
+// streams behind `Readable.fromWeb` and the like, for which it ships an
+// empty table (src/stream-web-adapters.js fills it). A readable-stream
+// that reads otherwise fails the build.
+const nodeStreams = {
+  name: "node-streams",
   setup(build) {
-    build.onLoad({ filter: /readable-stream[\\/]lib[\\/]internal[\\/]streams[\\/]from-browser\.js$/ }, (args) => ({
-      contents: fs.readFileSync(args.path.replace(/from-browser\.js$/, "from.js"), "utf8"),
-      resolveDir: path.dirname(args.path),
-      loader: "js",
-    }));
+    const globals = JSON.stringify(path.join(here, "src/host-globals.js"));
+    const shim = (expr) => ({ contents: `module.exports = require(${globals}).${expr};`, resolveDir: here, loader: "js" });
+    build.onResolve({ filter: /^(process\/?|abort-controller)$/ }, (args) => ({ path: args.path, namespace: "host-global" }));
+    build.onLoad({ filter: /.*/, namespace: "host-global" }, (args) => shim(args.path === "abort-controller" ? "abortController()" : "process()"));
+    build.onLoad({ filter: /readable-stream[\\/]lib[\\/]internal[\\/]streams[\\/](readable|writable|duplex)\.js$/ }, (args) => {
+      const from = "if (webStreamsAdapters === undefined) webStreamsAdapters = {}";
+      const contents = fs.readFileSync(args.path, "utf8");
+      if (!contents.includes(from)) throw new Error(`${args.path} no longer reads ${from}`);
+      const adapters = JSON.stringify(path.join(here, "src/stream-web-adapters.js"));
+      return { contents: contents.replace(from, `if (webStreamsAdapters === undefined) webStreamsAdapters = require(${adapters})`), resolveDir: path.dirname(args.path), loader: "js" };
+    });
   },
 };
 

@@ -352,7 +352,9 @@ function createHttp(defaultProtocol) {
   };
 
   function ClientRequest(input, options, cb) {
-    Writable.call(this, { emitClose: false });
+    // Not destroyed once its body is written, as a Writable would be: a
+    // request lives on until its response (Node's is no Writable at all).
+    Writable.call(this, { emitClose: false, autoDestroy: false });
     if (typeof input === "string" || input instanceof URL) {
       const parsed = typeof input === "string" ? new URL(input) : input;
       const fromUrl = {
@@ -563,13 +565,15 @@ function createHttp(defaultProtocol) {
     });
   };
   ClientRequest.prototype._final = function (cb) {
-    // Destroyed before its end was flushed: nothing more goes out (and
-    // no 'finish').
-    if (this.destroyed) return;
-    if (this._mode === null) this._start("full", this._full);
-    else if (this._rid !== 0) egress.finish(this._rid);
-    this.finished = true;
-    cb();
+    // Flushed on the next tick, as Node's request is: one destroyed in the
+    // tick it was ended in sends nothing more (and has no 'finish').
+    nextTick(() => {
+      if (this.destroyed) return;
+      if (this._mode === null) this._start("full", this._full);
+      else if (this._rid !== 0) egress.finish(this._rid);
+      this.finished = true;
+      cb();
+    });
   };
   /// Sends the head: `mode` "full" with the whole body, "stream" with the
   /// body to follow.

@@ -47,7 +47,6 @@ const {
   ObjectFreeze,
   ObjectKeys,
   ObjectPrototypeHasOwnProperty,
-  ObjectSetPrototypeOf,
   Proxy: ProxyCtor,
   ReflectApply,
   SafeMap,
@@ -77,18 +76,7 @@ export function registerBuiltin(name, factory) {
 for (const name of ["assert", "buffer", "events", "path", "punycode", "querystring", "string_decoder", "url"]) {
   registerBuiltin(name, () => polyfill(name));
 }
-registerBuiltin("stream", () => {
-  const stream = polyfill("stream");
-  // As in Node, every stream is a `Stream` (node-fetch, form-data and
-  // others test `instanceof Stream`); the polyfill's readable-stream
-  // derives from EventEmitter directly.
-  ObjectSetPrototypeOf(stream.Readable.prototype, stream.prototype);
-  ObjectSetPrototypeOf(stream.Writable.prototype, stream.prototype);
-  // `stream.promises` is `stream/promises`, made on first use (it needs
-  // this module).
-  ObjectDefineProperty(stream, "promises", { __proto__: null, get: () => builtin("stream/promises"), enumerable: true, configurable: true });
-  return stream;
-});
+registerBuiltin("stream", () => polyfill("stream"));
 // util with what Node reads from V8 (see src/util-node20.js): a promise's
 // state, a collection's or iterator's entries, and util.types from V8's
 // own checks.
@@ -170,11 +158,8 @@ function utilTypes() {
 registerBuiltin("assert/strict", () => builtin("assert").strict);
 registerBuiltin("path/posix", () => builtin("path"));
 registerBuiltin("util/types", () => builtin("util").types);
-registerBuiltin("stream/promises", () => {
-  const { pipeline, finished } = builtin("stream");
-  const promisify = builtin("util").promisify;
-  return { pipeline: promisify(pipeline), finished: promisify(finished) };
-});
+registerBuiltin("stream/promises", () => builtin("stream").promises);
+registerBuiltin("stream/consumers", () => polyfill("stream_consumers"));
 
 // Modules that would reach the host (files, processes, sockets, other
 // isolates, code compilation outside the guest's own eval): present, so

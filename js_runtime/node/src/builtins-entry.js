@@ -12,7 +12,8 @@ export const polyfills = {
   path: () => withNamespacedPath(require("path-browserify")),
   punycode: () => require("punycode/"),
   querystring: () => withEscape(require("querystring-es3")),
-  stream: () => require("stream-browserify"),
+  stream: () => require("./stream-node20.js").withNode20(require("readable-stream/lib/stream.js")),
+  stream_consumers: () => require("./stream-node20.js").consumers,
   string_decoder: () => require("string_decoder/"),
   url: () => require("./url-node.js"),
   // `host`: what Node reads from V8 (see src/util-node20.js).

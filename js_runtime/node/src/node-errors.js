@@ -20,8 +20,10 @@ function received(value) {
 }
 
 // `expected` as Node words it: "of type string", "an instance of ...".
+// A dotted name is a property, as Node says.
 function argType(name, expected, value) {
-  return coded(TypeError, "ERR_INVALID_ARG_TYPE", `The "${name}" argument must be ${expected}. Received ${received(value)}`);
+  const what = name.includes(".") ? "property" : "argument";
+  return coded(TypeError, "ERR_INVALID_ARG_TYPE", `The "${name}" ${what} must be ${expected}. Received ${received(value)}`);
 }
 
 module.exports = { coded, argType };

@@ -1,0 +1,257 @@
+// Node 20's adapters between its streams and the WHATWG streams
+// (`Readable.fromWeb` / `toWeb`, the same on Writable and Duplex), which
+// readable-stream leaves to its host: it ships an empty table and calls
+// into it. build.mjs hands it this module instead.
+//
+// What each adapter promises, as Node's do: backpressure crosses over
+// (a Node stream is paused while the web side's queue is full, a web
+// write waits for the Node side's callback), an error on either side
+// errors the other, and cancelling or destroying one side ends the other.
+"use strict";
+
+const { argType, coded } = require("./node-errors.js");
+
+// readable-stream's classes, taken when an adapter is first used (this
+// module is loaded while they are being defined).
+const streams = () => require("readable-stream/lib/stream.js");
+
+function isReadableStream(value) {
+  return typeof ReadableStream === "function" && value instanceof ReadableStream;
+}
+
+function isWritableStream(value) {
+  return typeof WritableStream === "function" && value instanceof WritableStream;
+}
+
+function options(value, name) {
+  if (value === undefined) return {};
+  if (value === null || typeof value !== "object") throw argType(name, "of type object", value);
+  return value;
+}
+
+// Node turns a stream that closed before it ended into an AbortError.
+function fromNodeError(error) {
+  if (error?.code !== "ERR_STREAM_PREMATURE_CLOSE") return error;
+  const abort = new DOMException("The operation was aborted", "AbortError");
+  Object.defineProperty(abort, "cause", { value: error, configurable: true, writable: true });
+  return abort;
+}
+
+function newStreamReadableFromReadableStream(readableStream, opts) {
+  if (!isReadableStream(readableStream)) throw argType("readableStream", "an instance of ReadableStream", readableStream);
+  const { highWaterMark, encoding, objectMode = false, signal } = options(opts, "options");
+  const { Readable, destroy } = streams();
+  if (encoding !== undefined && !Buffer.isEncoding(encoding)) {
+    // Node's own words, its two values swapped as they are there.
+    throw coded(TypeError, "ERR_INVALID_ARG_VALUE", `The argument '${encoding}' is invalid. Received 'options.encoding'`);
+  }
+  const reader = readableStream.getReader();
+  let closed = false;
+  const readable = new Readable({
+    objectMode,
+    highWaterMark,
+    encoding,
+    signal,
+    read() {
+      reader.read().then(
+        (chunk) => readable.push(chunk.done ? null : chunk.value),
+        (error) => destroy(readable, error),
+      );
+    },
+    destroy(error, callback) {
+      const done = () => callback(error);
+      if (closed) return done();
+      reader.cancel(error).then(done, done);
+    },
+  });
+  reader.closed.then(
+    () => { closed = true; },
+    (error) => { closed = true; destroy(readable, error); },
+  );
+  return readable;
+}
+
+function newReadableStreamFromStreamReadable(streamReadable, opts) {
+  if (typeof streamReadable?._readableState !== "object") throw argType("streamReadable", "an stream.Readable", streamReadable);
+  const { strategy } = options(opts, "options");
+  const { destroy, finished, isDestroyed, isReadable } = streams();
+  if (isDestroyed(streamReadable) || !isReadable(streamReadable)) {
+    const empty = new ReadableStream();
+    empty.cancel();
+    return empty;
+  }
+  const objectMode = streamReadable.readableObjectMode;
+  const highWaterMark = streamReadable.readableHighWaterMark;
+  // Bytes count as one chunk each unless told otherwise, as in Node: the
+  // Node side already holds up to its own high-water mark.
+  const queuing = strategy ?? (objectMode ? new CountQueuingStrategy({ highWaterMark }) : { highWaterMark });
+  let controller;
+  const onData = (chunk) => {
+    // A Buffer handed to the web side is a plain Uint8Array over its bytes.
+    if (Buffer.isBuffer(chunk) && !objectMode) chunk = new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    controller.enqueue(chunk);
+    if (controller.desiredSize <= 0) streamReadable.pause();
+  };
+  const cleanup = finished(streamReadable, (error) => {
+    cleanup();
+    streamReadable.on("error", () => {});
+    streamReadable.off("data", onData);
+    if (error) return controller.error(fromNodeError(error));
+    controller.close();
+  });
+  streamReadable.on("data", onData);
+  return new ReadableStream({
+    start(c) { controller = c; },
+    pull() { streamReadable.resume(); },
+    cancel(reason) { destroy(streamReadable, reason); },
+  }, queuing);
+}
+
+function newStreamWritableFromWritableStream(writableStream, opts) {
+  if (!isWritableStream(writableStream)) throw argType("writableStream", "an instance of WritableStream", writableStream);
+  const { highWaterMark, decodeStrings = true, objectMode = false, signal } = options(opts, "options");
+  const { Writable, destroy } = streams();
+  const writer = writableStream.getWriter();
+  let closed = false;
+  const writable = new Writable({
+    highWaterMark,
+    objectMode,
+    decodeStrings,
+    signal,
+    write(chunk, _encoding, callback) {
+      writer.ready.then(() => writer.write(chunk)).then(() => callback(), callback);
+    },
+    writev(chunks, callback) {
+      writer.ready.then(() => Promise.all(chunks.map(({ chunk }) => writer.write(chunk)))).then(() => callback(), callback);
+    },
+    final(callback) {
+      if (closed) return callback();
+      writer.close().then(() => callback(), callback);
+    },
+    destroy(error, callback) {
+      const done = () => callback(error);
+      if (closed) return done();
+      writer.abort(error).then(done, done);
+    },
+  });
+  writer.closed.then(
+    () => { closed = true; },
+    (error) => { closed = true; destroy(writable, error); },
+  );
+  return writable;
+}
+
+function newWritableStreamFromStreamWritable(streamWritable) {
+  if (typeof streamWritable?._writableState !== "object") throw argType("streamWritable", "an stream.Writable", streamWritable);
+  const { destroy, finished, isDestroyed, isWritable } = streams();
+  if (isDestroyed(streamWritable) || !isWritable(streamWritable)) {
+    const closed = new WritableStream();
+    closed.close();
+    return closed;
+  }
+  const highWaterMark = streamWritable.writableHighWaterMark;
+  const queuing = streamWritable.writableObjectMode
+    ? new CountQueuingStrategy({ highWaterMark })
+    : { highWaterMark, size: (chunk) => chunk?.byteLength ?? chunk?.length ?? 1 };
+  let controller;
+  let drained = null;
+  let closing = null;
+  const onDrain = () => {
+    drained?.resolve();
+    drained = null;
+  };
+  streamWritable.on("drain", onDrain);
+  const cleanup = finished(streamWritable, (error) => {
+    cleanup();
+    streamWritable.on("error", () => {});
+    streamWritable.off("drain", onDrain);
+    error = fromNodeError(error);
+    if (error) {
+      drained?.reject(error);
+      closing?.reject(error);
+      controller.error(error);
+    } else if (closing) {
+      closing.resolve();
+    } else {
+      // Ended from the Node side while the web side could still write.
+      controller.error(new DOMException("The operation was aborted", "AbortError"));
+    }
+    drained = closing = null;
+  });
+  const deferred = () => {
+    let resolve, reject;
+    const promise = new Promise((ok, fail) => { resolve = ok; reject = fail; });
+    return { promise, resolve, reject };
+  };
+  return new WritableStream({
+    start(c) { controller = c; },
+    // One write at a time (the web stream waits for each): a write the
+    // Node side cannot take at once resolves when it drains.
+    write(chunk) {
+      const write = () => {
+        if (streamWritable.write(chunk)) return;
+        drained = deferred();
+        return drained.promise;
+      };
+      if (!streamWritable.writableNeedDrain) return write();
+      drained = deferred();
+      return drained.promise.then(write);
+    },
+    abort(reason) { destroy(streamWritable, reason); },
+    close() {
+      if (!streamWritable.writableEnded) {
+        closing = deferred();
+        streamWritable.end();
+        return closing.promise;
+      }
+    },
+  }, queuing);
+}
+
+function newStreamDuplexFromReadableWritablePair(pair, opts) {
+  if (pair === null || typeof pair !== "object") throw argType("pair", "of type object", pair);
+  const { readable, writable } = pair;
+  if (!isReadableStream(readable)) throw argType("pair.readable", "an instance of ReadableStream", readable);
+  if (!isWritableStream(writable)) throw argType("pair.writable", "an instance of WritableStream", writable);
+  const { allowHalfOpen = false, decodeStrings = true, encoding, highWaterMark, objectMode = false, signal } = options(opts, "options");
+  const { Duplex } = streams();
+  const node = { readable: newStreamReadableFromReadableStream(readable, { encoding, highWaterMark, objectMode }),
+    writable: newStreamWritableFromWritableStream(writable, { decodeStrings, highWaterMark, objectMode }) };
+  const duplex = new Duplex({
+    allowHalfOpen,
+    decodeStrings,
+    encoding,
+    highWaterMark,
+    objectMode,
+    signal,
+    read() { node.readable.resume(); },
+    write(chunk, encoding, callback) { node.writable.write(chunk, encoding, callback); },
+    final(callback) { node.writable.end(callback); },
+    destroy(error, callback) {
+      node.readable.destroy(error);
+      node.writable.destroy(error);
+      callback(error);
+    },
+  });
+  node.readable.on("data", (chunk) => { if (!duplex.push(chunk)) node.readable.pause(); });
+  node.readable.on("end", () => duplex.push(null));
+  node.readable.on("error", (error) => duplex.destroy(error));
+  node.writable.on("error", (error) => duplex.destroy(error));
+  return duplex;
+}
+
+function newReadableWritablePairFromDuplex(duplex) {
+  if (typeof duplex?._readableState !== "object" || typeof duplex?._writableState !== "object") {
+    throw argType("duplex", "an stream.Duplex", duplex);
+  }
+  return { readable: newReadableStreamFromStreamReadable(duplex), writable: newWritableStreamFromStreamWritable(duplex) };
+}
+
+module.exports = {
+  newStreamReadableFromReadableStream,
+  newReadableStreamFromStreamReadable,
+  newStreamWritableFromWritableStream,
+  newWritableStreamFromStreamWritable,
+  newStreamDuplexFromReadableWritablePair,
+  newReadableWritablePairFromDuplex,
+};
