@@ -31,6 +31,8 @@ import {
   PerformanceEntry,
   PerformanceMark,
   PerformanceMeasure,
+  PerformanceObserver,
+  PerformanceObserverEntryList,
   process as guestProcess,
 } from "ext:webtask_runtime/node/process.js";
 import "ext:webtask_runtime/node/crypto.js";
@@ -1285,7 +1287,7 @@ globalThis.__webtask_lockdown = (function lockdown(limitBytes) {
   g.clearImmediate = clearGuestTimer;
   g.process = guestProcess;
   g.performance = performance;
-  const perfClasses = { Performance, PerformanceEntry, PerformanceMark, PerformanceMeasure };
+  const perfClasses = { Performance, PerformanceEntry, PerformanceMark, PerformanceMeasure, PerformanceObserver, PerformanceObserverEntryList };
   for (const name in perfClasses) {
     ObjectDefineProperty(g, name, { __proto__: null, value: perfClasses[name], writable: true, configurable: true, enumerable: false });
   }

@@ -15,11 +15,17 @@ const { op_wt_zlib_new, op_wt_zlib_run, op_wt_crc32 } = core.ops;
 const {
   ArrayBufferIsView,
   ArrayBuffer: ArrayBufferCtor,
+  ArrayPrototypeIncludes,
   ArrayPrototypePush,
   NumberIsInteger,
+  ObjectAssign,
   ObjectDefineProperty,
+  ObjectFreeze,
+  ObjectKeys,
   SafeWeakMap,
   RangeError: RangeErrorCtor,
+  StringPrototypeSlice,
+  StringPrototypeStartsWith,
   TypeError: TypeErrorCtor,
   Uint8Array: Uint8ArrayCtor,
   Uint32Array: Uint32ArrayCtor,
@@ -41,11 +47,37 @@ function zlibError(e) {
   const code = colon > 0 ? text.slice(0, colon) : "Z_DATA_ERROR";
   const err = new Error(colon > 0 ? text.slice(colon + 2) : text);
   err.code = code;
-  err.errno = { Z_DATA_ERROR: -3, Z_BUF_ERROR: -5, Z_STREAM_ERROR: -2 }[code] ?? -3;
+  // A brotli decoder's code is `ERR_` and its error's name past
+  // "BROTLI_DECODER"; its errno is that error's number.
+  err.errno = StringPrototypeStartsWith(code, "ERR_") ? BROTLI[`BROTLI_DECODER${StringPrototypeSlice(code, 4)}`] ?? -31 : Z[code] ?? -3;
   return err;
 }
 
+// Node's parameters a brotli decoder takes (its `params` keys).
+const BROTLI_DECODER_PARAMS = [0, 1];
+
+// The decoder's mode: its `params` checked as Node checks them, the large
+// window asked for or not.
+function brotliMode(options) {
+  const params = options?.params;
+  if (params === undefined || params === null || typeof params !== "object") return "brotliDecompress";
+  let large = false;
+  for (const key of ObjectKeys(params)) {
+    const id = +key;
+    if (!NumberIsInteger(id) || !ArrayPrototypeIncludes(BROTLI_DECODER_PARAMS, id)) {
+      throw codedError(RangeErrorCtor, "ERR_BROTLI_INVALID_PARAM", `${key} is not a valid Brotli parameter`);
+    }
+    const value = params[key];
+    if (typeof value !== "number" && typeof value !== "boolean") {
+      throw codedError(TypeErrorCtor, "ERR_INVALID_ARG_TYPE", `The "options.params[key]" property must be of type number. Received ${received(value)}`);
+    }
+    if (id === BROTLI.BROTLI_DECODER_PARAM_LARGE_WINDOW) large = !!value;
+  }
+  return large ? "brotliDecompressLargeWindow" : "brotliDecompress";
+}
+
 function options(mode, options, oneShot) {
+  if (mode === "brotliDecompress") mode = brotliMode(options);
   const level = options && typeof options.level === "number" ? options.level : -1;
   const max = options && typeof options.maxOutputLength === "number" ? options.maxOutputLength : Infinity;
   try {
@@ -93,6 +125,47 @@ export function webCodec(mode) {
   return { push: (bytes) => step(bytes, false), finish: () => step(new Uint8ArrayCtor(0), true) };
 }
 
+// zlib.constants as Node 20 lists them.
+const Z = ObjectFreeze({
+  Z_NO_FLUSH: 0, Z_PARTIAL_FLUSH: 1, Z_SYNC_FLUSH: 2, Z_FULL_FLUSH: 3, Z_FINISH: 4, Z_BLOCK: 5,
+  Z_OK: 0, Z_STREAM_END: 1, Z_NEED_DICT: 2, Z_ERRNO: -1, Z_STREAM_ERROR: -2, Z_DATA_ERROR: -3,
+  Z_MEM_ERROR: -4, Z_BUF_ERROR: -5, Z_VERSION_ERROR: -6, Z_NO_COMPRESSION: 0, Z_BEST_SPEED: 1,
+  Z_BEST_COMPRESSION: 9, Z_DEFAULT_COMPRESSION: -1, Z_FILTERED: 1, Z_HUFFMAN_ONLY: 2, Z_RLE: 3,
+  Z_FIXED: 4, Z_DEFAULT_STRATEGY: 0, ZLIB_VERNUM: 4880, DEFLATE: 1, INFLATE: 2, GZIP: 3, GUNZIP: 4,
+  DEFLATERAW: 5, INFLATERAW: 6, UNZIP: 7, Z_MIN_WINDOWBITS: 8, Z_MAX_WINDOWBITS: 15,
+  Z_DEFAULT_WINDOWBITS: 15, Z_MIN_CHUNK: 64, Z_MAX_CHUNK: Infinity, Z_DEFAULT_CHUNK: 16384,
+  Z_MIN_MEMLEVEL: 1, Z_MAX_MEMLEVEL: 9, Z_DEFAULT_MEMLEVEL: 8, Z_MIN_LEVEL: -1, Z_MAX_LEVEL: 9,
+  Z_DEFAULT_LEVEL: -1,
+});
+const BROTLI = ObjectFreeze({
+  BROTLI_DECODE: 8, BROTLI_ENCODE: 9, BROTLI_OPERATION_PROCESS: 0, BROTLI_OPERATION_FLUSH: 1,
+  BROTLI_OPERATION_FINISH: 2, BROTLI_OPERATION_EMIT_METADATA: 3, BROTLI_PARAM_MODE: 0,
+  BROTLI_MODE_GENERIC: 0, BROTLI_MODE_TEXT: 1, BROTLI_MODE_FONT: 2, BROTLI_DEFAULT_MODE: 0,
+  BROTLI_PARAM_QUALITY: 1, BROTLI_MIN_QUALITY: 0, BROTLI_MAX_QUALITY: 11, BROTLI_DEFAULT_QUALITY: 11,
+  BROTLI_PARAM_LGWIN: 2, BROTLI_MIN_WINDOW_BITS: 10, BROTLI_MAX_WINDOW_BITS: 24,
+  BROTLI_LARGE_MAX_WINDOW_BITS: 30, BROTLI_DEFAULT_WINDOW: 22, BROTLI_PARAM_LGBLOCK: 3,
+  BROTLI_MIN_INPUT_BLOCK_BITS: 16, BROTLI_MAX_INPUT_BLOCK_BITS: 24,
+  BROTLI_PARAM_DISABLE_LITERAL_CONTEXT_MODELING: 4, BROTLI_PARAM_SIZE_HINT: 5,
+  BROTLI_PARAM_LARGE_WINDOW: 6, BROTLI_PARAM_NPOSTFIX: 7, BROTLI_PARAM_NDIRECT: 8,
+  BROTLI_DECODER_RESULT_ERROR: 0, BROTLI_DECODER_RESULT_SUCCESS: 1,
+  BROTLI_DECODER_RESULT_NEEDS_MORE_INPUT: 2, BROTLI_DECODER_RESULT_NEEDS_MORE_OUTPUT: 3,
+  BROTLI_DECODER_PARAM_DISABLE_RING_BUFFER_REALLOCATION: 0, BROTLI_DECODER_PARAM_LARGE_WINDOW: 1,
+  BROTLI_DECODER_NO_ERROR: 0, BROTLI_DECODER_SUCCESS: 1, BROTLI_DECODER_NEEDS_MORE_INPUT: 2,
+  BROTLI_DECODER_NEEDS_MORE_OUTPUT: 3, BROTLI_DECODER_ERROR_FORMAT_EXUBERANT_NIBBLE: -1,
+  BROTLI_DECODER_ERROR_FORMAT_RESERVED: -2, BROTLI_DECODER_ERROR_FORMAT_EXUBERANT_META_NIBBLE: -3,
+  BROTLI_DECODER_ERROR_FORMAT_SIMPLE_HUFFMAN_ALPHABET: -4, BROTLI_DECODER_ERROR_FORMAT_SIMPLE_HUFFMAN_SAME: -5,
+  BROTLI_DECODER_ERROR_FORMAT_CL_SPACE: -6, BROTLI_DECODER_ERROR_FORMAT_HUFFMAN_SPACE: -7,
+  BROTLI_DECODER_ERROR_FORMAT_CONTEXT_MAP_REPEAT: -8, BROTLI_DECODER_ERROR_FORMAT_BLOCK_LENGTH_1: -9,
+  BROTLI_DECODER_ERROR_FORMAT_BLOCK_LENGTH_2: -10, BROTLI_DECODER_ERROR_FORMAT_TRANSFORM: -11,
+  BROTLI_DECODER_ERROR_FORMAT_DICTIONARY: -12, BROTLI_DECODER_ERROR_FORMAT_WINDOW_BITS: -13,
+  BROTLI_DECODER_ERROR_FORMAT_PADDING_1: -14, BROTLI_DECODER_ERROR_FORMAT_PADDING_2: -15,
+  BROTLI_DECODER_ERROR_FORMAT_DISTANCE: -16, BROTLI_DECODER_ERROR_DICTIONARY_NOT_SET: -19,
+  BROTLI_DECODER_ERROR_INVALID_ARGUMENTS: -20, BROTLI_DECODER_ERROR_ALLOC_CONTEXT_MODES: -21,
+  BROTLI_DECODER_ERROR_ALLOC_TREE_GROUPS: -22, BROTLI_DECODER_ERROR_ALLOC_CONTEXT_MAP: -25,
+  BROTLI_DECODER_ERROR_ALLOC_RING_BUFFER_1: -26, BROTLI_DECODER_ERROR_ALLOC_RING_BUFFER_2: -27,
+  BROTLI_DECODER_ERROR_ALLOC_BLOCK_TYPE_TREES: -30, BROTLI_DECODER_ERROR_UNREACHABLE: -31,
+});
+
 function createZlib() {
   const { Buffer } = builtin("buffer");
   const { Transform } = builtin("stream");
@@ -124,8 +197,12 @@ function createZlib() {
   }
 
   const zlib = {};
-  const MODES = ["gzip", "gunzip", "deflate", "inflate", "deflateRaw", "inflateRaw", "unzip"];
-  const CLASSES = { gzip: "Gzip", gunzip: "Gunzip", deflate: "Deflate", inflate: "Inflate", deflateRaw: "DeflateRaw", inflateRaw: "InflateRaw", unzip: "Unzip" };
+  // Brotli decodes only (see the ops' zlib.rs for why it never encodes).
+  const MODES = ["gzip", "gunzip", "deflate", "inflate", "deflateRaw", "inflateRaw", "unzip", "brotliDecompress"];
+  const CLASSES = {
+    gzip: "Gzip", gunzip: "Gunzip", deflate: "Deflate", inflate: "Inflate", deflateRaw: "DeflateRaw", inflateRaw: "InflateRaw", unzip: "Unzip",
+    brotliDecompress: "BrotliDecompress",
+  };
 
   for (const mode of MODES) {
     zlib[mode + "Sync"] = (data, options) => run(mode, data, options);
@@ -173,14 +250,9 @@ function createZlib() {
     zlib[name] = Class;
     zlib["create" + name] = (options) => new Class(options);
   }
-  zlib.constants = {
-    Z_NO_FLUSH: 0, Z_PARTIAL_FLUSH: 1, Z_SYNC_FLUSH: 2, Z_FULL_FLUSH: 3, Z_FINISH: 4, Z_BLOCK: 5,
-    Z_OK: 0, Z_STREAM_END: 1, Z_NEED_DICT: 2, Z_ERRNO: -1, Z_STREAM_ERROR: -2, Z_DATA_ERROR: -3,
-    Z_MEM_ERROR: -4, Z_BUF_ERROR: -5, Z_VERSION_ERROR: -6, Z_NO_COMPRESSION: 0, Z_BEST_SPEED: 1,
-    Z_BEST_COMPRESSION: 9, Z_DEFAULT_COMPRESSION: -1, Z_FILTERED: 1, Z_HUFFMAN_ONLY: 2, Z_RLE: 3,
-    Z_FIXED: 4, Z_DEFAULT_STRATEGY: 0,
-  };
-  Object.assign(zlib, zlib.constants);
+  zlib.constants = { ...Z, ...BROTLI };
+  // Node puts zlib's constants on the module too, but not brotli's.
+  ObjectAssign(zlib, Z);
   zlib.crc32 = crc32;
   return zlib;
 }

@@ -173,6 +173,16 @@ impl Charge {
     pub fn budget(&self) -> &Budget {
         &self.budget
     }
+
+    /// Charges `bytes` more (a codec that learns its window size only from
+    /// the data), or fails as `new` does, keeping what was charged before.
+    pub fn grow(&mut self, bytes: usize) -> Result<(), JsErrorBox> {
+        if !self.budget.reserve(bytes) {
+            return Err(self.budget.exhausted(bytes));
+        }
+        self.bytes += bytes;
+        Ok(())
+    }
 }
 
 impl Drop for Charge {

@@ -15,7 +15,8 @@ use crate::support::{every_target_with, test_config, TestNode};
 /// A loopback server that echoes method, path, the `x-test` and
 /// `authorization` headers, the content type, how the body was framed
 /// (`length N`, `chunked` or `none`) and the body. `/redirect/<status>?<url>`
-/// answers `status` with `location: <url>` instead.
+/// answers `status` with `location: <url>` instead; `/brotli`, to a client
+/// that accepts it, answers [`BROTLI_JSON`] brotli-encoded (as Node made it).
 pub(crate) async fn echo_server() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -72,6 +73,20 @@ async fn echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + '
             let _ = req.into_body().collect().await;
             return Ok::<_, Infallible>(res);
         }
+        if req.uri().path() == "/brotli" {
+            let accepts = req.headers().get("accept-encoding").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+            let mut res = if accepts.split(',').any(|e| e.trim() == "br") {
+                use base64::Engine as _;
+                let packed = base64::engine::general_purpose::STANDARD.decode(BROTLI_PACKED).unwrap();
+                let mut res = http::Response::new(Full::new(Bytes::from(packed)));
+                res.headers_mut().insert("content-encoding", "br".parse().unwrap());
+                res
+            } else {
+                http::Response::new(Full::new(Bytes::from(format!("no br in accept-encoding {accepts:?}"))))
+            };
+            res.headers_mut().insert("content-type", "application/json".parse().unwrap());
+            return Ok::<_, Infallible>(res);
+        }
         let method = req.method().to_string();
         let path = req.uri().to_string();
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -93,6 +108,11 @@ async fn echo<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + '
     });
     let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
 }
+
+/// What `/brotli` answers, and the same brotli-encoded by Node 20's
+/// `zlib.brotliCompressSync` (quality 11).
+pub(crate) const BROTLI_JSON: &str = r#"{"compressed":"brotli","items":["item 0","item 1","item 2","item 3","item 4","item 5","item 6","item 7","item 8","item 9","item 10","item 11","item 12","item 13","item 14","item 15","item 16","item 17","item 18","item 19","item 20","item 21","item 22","item 23","item 24","item 25","item 26","item 27","item 28","item 29"]}"#;
+const BROTLI_PACKED: &str = "G0IBUB0Hdkzj7ii5MV+EcLJU7bWqBJvQjA4OyQPa6yWLThcF7sD+MJAAPcjStoiDDTjKYk55/D+D+uuS8+jdQdpKZ6DElEvdtF2/CJBYtLGuHwISizbWnfcD";
 
 fn percent_decode(s: &str) -> String {
     form_urlencoded::parse(format!("u={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()

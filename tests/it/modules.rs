@@ -191,6 +191,36 @@ async fn jsonwebtoken_rs256_matches_node() {
     assert_eq!(v["forged"], "invalid signature");
 }
 
+/// axios asks for brotli where zlib can decode it (Node 20 can) and gets
+/// the server's brotli answer decoded; a plain `http.get` reading
+/// `content-encoding: br` through `zlib.createBrotliDecompress` the same.
+#[tokio::test]
+async fn axios_and_http_decode_a_brotli_answer() {
+    let server = echo_server().await;
+    let code = r#"module.exports = function (context, cb) {
+        const url = context.data.url + '/brotli';
+        const zlib = require('zlib');
+        require('axios').get(url).then((r) => {
+            const out = { axios: [r.status, r.data] };
+            require('http').get(url, { headers: { 'accept-encoding': 'br' } }, (res) => {
+                let text = '';
+                res.pipe(zlib.createBrotliDecompress()).on('data', (c) => { text += c; }).on('end', () => {
+                    out.http = [res.headers['content-encoding'], JSON.parse(text)];
+                    cb(null, out);
+                }).on('error', cb);
+            }).on('error', cb);
+        }, cb);
+    };"#;
+    let want: Value = serde_json::from_str(crate::egress::BROTLI_JSON).unwrap();
+    for node in every_target_with(allowing(server, None)).await {
+        let res = node.run("brotli", &format!("?url=http://{server}"), code).await;
+        assert_eq!(res.status, 200, "{}", res.text());
+        let v = res.json();
+        assert_eq!(v["axios"], json!([200, want]));
+        assert_eq!(v["http"], json!(["br", want]));
+    }
+}
+
 #[tokio::test]
 async fn request_axios_and_http_reach_an_allowed_server_through_egress() {
     let server = echo_server().await;

@@ -900,6 +900,128 @@ async fn a_web_write_behind_a_full_node_stream_is_not_dropped() {
     assert_eq!(v, serde_json::json!("first;second;"));
 }
 
+/// perf_hooks' PerformanceObserver and PerformanceObserverEntryList as
+/// Node 20's (also globals): marks and measures buffered per observer and
+/// handed over on a later turn, `takeRecords`, `disconnect`, `buffered`
+/// with a single type, quiet types Node lists but nothing here makes, and
+/// Node's argument errors.
+#[tokio::test]
+async fn performance_observers_answer_as_node() {
+    assert_answers_as_node(
+        r##"return function (cb) { (async () => {
+          const { PerformanceObserver: P, PerformanceObserverEntryList: L, performance } = require('perf_hooks');
+          const util = require('util');
+          const settle = () => new Promise((r) => setTimeout(r, 5));
+          const out = { calls: [] };
+          const o = new P((list, obs) => { out.calls.push([list.getEntries().map((e) => e.name), obs === o, String(list), list.getEntriesByType('measure').length, list.getEntriesByName('c').length]); });
+          o.observe({ entryTypes: ['mark', 'measure', 'nope'] });
+          // A start of its own: the measure from it sorts before 'c' whatever the clock's resolution.
+          performance.mark('a', { startTime: 1 });
+          performance.mark('b');
+          out.taken = o.takeRecords().map((e) => e.name);
+          performance.mark('c');
+          performance.measure('m', 'a', 'c');
+          out.beforeTurn = out.calls.length;
+          await settle();
+          o.disconnect();
+          performance.mark('after disconnect');
+          await settle();
+          const seen = [];
+          const b = new P((list) => seen.push(list.getEntries().map((e) => e.entryType + ':' + e.name)));
+          b.observe({ type: 'measure', buffered: true });
+          await settle();
+          b.disconnect();
+          out.buffered = seen;
+          const errors = [];
+          const fresh = new P(() => {});
+          for (const f of [() => new P(), () => new P(1), () => fresh.observe(), () => fresh.observe(1), () => fresh.observe({ entryTypes: 'mark' }), () => fresh.observe({ entryTypes: ['mark'], type: 'mark' }), () => new L(), () => fresh.observe({ type: 'mark' })]) {
+            try { f(); errors.push('ok'); } catch (e) { errors.push([e.name, e.code, e.message]); }
+          }
+          fresh.disconnect();
+          out.errors = errors;
+          out.statics = [P.supportedEntryTypes, Object.isFrozen(P.supportedEntryTypes), typeof PerformanceObserver, typeof PerformanceObserverEntryList, Object.getOwnPropertyNames(P.prototype), Object.getOwnPropertyNames(L.prototype), Object.prototype.toString.call(fresh), P.length];
+          const quiet = new P(() => {});
+          quiet.observe({ type: 'gc' });
+          out.quiet = util.inspect(quiet);
+          quiet.disconnect();
+          return out;
+        })().then((v) => cb(null, v), cb); }"##,
+        r##"{"calls":[[["m","c"],true,"[object PerformanceObserverEntryList]",1,1]],"taken":["a","b"],"beforeTurn":0,"buffered":[["measure:m"]],"errors":[["TypeError","ERR_INVALID_ARG_TYPE","The \"callback\" argument must be of type function. Received undefined"],["TypeError","ERR_INVALID_ARG_TYPE","The \"callback\" argument must be of type function. Received type number (1)"],["TypeError","ERR_MISSING_ARGS","The \"options.entryTypes\" and \"options.type\" arguments must be specified"],["TypeError","ERR_INVALID_ARG_TYPE","The \"options\" argument must be of type object. Received type number (1)"],["TypeError","ERR_INVALID_ARG_TYPE","The \"options.entryTypes\" property must be string[]. Received type string ('mark')"],["TypeError","ERR_INVALID_ARG_VALUE","The property 'options.entryTypes' options.entryTypes can not set with options.type together. Received [ 'mark' ]"],["TypeError","ERR_ILLEGAL_CONSTRUCTOR","Illegal constructor"],["InvalidModificationError",13,"PerformanceObserver can not change to single observation"]],"statics":[["dns","function","gc","http","http2","mark","measure","net","resource"],true,"function","function",["constructor","observe","disconnect","takeRecords"],["constructor","getEntries","getEntriesByType","getEntriesByName"],"[object PerformanceObserver]",1],"quiet":"PerformanceObserver { connected: true, pending: false, entryTypes: [ 'gc' ], buffer: [] }"}"##,
+    )
+    .await;
+}
+
+/// Brotli decoding as Node 20's (sync, callback, stream fed a byte at a
+/// time, windows from 1 KiB to 16 MiB, trailing bytes ignored, Node's
+/// error codes and errnos, `params` checked, the constants).
+#[tokio::test]
+async fn brotli_decodes_as_node() {
+    assert_answers_as_node(
+        r##"return function (cb) { (async () => {
+          const z = require('zlib');
+          const C = z.constants;
+          const out = {};
+          // Made by Node 20's brotliCompressSync: text at quality 11, a window of
+          // 10 bits, 20 MB in a 16 MiB window, a large-window stream.
+          const text = 'hello brotli '.repeat(10);
+          const packed = Buffer.from('G4EA+B2pU5+7cC1WhiYnQdjoki3tLQKMBn6Z8Qs=', 'base64');
+          out.sync = z.brotliDecompressSync(packed).toString() === text;
+          out.callback = await new Promise((res) => z.brotliDecompress(packed, (e, b) => res(e ? e.message : b.toString() === text)));
+          out.trailing = z.brotliDecompressSync(Buffer.concat([packed, Buffer.from('xx')])).toString() === text;
+          out.smallWindow = z.brotliDecompressSync(Buffer.from('oUgUwC8BkIMUUlg2kEE86sQ3AA==', 'base64')).toString().length;
+          out.bigWindow = z.brotliDecompressSync(Buffer.from('z///fwCkwsTisjBw7//Nf5YYABIAcVgAuiQx', 'base64')).length;
+          const errors = [];
+          try { z.brotliDecompressSync(Buffer.from('garbage data here')); } catch (e) { errors.push([e.name, e.code.startsWith('ERR__ERROR_FORMAT_'), e.errno === C['BROTLI_DECODER' + e.code.slice(4)], e.message]); }
+          for (const bad of [packed.subarray(0, packed.length - 3), Buffer.alloc(0)]) {
+            try { z.brotliDecompressSync(bad); errors.push('ok'); } catch (e) { errors.push([e.name, e.code, e.errno, e.message]); }
+          }
+          for (const opts of [{ maxOutputLength: 10 }, { params: { 9999: 1 } }, { params: { 0: 'x' } }]) {
+            try { z.brotliDecompressSync(packed, opts); errors.push('ok'); } catch (e) { errors.push([e.name, e.code, e.message]); }
+          }
+          try { z.brotliDecompressSync(Buffer.from('EV5AAICQAEhBBiGkLkrSlwIA', 'base64')); } catch (e) { errors.push([e.code, e.errno, e.message]); }
+          out.errors = errors;
+          out.largeWindowParam = z.brotliDecompressSync(packed, { params: { [C.BROTLI_DECODER_PARAM_LARGE_WINDOW]: 1 } }).length;
+          const d = z.createBrotliDecompress();
+          const chunks = [];
+          d.on('data', (c) => chunks.push(c));
+          const ended = new Promise((res, rej) => { d.on('end', res); d.on('error', rej); });
+          for (const byte of packed) d.write(Buffer.from([byte]));
+          d.end();
+          await ended;
+          out.byteByByte = Buffer.concat(chunks).toString() === text;
+          out.names = [d.constructor.name, d instanceof z.BrotliDecompress, typeof z.createBrotliDecompress, typeof z.brotliDecompress];
+          out.constants = [Object.keys(z.constants).length, C.BROTLI_DECODER_PARAM_LARGE_WINDOW, C.BROTLI_DECODER_ERROR_UNREACHABLE, z.BROTLI_DECODE, z.Z_DEFAULT_CHUNK, C.Z_MAX_CHUNK === Infinity];
+          return out;
+        })().then((v) => cb(null, v), cb); }"##,
+        r##"{"sync":true,"callback":true,"trailing":true,"smallWindow":650,"bigWindow":20000000,"errors":[["Error",true,true,"Decompression failed"],["Error","Z_BUF_ERROR",-5,"unexpected end of file"],["Error","Z_BUF_ERROR",-5,"unexpected end of file"],["RangeError","ERR_BUFFER_TOO_LARGE","Cannot create a Buffer larger than 10 bytes"],["RangeError","ERR_BROTLI_INVALID_PARAM","9999 is not a valid Brotli parameter"],["TypeError","ERR_INVALID_ARG_TYPE","The \"options.params[key]\" property must be of type number. Received type string ('x')"],["ERR__ERROR_FORMAT_WINDOW_BITS",-13,"Decompression failed"]],"largeWindowParam":130,"byteByByte":true,"names":["BrotliDecompress",true,"function","function"],"constants":[107,1,-31,null,16384,true]}"##,
+    )
+    .await;
+}
+
+/// Brotli is decoded, never encoded (one call of the encoder at Node's
+/// default quality runs for hundreds of milliseconds with no point where a
+/// CPU limit could stop it): code that looks for the encoder finds none.
+/// A large window is refused before the decoder allocates it when the
+/// container's ArrayBuffer memory cannot hold it, with the figures.
+#[tokio::test]
+async fn brotli_never_encodes_and_a_window_past_the_limit_is_refused_first() {
+    let v = eval(
+        r#"return function (cb) {
+            const z = require('zlib');
+            const out = { encoders: [typeof z.brotliCompress, typeof z.brotliCompressSync, typeof z.createBrotliCompress, typeof z.BrotliCompress] };
+            // A 1 GiB window declared by a 17-byte stream (Node made it).
+            const large = Buffer.from('EV5AAICQAEhBBiGkLkrSlwIA', 'base64');
+            try { z.brotliDecompressSync(large, { params: { [z.constants.BROTLI_DECODER_PARAM_LARGE_WINDOW]: true } }); } catch (e) { out.large = [e.name, e.message]; }
+            cb(null, out);
+        }"#,
+    )
+    .await;
+    assert_eq!(v["encoders"], serde_json::json!(["undefined", "undefined", "undefined", "undefined"]));
+    assert_eq!(v["large"][0], "RangeError");
+    let message = v["large"][1].as_str().unwrap();
+    assert!(message.contains("1073741824 more bytes would pass this container's ArrayBuffer memory limit"), "{message}");
+}
+
 /// The ways a stream or a pipe ends early, as Node 20 ends them: a writer
 /// waiting on `ready` hears of the sink's failure, a signal ends a pipe
 /// from an idle source, a closed destination fails the pipe and cancels

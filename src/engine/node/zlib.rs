@@ -1,7 +1,11 @@
 //! `zlib` for the Node shim: gzip, deflate (zlib-wrapped) and raw deflate
 //! over flate2's streaming `Compress`/`Decompress` (miniz_oxide, pure
 //! Rust), with gzip's framing (header, CRC-32, length, several members)
-//! done here. Ops rather than a JS port (pako, browserify-zlib): compression
+//! done here; brotli decoding over brotli-decompressor (pure Rust).
+//! Brotli encoding is not offered: at Node's default quality (11) one call
+//! of the encoder runs for hundreds of milliseconds over a block, with no
+//! point in between where a CPU limit could stop it, so code that looks
+//! for `createBrotliCompress` finds none and falls back to gzip. Ops rather than a JS port (pako, browserify-zlib): compression
 //! is CPU-bound, and native code runs it several times faster inside the
 //! same CPU limit.
 //!
@@ -19,6 +23,7 @@ use std::sync::Arc;
 use deno_core::{op2, v8, GarbageCollected};
 use deno_error::JsErrorBox;
 use flate2::{Compress, Compression, Crc, Decompress, FlushCompress, FlushDecompress, Status};
+use brotli_decompressor::{BrotliDecompressStream, BrotliResult, BrotliState, StandardAlloc};
 
 use super::{index, range_error, type_error, Deadline};
 use crate::engine::alloc::{Budget, Charge};
@@ -29,6 +34,10 @@ const IN_STEP: usize = 16 * 1024;
 /// window), charged to the ArrayBuffer budget while the stream lives.
 const DEFLATE_STATE: usize = 320 * 1024;
 const INFLATE_STATE: usize = 48 * 1024;
+/// A brotli decoder's Huffman tables and context maps as typical streams
+/// declare them; one declaring the most trees the format allows holds
+/// about 3 MiB. Its window is charged apart, once the data declares it.
+const UNBROTLI_STATE: usize = 1024 * 1024;
 
 /// What the shim sees of a call: input taken, output written, ended.
 const ENDED: u32 = 1;
@@ -53,6 +62,9 @@ enum Codec {
     Inflate { d: Decompress, gzip: Option<Gz>, crc: Crc, wrapped: bool },
     /// `unzip` before the first two bytes told gzip from zlib.
     Sniff { seen: Vec<u8> },
+    /// Brotli decoding; its window, up to 16 MiB (1 GiB with the large
+    /// window), is charged as the stream's header declares it.
+    Unbrotli(Box<BrotliState<StandardAlloc, StandardAlloc, StandardAlloc>>),
 }
 
 struct ZRun {
@@ -65,6 +77,8 @@ struct ZRun {
     one_shot: bool,
     ended: bool,
     charge: Charge,
+    /// Of `charge`, the brotli window charged so far.
+    window_charged: usize,
 }
 
 pub struct ZStream(RefCell<Option<ZRun>>);
@@ -141,15 +155,24 @@ fn new_stream(
         "inflate" => Codec::Inflate { d: Decompress::new(true), gzip: None, crc: Crc::new(), wrapped: true },
         "inflateRaw" => Codec::Inflate { d: Decompress::new(false), gzip: None, crc: Crc::new(), wrapped: false },
         "unzip" => Codec::Sniff { seen: Vec::new() },
+        "brotliDecompress" | "brotliDecompressLargeWindow" => {
+            let mut state = BrotliState::new(StandardAlloc::default(), StandardAlloc::default(), StandardAlloc::default());
+            state.large_window = mode == "brotliDecompressLargeWindow";
+            Codec::Unbrotli(Box::new(state))
+        }
         other => return Err(type_error(format!("unknown zlib mode {other:?}"))),
     };
-    let size = if matches!(codec, Codec::Deflate { .. }) { DEFLATE_STATE } else { INFLATE_STATE };
+    let size = match codec {
+        Codec::Deflate { .. } => DEFLATE_STATE,
+        Codec::Unbrotli(_) => UNBROTLI_STATE,
+        _ => INFLATE_STATE,
+    };
     let charge = Charge::new(budget, size).or_else(|_| {
         collect_garbage();
         Charge::new(budget, size)
     })?;
     let max_out = if max_output.is_finite() && max_output >= 1.0 { max_output as u64 } else { u64::MAX };
-    Ok(ZStream(RefCell::new(Some(ZRun { codec, pending, total_out: 0, max_out, one_shot, ended: false, charge }))))
+    Ok(ZStream(RefCell::new(Some(ZRun { codec, pending, total_out: 0, max_out, one_shot, ended: false, charge, window_charged: 0 }))))
 }
 
 /// Runs the stream for one slice over `input[offset..]` (`finish`: no more
@@ -307,6 +330,37 @@ impl ZRun {
                 self.codec = Codec::Inflate { d, gzip, crc, wrapped: !is_gzip };
                 Ok((take, 0))
             }
+            Codec::Unbrotli(state) => {
+                // One byte at a time until the header has declared the
+                // window: the decoder allocates it with the first
+                // metablock, and a window the budget cannot hold (up to
+                // 1 GiB with the large window) is refused before that.
+                let declared = state.window_bits != 0;
+                let piece = if declared { piece } else { &piece[..piece.len().min(1)] };
+                let (mut avail_in, mut in_at) = (piece.len(), 0);
+                let (mut avail_out, mut out_at, mut total) = (out.len(), 0, 0);
+                let result = BrotliDecompressStream(&mut avail_in, &mut in_at, piece, &mut avail_out, &mut out_at, out, &mut total, state);
+                if !declared && state.window_bits != 0 {
+                    let window = 1usize << state.window_bits.min(30);
+                    if window > self.charge.budget().remaining() {
+                        return Err(self.charge.budget().exhausted(window));
+                    }
+                }
+                let window = usize::try_from(state.ringbuffer_size).unwrap_or(0);
+                if window > self.window_charged {
+                    self.charge.grow(window - self.window_charged)?;
+                    self.window_charged = window;
+                }
+                match result {
+                    BrotliResult::ResultFailure => Err(brotli_error(state.error_code)),
+                    // Like Node: what follows the stream is ignored.
+                    BrotliResult::ResultSuccess => {
+                        self.ended = true;
+                        Ok((input.len(), out_at))
+                    }
+                    BrotliResult::NeedsMoreInput | BrotliResult::NeedsMoreOutput => Ok((in_at, out_at)),
+                }
+            }
             Codec::Inflate { d, gzip, crc, wrapped } => {
                 let (used, made, ended) = inflate(d, gzip, crc, *wrapped, piece, out)?;
                 let between = matches!(gzip, Some(Gz::Between));
@@ -336,6 +390,15 @@ fn inflate(d: &mut Decompress, gzip: &mut Option<Gz>, crc: &mut Crc, wrapped: bo
             Ok((used, made, status == Status::StreamEnd))
         }
     }
+}
+
+/// A brotli decoding error as Node reports it: `ERR_` and the decoder's
+/// error name without its `BROTLI_DECODER` prefix as the code (the shim
+/// finds the errno under that name in `zlib.constants`).
+fn brotli_error(code: impl std::fmt::Debug) -> JsErrorBox {
+    let name = format!("{code:?}");
+    let suffix = name.strip_prefix("BROTLI_DECODER").unwrap_or(&name);
+    JsErrorBox::generic(format!("ERR_{suffix}: Decompression failed"))
 }
 
 /// flate2's error as zlib words it, where the two can be matched.
@@ -480,6 +543,43 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn brotli_decodes_in_small_pieces_and_charges_its_window() {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.decode(s).unwrap();
+        // Node's brotliCompressSync of 'hello brotli ' x 10.
+        let packed = b64("G4EA+B2pU5+7cC1WhiYnQdjoki3tLQKMBn6Z8Qs=");
+        for piece in [1usize, 7, 65536] {
+            assert_eq!(run("brotliDecompress", -1.0, &packed, piece).unwrap(), b"hello brotli ".repeat(10));
+        }
+        // A 1 GiB window (large-window stream) against a 64 MiB budget: refused
+        // before the decoder allocates it.
+        let large = b64("EV5AAICQAEhBBiGkLkrSlwIA");
+        let budget = Budget::detached(64 << 20);
+        let z = new_stream(&budget, "brotliDecompressLargeWindow", -1.0, f64::INFINITY, true, || {}).unwrap();
+        let (mut out, mut info) = (vec![0u8; 1024], [0u32; 2]);
+        let mut refused = None;
+        for at in 0..large.len() {
+            if let Err(e) = run_stream(&z, &large, at as f64, true, &mut out, &mut info) {
+                refused = Some(e.to_string());
+                break;
+            }
+        }
+        assert!(refused.expect("refused").contains("1073741824 more bytes"));
+        // A stream's window is charged while the stream lives, on top of
+        // its tables, and all of it is given back when it goes.
+        assert_eq!(budget.remaining(), 64 << 20);
+        let z = new_stream(&budget, "brotliDecompress", -1.0, f64::INFINITY, false, || {}).unwrap();
+        let mut at = 0;
+        while at < 10 {
+            run_stream(&z, &packed[..10], at as f64, false, &mut out, &mut info).unwrap();
+            at = info[0] as usize;
+        }
+        assert!((64 << 20) - budget.remaining() > UNBROTLI_STATE, "window charged");
+        drop(z);
+        assert_eq!(budget.remaining(), 64 << 20);
     }
 
     #[test]
