@@ -31,9 +31,9 @@ import {
   PerformanceEntry,
   PerformanceMark,
   PerformanceMeasure,
-  PerformanceObserver,
-  PerformanceObserverEntryList,
+  observerClasses,
   process as guestProcess,
+  provideSetImmediate,
 } from "ext:webtask_runtime/node/process.js";
 import "ext:webtask_runtime/node/crypto.js";
 import "ext:webtask_runtime/node/zlib.js";
@@ -1284,12 +1284,29 @@ globalThis.__webtask_lockdown = (function lockdown(limitBytes) {
   g.clearInterval = clearGuestTimer;
   g.global = g;
   g.setImmediate = (cb, ...args) => createGuestTimer(cb, 0, args, false);
+  provideSetImmediate((cb) => createGuestTimer(cb, 0, [], false));
   g.clearImmediate = clearGuestTimer;
   g.process = guestProcess;
   g.performance = performance;
-  const perfClasses = { Performance, PerformanceEntry, PerformanceMark, PerformanceMeasure, PerformanceObserver, PerformanceObserverEntryList };
-  for (const name in perfClasses) {
-    ObjectDefineProperty(g, name, { __proto__: null, value: perfClasses[name], writable: true, configurable: true, enumerable: false });
+  const perfClasses = { Performance, PerformanceEntry, PerformanceMark, PerformanceMeasure };
+  const defineClass = (name, value) =>
+    ObjectDefineProperty(g, name, { __proto__: null, value, writable: true, configurable: true, enumerable: false });
+  for (const name in perfClasses) defineClass(name, perfClasses[name]);
+  // The observer classes are made on first read.
+  for (const name of ["PerformanceObserver", "PerformanceObserverEntryList"]) {
+    ObjectDefineProperty(g, name, {
+      __proto__: null,
+      get() {
+        const value = observerClasses()[name];
+        defineClass(name, value);
+        return value;
+      },
+      set(value) {
+        defineClass(name, value);
+      },
+      configurable: true,
+      enumerable: false,
+    });
   }
   g.ArrayBuffer = fixedLengthOnly(g.ArrayBuffer, "ArrayBuffer");
   if (g.SharedArrayBuffer !== undefined) g.SharedArrayBuffer = fixedLengthOnly(g.SharedArrayBuffer, "SharedArrayBuffer");

@@ -544,6 +544,8 @@ function createHttp(defaultProtocol) {
       this._full = typeof chunk === "string" ? Buffer.from(chunk, encoding || "utf8") : Buffer.from(chunk);
       chunk = null;
     }
+    // Node's `finished`: end() was called (not that the body went out).
+    this.finished = true;
     if (chunk !== null && chunk !== undefined) return Writable.prototype.end.call(this, chunk, encoding, cb);
     return Writable.prototype.end.call(this, cb);
   };
@@ -571,7 +573,6 @@ function createHttp(defaultProtocol) {
       if (this.destroyed) return;
       if (this._mode === null) this._start("full", this._full);
       else if (this._rid !== 0) egress.finish(this._rid);
-      this.finished = true;
       cb();
     });
   };

@@ -295,134 +295,157 @@ function enqueue(entry) {
   for (const observer of new SafeArrayIterator(ArrayFrom(observing))) observer[kBufferEntry](entry);
 }
 
+// The runtime's setImmediate (bootstrap hands it over): a guest's own
+// replacement must neither see the dispatch nor be able to stop it.
+let setImmediateOfRuntime;
+export function provideSetImmediate(fn) {
+  setImmediateOfRuntime = fn;
+}
+
 function queueDispatch() {
   if (dispatchQueued) return;
-  dispatchQueued = true;
-  globalThis.setImmediate(() => {
+  setImmediateOfRuntime(() => {
     dispatchQueued = false;
     const due = ArrayFrom(pending);
     pending.clear();
     for (const observer of new SafeArrayIterator(due)) observer[kDispatch]();
   });
+  dispatchQueued = true;
 }
 
 const kBufferEntry = SymbolCtor("buffer entry");
 const kDispatch = SymbolCtor("dispatch");
 
-export class PerformanceObserverEntryList {
-  #entries;
+// The two classes, made on first use (a global's first read or
+// `require("perf_hooks")`) rather than kept in every isolate's snapshot.
+let observerClassesMade;
+export function observerClasses() {
+  if (observerClassesMade) return observerClassesMade;
 
-  constructor(token, entries) {
-    if (token !== kCreate) throw illegalConstructor();
-    this.#entries = sorted(entries);
-  }
+  class PerformanceObserverEntryList {
+    #entries;
 
-  getEntries() {
-    return ArrayPrototypeSlice(this.#entries);
-  }
-
-  getEntriesByType(type) {
-    needArgs(arguments, '"type"');
-    type = `${type}`;
-    return ArrayPrototypeFilter(this.#entries, (e) => e.entryType === type);
-  }
-
-  getEntriesByName(name, type) {
-    needArgs(arguments, '"name"');
-    name = `${name}`;
-    if (type !== undefined) type = `${type}`;
-    return ArrayPrototypeFilter(this.#entries, (e) => e.name === name && (type === undefined || e.entryType === type));
-  }
-}
-ObjectDefineProperty(PerformanceObserverEntryList.prototype, SymbolToStringTag, { __proto__: null, value: "PerformanceObserverEntryList", configurable: true });
-
-export class PerformanceObserver {
-  #callback;
-  #buffer = [];
-  #entryTypes = new SafeSet();
-  // "single" once observing with `type`, "multiple" with `entryTypes`.
-  #mode;
-
-  constructor(callback) {
-    if (typeof callback !== "function") {
-      throw codedError(TypeErrorCtor, "ERR_INVALID_ARG_TYPE", `The "callback" argument must be of type function. Received ${received(callback)}`);
+    constructor(token, entries) {
+      if (token !== kCreate) throw illegalConstructor();
+      this.#entries = sorted(entries);
     }
-    this.#callback = callback;
-  }
 
-  static get supportedEntryTypes() {
-    return SUPPORTED_ENTRY_TYPES;
-  }
+    getEntries() {
+      return ArrayPrototypeSlice(this.#entries);
+    }
 
-  observe(options = {}) {
-    if (options === null || typeof options !== "object") {
-      throw codedError(TypeErrorCtor, "ERR_INVALID_ARG_TYPE", `The "options" argument must be of type object. Received ${received(options)}`);
+    getEntriesByType(type) {
+      needArgs(arguments, '"type"');
+      type = `${type}`;
+      return ArrayPrototypeFilter(this.#entries, (e) => e.entryType === type);
     }
-    const { entryTypes, type, buffered } = { ...options };
-    if (entryTypes === undefined && type === undefined) {
-      throw codedError(TypeErrorCtor, "ERR_MISSING_ARGS", 'The "options.entryTypes" and "options.type" arguments must be specified');
+
+    getEntriesByName(name, type) {
+      needArgs(arguments, '"name"');
+      name = `${name}`;
+      // A null type is no type, as in Node.
+      if (type === null) type = undefined;
+      if (type !== undefined) type = `${type}`;
+      return ArrayPrototypeFilter(this.#entries, (e) => e.name === name && (type === undefined || e.entryType === type));
     }
-    if (entryTypes != null && type != null) {
-      throw codedError(TypeErrorCtor, "ERR_INVALID_ARG_VALUE", `The property 'options.entryTypes' options.entryTypes can not set with options.type together. Received ${builtin("util").inspect(entryTypes)}`);
-    }
-    const mode = entryTypes !== undefined ? "multiple" : "single";
-    if (this.#mode !== undefined && this.#mode !== mode) {
-      const to = mode === "multiple" ? "multiple observations" : "single observation";
-      throw new DOMException(`PerformanceObserver can not change to ${to}`, "InvalidModificationError");
-    }
-    this.#mode = mode;
-    if (mode === "multiple") {
-      if (!ArrayIsArray(entryTypes)) {
-        throw codedError(TypeErrorCtor, "ERR_INVALID_ARG_TYPE", `The "options.entryTypes" property must be string[]. Received ${received(entryTypes)}`);
+  }
+  ObjectDefineProperty(PerformanceObserverEntryList.prototype, SymbolToStringTag, { __proto__: null, value: "PerformanceObserverEntryList", configurable: true });
+
+  class PerformanceObserver {
+    #callback;
+    #buffer = [];
+    #entryTypes = new SafeSet();
+    // "single" once observing with `type`, "multiple" with `entryTypes`.
+    #mode;
+
+    constructor(callback) {
+      if (typeof callback !== "function") {
+        throw codedError(TypeErrorCtor, "ERR_INVALID_ARG_TYPE", `The "callback" argument must be of type function. Received ${received(callback)}`);
       }
+      this.#callback = callback;
+    }
+
+    static get supportedEntryTypes() {
+      return SUPPORTED_ENTRY_TYPES;
+    }
+
+    observe(options = {}) {
+      if (options === null || typeof options !== "object") {
+        throw codedError(TypeErrorCtor, "ERR_INVALID_ARG_TYPE", `The "options" argument must be of type object. Received ${received(options)}`);
+      }
+      const { entryTypes, type, buffered } = { ...options };
+      if (entryTypes === undefined && type === undefined) {
+        throw codedError(TypeErrorCtor, "ERR_MISSING_ARGS", 'The "options.entryTypes" and "options.type" arguments must be specified');
+      }
+      if (entryTypes != null && type != null) {
+        throw codedError(TypeErrorCtor, "ERR_INVALID_ARG_VALUE", `The property 'options.entryTypes' options.entryTypes can not set with options.type together. Received ${builtin("util").inspect(entryTypes)}`);
+      }
+      const mode = entryTypes !== undefined ? "multiple" : "single";
+      if (this.#mode !== undefined && this.#mode !== mode) {
+        const to = mode === "multiple" ? "multiple observations" : "single observation";
+        throw new DOMException(`PerformanceObserver can not change to ${to}`, "InvalidModificationError");
+      }
+      this.#mode = mode;
+      if (mode === "multiple") {
+        if (!ArrayIsArray(entryTypes)) {
+          throw codedError(TypeErrorCtor, "ERR_INVALID_ARG_TYPE", `The "options.entryTypes" property must be string[]. Received ${received(entryTypes)}`);
+        }
+        this.#entryTypes.clear();
+        for (const t of new SafeArrayIterator(entryTypes)) if (ArrayPrototypeIncludes(SUPPORTED_ENTRY_TYPES, t)) this.#entryTypes.add(t);
+      } else {
+        if (!ArrayPrototypeIncludes(SUPPORTED_ENTRY_TYPES, type)) return;
+        this.#entryTypes.add(type);
+        if (buffered) {
+          for (const e of new SafeArrayIterator(performance.getEntriesByType(type))) ArrayPrototypePush(this.#buffer, e);
+          pending.add(this);
+          queueDispatch();
+        }
+      }
+      if (this.#entryTypes.size) observing.add(this);
+      else this.disconnect();
+    }
+
+    disconnect() {
+      observing.delete(this);
+      pending.delete(this);
+      this.#buffer = [];
       this.#entryTypes.clear();
-      for (const t of new SafeArrayIterator(entryTypes)) if (ArrayPrototypeIncludes(SUPPORTED_ENTRY_TYPES, t)) this.#entryTypes.add(t);
-    } else {
-      if (!ArrayPrototypeIncludes(SUPPORTED_ENTRY_TYPES, type)) return;
-      this.#entryTypes.add(type);
-      if (buffered) {
-        for (const e of new SafeArrayIterator(performance.getEntriesByType(type))) ArrayPrototypePush(this.#buffer, e);
-        pending.add(this);
-        queueDispatch();
-      }
+      this.#mode = undefined;
     }
-    if (this.#entryTypes.size) observing.add(this);
-    else this.disconnect();
-  }
 
-  disconnect() {
-    observing.delete(this);
-    pending.delete(this);
-    this.#buffer = [];
-    this.#entryTypes.clear();
-    this.#mode = undefined;
-  }
+    takeRecords() {
+      const taken = this.#buffer;
+      this.#buffer = [];
+      return taken;
+    }
 
-  takeRecords() {
-    const taken = this.#buffer;
-    this.#buffer = [];
-    return taken;
-  }
+    [kBufferEntry](entry) {
+      if (!this.#entryTypes.has(entry.entryType)) return;
+      ArrayPrototypePush(this.#buffer, entry);
+      pending.add(this);
+      queueDispatch();
+    }
 
-  [kBufferEntry](entry) {
-    if (!this.#entryTypes.has(entry.entryType)) return;
-    ArrayPrototypePush(this.#buffer, entry);
-    pending.add(this);
-    queueDispatch();
-  }
+    [kDispatch]() {
+      this.#callback(new PerformanceObserverEntryList(kCreate, this.takeRecords()), this);
+    }
 
-  [kDispatch]() {
-    this.#callback(new PerformanceObserverEntryList(kCreate, this.takeRecords()), this);
+    [kInspect](depth, options, inspect) {
+      if (depth < 0) return this;
+      const opts = { ...options, depth: options.depth == null ? null : options.depth - 1 };
+      const state = { connected: observing.has(this), pending: pending.has(this), entryTypes: ArrayFrom(this.#entryTypes), buffer: this.#buffer };
+      return `PerformanceObserver ${inspect(state, opts)}`;
+    }
   }
-
-  [kInspect](depth, options, inspect) {
-    if (depth < 0) return this;
-    const opts = { ...options, depth: options.depth == null ? null : options.depth - 1 };
-    const state = { connected: observing.has(this), pending: pending.has(this), entryTypes: ArrayFrom(this.#entryTypes), buffer: this.#buffer };
-    return `PerformanceObserver ${inspect(state, opts)}`;
+  ObjectDefineProperty(PerformanceObserver.prototype, SymbolToStringTag, { __proto__: null, value: "PerformanceObserver", configurable: true });
+  // Their methods are enumerable, as Node's are (WebIDL).
+  const methods = [[PerformanceObserver, ["observe", "disconnect", "takeRecords"]], [PerformanceObserverEntryList, ["getEntries", "getEntriesByType", "getEntriesByName"]]];
+  for (const { 0: Class, 1: names } of new SafeArrayIterator(methods)) {
+    for (const name of new SafeArrayIterator(names)) ObjectDefineProperty(Class.prototype, name, { __proto__: null, enumerable: true });
   }
+  observerClassesMade = { PerformanceObserver, PerformanceObserverEntryList };
+  return observerClassesMade;
 }
-ObjectDefineProperty(PerformanceObserver.prototype, SymbolToStringTag, { __proto__: null, value: "PerformanceObserver", configurable: true });
 
 export const performance = ObjectCreate(Performance.prototype);
 registerBuiltin("perf_hooks", () => ({
@@ -432,8 +455,7 @@ registerBuiltin("perf_hooks", () => ({
   PerformanceMark,
   PerformanceMeasure,
   constants: ObjectFreeze({ NODE_PERFORMANCE_GC_MAJOR: 4, NODE_PERFORMANCE_GC_MINOR: 1, NODE_PERFORMANCE_GC_INCREMENTAL: 8, NODE_PERFORMANCE_GC_WEAKCB: 16 }),
-  PerformanceObserver,
-  PerformanceObserverEntryList,
+  ...observerClasses(),
   monitorEventLoopDelay() {
     throw unavailableError("perf_hooks.monitorEventLoopDelay");
   },

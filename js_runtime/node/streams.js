@@ -22,7 +22,6 @@
     ReadableStream,
     streamState,
     bytesOf,
-    concat,
     TextDecoder,
     encode,
   } = deps;
@@ -41,9 +40,6 @@
     Symbol: SymbolCtor,
     SymbolToStringTag,
     TypeError: TypeErrorCtor,
-    TypedArrayPrototypeSlice,
-    TypedArrayPrototypeSubarray,
-    Uint8Array: Uint8ArrayCtor,
   } = primordials;
   const INTERNAL = SymbolCtor("internal");
 
@@ -598,45 +594,21 @@
     }
   }
 
-  /// Bytes of `bytes` that end in a whole UTF-8 character (the rest waits
-  /// for the next chunk).
-  function completeUtf8(bytes) {
-    let end = bytes.length;
-    let back = 0;
-    while (back < 3 && end - back > 0 && (bytes[end - back - 1] & 0xc0) === 0x80) back++;
-    if (end - back === 0) return end;
-    const lead = bytes[end - back - 1];
-    const need = lead >= 0xf0 ? 3 : lead >= 0xe0 ? 2 : lead >= 0xc0 ? 1 : 0;
-    return need > back ? end - back - 1 : end;
-  }
-
   class TextDecoderStream {
     #decoder;
     #t;
     constructor(label = "utf-8", options = {}) {
       const decoder = new TextDecoder(label, options);
       this.#decoder = decoder;
-      let rest = new Uint8ArrayCtor(0);
-      let first = true;
-      const emit = (bytes, c) => {
-        let text = decoder.decode(bytes);
-        // A BOM counts only at the very start of the stream.
-        if (!first && !decoder.ignoreBOM && bytes.length >= 3 && bytes[0] === 0xef && bytes[1] === 0xbb && bytes[2] === 0xbf) {
-          text = "\ufeff" + text;
-        }
-        if (bytes.length > 0) first = false;
+      const emit = (text, c) => {
         if (text !== "") c.enqueue(text);
       };
       this.#t = new TransformStream({
         transform(chunk, c) {
-          const view = bytesOf(chunk);
-          const all = rest.length === 0 ? view : concat([rest, view], rest.length + view.length);
-          const cut = completeUtf8(all);
-          rest = TypedArrayPrototypeSlice(all, cut);
-          emit(TypedArrayPrototypeSubarray(all, 0, cut), c);
+          emit(decoder.decode(bytesOf(chunk), { stream: true }), c);
         },
         flush(c) {
-          if (rest.length > 0) emit(rest, c);
+          emit(decoder.decode(), c);
         },
       });
     }

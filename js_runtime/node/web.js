@@ -148,9 +148,27 @@ function bytesOf(input) {
   throw new TypeErrorCtor("The provided value is not of type '(ArrayBuffer or ArrayBufferView)'");
 }
 
+/// Bytes of `bytes` that end in a whole UTF-8 character (the rest waits
+/// for the next chunk of a stream).
+function completeUtf8(bytes) {
+  const end = bytes.length;
+  let back = 0;
+  while (back < 3 && end - back > 0 && (bytes[end - back - 1] & 0xc0) === 0x80) back++;
+  if (end - back === 0) return end;
+  const lead = bytes[end - back - 1];
+  const need = lead >= 0xf0 ? 3 : lead >= 0xe0 ? 2 : lead >= 0xc0 ? 1 : 0;
+  return need > back ? end - back - 1 : end;
+}
+
+const isBom = (bytes) => bytes.length >= 3 && bytes[0] === 0xef && bytes[1] === 0xbb && bytes[2] === 0xbf;
+
 class TextDecoder {
   #fatal;
   #ignoreBOM;
+  // `{ stream: true }`: the bytes of a character cut by the chunk's end,
+  // and whether text was already decoded (a BOM counts only at the start).
+  #held = null;
+  #midStream = false;
   constructor(label = "utf-8", options = {}) {
     const l = StringPrototypeToLowerCase(StringCtor(label));
     if (l !== "utf-8" && l !== "utf8" && l !== "unicode-1-1-utf-8") {
@@ -168,16 +186,36 @@ class TextDecoder {
   get ignoreBOM() {
     return this.#ignoreBOM;
   }
-  decode(input, _options) {
+  decode(input, options) {
+    const stream = !!options?.stream;
     let bytes = bytesOf(input);
+    if (this.#held !== null) {
+      const joined = new Uint8ArrayCtor(this.#held.length + bytes.length);
+      TypedArrayPrototypeSet(joined, this.#held);
+      TypedArrayPrototypeSet(joined, bytes, this.#held.length);
+      bytes = joined;
+      this.#held = null;
+    }
+    if (stream) {
+      const cut = completeUtf8(bytes);
+      if (cut < bytes.length) {
+        this.#held = TypedArrayPrototypeSlice(bytes, cut);
+        bytes = TypedArrayPrototypeSubarray(bytes, 0, cut);
+      }
+    }
+    const atStart = !this.#midStream;
+    this.#midStream = stream && (bytes.length > 0 || this.#midStream);
     if (this.#fatal && !validUtf8(bytes)) {
+      this.#held = null;
+      this.#midStream = false;
       const err = new TypeErrorCtor("The encoded data was not valid for encoding utf-8");
       err.code = "ERR_ENCODING_INVALID_ENCODED_DATA";
       throw err;
     }
-    // core.decode strips a BOM itself; keep it when asked to.
-    if (this.#ignoreBOM && bytes.length >= 3 && bytes[0] === 0xef && bytes[1] === 0xbb && bytes[2] === 0xbf) {
-      return "\ufeff" + decode(bytes.subarray(3));
+    // core.decode strips a BOM itself: keep it when asked to, or when it is
+    // not at the stream's start.
+    if ((this.#ignoreBOM || !atStart) && isBom(bytes)) {
+      return "\ufeff" + decode(TypedArrayPrototypeSubarray(bytes, 3));
     }
     return decode(bytes);
   }
@@ -852,7 +890,6 @@ export function webStreams() {
     ReadableStream,
     streamState,
     bytesOf,
-    concat,
     TextDecoder,
     encode,
   });

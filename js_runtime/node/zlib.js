@@ -36,6 +36,10 @@ const nativeQueueMicrotask = globalThis.queueMicrotask;
 const CHUNK = 64 * 1024;
 // The op's [input used, output written] after each call.
 let info;
+// zlib's and brotli's constants, made on first use.
+let zMade, brotliMade;
+const Z = () => (zMade ??= zConstants());
+const BROTLI = () => (brotliMade ??= brotliConstants());
 
 function zlibError(e) {
   if (e instanceof RangeError) {
@@ -49,7 +53,7 @@ function zlibError(e) {
   err.code = code;
   // A brotli decoder's code is `ERR_` and its error's name past
   // "BROTLI_DECODER"; its errno is that error's number.
-  err.errno = StringPrototypeStartsWith(code, "ERR_") ? BROTLI[`BROTLI_DECODER${StringPrototypeSlice(code, 4)}`] ?? -31 : Z[code] ?? -3;
+  err.errno = StringPrototypeStartsWith(code, "ERR_") ? BROTLI()[`BROTLI_DECODER${StringPrototypeSlice(code, 4)}`] ?? -31 : Z()[code] ?? -3;
   return err;
 }
 
@@ -71,7 +75,7 @@ function brotliMode(options) {
     if (typeof value !== "number" && typeof value !== "boolean") {
       throw codedError(TypeErrorCtor, "ERR_INVALID_ARG_TYPE", `The "options.params[key]" property must be of type number. Received ${received(value)}`);
     }
-    if (id === BROTLI.BROTLI_DECODER_PARAM_LARGE_WINDOW) large = !!value;
+    if (id === BROTLI().BROTLI_DECODER_PARAM_LARGE_WINDOW) large = !!value;
   }
   return large ? "brotliDecompressLargeWindow" : "brotliDecompress";
 }
@@ -125,8 +129,9 @@ export function webCodec(mode) {
   return { push: (bytes) => step(bytes, false), finish: () => step(new Uint8ArrayCtor(0), true) };
 }
 
-// zlib.constants as Node 20 lists them.
-const Z = ObjectFreeze({
+// zlib.constants as Node 20 lists them; made on first require, not kept
+// in every isolate's snapshot.
+const zConstants = () => ObjectFreeze({
   Z_NO_FLUSH: 0, Z_PARTIAL_FLUSH: 1, Z_SYNC_FLUSH: 2, Z_FULL_FLUSH: 3, Z_FINISH: 4, Z_BLOCK: 5,
   Z_OK: 0, Z_STREAM_END: 1, Z_NEED_DICT: 2, Z_ERRNO: -1, Z_STREAM_ERROR: -2, Z_DATA_ERROR: -3,
   Z_MEM_ERROR: -4, Z_BUF_ERROR: -5, Z_VERSION_ERROR: -6, Z_NO_COMPRESSION: 0, Z_BEST_SPEED: 1,
@@ -137,7 +142,7 @@ const Z = ObjectFreeze({
   Z_MIN_MEMLEVEL: 1, Z_MAX_MEMLEVEL: 9, Z_DEFAULT_MEMLEVEL: 8, Z_MIN_LEVEL: -1, Z_MAX_LEVEL: 9,
   Z_DEFAULT_LEVEL: -1,
 });
-const BROTLI = ObjectFreeze({
+const brotliConstants = () => ObjectFreeze({
   BROTLI_DECODE: 8, BROTLI_ENCODE: 9, BROTLI_OPERATION_PROCESS: 0, BROTLI_OPERATION_FLUSH: 1,
   BROTLI_OPERATION_FINISH: 2, BROTLI_OPERATION_EMIT_METADATA: 3, BROTLI_PARAM_MODE: 0,
   BROTLI_MODE_GENERIC: 0, BROTLI_MODE_TEXT: 1, BROTLI_MODE_FONT: 2, BROTLI_DEFAULT_MODE: 0,
@@ -250,9 +255,9 @@ function createZlib() {
     zlib[name] = Class;
     zlib["create" + name] = (options) => new Class(options);
   }
-  zlib.constants = { ...Z, ...BROTLI };
+  zlib.constants = { ...Z(), ...BROTLI() };
   // Node puts zlib's constants on the module too, but not brotli's.
-  ObjectAssign(zlib, Z);
+  ObjectAssign(zlib, Z());
   zlib.crc32 = crc32;
   return zlib;
 }

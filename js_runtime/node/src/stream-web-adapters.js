@@ -29,12 +29,24 @@ function options(value, name) {
   return value;
 }
 
+// Node's AbortError (code ABORT_ERR), as readable-stream has it.
+const abortError = (options) => new (require("readable-stream/lib/ours/errors.js").AbortError)(undefined, options);
+
 // Node turns a stream that closed before it ended into an AbortError.
 function fromNodeError(error) {
-  if (error?.code !== "ERR_STREAM_PREMATURE_CLOSE") return error;
-  const abort = new DOMException("The operation was aborted", "AbortError");
-  Object.defineProperty(abort, "cause", { value: error, configurable: true, writable: true });
-  return abort;
+  return error?.code === "ERR_STREAM_PREMATURE_CLOSE" ? abortError({ cause: error }) : error;
+}
+
+// A callback of the guest's that throws destroys the stream, as in Node,
+// rather than rejecting a promise nobody holds.
+function calling(callback, stream) {
+  return (error) => {
+    try {
+      callback(error);
+    } catch (thrown) {
+      streams().destroy(stream, thrown);
+    }
+  };
 }
 
 function newStreamReadableFromReadableStream(readableStream, opts) {
@@ -82,13 +94,13 @@ function newReadableStreamFromStreamReadable(streamReadable, opts) {
   }
   const objectMode = streamReadable.readableObjectMode;
   const highWaterMark = streamReadable.readableHighWaterMark;
-  // Bytes count as one chunk each unless told otherwise, as in Node: the
-  // Node side already holds up to its own high-water mark.
-  const queuing = strategy ?? (objectMode ? new CountQueuingStrategy({ highWaterMark }) : { highWaterMark });
+  // Bytes are queued by their length, as Node 20 queues them.
+  const queuing = strategy ?? (objectMode ? new CountQueuingStrategy({ highWaterMark }) : new ByteLengthQueuingStrategy({ highWaterMark }));
   let controller;
+  let cancelled = false;
   const onData = (chunk) => {
-    // A Buffer handed to the web side is a plain Uint8Array over its bytes.
-    if (Buffer.isBuffer(chunk) && !objectMode) chunk = new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    // A Buffer goes over as a copy (the producer may reuse its memory).
+    if (Buffer.isBuffer(chunk) && !objectMode) chunk = new Uint8Array(chunk);
     controller.enqueue(chunk);
     if (controller.desiredSize <= 0) streamReadable.pause();
   };
@@ -96,6 +108,8 @@ function newReadableStreamFromStreamReadable(streamReadable, opts) {
     cleanup();
     streamReadable.on("error", () => {});
     streamReadable.off("data", onData);
+    // Cancelled from the web side: that side is already done with.
+    if (cancelled) return;
     if (error) return controller.error(fromNodeError(error));
     controller.close();
   });
@@ -103,7 +117,10 @@ function newReadableStreamFromStreamReadable(streamReadable, opts) {
   return new ReadableStream({
     start(c) { controller = c; },
     pull() { streamReadable.resume(); },
-    cancel(reason) { destroy(streamReadable, reason); },
+    cancel(reason) {
+      cancelled = true;
+      destroy(streamReadable, reason);
+    },
   }, queuing);
 }
 
@@ -119,19 +136,23 @@ function newStreamWritableFromWritableStream(writableStream, opts) {
     decodeStrings,
     signal,
     write(chunk, _encoding, callback) {
-      writer.ready.then(() => writer.write(chunk)).then(() => callback(), callback);
+      const done = calling(callback, writable);
+      writer.ready.then(() => writer.write(chunk)).then(() => done(), done);
     },
     writev(chunks, callback) {
-      writer.ready.then(() => Promise.all(chunks.map(({ chunk }) => writer.write(chunk)))).then(() => callback(), callback);
+      const done = calling(callback, writable);
+      writer.ready.then(() => Promise.all(chunks.map(({ chunk }) => writer.write(chunk)))).then(() => done(), done);
     },
     final(callback) {
-      if (closed) return callback();
-      writer.close().then(() => callback(), callback);
+      const done = calling(callback, writable);
+      if (closed) return done();
+      writer.close().then(() => done(), done);
     },
+    // Destroyed with an error, the web side is aborted; without one, closed.
     destroy(error, callback) {
       const done = () => callback(error);
       if (closed) return done();
-      writer.abort(error).then(done, done);
+      (error ? writer.abort(error) : writer.close()).then(done, done);
     },
   });
   writer.closed.then(
@@ -150,9 +171,8 @@ function newWritableStreamFromStreamWritable(streamWritable) {
     return closed;
   }
   const highWaterMark = streamWritable.writableHighWaterMark;
-  const queuing = streamWritable.writableObjectMode
-    ? new CountQueuingStrategy({ highWaterMark })
-    : { highWaterMark, size: (chunk) => chunk?.byteLength ?? chunk?.length ?? 1 };
+  // Chunks counted, whatever their size, as Node 20 counts them.
+  const queuing = new CountQueuingStrategy({ highWaterMark });
   let controller;
   let drained = null;
   let closing = null;
@@ -174,7 +194,7 @@ function newWritableStreamFromStreamWritable(streamWritable) {
       closing.resolve();
     } else {
       // Ended from the Node side while the web side could still write.
-      controller.error(new DOMException("The operation was aborted", "AbortError"));
+      controller.error(abortError());
     }
     drained = closing = null;
   });
@@ -214,9 +234,13 @@ function newStreamDuplexFromReadableWritablePair(pair, opts) {
   if (!isReadableStream(readable)) throw argType("pair.readable", "an instance of ReadableStream", readable);
   if (!isWritableStream(writable)) throw argType("pair.writable", "an instance of WritableStream", writable);
   const { allowHalfOpen = false, decodeStrings = true, encoding, highWaterMark, objectMode = false, signal } = options(opts, "options");
-  const { Duplex } = streams();
-  const node = { readable: newStreamReadableFromReadableStream(readable, { encoding, highWaterMark, objectMode }),
-    writable: newStreamWritableFromWritableStream(writable, { decodeStrings, highWaterMark, objectMode }) };
+  const { Duplex, destroy } = streams();
+  // One stream reading and writing the web pair directly: nothing is read
+  // from the web side before the Duplex is read.
+  const reader = readable.getReader();
+  const writer = writable.getWriter();
+  let writableClosed = false;
+  let readableClosed = false;
   const duplex = new Duplex({
     allowHalfOpen,
     decodeStrings,
@@ -224,19 +248,40 @@ function newStreamDuplexFromReadableWritablePair(pair, opts) {
     highWaterMark,
     objectMode,
     signal,
-    read() { node.readable.resume(); },
-    write(chunk, encoding, callback) { node.writable.write(chunk, encoding, callback); },
-    final(callback) { node.writable.end(callback); },
+    write(chunk, _encoding, callback) {
+      const done = calling(callback, duplex);
+      writer.ready.then(() => writer.write(chunk)).then(() => done(), done);
+    },
+    writev(chunks, callback) {
+      const done = calling(callback, duplex);
+      writer.ready.then(() => Promise.all(chunks.map(({ chunk }) => writer.write(chunk)))).then(() => done(), done);
+    },
+    final(callback) {
+      const done = calling(callback, duplex);
+      if (writableClosed) return done();
+      writer.close().then(() => done(), done);
+    },
+    read() {
+      reader.read().then((chunk) => duplex.push(chunk.done ? null : chunk.value), (error) => destroy(duplex, error));
+    },
     destroy(error, callback) {
-      node.readable.destroy(error);
-      node.writable.destroy(error);
-      callback(error);
+      const done = () => callback(error);
+      const ending = [];
+      if (!writableClosed) ending.push(error ? writer.abort(error) : writer.close());
+      if (!readableClosed) ending.push(reader.cancel(error));
+      Promise.all(ending).then(done, done);
     },
   });
-  node.readable.on("data", (chunk) => { if (!duplex.push(chunk)) node.readable.pause(); });
-  node.readable.on("end", () => duplex.push(null));
-  node.readable.on("error", (error) => duplex.destroy(error));
-  node.writable.on("error", (error) => duplex.destroy(error));
+  // Either side failing fails the Duplex. As in Node, a failed write also
+  // cancels the web readable; a failed read leaves the web writable be.
+  writer.closed.then(() => { writableClosed = true; }, (error) => {
+    writableClosed = true;
+    destroy(duplex, error);
+  });
+  reader.closed.then(() => { readableClosed = true; }, (error) => {
+    writableClosed = readableClosed = true;
+    destroy(duplex, error);
+  });
   return duplex;
 }
 

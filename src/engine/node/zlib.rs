@@ -34,6 +34,11 @@ const IN_STEP: usize = 16 * 1024;
 /// window), charged to the ArrayBuffer budget while the stream lives.
 const DEFLATE_STATE: usize = 320 * 1024;
 const INFLATE_STATE: usize = 48 * 1024;
+/// Largest brotli window decoded: the standard format's (24 bits). The
+/// decoder fills its whole window in one step, out of the CPU limit's
+/// reach (about 50 ms for 16 MiB here, in release); a large-window stream
+/// (up to 1 GiB) would run for seconds.
+const MAX_BROTLI_WINDOW_BITS: u32 = 24;
 /// A brotli decoder's Huffman tables and context maps as typical streams
 /// declare them; one declaring the most trees the format allows holds
 /// about 3 MiB. Its window is charged apart, once the data declares it.
@@ -333,15 +338,22 @@ impl ZRun {
             Codec::Unbrotli(state) => {
                 // One byte at a time until the header has declared the
                 // window: the decoder allocates it with the first
-                // metablock, and a window the budget cannot hold (up to
-                // 1 GiB with the large window) is refused before that.
+                // metablock, and a window too large to fill within the CPU
+                // limit, or for the budget to hold, is refused before that.
                 let declared = state.window_bits != 0;
                 let piece = if declared { piece } else { &piece[..piece.len().min(1)] };
                 let (mut avail_in, mut in_at) = (piece.len(), 0);
                 let (mut avail_out, mut out_at, mut total) = (out.len(), 0, 0);
                 let result = BrotliDecompressStream(&mut avail_in, &mut in_at, piece, &mut avail_out, &mut out_at, out, &mut total, state);
                 if !declared && state.window_bits != 0 {
-                    let window = 1usize << state.window_bits.min(30);
+                    if state.window_bits > MAX_BROTLI_WINDOW_BITS {
+                        return Err(range_error(format!(
+                            "brotli window of {} MiB not decoded: webtask decodes windows up to {} MiB (one step of the decoder fills its whole window, out of the CPU limit's reach)",
+                            1u64 << (state.window_bits - 20),
+                            1u64 << (MAX_BROTLI_WINDOW_BITS - 20)
+                        )));
+                    }
+                    let window = 1usize << state.window_bits;
                     if window > self.charge.budget().remaining() {
                         return Err(self.charge.budget().exhausted(window));
                     }
@@ -554,20 +566,29 @@ mod tests {
         for piece in [1usize, 7, 65536] {
             assert_eq!(run("brotliDecompress", -1.0, &packed, piece).unwrap(), b"hello brotli ".repeat(10));
         }
-        // A 1 GiB window (large-window stream) against a 64 MiB budget: refused
-        // before the decoder allocates it.
-        let large = b64("EV5AAICQAEhBBiGkLkrSlwIA");
-        let budget = Budget::detached(64 << 20);
-        let z = new_stream(&budget, "brotliDecompressLargeWindow", -1.0, f64::INFINITY, true, || {}).unwrap();
+        // Refused before the decoder allocates the window: a 1 GiB window
+        // (large-window stream) whatever the budget, a 16 MiB one past an
+        // 8 MiB budget.
         let (mut out, mut info) = (vec![0u8; 1024], [0u32; 2]);
-        let mut refused = None;
-        for at in 0..large.len() {
-            if let Err(e) = run_stream(&z, &large, at as f64, true, &mut out, &mut info) {
-                refused = Some(e.to_string());
-                break;
+        let refusal = |mode: &str, packed: &[u8], budget: &Arc<Budget>| {
+            let z = new_stream(budget, mode, -1.0, f64::INFINITY, true, || {}).unwrap();
+            let (mut out, mut info) = (vec![0u8; 1024], [0u32; 2]);
+            let mut at = 0;
+            loop {
+                match run_stream(&z, packed, at as f64, true, &mut out, &mut info) {
+                    Err(e) => return e.to_string(),
+                    Ok(ENDED) => return "decoded".to_owned(),
+                    Ok(_) => at = info[0] as usize,
+                }
             }
-        }
-        assert!(refused.expect("refused").contains("1073741824 more bytes"));
+        };
+        let large = b64("EV5AAICQAEhBBiGkLkrSlwIA");
+        let refused = refusal("brotliDecompressLargeWindow", &large, &Budget::detached(4 << 30));
+        assert!(refused.contains("brotli window of 1024 MiB not decoded"), "{refused}");
+        let w24 = b64("z///fwCkwsTisjBw7//Nf5YYABIAcVgAuiQx");
+        let refused = refusal("brotliDecompress", &w24, &Budget::detached(8 << 20));
+        assert!(refused.contains("16777216 more bytes"), "{refused}");
+        let budget = Budget::detached(64 << 20);
         // A stream's window is charged while the stream lives, on top of
         // its tables, and all of it is given back when it goes.
         assert_eq!(budget.remaining(), 64 << 20);
