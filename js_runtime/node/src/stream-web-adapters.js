@@ -49,6 +49,27 @@ function calling(callback, stream) {
   };
 }
 
+// A Node stream's write, writev and final when it writes to a web stream's
+// `writer`: each write once the web side is ready for it. `self()` is the
+// Node stream, `closed()` whether the web side is already closed.
+function writingTo(writer, self, closed) {
+  return {
+    write(chunk, _encoding, callback) {
+      const done = calling(callback, self());
+      writer.ready.then(() => writer.write(chunk)).then(() => done(), done);
+    },
+    writev(chunks, callback) {
+      const done = calling(callback, self());
+      writer.ready.then(() => Promise.all(chunks.map(({ chunk }) => writer.write(chunk)))).then(() => done(), done);
+    },
+    final(callback) {
+      const done = calling(callback, self());
+      if (closed()) return done();
+      writer.close().then(() => done(), done);
+    },
+  };
+}
+
 function newStreamReadableFromReadableStream(readableStream, opts) {
   if (!isReadableStream(readableStream)) throw argType("readableStream", "an instance of ReadableStream", readableStream);
   const { highWaterMark, encoding, objectMode = false, signal } = options(opts, "options");
@@ -135,19 +156,7 @@ function newStreamWritableFromWritableStream(writableStream, opts) {
     objectMode,
     decodeStrings,
     signal,
-    write(chunk, _encoding, callback) {
-      const done = calling(callback, writable);
-      writer.ready.then(() => writer.write(chunk)).then(() => done(), done);
-    },
-    writev(chunks, callback) {
-      const done = calling(callback, writable);
-      writer.ready.then(() => Promise.all(chunks.map(({ chunk }) => writer.write(chunk)))).then(() => done(), done);
-    },
-    final(callback) {
-      const done = calling(callback, writable);
-      if (closed) return done();
-      writer.close().then(() => done(), done);
-    },
+    ...writingTo(writer, () => writable, () => closed),
     // Destroyed with an error, the web side is aborted; without one, closed.
     destroy(error, callback) {
       const done = () => callback(error);
@@ -248,19 +257,7 @@ function newStreamDuplexFromReadableWritablePair(pair, opts) {
     highWaterMark,
     objectMode,
     signal,
-    write(chunk, _encoding, callback) {
-      const done = calling(callback, duplex);
-      writer.ready.then(() => writer.write(chunk)).then(() => done(), done);
-    },
-    writev(chunks, callback) {
-      const done = calling(callback, duplex);
-      writer.ready.then(() => Promise.all(chunks.map(({ chunk }) => writer.write(chunk)))).then(() => done(), done);
-    },
-    final(callback) {
-      const done = calling(callback, duplex);
-      if (writableClosed) return done();
-      writer.close().then(() => done(), done);
-    },
+    ...writingTo(writer, () => duplex, () => writableClosed),
     read() {
       reader.read().then((chunk) => duplex.push(chunk.done ? null : chunk.value), (error) => destroy(duplex, error));
     },
