@@ -1289,41 +1289,15 @@ globalThis.__webtask_lockdown = (function lockdown(limitBytes) {
   g.process = guestProcess;
   g.performance = performance;
   const perfClasses = { Performance, PerformanceEntry, PerformanceMark, PerformanceMeasure };
-  const defineClass = (name, value) =>
-    ObjectDefineProperty(g, name, { __proto__: null, value, writable: true, configurable: true, enumerable: false });
-  for (const name in perfClasses) defineClass(name, perfClasses[name]);
+  for (const name in perfClasses) web.defineGlobal(g, name, perfClasses[name]);
   // The observer classes are made on first read.
   for (const name of ["PerformanceObserver", "PerformanceObserverEntryList"]) {
-    ObjectDefineProperty(g, name, {
-      __proto__: null,
-      get() {
-        const value = observerClasses()[name];
-        defineClass(name, value);
-        return value;
-      },
-      set(value) {
-        defineClass(name, value);
-      },
-      configurable: true,
-      enumerable: false,
-    });
+    web.defineLazyGlobal(g, name, () => observerClasses()[name]);
   }
   g.ArrayBuffer = fixedLengthOnly(g.ArrayBuffer, "ArrayBuffer");
   if (g.SharedArrayBuffer !== undefined) g.SharedArrayBuffer = fixedLengthOnly(g.SharedArrayBuffer, "SharedArrayBuffer");
   // `Buffer` loads the polyfills on first use.
-  ObjectDefineProperty(g, "Buffer", {
-    __proto__: null,
-    get() {
-      const value = builtin("buffer").Buffer;
-      ObjectDefineProperty(g, "Buffer", { __proto__: null, value, writable: true, configurable: true, enumerable: false });
-      return value;
-    },
-    set(value) {
-      ObjectDefineProperty(g, "Buffer", { __proto__: null, value, writable: true, configurable: true, enumerable: false });
-    },
-    configurable: true,
-    enumerable: false,
-  });
+  web.defineLazyGlobal(g, "Buffer", () => builtin("buffer").Buffer);
   web.install(g);
   return { run, instantiate };
 });

@@ -1821,13 +1821,37 @@ const STATUS_TEXT = {
   505: "HTTP Version Not Supported",
 };
 
+/// Defines global `name` on `g` as the runtime's globals are: writable,
+/// configurable, not enumerable. The primordial, since lazy globals call it
+/// from guest time too.
+// Compiled into the snapshot (the parentheses; see bootstrap.js), as are
+// the two below: every isolate's lockdown calls them.
+export const defineGlobal = (function defineGlobal(g, name, value) {
+  ObjectDefineProperty(g, name, { __proto__: null, value, writable: true, configurable: true, enumerable: false });
+});
+
+/// Defines global `name` on `g` as `make()`'s result, made on its first
+/// read (a write before that replaces it unmade).
+export const defineLazyGlobal = (function defineLazyGlobal(g, name, make) {
+  ObjectDefineProperty(g, name, {
+    __proto__: null,
+    get() {
+      const value = make();
+      defineGlobal(g, name, value);
+      return value;
+    },
+    set(value) {
+      defineGlobal(g, name, value);
+    },
+    configurable: true,
+    enumerable: false,
+  });
+});
+
 /// Puts the Web API globals on the guest global.
-// Compiled into the snapshot (the parentheses; see bootstrap.js): every
-// isolate's lockdown calls it.
 export const install = (function install(g) {
-  // The primordial: the lazy getters below call it from guest time too.
   const define = (function define(name, value) {
-    ObjectDefineProperty(g, name, { __proto__: null, value, writable: true, configurable: true, enumerable: false });
+    defineGlobal(g, name, value);
   });
   define("TextEncoder", TextEncoder);
   define("TextDecoder", TextDecoder);
@@ -1867,19 +1891,7 @@ export const install = (function install(g) {
     return webStreams()[name];
   };
   for (const name of ["URL", "URLSearchParams", ...MESSAGING_GLOBALS, ...STREAM_GLOBALS]) {
-    ObjectDefineProperty(g, name, {
-      __proto__: null,
-      get() {
-        const value = lazy(name);
-        define(name, value);
-        return value;
-      },
-      set(value) {
-        define(name, value);
-      },
-      configurable: true,
-      enumerable: false,
-    });
+    defineLazyGlobal(g, name, () => lazy(name));
   }
 });
 

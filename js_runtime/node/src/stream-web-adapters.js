@@ -207,11 +207,6 @@ function newWritableStreamFromStreamWritable(streamWritable) {
     }
     drained = closing = null;
   });
-  const deferred = () => {
-    let resolve, reject;
-    const promise = new Promise((ok, fail) => { resolve = ok; reject = fail; });
-    return { promise, resolve, reject };
-  };
   return new WritableStream({
     start(c) { controller = c; },
     // One write at a time (the web stream waits for each): a write the
@@ -219,17 +214,17 @@ function newWritableStreamFromStreamWritable(streamWritable) {
     write(chunk) {
       const write = () => {
         if (streamWritable.write(chunk)) return;
-        drained = deferred();
+        drained = Promise.withResolvers();
         return drained.promise;
       };
       if (!streamWritable.writableNeedDrain) return write();
-      drained = deferred();
+      drained = Promise.withResolvers();
       return drained.promise.then(write);
     },
     abort(reason) { destroy(streamWritable, reason); },
     close() {
       if (!streamWritable.writableEnded) {
-        closing = deferred();
+        closing = Promise.withResolvers();
         streamWritable.end();
         return closing.promise;
       }

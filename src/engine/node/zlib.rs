@@ -5,7 +5,9 @@
 //! Brotli encoding is not offered: at Node's default quality (11) one call
 //! of the encoder runs for hundreds of milliseconds over a block, with no
 //! point in between where a CPU limit could stop it, so code that looks
-//! for `createBrotliCompress` finds none and falls back to gzip. Ops rather than a JS port (pako, browserify-zlib): compression
+//! for `createBrotliCompress` finds none and falls back to gzip.
+//!
+//! Ops rather than a JS port (pako, browserify-zlib): compression
 //! is CPU-bound, and native code runs it several times faster inside the
 //! same CPU limit.
 //!
@@ -67,8 +69,8 @@ enum Codec {
     Inflate { d: Decompress, gzip: Option<Gz>, crc: Crc, wrapped: bool },
     /// `unzip` before the first two bytes told gzip from zlib.
     Sniff { seen: Vec<u8> },
-    /// Brotli decoding; its window, up to 16 MiB (1 GiB with the large
-    /// window), is charged as the stream's header declares it.
+    /// Brotli decoding; its window, up to 16 MiB, is charged as the
+    /// decoder allocates it.
     Unbrotli(Box<BrotliState<StandardAlloc, StandardAlloc, StandardAlloc>>),
 }
 
@@ -346,17 +348,7 @@ impl ZRun {
                 let (mut avail_out, mut out_at, mut total) = (out.len(), 0, 0);
                 let result = BrotliDecompressStream(&mut avail_in, &mut in_at, piece, &mut avail_out, &mut out_at, out, &mut total, state);
                 if !declared && state.window_bits != 0 {
-                    if state.window_bits > MAX_BROTLI_WINDOW_BITS {
-                        return Err(range_error(format!(
-                            "brotli window of {} MiB not decoded: webtask decodes windows up to {} MiB (one step of the decoder fills its whole window, out of the CPU limit's reach)",
-                            1u64 << (state.window_bits - 20),
-                            1u64 << (MAX_BROTLI_WINDOW_BITS - 20)
-                        )));
-                    }
-                    let window = 1usize << state.window_bits;
-                    if window > self.charge.budget().remaining() {
-                        return Err(self.charge.budget().exhausted(window));
-                    }
+                    check_brotli_window(state.window_bits, self.charge.budget())?;
                 }
                 let window = usize::try_from(state.ringbuffer_size).unwrap_or(0);
                 if window > self.window_charged {
@@ -402,6 +394,24 @@ fn inflate(d: &mut Decompress, gzip: &mut Option<Gz>, crc: &mut Crc, wrapped: bo
             Ok((used, made, status == Status::StreamEnd))
         }
     }
+}
+
+/// A window the data just declared, before the decoder allocates it: one
+/// past the standard's largest, or past what the budget has left, is
+/// refused with its figures.
+fn check_brotli_window(bits: u32, budget: &Budget) -> Result<(), JsErrorBox> {
+    if bits > MAX_BROTLI_WINDOW_BITS {
+        return Err(range_error(format!(
+            "brotli window of {} MiB not decoded: webtask decodes windows up to {} MiB (one step of the decoder fills its whole window, out of the CPU limit's reach)",
+            1u64 << (bits - 20),
+            1u64 << (MAX_BROTLI_WINDOW_BITS - 20)
+        )));
+    }
+    let window = 1usize << bits;
+    if window > budget.remaining() {
+        return Err(budget.exhausted(window));
+    }
+    Ok(())
 }
 
 /// A brotli decoding error as Node reports it: `ERR_` and the decoder's
